@@ -1,0 +1,51 @@
+# meshlens: `make demo` runs the mesh on the embedded store, `make test` runs every check.
+# Every target creates .venv and installs what it needs; nothing is done by hand.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SYSSTAMP := $(VENV)/.system-installed
+
+.PHONY: demo up test lint typecheck unit bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip wheel setuptools
+
+$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+# Debian packages the tests and benchmarks drive (nginx and wrk for the proxy benchmark,
+# chromium for the UI tests). Installed once per machine; skipped when already present.
+$(SYSSTAMP): | $(BIN)/python
+	bash scripts/system-deps.sh
+	touch $(SYSSTAMP)
+
+demo: $(STAMP)
+	$(BIN)/meshlens demo
+
+up: $(STAMP)
+	$(BIN)/meshlens up
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit
+
+test: $(STAMP) $(SYSSTAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/pytest -q -p no:cacheprovider; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$rc
+
+bench: $(STAMP) $(SYSSTAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .meshlens .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""meshlens analytics: service map, anomalies, root cause, tuning, control plane, API and UI."""

@@ -1,0 +1,1 @@
+"""meshlens collector: OTLP receivers, pipeline and the ClickHouse store."""

@@ -1,0 +1,1 @@
+"""meshlens dashboards: Grafana dashboards and provisioning as files."""

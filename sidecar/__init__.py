@@ -1,0 +1,1 @@
+"""meshlens sidecar: the per-instance HTTP proxy (data plane)."""

@@ -1,0 +1,154 @@
+"""Request/Response value types shared by every layer of the sidecar's handler stack.
+
+Bodies are either fully buffered (`bytes`, replayable, so retryable) or a one-shot
+`BodyStream` that the codec feeds from the socket; layers never read a stream they do
+not own. Per-request mutable state (trace ids, chosen endpoint, attempt number, policy
+decisions to put on the span) lives in one `RequestContext` shared by all layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+__all__ = [
+    "AttrValue",
+    "Body",
+    "BodyStream",
+    "Endpoint",
+    "Headers",
+    "Request",
+    "RequestContext",
+    "Response",
+    "header_value",
+    "with_header",
+    "without_headers",
+]
+
+# Header names are lower-case; order and duplicates are preserved.
+Headers = tuple[tuple[str, str], ...]
+AttrValue = str | int | float | bool
+
+
+@runtime_checkable
+class BodyStream(Protocol):
+    """A streamed body: `read()` returns the next chunk and b"" once at the end."""
+
+    @property
+    def length(self) -> int | None:
+        """The Content-Length if the sender declared one, else None (chunked)."""
+        ...
+
+    async def read(self) -> bytes: ...
+
+
+Body = bytes | BodyStream
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One upstream instance: where to connect and how to describe it."""
+
+    host: str
+    port: int
+    service: str = ""
+    instance: str = ""
+    weight: int = 1
+    labels: tuple[tuple[str, str], ...] = ()
+    identity: str = ""  # expected SPIFFE id when the mesh speaks mTLS to it
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port must be in 1..65535, got {self.port}")
+        if self.weight < 0:
+            raise ValueError(f"weight must be >= 0, got {self.weight}")
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """Mutable per-request state shared by the layers of one stack invocation.
+
+    Layers write only their own fields; `attributes` collects policy decisions that the
+    telemetry layer puts on the span (e.g. `meshlens.retry.reason`).
+    """
+
+    direction: str = "outbound"  # outbound | inbound
+    request_id: str = ""
+    downstream_addr: str = ""
+    peer_identity: str = ""  # verified SPIFFE id of the caller (inbound, mTLS)
+    route: str = ""
+    upstream: str = ""  # the service (cluster) the request goes to
+    endpoint: Endpoint | None = None  # chosen by the balancer, per attempt
+    attempt: int = 1
+    previous_endpoints: list[Endpoint] = field(default_factory=list)
+    deadline: float | None = None  # monotonic clock deadline covering all attempts
+    connect_timeout_s: float = 5.0  # set by the balancer from the upstream's config
+    idle_timeout_s: float | None = None  # max gap between body chunks (timeout layer sets it)
+    trace_id: bytes = b""
+    parent_span_id: bytes = b""
+    trace_flags: int = 1
+    tracestate: str = ""
+    attributes: dict[str, AttrValue] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """An HTTP request as the layers see it; `target` is origin-form (path and query)."""
+
+    method: str
+    target: str = "/"
+    headers: Headers = ()
+    body: Body = b""
+    authority: str = ""  # host[:port] or service name this request is for
+    scheme: str = "http"
+    version: str = "1.1"
+    context: RequestContext = field(default_factory=RequestContext)
+
+    @property
+    def path(self) -> str:
+        """The target without its query string."""
+        q = self.target.find("?")
+        return self.target if q < 0 else self.target[:q]
+
+    @property
+    def replayable(self) -> bool:
+        """True when the body is buffered, so the request may be sent again."""
+        return isinstance(self.body, bytes)
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """An HTTP response as the layers see it."""
+
+    status: int
+    headers: Headers = ()
+    body: Body = b""
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        if not 100 <= self.status <= 999:
+            raise ValueError(f"status must be a 3-digit code, got {self.status}")
+
+
+def header_value(headers: Headers, name: str) -> str | None:
+    """The first value of header `name` (lower-case), or None."""
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
+def with_header(headers: Headers, name: str, value: str) -> Headers:
+    """`headers` with every `name` replaced by one `name: value`."""
+    return (*((k, v) for k, v in headers if k != name), (name, value))
+
+
+def without_headers(headers: Headers, names: Iterable[str]) -> Headers:
+    """`headers` minus every header whose lower-case name is in `names`."""
+    drop = frozenset(names)
+    return tuple((k, v) for k, v in headers if k not in drop)
