@@ -1,0 +1,837 @@
+"""HTTP/1.1 server side of the sidecar: asyncio protocol + httptools (the per-request hot path).
+
+Parses downstream requests (pipelined, keep-alive, sized or chunked bodies streamed with flow
+control), refuses malformed or smuggling-prone ones before anything is forwarded, hands each
+request in order to the current handler stack and writes the responses back, streaming bodies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+
+import httptools
+
+from sidecar.errors import ERROR_HEADER, BadRequest, DownstreamError, HeadersTooLarge, ProxyError
+from sidecar.http import Body, BodyStream, Request, RequestContext, Response
+from sidecar.stack import Handler
+
+__all__ = [
+    "HOP_BY_HOP",
+    "ByteStream",
+    "DownstreamClosed",
+    "HttpServer",
+    "RequestTimeout",
+    "ServerConfig",
+    "error_response",
+]
+
+logger = logging.getLogger(__name__)
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+_FRAMING = frozenset({"content-length", "transfer-encoding"})
+_NO_BODY_STATUSES = frozenset({204, 304})
+
+
+class RequestTimeout(DownstreamError):
+    status = 408
+    reason = "request_timeout"
+
+
+class DownstreamClosed(DownstreamError):
+    """The caller went away mid-request; nothing can be sent back."""
+
+    status = 499
+    reason = "downstream_closed"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Limits and behaviour of one listener."""
+
+    direction: str = "outbound"
+    max_header_bytes: int = 64 * 1024
+    buffer_body_bytes: int = 64 * 1024  # sized bodies up to this are buffered (so replayable)
+    idle_timeout_s: float = 60.0  # keep-alive connection with no request in flight
+    body_timeout_s: float = 60.0  # max gap between request body chunks / write stalls
+    forwarded_for: bool = True
+    high_water_bytes: int = 256 * 1024
+
+    def __post_init__(self) -> None:
+        if self.direction not in ("outbound", "inbound"):
+            raise ValueError(f"direction must be outbound or inbound, got {self.direction!r}")
+        for name in ("max_header_bytes", "high_water_bytes"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
+        if self.idle_timeout_s <= 0 or self.body_timeout_s <= 0:
+            raise ValueError("timeouts must be > 0")
+
+
+def error_response(exc: ProxyError) -> Response:
+    """The response for a proxy-generated error, marked with `x-meshlens-error`."""
+    return Response(
+        status=exc.status,
+        headers=((ERROR_HEADER, exc.reason), ("content-type", "text/plain; charset=utf-8")),
+        body=(str(exc) + "\n").encode(),
+    )
+
+
+class _Pending:
+    """One parsed request waiting for (or in) its turn on the connection."""
+
+    __slots__ = (
+        "authority",
+        "body",
+        "complete",
+        "error",
+        "expect_continue",
+        "headers",
+        "keep_alive",
+        "method",
+        "target",
+        "upgrade",
+        "version",
+    )
+
+    def __init__(self) -> None:
+        self.method = "GET"
+        self.target = ""
+        self.authority = ""
+        self.version = "1.1"
+        self.headers: list[tuple[str, str]] = []
+        self.keep_alive = True
+        self.upgrade = False
+        self.expect_continue = False
+        self.body: ByteStream | None = None
+        self.complete = False
+        self.error: ProxyError | None = None
+
+
+class HttpServer:
+    """A listener: accepts connections, tracks them, and drains them on shutdown."""
+
+    def __init__(self, config: ServerConfig, handler: Callable[[], Handler]) -> None:
+        self.config = config
+        self.current_handler = handler
+        self.connections: set[_ServerProtocol] = set()
+        self.draining = False
+        self.requests_total = 0
+        self._server: asyncio.AbstractServer | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._all_closed = asyncio.Event()
+
+    def connection_closed(self, conn: _ServerProtocol) -> None:
+        self.connections.discard(conn)
+        if not self.connections:
+            self._all_closed.set()
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
+        """Listen on host:port (0 picks a free port); return the bound address."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _ServerProtocol(self), host, port, reuse_address=True, backlog=1024
+        )
+        self._sweeper = asyncio.create_task(self._sweep_idle(), name="codec-idle-sweeper")
+        sock = self._server.sockets[0].getsockname()
+        return str(sock[0]), int(sock[1])
+
+    @property
+    def in_flight(self) -> int:
+        return sum(1 for c in self.connections if c.busy)
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Stop accepting, finish in-flight requests, close idle keep-alive connections.
+
+        Returns True when every connection closed within `timeout_s`; stragglers are aborted.
+        """
+        self.draining = True
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.start_drain()
+        if self.connections:
+            self._all_closed.clear()
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await self._all_closed.wait()
+            except TimeoutError:
+                logger.warning("drain timed out", extra={"open": len(self.connections)})
+        clean = not self.connections
+        for conn in list(self.connections):
+            conn.abort()
+        return clean
+
+    async def close(self) -> None:
+        """Close the listener and every connection at once."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+            self._sweeper = None
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.abort()
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _sweep_idle(self) -> None:
+        loop = asyncio.get_running_loop()
+        period = min(1.0, self.config.idle_timeout_s / 4)
+        while True:
+            await asyncio.sleep(period)
+            now = loop.time()
+            for conn in list(self.connections):
+                if not conn.busy and now - conn.last_active > self.config.idle_timeout_s:
+                    conn.abort()
+
+
+class ByteStream:
+    """A one-shot `BodyStream` fed by a protocol, with flow control and an idle deadline.
+
+    The producer calls `feed`/`feed_eof`/`fail`; above `high_water` buffered bytes it calls
+    `pause()` (stop reading the socket) and once the consumer has drained a quarter, `resume()`.
+    """
+
+    __slots__ = (
+        "_buffered",
+        "_chunks",
+        "_error",
+        "_finished",
+        "_high",
+        "_length",
+        "_on_pause",
+        "_on_resume",
+        "_paused",
+        "_timeout_error",
+        "_waiter",
+        "eof_received",
+        "idle_timeout_s",
+        "received_bytes",
+    )
+
+    def __init__(
+        self,
+        length: int | None,
+        *,
+        pause: Callable[[], None],
+        resume: Callable[[], None],
+        high_water: int = 256 * 1024,
+        idle_timeout_s: float | None = None,
+        timeout_error: Callable[[], BaseException] = lambda: RequestTimeout(),
+    ) -> None:
+        self._length = length
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._high = high_water
+        self._on_pause = pause
+        self._on_resume = resume
+        self._paused = False
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._finished = False
+        self._timeout_error = timeout_error
+        self.eof_received = False
+        self.idle_timeout_s = idle_timeout_s
+        self.received_bytes = 0
+
+    @property
+    def length(self) -> int | None:
+        return self._length
+
+    @property
+    def finished(self) -> bool:
+        """True once `read()` has returned the final b""."""
+        return self._finished
+
+    @property
+    def has_data(self) -> bool:
+        return bool(self._chunks) or self.eof_received
+
+    def feed(self, data: bytes) -> None:
+        if not data:
+            return
+        self._chunks.append(data)
+        self._buffered += len(data)
+        self.received_bytes += len(data)
+        if self._buffered > self._high and not self._paused:
+            self._paused = True
+            self._on_pause()
+        self._wake()
+
+    def feed_eof(self) -> None:
+        self.eof_received = True
+        self._wake()
+
+    def fail(self, exc: BaseException) -> None:
+        """Make the next read (after buffered data) raise `exc`; no-op once at EOF."""
+        if not self.eof_received and self._error is None:
+            self._error = exc
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _time_out(self, waiter: asyncio.Future[None]) -> None:
+        if not waiter.done():
+            waiter.set_exception(self._timeout_error())
+
+    async def read(self) -> bytes:
+        while True:
+            if self._chunks:
+                chunk = self._chunks.popleft()
+                self._buffered -= len(chunk)
+                if self._paused and self._buffered <= self._high // 4:
+                    self._paused = False
+                    self._on_resume()
+                return chunk
+            if self._error is not None:
+                raise self._error
+            if self.eof_received:
+                self._finished = True
+                return b""
+            loop = asyncio.get_running_loop()
+            waiter = loop.create_future()
+            self._waiter = waiter
+            timer = None
+            if self.idle_timeout_s is not None:
+                timer = loop.call_later(self.idle_timeout_s, self._time_out, waiter)
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+                if timer is not None:
+                    timer.cancel()
+
+    async def read_all(self) -> bytes:
+        """The whole remaining body (callers bound its size by `length` first)."""
+        parts = []
+        while chunk := await self.read():
+            parts.append(chunk)
+        return b"".join(parts)
+
+
+_SPECIAL = frozenset(
+    {"content-length", "transfer-encoding", "connection", "host", "expect", "x-forwarded-for"}
+)
+
+
+class _ServerProtocol(asyncio.Protocol):
+    """One downstream connection: parse, queue in order, dispatch, write back."""
+
+    def __init__(self, server: HttpServer) -> None:
+        self._server = server
+        self._config = server.config
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpRequestParser(self)
+        self._queue: deque[_Pending] = deque()
+        self._current: _Pending | None = None
+        self._current_queued = False
+        self._url_parts: list[bytes] = []
+        self._head_bytes = 0
+        self._head_raw = 0
+        self._in_head = False
+        self._reject_error: ProxyError | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._tunnel: ByteStream | None = None
+        self._closing = False
+        self._draining = False
+        self._body_paused = False
+        self._queue_paused = False
+        self._reading_paused = False
+        self._peer = ""
+        self.busy = False
+        self.last_active = self._loop.time()
+
+    # -- transport callbacks -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        peer = transport.get_extra_info("peername")
+        self._peer = str(peer[0]) if isinstance(peer, tuple) else ""
+        transport.set_write_buffer_limits(high=self._config.high_water_bytes)
+        self._server.connections.add(self)
+        if self._server.draining:
+            transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server.connection_closed(self)
+        self._closing = True
+        gone = DownstreamClosed("downstream closed the connection")
+        if self._current is not None and self._current.body is not None:
+            self._current.body.fail(gone)
+        for pending in self._queue:
+            if pending.body is not None:
+                pending.body.fail(gone)
+        if self._tunnel is not None:
+            self._tunnel.feed_eof()
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_exception(gone)
+        if self._task is not None:
+            self._task.cancel()
+        self._wake()
+
+    def eof_received(self) -> bool | None:
+        if self._tunnel is not None:
+            self._tunnel.feed_eof()  # half-close: keep sending the upstream's side
+            return True
+        return None
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_active = self._loop.time()
+        if self._tunnel is not None:
+            self._tunnel.feed(data)
+            return
+        if self._closing:
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._start_tunnel(data[int(upgrade.args[0]) :])
+            return
+        except httptools.HttpParserError as exc:
+            self._reject(self._reject_error or BadRequest(f"malformed request: {exc}"))
+            return
+        if self._in_head:  # a header line still incomplete after this read: bound it too
+            self._head_raw += len(data)
+            if self._head_raw > self._config.max_header_bytes + 4096:
+                self._reject(HeadersTooLarge("request headers too large"))
+
+    # -- parser callbacks ----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._current = _Pending()
+        self._current_queued = False
+        self._url_parts = []
+        self._in_head = True
+        self._head_bytes = 0
+        self._head_raw = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url_parts.append(url)
+        self._count_head(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value) + 4)
+        assert self._current is not None
+        self._current.headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        p = self._current
+        assert p is not None
+        parser = self._parser
+        p.method = parser.get_method().decode("ascii")
+        p.version = parser.get_http_version()
+        p.keep_alive = parser.should_keep_alive()
+        p.upgrade = parser.should_upgrade()
+        try:
+            self._finish_head(p)
+        except ProxyError as exc:
+            self._reject_error = exc
+            raise
+        self._queue.append(p)
+        self._current_queued = True
+        if len(self._queue) >= 32:
+            self._queue_paused = True
+            self._update_reading()
+        if self._task is None:
+            self._task = self._loop.create_task(self._serve())
+        else:
+            self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        p = self._current
+        if p is not None and p.body is not None:
+            p.body.feed(body)
+
+    def on_message_complete(self) -> None:
+        p = self._current
+        if p is None:
+            return
+        p.complete = True
+        if p.body is not None and not p.upgrade:
+            p.body.feed_eof()
+        self._current = None
+
+    def _count_head(self, n: int) -> None:
+        self._head_bytes += n
+        if self._head_bytes > self._config.max_header_bytes:
+            self._reject_error = HeadersTooLarge("request headers too large")
+            raise self._reject_error
+
+    # -- request head ----------------------------------------------------------------------
+
+    def _finish_head(self, p: _Pending) -> None:
+        """Validate framing, strip hop-by-hop headers, resolve authority and target."""
+        if p.method == "CONNECT":
+            raise BadRequest("CONNECT tunnels are not supported", status=405)
+        content_length: str | None = None
+        transfer_encoding = ""
+        connection = ""
+        host = ""
+        forwarded = ""
+        has_request_id = False
+        upgrade = ""
+        out: list[tuple[str, str]] = []
+        for name, value in p.headers:
+            if name not in _SPECIAL and name not in HOP_BY_HOP:
+                if name == "x-request-id":
+                    has_request_id = True
+                out.append((name, value))
+                continue
+            if name == "content-length":
+                value = value.strip()
+                if not value.isdigit() or (content_length is not None and value != content_length):
+                    raise BadRequest("invalid or conflicting Content-Length")
+                content_length = value
+            elif name == "transfer-encoding":
+                transfer_encoding = f"{transfer_encoding},{value}" if transfer_encoding else value
+            elif name == "connection":
+                connection = f"{connection},{value}" if connection else value
+            elif name == "host":
+                host = value.strip()
+                out.append((name, value))
+            elif name == "expect":
+                if value.strip().lower() == "100-continue":
+                    p.expect_continue = p.version == "1.1"
+            elif name == "x-forwarded-for":
+                forwarded = f"{forwarded}, {value}" if forwarded else value
+            elif name == "upgrade":
+                upgrade = value
+        if transfer_encoding:
+            if content_length is not None:
+                raise BadRequest("both Content-Length and Transfer-Encoding")
+            codings = [c.strip().lower() for c in transfer_encoding.split(",")]
+            if codings[-1] != "chunked" or codings.count("chunked") != 1:
+                raise BadRequest("unsupported Transfer-Encoding")
+        if connection:
+            named = {t.strip().lower() for t in connection.split(",")} - {"close", "keep-alive"}
+            named.discard("upgrade")
+            if named:
+                out = [(k, v) for k, v in out if k not in named]
+        self._resolve_target(p, host)
+        if not has_request_id:
+            out.append(("x-request-id", str(uuid.uuid4())))
+        if self._config.forwarded_for and self._peer:
+            forwarded = f"{forwarded}, {self._peer}" if forwarded else self._peer
+        if forwarded:
+            out.append(("x-forwarded-for", forwarded))
+        if p.upgrade:
+            out.append(("connection", "upgrade"))
+            out.append(("upgrade", upgrade))
+            p.keep_alive = False
+            p.body = self._new_body(None)
+        elif transfer_encoding:
+            p.body = self._new_body(None)
+        elif content_length is not None and int(content_length) > 0:
+            p.body = self._new_body(int(content_length))
+        p.headers = out
+
+    def _resolve_target(self, p: _Pending, host: str) -> None:
+        url = b"".join(self._url_parts)
+        if url.startswith(b"/") or url == b"*":
+            p.target = url.decode("latin-1")
+            p.authority = host
+        else:
+            try:
+                parsed = httptools.parse_url(url)
+            except httptools.HttpParserInvalidURLError as exc:
+                raise BadRequest("invalid request target") from exc
+            if parsed.schema not in (b"http", b"HTTP") or not parsed.host:
+                raise BadRequest("only http:// absolute-form targets are proxied")
+            authority = parsed.host.decode("idna")
+            if parsed.port:
+                authority = f"{authority}:{parsed.port}"
+            p.authority = authority
+            target = (parsed.path or b"/").decode("latin-1")
+            if parsed.query:
+                target = f"{target}?{parsed.query.decode('latin-1')}"
+            p.target = target
+        if not p.authority and p.version == "1.1":
+            raise BadRequest("missing Host header")
+
+    def _new_body(self, length: int | None) -> ByteStream:
+        return ByteStream(
+            length,
+            pause=self._pause_for_body,
+            resume=self._resume_for_body,
+            high_water=self._config.high_water_bytes,
+            idle_timeout_s=self._config.body_timeout_s,
+        )
+
+    # -- flow control and state ------------------------------------------------------------
+
+    def _pause_for_body(self) -> None:
+        self._body_paused = True
+        self._update_reading()
+
+    def _resume_for_body(self) -> None:
+        self._body_paused = False
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        want_pause = self._body_paused or self._queue_paused or self._closing
+        if want_pause and not self._reading_paused:
+            self._reading_paused = True
+            transport.pause_reading()
+        elif not want_pause and self._reading_paused:
+            self._reading_paused = False
+            transport.resume_reading()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _start_tunnel(self, rest: bytes) -> None:
+        p = self._current
+        if p is None and self._queue:
+            p = self._queue[-1]
+        if p is None or p.body is None:
+            self._reject(BadRequest("unexpected upgrade"))
+            return
+        self._tunnel = p.body
+        self._current = None
+        if rest:
+            self._tunnel.feed(rest)
+
+    def _reject(self, error: ProxyError) -> None:
+        """Stop reading; answer `error` in order after any earlier responses, then close."""
+        self._closing = True
+        current = self._current
+        if current is not None and self._current_queued:
+            current.error = error
+            if current.body is not None:
+                current.body.fail(error)
+        else:
+            pending = _Pending()
+            pending.error = error
+            self._queue.append(pending)
+        self._current = None
+        self._update_reading()
+        if self._task is None:
+            self._task = self._loop.create_task(self._serve())
+        else:
+            self._wake()
+
+    def start_drain(self) -> None:
+        self._draining = True
+        if not self.busy and not self._queue:
+            self.close()
+
+    def close(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    # -- dispatch and response writing -----------------------------------------------------
+
+    async def _serve(self) -> None:
+        queue = self._queue
+        while True:
+            while not queue:
+                if self._closing or self._draining:
+                    self.close()
+                    return
+                self._waiter = self._loop.create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+            pending = queue[0]
+            self.busy = True
+            keep = await self._handle(pending)
+            queue.popleft()
+            self.busy = False
+            self.last_active = self._loop.time()
+            self._server.requests_total += 1
+            if self._queue_paused and len(queue) < 8:
+                self._queue_paused = False
+                self._update_reading()
+            if not keep or self._draining:
+                self.close()
+                return
+
+    async def _handle(self, p: _Pending) -> bool:
+        if p.error is not None:
+            await self._write_response(p, error_response(p.error), force_close=True)
+            return False
+        body: Body = b""
+        stream = p.body
+        if stream is not None:
+            if p.expect_continue and not stream.has_data and self._transport is not None:
+                self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            if stream.length is not None and stream.length <= self._config.buffer_body_bytes:
+                try:
+                    body = await stream.read_all()
+                except DownstreamError as exc:
+                    await self._write_response(p, error_response(exc), force_close=True)
+                    return False
+            else:
+                body = stream
+        context = RequestContext(
+            direction=self._config.direction,
+            request_id=_request_id(p.headers),
+            downstream_addr=self._peer,
+        )
+        request = Request(
+            method=p.method,
+            target=p.target,
+            headers=tuple(p.headers),
+            body=body,
+            authority=p.authority,
+            version=p.version,
+            context=context,
+        )
+        try:
+            response = await self._server.current_handler()(request)
+        except ProxyError as exc:  # normally mapped by the stack's proxy_errors layer
+            response = error_response(exc)
+        except Exception:
+            # Connection task boundary: one failing handler must not kill the listener.
+            logger.exception("handler raised", extra={"target": p.target[:200]})
+            response = error_response(ProxyError("internal proxy error"))
+        return await self._write_response(p, response, force_close=p.error is not None)
+
+    async def _write_response(self, p: _Pending, response: Response, *, force_close: bool) -> bool:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return False
+        status = response.status
+        if status == 101 and p.upgrade:
+            return await self._write_tunnel(response)
+        keep = p.keep_alive and not force_close and not self._draining and not self._closing
+        no_body = p.method == "HEAD" or status in _NO_BODY_STATUSES or status < 200
+        lines = [f"HTTP/1.1 {status} {response.reason or _PHRASE_STR.get(status, 'Unknown')}\r\n"]
+        for name, value in response.headers:
+            if name in HOP_BY_HOP or (name == "content-length" and not no_body):
+                continue
+            lines.append(f"{name}: {value}\r\n")
+        body = response.body
+        chunked = False
+        if no_body:
+            pass
+        elif isinstance(body, bytes):
+            lines.append(f"content-length: {len(body)}\r\n")
+        elif body.length is not None:
+            lines.append(f"content-length: {body.length}\r\n")
+        elif p.version == "1.1":
+            lines.append("transfer-encoding: chunked\r\n")
+            chunked = True
+        else:
+            keep = False
+        if not keep:
+            lines.append("connection: close\r\n")
+        elif p.version == "1.0":
+            lines.append("connection: keep-alive\r\n")
+        lines.append("\r\n")
+        head = "".join(lines).encode("latin-1", "replace")
+        if no_body or isinstance(body, bytes):
+            transport.write(head if no_body else head + body)  # type: ignore[operator]
+            return keep
+        transport.write(head)
+        return await self._stream_body(body, chunked) and keep
+
+    async def _stream_body(self, body: BodyStream, chunked: bool) -> bool:
+        """Copy `body` to the downstream honouring its write buffer; False if cut short."""
+        transport = self._transport
+        sent = 0
+        try:
+            while True:
+                chunk = await body.read()
+                if transport is None or transport.is_closing():
+                    return False
+                if not chunk:
+                    break
+                sent += len(chunk)
+                if chunked:
+                    transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+                else:
+                    transport.write(chunk)
+                if self._write_paused:
+                    await self._drain()
+        except ProxyError as exc:
+            # Headers are gone already: the only honest signal left is an aborted connection.
+            logger.info("response body cut short", extra={"reason": exc.reason})
+            self.abort()
+            return False
+        if chunked:
+            transport.write(b"0\r\n\r\n")
+        elif body.length is not None and sent != body.length:
+            self.abort()
+            return False
+        return True
+
+    async def _write_tunnel(self, response: Response) -> bool:
+        transport = self._transport
+        assert transport is not None
+        lines = [f"HTTP/1.1 101 {response.reason or 'Switching Protocols'}\r\n"]
+        lines.extend(f"{k}: {v}\r\n" for k, v in response.headers)
+        lines.append("\r\n")
+        transport.write("".join(lines).encode("latin-1", "replace"))
+        body = response.body
+        if isinstance(body, bytes):
+            transport.write(body)
+        else:
+            await self._stream_body(body, chunked=False)
+        if transport.can_write_eof() and not transport.is_closing():
+            transport.write_eof()
+        return False
+
+    async def _drain(self) -> None:
+        waiter = self._loop.create_future()
+        self._drain_waiter = waiter
+        try:
+            async with asyncio.timeout(self._config.body_timeout_s):
+                await waiter
+        except TimeoutError as exc:
+            self.abort()
+            raise DownstreamClosed("downstream stopped reading") from exc
+        finally:
+            self._drain_waiter = None
+
+
+_PHRASE_STR = {int(s): s.phrase for s in HTTPStatus}
+
+
+def _request_id(headers: list[tuple[str, str]]) -> str:
+    for name, value in reversed(headers):
+        if name == "x-request-id":
+            return value
+    return ""
