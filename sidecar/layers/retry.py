@@ -1,0 +1,280 @@
+"""Retries: re-send a failed attempt through balancing (so it may land elsewhere), bounded by
+a per-try timeout, full-jitter backoff, Retry-After, a TPS budget and the request deadline.
+
+Only replayable requests are retried: idempotent methods (others only when the route opts in), and
+bodies that are buffered; a streamed body with a declared length up to `max_buffer_bytes` is read
+into memory before the first attempt, any other streamed body is never retried (Linkerd: >64 KiB
+never retried). A connect failure is retried for every method: the request never left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random as _random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+
+from sidecar.errors import (
+    PerTryTimeout,
+    ProxyError,
+    UpstreamConnectError,
+    UpstreamProtocolError,
+    UpstreamReset,
+)
+from sidecar.http import BodyStream, Request, Response, header_value
+from sidecar.layers.budget import BudgetConfig, RetryBudget
+from sidecar.stack import Clock, Handler, Layer, Sleep, monotonic
+
+__all__ = ["CONDITIONS", "IDEMPOTENT_METHODS", "RetryConfig", "parse_retry_after", "retry_layer"]
+
+CONDITIONS = frozenset({"connect-failure", "reset", "5xx", "gateway-error"})
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+_GATEWAY = frozenset({502, 503, 504})
+DEFAULT_BUDGET = BudgetConfig()
+
+
+@dataclass(frozen=True, slots=True)
+class RetryConfig:
+    """When and how often a route retries."""
+
+    attempts: int = 2  # total tries including the first (Linkerd limit 1 retry)
+    on: frozenset[str] = frozenset({"connect-failure", "reset", "gateway-error"})
+    statuses: frozenset[int] = frozenset()  # extra retriable statuses, e.g. {409, 429}
+    allow_non_idempotent: bool = False  # istio/istio#13851: never retry POST by default
+    backoff_base_ms: float = 25.0  # Envoy/Linkerd base
+    backoff_max_ms: float = 250.0  # Envoy 10 x base, Linkerd 250 ms
+    budget: BudgetConfig | None = DEFAULT_BUDGET
+    retry_after_max_s: float = 10.0  # longer Retry-After: return the response, don't wait
+    per_try_s: float | None = None  # from the route's timeout section
+    max_buffer_bytes: int = 65_536  # Linkerd: bodies > 64 KiB are never retried
+    enforce: bool = True  # False: record meshlens.retry.would_retry, never retry
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.attempts <= 10:
+            raise ValueError(f"attempts must be in 1..10, got {self.attempts}")
+        unknown = self.on - CONDITIONS
+        if unknown:
+            raise ValueError(f"unknown retry conditions {sorted(unknown)}")
+        if any(not 100 <= s <= 599 for s in self.statuses):
+            raise ValueError(f"statuses must be in 100..599, got {sorted(self.statuses)}")
+        if not 0 < self.backoff_base_ms <= self.backoff_max_ms:
+            raise ValueError("backoff_base_ms must be > 0 and <= backoff_max_ms")
+        if self.retry_after_max_s < 0:
+            raise ValueError(f"retry_after_max_s must be >= 0, got {self.retry_after_max_s}")
+        if self.per_try_s is not None and self.per_try_s <= 0:
+            raise ValueError(f"per_try_s must be > 0, got {self.per_try_s}")
+        if self.max_buffer_bytes < 0:
+            raise ValueError(f"max_buffer_bytes must be >= 0, got {self.max_buffer_bytes}")
+
+
+def parse_retry_after(value: str, now_wall: float) -> float | None:
+    """Seconds to wait from a Retry-After value (delta-seconds or HTTP-date), None if invalid."""
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - now_wall)
+
+
+def _status_reason(config: RetryConfig, status: int) -> str | None:
+    if status in config.statuses:
+        return "retriable-status"
+    if status in _GATEWAY and "gateway-error" in config.on:
+        return "gateway-error"
+    if status >= 500 and "5xx" in config.on:
+        return "5xx"
+    return None
+
+
+def _error_reason(config: RetryConfig, exc: ProxyError) -> str | None:
+    if isinstance(exc, UpstreamConnectError):
+        return "connect-failure" if "connect-failure" in config.on else None
+    if isinstance(exc, UpstreamReset | UpstreamProtocolError):
+        return "reset" if "reset" in config.on else None
+    if isinstance(exc, PerTryTimeout):
+        return "per-try-timeout"
+    return None
+
+
+async def _buffer(request: Request, limit: int) -> Request | None:
+    """`request` with its body in memory, or None when it cannot be replayed."""
+    body = request.body
+    if isinstance(body, bytes):
+        return request
+    assert isinstance(body, BodyStream)
+    if body.length is None or body.length > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await body.read():
+        size += len(chunk)
+        if size > body.length:
+            raise UpstreamProtocolError("request body longer than its content-length")
+        chunks.append(chunk)
+    return dataclasses.replace(request, body=b"".join(chunks))
+
+
+async def _discard(response: Response) -> None:
+    """Release a response we will not forward (its connection goes back or gets closed)."""
+    body = response.body
+    if isinstance(body, bytes):
+        return
+    close = getattr(body, "aclose", None)
+    if close is not None:
+        await close()
+        return
+    remaining = 65_536  # drain a small error body; a larger one is left to the upstream pool
+    while remaining > 0 and (chunk := await body.read()):
+        remaining -= len(chunk)
+
+
+def retry_layer(
+    config: RetryConfig,
+    *,
+    clock: Clock = monotonic,
+    sleep: Sleep = asyncio.sleep,
+    random: Callable[[], float] = _random.random,
+    wall_clock: Clock = time.time,
+    budget: RetryBudget | None = None,
+) -> Layer:
+    """Retry per `config`; pass `budget` to share it (and read its stats)."""
+    if budget is None and config.budget is not None:
+        budget = RetryBudget(config.budget, clock)
+    retry = _Retry(config, clock, sleep, random, wall_clock, budget)
+
+    def wrap(inner: Handler) -> Handler:
+        async def handle(request: Request) -> Response:
+            return await retry.run(inner, request)
+
+        return handle
+
+    return wrap
+
+
+class _Retry:
+    """The retry loop of one route (state: the budget)."""
+
+    def __init__(
+        self,
+        config: RetryConfig,
+        clock: Clock,
+        sleep: Sleep,
+        random: Callable[[], float],
+        wall_clock: Clock,
+        budget: RetryBudget | None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.sleep = sleep
+        self.random = random
+        self.wall_clock = wall_clock
+        self.budget = budget
+
+    async def _try(self, inner: Handler, request: Request) -> Response:
+        per_try_s = self.config.per_try_s
+        if per_try_s is None:
+            return await inner(request)
+        try:
+            async with asyncio.timeout(per_try_s):
+                return await inner(request)
+        except TimeoutError as exc:
+            raise PerTryTimeout(after_s=per_try_s) from exc
+
+    async def _replayable(self, request: Request) -> tuple[Request, str | None]:
+        """The request to send and what limits its retries (None: nothing does)."""
+        config = self.config
+        if config.attempts == 1:
+            return request, "single_attempt"
+        body = request.body
+        if not isinstance(body, bytes):
+            if body.length is None or body.length > config.max_buffer_bytes:
+                return request, "body_not_buffered"
+            if config.enforce:  # observe-only never changes how the body flows
+                buffered = await _buffer(request, config.max_buffer_bytes)
+                assert buffered is not None
+                request = buffered
+        if request.method not in IDEMPOTENT_METHODS and not config.allow_non_idempotent:
+            return request, "non_idempotent"
+        return request, None
+
+    async def run(self, inner: Handler, request: Request) -> Response:
+        if self.budget is not None:
+            self.budget.deposit()
+        request, blocked = await self._replayable(request)
+        context = request.context
+        attempt = 1
+        while True:
+            context.attempt = attempt
+            context.endpoint = None
+            response: Response | None = None
+            error: ProxyError | None = None
+            try:
+                response = await self._try(inner, request)
+                reason = _status_reason(self.config, response.status)
+            except ProxyError as exc:
+                error = exc
+                reason = _error_reason(self.config, exc)
+            if context.endpoint is not None:
+                context.previous_endpoints.append(context.endpoint)
+            delay = None if reason is None else self._delay(request, response, reason, blocked)
+            if delay is None:
+                if attempt > 1:
+                    context.attributes["meshlens.retry.attempts"] = attempt
+                if error is not None:
+                    raise error
+                assert response is not None
+                return response
+            context.attributes["meshlens.retry.reason"] = reason or ""
+            if response is not None:
+                await _discard(response)
+            if delay > 0:
+                await self.sleep(delay)
+            attempt += 1
+
+    def _delay(
+        self, request: Request, response: Response | None, reason: str, blocked: str | None
+    ) -> float | None:
+        """Seconds to wait before the next attempt, or None when this outcome is final."""
+        config = self.config
+        attrs = request.context.attributes
+        attempt = request.context.attempt
+        if blocked is not None:
+            if blocked == "single_attempt":
+                return None
+            # a connect failure never sent the request, so any method may go again
+            if blocked != "non_idempotent" or reason != "connect-failure":
+                attrs["meshlens.retry.skipped"] = blocked
+                return None
+        if attempt >= config.attempts:
+            attrs["meshlens.retry.skipped"] = "max_attempts"
+            return None
+        # Envoy full jitter: retry N waits U[0, (2^N - 1) * base), capped at max
+        upper_ms = min(config.backoff_max_ms, ((1 << attempt) - 1) * config.backoff_base_ms)
+        delay = self.random() * upper_ms / 1000.0
+        if response is not None:
+            value = header_value(response.headers, "retry-after")
+            wait = None if value is None else parse_retry_after(value, self.wall_clock())
+            if wait is not None:
+                if wait > config.retry_after_max_s:
+                    attrs["meshlens.retry.skipped"] = "retry_after_too_long"
+                    return None
+                delay = max(delay, wait)
+        deadline = request.context.deadline
+        if deadline is not None and self.clock() + delay >= deadline:
+            attrs["meshlens.retry.skipped"] = "deadline"
+            return None
+        if self.budget is not None and not self.budget.withdraw():
+            attrs["meshlens.retry.budget_exhausted"] = True
+            return None
+        if not config.enforce:
+            attrs["meshlens.retry.would_retry"] = reason
+            return None
+        return delay

@@ -1,0 +1,82 @@
+"""Request timeout: one deadline covering every attempt of a request (Envoy route timeout).
+
+Sets `context.deadline` (read by retry so it never backs off past it) and `context.idle_timeout_s`
+(enforced by the upstream handler between body chunks). The per-try timeout is enforced by the
+retry layer, because an expired try is retried."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from sidecar.errors import UpstreamTimeout
+from sidecar.http import Request, Response
+from sidecar.stack import Clock, Handler, Layer, monotonic
+
+__all__ = ["TimeoutConfig", "timeout_layer"]
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutConfig:
+    """Timeouts of a route; None disables one."""
+
+    request_s: float | None = 15.0  # Envoy route timeout default, covers all tries
+    per_try_s: float | None = None  # Istio: default = the request timeout
+    idle_s: float | None = 300.0  # Envoy stream_idle_timeout default (5 min)
+    enforce: bool = True  # False: record meshlens.timeout.would_timeout, cut nothing
+
+    def __post_init__(self) -> None:
+        for name in ("request_s", "per_try_s", "idle_s"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+        if (
+            self.per_try_s is not None
+            and self.request_s is not None
+            and self.per_try_s > self.request_s
+        ):
+            raise ValueError(
+                f"per_try_s ({self.per_try_s:g}) must be <= request_s ({self.request_s:g})"
+            )
+
+
+def timeout_layer(config: TimeoutConfig, *, clock: Clock = monotonic) -> Layer:
+    """Bound the whole exchange (up to response headers) by `config.request_s`."""
+    request_s = config.request_s
+    idle_s = config.idle_s
+
+    def wrap(inner: Handler) -> Handler:
+        if not config.enforce:
+            return _observe(inner, request_s, clock)
+
+        async def handle(request: Request) -> Response:
+            context = request.context
+            if idle_s is not None:
+                context.idle_timeout_s = idle_s
+            if request_s is None:
+                return await inner(request)
+            deadline = clock() + request_s
+            if context.deadline is None or deadline < context.deadline:
+                context.deadline = deadline
+            try:
+                async with asyncio.timeout(request_s):
+                    return await inner(request)
+            except TimeoutError as exc:
+                context.attributes["meshlens.timeout.fired"] = "request"
+                raise UpstreamTimeout(after_s=request_s) from exc
+
+        return handle
+
+    return wrap
+
+
+def _observe(inner: Handler, request_s: float | None, clock: Clock) -> Handler:
+    async def handle(request: Request) -> Response:
+        start = clock()
+        try:
+            return await inner(request)
+        finally:
+            if request_s is not None and clock() - start > request_s:
+                request.context.attributes["meshlens.timeout.would_timeout"] = True
+
+    return handle
