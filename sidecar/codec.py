@@ -14,11 +14,13 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
+from typing import Any
 
 import httptools
 
-from sidecar.errors import ERROR_HEADER, BadRequest, DownstreamError, HeadersTooLarge, ProxyError
+from sidecar.errors import BadRequest, DownstreamError, HeadersTooLarge, ProxyError
 from sidecar.http import Body, BodyStream, Request, RequestContext, Response
+from sidecar.layers.proxy_errors import error_response
 from sidecar.stack import Handler
 
 __all__ = [
@@ -28,7 +30,6 @@ __all__ = [
     "HttpServer",
     "RequestTimeout",
     "ServerConfig",
-    "error_response",
 ]
 
 logger = logging.getLogger(__name__)
@@ -80,15 +81,6 @@ class ServerConfig:
                 raise ValueError(f"{name} must be > 0")
         if self.idle_timeout_s <= 0 or self.body_timeout_s <= 0:
             raise ValueError("timeouts must be > 0")
-
-
-def error_response(exc: ProxyError) -> Response:
-    """The response for a proxy-generated error, marked with `x-meshlens-error`."""
-    return Response(
-        status=exc.status,
-        headers=((ERROR_HEADER, exc.reason), ("content-type", "text/plain; charset=utf-8")),
-        body=(str(exc) + "\n").encode(),
-    )
 
 
 class _Pending:
@@ -366,8 +358,8 @@ class _ServerProtocol(asyncio.Protocol):
 
     # -- transport callbacks -------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+    def connection_made(self, transport: Any) -> None:
+        self._transport = transport  # uvloop's transports are not asyncio.Transport subclasses
         peer = transport.get_extra_info("peername")
         self._peer = str(peer[0]) if isinstance(peer, tuple) else ""
         transport.set_write_buffer_limits(high=self._config.high_water_bytes)

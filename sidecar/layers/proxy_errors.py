@@ -1,0 +1,42 @@
+"""Proxy-error mapping layer: the single place a `ProxyError` becomes a marked response.
+
+Sits just inside telemetry (see sidecar/stack.py) so spans see the final status; every response
+it makes carries `x-meshlens-error: <reason>` so it is never mistaken for the application's.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sidecar.errors import ERROR_HEADER, ProxyError
+from sidecar.http import Request, Response
+from sidecar.stack import Handler, Layer
+
+__all__ = ["ERROR_HEADER", "error_response", "proxy_errors_layer"]
+
+logger = logging.getLogger(__name__)
+
+
+def error_response(exc: ProxyError) -> Response:
+    """The marked response for `exc`: its status, reason header and a one-line text body."""
+    return Response(
+        status=exc.status,
+        headers=((ERROR_HEADER, exc.reason), ("content-type", "text/plain; charset=utf-8")),
+        body=(str(exc) + "\n").encode(),
+    )
+
+
+def proxy_errors_layer() -> Layer:
+    """Turn any `ProxyError` raised below into its marked response; record the reason."""
+
+    def wrap(inner: Handler) -> Handler:
+        async def handle(request: Request) -> Response:
+            try:
+                return await inner(request)
+            except ProxyError as exc:
+                request.context.attributes["meshlens.error.reason"] = exc.reason
+                return error_response(exc)
+
+        return handle
+
+    return wrap

@@ -1,0 +1,553 @@
+"""The terminal handler: pooled HTTP/1.1 connections to `request.context.endpoint`.
+
+Serialises the request (streaming its body), parses the response with httptools and hands the
+body back as a stream that returns the connection to the pool once fully read. Socket, parser and
+timeout failures are translated here into `sidecar.errors`, and nowhere above.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import weakref
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import httptools
+
+from sidecar.codec import HOP_BY_HOP, ByteStream
+from sidecar.errors import (
+    NoHealthyUpstream,
+    ProxyError,
+    UpstreamConnectError,
+    UpstreamProtocolError,
+    UpstreamReset,
+    UpstreamTimeout,
+)
+from sidecar.http import Body, BodyStream, Endpoint, Request, Response
+from sidecar.stack import Clock, monotonic
+
+__all__ = ["UpstreamConfig", "UpstreamPool"]
+
+logger = logging.getLogger(__name__)
+
+_NO_BODY_STATUSES = frozenset({204, 304})
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    """Connection pool limits and backstop timeouts."""
+
+    max_idle_per_endpoint: int = 64
+    idle_expiry_s: float = 4.0  # below common app keep-alive timeouts (node 5 s)
+    response_timeout_s: float = 300.0  # wait for response headers when no deadline is set
+    high_water_bytes: int = 256 * 1024
+
+    def __post_init__(self) -> None:
+        if self.max_idle_per_endpoint < 0:
+            raise ValueError("max_idle_per_endpoint must be >= 0")
+        if self.idle_expiry_s <= 0 or self.response_timeout_s <= 0:
+            raise ValueError("timeouts must be > 0")
+
+
+class _Stale(Exception):
+    """A reused connection died before answering; the request may be sent again."""
+
+
+class _ResponseBody(ByteStream):
+    """Response body stream; dropping it unread closes the connection it holds."""
+
+    __slots__ = ("__weakref__", "_conn")
+
+    def __init__(self, conn: _Connection, length: int | None, idle_timeout_s: float | None):
+        super().__init__(
+            length,
+            pause=conn.pause_reading,
+            resume=conn.resume_reading,
+            high_water=conn.high_water,
+            idle_timeout_s=idle_timeout_s,
+            timeout_error=lambda: UpstreamTimeout("upstream body idle timeout"),
+        )
+        self._conn = conn
+
+    def __del__(self) -> None:
+        if not self.eof_received:
+            self._conn.abort()
+
+
+class _Connection(asyncio.Protocol):
+    """One upstream connection; runs one exchange at a time."""
+
+    def __init__(self, pool: UpstreamPool, key: tuple[str, int]) -> None:
+        self.pool = pool
+        self.key = key
+        self.high_water = pool.config.high_water_bytes
+        self.transport: Any = None
+        self.closed = False
+        self.uses = 0
+        self.idle_since = 0.0
+        self._parser: Any = None
+        self._head_method = ""
+        self._headers_waiter: asyncio.Future[None] | None = None
+        self._error: ProxyError | None = None
+        self.status = 0
+        self.reason = ""
+        self.headers: list[tuple[str, str]] = []
+        self.headers_done = False
+        self.complete = False
+        self.received_any = False
+        self._extra = False
+        self._early: list[bytes] = []
+        self._body_ref: weakref.ref[_ResponseBody] | None = None
+        self.tunnel: _ResponseBody | None = None
+        self.pump: asyncio.Task[None] | None = None
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self.taken = False
+        self._reusable = False
+        self._keep_alive = False
+
+    # -- transport ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.transport.set_write_buffer_limits(high=self.high_water)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.tunnel is not None:
+            self.tunnel.feed_eof()
+        elif not self.headers_done:
+            self._fail(UpstreamReset("upstream closed before responding"))
+        elif not self.complete:
+            body = self._body()
+            if body is not None:
+                body.fail(UpstreamReset("upstream closed mid-body"))
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_exception(UpstreamReset("upstream closed while sending"))
+        if self.pump is not None:
+            self.pump.cancel()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    def pause_reading(self) -> None:
+        if not self.closed:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if not self.closed:
+            self.transport.resume_reading()
+
+    def abort(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.transport.abort()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.feed(data)
+            return
+        if self.status == 101:
+            self._early.append(data)  # tunnel bytes arriving before the tunnel is set up
+            return
+        parser = self._parser
+        if parser is None or self.complete:
+            self.abort()  # bytes nobody asked for: the connection is not reusable
+            return
+        self.received_any = True
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            rest = data[int(upgrade.args[0]) :]
+            if rest:
+                self._early.append(rest)
+        except httptools.HttpParserError as exc:
+            self._protocol_error(UpstreamProtocolError(f"bad upstream response: {exc}"))
+            return
+        if self.headers_done:
+            self._wake()
+        if self.complete and self.status != 101:
+            self._finish()
+
+    async def drain(self) -> None:
+        if self._write_paused:
+            waiter = asyncio.get_running_loop().create_future()
+            self._drain_waiter = waiter
+            try:
+                await waiter
+            finally:
+                self._drain_waiter = None
+
+    # -- exchange -------------------------------------------------------------------------
+
+    def begin(self, method: str) -> None:
+        self._parser = httptools.HttpResponseParser(self)
+        self._head_method = method
+        self._headers_waiter = None
+        self._error = None
+        self.status = 0
+        self.headers = []
+        self.headers_done = self.complete = self.received_any = self._extra = False
+        self._early = []
+        self._body_ref = None
+        self.taken = False
+        self._reusable = False
+        self._keep_alive = False
+        self.uses += 1
+
+    async def wait_headers(self, timeout_s: float) -> None:
+        if self._error is not None:
+            raise self._error
+        if self.headers_done:
+            return
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        self._headers_waiter = waiter
+        timer = loop.call_later(timeout_s, self._time_out, waiter, timeout_s)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._headers_waiter = None
+
+    def _time_out(self, waiter: asyncio.Future[None], timeout_s: float) -> None:
+        if not waiter.done():
+            waiter.set_exception(UpstreamTimeout(after_s=timeout_s))
+
+    def _wake(self) -> None:
+        waiter = self._headers_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _fail(self, error: ProxyError) -> None:
+        self._error = error
+        waiter = self._headers_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(error)
+
+    def _protocol_error(self, error: ProxyError) -> None:
+        if not self.headers_done:
+            self._fail(error)
+        else:
+            body = self._body()
+            if body is not None:
+                body.fail(error)
+        self.abort()
+
+    def _body(self) -> _ResponseBody | None:
+        return self._body_ref() if self._body_ref is not None else None
+
+    def take_body(self, idle_timeout_s: float | None) -> Body:
+        """The response body: bytes when already complete, else a stream owning this conn."""
+        self.taken = True
+        if self.complete or self.status in _NO_BODY_STATUSES or self._head_method == "HEAD":
+            data = b"".join(self._early)
+            if not self.complete:
+                self.close()  # a bodiless response that the parser did not see end
+            elif self._reusable:
+                self.pool.release(self)
+            else:
+                self.close()
+            return data
+        length = None
+        for name, value in self.headers:
+            if name == "content-length":
+                length = int(value)
+        stream = _ResponseBody(self, length, idle_timeout_s)
+        for chunk in self._early:
+            stream.feed(chunk)
+        self._early = []
+        self._body_ref = weakref.ref(stream)
+        return stream
+
+    def _finish(self) -> None:
+        """The response is complete: back to the pool if the connection can carry another."""
+        body = self._body()
+        if body is not None:
+            body.feed_eof()
+        reusable = (
+            not self._extra
+            and self._keep_alive
+            and (self.pump is None or self.pump.done())
+            and self.status != 101
+        )
+        self._parser = None
+        if not self.taken:
+            self._reusable = reusable  # settled once the exchange has read status and headers
+        elif reusable:
+            self.pool.release(self)
+        else:
+            self.close()
+
+    # -- parser callbacks -----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.complete:
+            self._extra = True
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        status = int(self._parser.get_status_code())
+        if 100 <= status < 200 and status != 101:
+            self.headers = []  # interim response (e.g. 103): wait for the final one
+            return
+        self.status = status
+        self.headers_done = True
+        self._keep_alive = bool(self._parser.should_keep_alive())  # reset once the message ends
+        if self._head_method == "HEAD":
+            self.complete = True
+
+    def on_body(self, body: bytes) -> None:
+        stream = self._body()
+        if stream is not None:
+            stream.feed(body)
+        elif self._body_ref is None:
+            self._early.append(body)
+        else:
+            self.abort()  # the consumer dropped the body: stop downloading it
+
+    def on_message_complete(self) -> None:
+        if self.headers_done:
+            self.complete = True
+
+
+class UpstreamPool:
+    """The terminal `Handler`: one keep-alive pool per endpoint (call it with a Request)."""
+
+    def __init__(self, config: UpstreamConfig | None = None, *, clock: Clock = monotonic) -> None:
+        self.config = config or UpstreamConfig()
+        self._clock = clock
+        self._idle: dict[tuple[str, int], deque[_Connection]] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+        self._closed = False
+        self.opened = 0
+        self.reused = 0
+        self.stale_retries = 0
+
+    async def __call__(self, request: Request) -> Response:
+        endpoint = request.context.endpoint
+        if endpoint is None:
+            raise NoHealthyUpstream("no endpoint was selected for this request")
+        conn = self._take_idle(endpoint)
+        if conn is not None:
+            try:
+                return await self._exchange(conn, request, endpoint)
+            except _Stale:
+                self.stale_retries += 1  # keep-alive race: the app closed it as we sent
+        conn = await self._connect(endpoint, request.context.connect_timeout_s)
+        try:
+            return await self._exchange(conn, request, endpoint)
+        except _Stale as exc:
+            raise UpstreamReset("upstream closed before responding") from exc
+
+    # -- pool -----------------------------------------------------------------------------
+
+    def _take_idle(self, endpoint: Endpoint) -> _Connection | None:
+        idle = self._idle.get((endpoint.host, endpoint.port))
+        if not idle:
+            return None
+        oldest_ok = self._clock() - self.config.idle_expiry_s
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and conn.idle_since > oldest_ok:
+                self.reused += 1
+                return conn
+            conn.close()
+        return None
+
+    def release(self, conn: _Connection) -> None:
+        if conn.closed or self._closed:
+            return
+        idle = self._idle.setdefault(conn.key, deque())
+        if len(idle) >= self.config.max_idle_per_endpoint:
+            conn.close()
+            return
+        conn.idle_since = self._clock()
+        idle.append(conn)
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        """Close idle connections past their expiry so they do not hold sockets."""
+        while True:
+            await asyncio.sleep(max(0.5, self.config.idle_expiry_s / 2))
+            self.expire_idle()
+
+    def expire_idle(self) -> None:
+        oldest_ok = self._clock() - self.config.idle_expiry_s
+        for idle in self._idle.values():
+            while idle and (idle[0].closed or idle[0].idle_since <= oldest_ok):
+                idle.popleft().close()
+
+    async def _connect(self, endpoint: Endpoint, timeout_s: float) -> _Connection:
+        loop = asyncio.get_running_loop()
+        key = (endpoint.host, endpoint.port)
+        try:
+            async with asyncio.timeout(timeout_s):
+                _, conn = await loop.create_connection(
+                    lambda: _Connection(self, key), endpoint.host, endpoint.port
+                )
+        except TimeoutError as exc:
+            raise UpstreamConnectError(
+                f"connect to {endpoint.address} timed out after {timeout_s:g}s"
+            ) from exc
+        except OSError as exc:
+            raise UpstreamConnectError(
+                f"connect to {endpoint.address} failed: {exc.strerror or exc}"
+            ) from exc
+        self.opened += 1
+        return conn
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        for idle in self._idle.values():
+            while idle:
+                idle.pop().close()
+
+    def stats(self) -> dict[str, object]:
+        return {
+            "connections_opened": self.opened,
+            "connections_reused": self.reused,
+            "stale_retries": self.stale_retries,
+            "idle": {f"{h}:{p}": len(q) for (h, p), q in self._idle.items() if q},
+        }
+
+    # -- one exchange ---------------------------------------------------------------------
+
+    async def _exchange(self, conn: _Connection, request: Request, endpoint: Endpoint) -> Response:
+        reused = conn.uses > 0
+        conn.begin(request.method)
+        body = request.body
+        head, upgrade, chunked = _serialise_head(request, endpoint)
+        try:
+            if conn.closed:
+                raise UpstreamReset("connection closed")
+            if isinstance(body, bytes):
+                conn.transport.write(head + body if body else head)
+            else:
+                conn.transport.write(head)
+                if not upgrade:
+                    conn.pump = asyncio.get_running_loop().create_task(
+                        _pump(conn, body, chunked), name="upstream-request-body"
+                    )
+            await conn.wait_headers(self._headers_timeout(request))
+        except UpstreamReset as exc:
+            conn.abort()
+            if reused and not conn.received_any and request.replayable:
+                raise _Stale from exc
+            raise
+        except BaseException:
+            conn.abort()
+            if conn.pump is not None:
+                conn.pump.cancel()
+            raise
+        headers = _response_headers(conn)
+        if conn.status == 101 and upgrade and isinstance(body, BodyStream):
+            return self._tunnel(conn, headers, body)
+        response_body = conn.take_body(request.context.idle_timeout_s)
+        return Response(status=conn.status, headers=headers, body=response_body)
+
+    def _headers_timeout(self, request: Request) -> float:
+        timeout = self.config.response_timeout_s
+        deadline = request.context.deadline
+        if deadline is not None:
+            timeout = min(timeout, max(0.001, deadline - self._clock()))
+        return timeout
+
+    def _tunnel(
+        self, conn: _Connection, headers: tuple[tuple[str, str], ...], body: BodyStream
+    ) -> Response:
+        tunnel = _ResponseBody(conn, None, None)
+        for chunk in conn._early:
+            tunnel.feed(chunk)
+        conn._early = []
+        conn.tunnel = tunnel
+        conn.pump = asyncio.get_running_loop().create_task(
+            _pump(conn, body, chunked=False, half_close=True), name="upstream-tunnel"
+        )
+        return Response(status=101, headers=headers, body=tunnel)
+
+
+def _serialise_head(request: Request, endpoint: Endpoint) -> tuple[bytes, bool, bool]:
+    """The request head bytes, whether it asks for an upgrade, and whether it is chunked."""
+    host = request.authority or endpoint.address
+    lines = [f"{request.method} {request.target} HTTP/1.1\r\nhost: {host}\r\n"]
+    upgrade = ""
+    for name, value in request.headers:
+        if name in HOP_BY_HOP or name == "host" or name == "content-length":
+            if name == "upgrade":
+                upgrade = value
+            continue
+        lines.append(f"{name}: {value}\r\n")
+    body = request.body
+    chunked = False
+    if upgrade:
+        lines.append(f"connection: upgrade\r\nupgrade: {upgrade}\r\n")
+    elif isinstance(body, bytes):
+        if body or request.method in _BODY_METHODS:
+            lines.append(f"content-length: {len(body)}\r\n")
+    elif body.length is not None:
+        lines.append(f"content-length: {body.length}\r\n")
+    else:
+        lines.append("transfer-encoding: chunked\r\n")
+        chunked = True
+    lines.append("\r\n")
+    return "".join(lines).encode("latin-1", "replace"), bool(upgrade), chunked
+
+
+def _response_headers(conn: _Connection) -> tuple[tuple[str, str], ...]:
+    if conn.status == 101:
+        return tuple(conn.headers)
+    keep_length = conn.status in _NO_BODY_STATUSES or conn._head_method == "HEAD"
+    return tuple(
+        (k, v)
+        for k, v in conn.headers
+        if k not in HOP_BY_HOP and (keep_length or k != "content-length")
+    )
+
+
+async def _pump(
+    conn: _Connection, body: BodyStream, chunked: bool, half_close: bool = False
+) -> None:
+    """Copy a streamed request body to the upstream, honouring its write buffer."""
+    transport = conn.transport
+    try:
+        while chunk := await body.read():
+            if conn.closed:
+                return
+            if chunked:
+                transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+            else:
+                transport.write(chunk)
+            await conn.drain()
+        if conn.closed:
+            return
+        if chunked:
+            transport.write(b"0\r\n\r\n")
+        elif half_close and transport.can_write_eof():
+            transport.write_eof()
+    except ProxyError as exc:
+        # The downstream body broke (or timed out): the upstream must not see a truncated
+        # request as complete, so the connection is aborted and the exchange fails.
+        conn._protocol_error(exc)
