@@ -1,0 +1,1 @@
+"""Exporters: the last pipeline stage, writing batches to the store."""

@@ -1,0 +1,1 @@
+"""Processors: pipeline stages between the receivers and the exporter."""

@@ -1,0 +1,1 @@
+"""Receivers: OTLP over HTTP and gRPC, the first pipeline stage."""
