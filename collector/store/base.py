@@ -11,7 +11,11 @@ Rows = list[dict[str, Any]]
 
 
 class StoreError(Exception):
-    """Base of store errors."""
+    """Base of store errors; `code` is the ClickHouse error code when the engine gave one."""
+
+    def __init__(self, message: str, *, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class StoreUnavailable(StoreError):

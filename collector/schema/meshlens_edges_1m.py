@@ -1,0 +1,65 @@
+"""`meshlens_edges_1m`: per-minute service-edge aggregates for the service map, fed by a view.
+
+The view reads CLIENT spans as they are inserted into otel_traces (sidecars write one per attempt):
+caller = ServiceName, callee = SpanAttributes['meshlens.upstream'] or else ['server.address'],
+route = ['meshlens.route'], status_code = ['http.response.status_code'] (0 when absent). Spans
+without a callee are skipped. error_count counts StatusCode 'Error' (or the old
+'STATUS_CODE_ERROR') or status >= 500. Durations are ns; merge the quantile state with
+`quantilesTDigestMerge(0.5, 0.9, 0.99)`.
+"""
+
+from __future__ import annotations
+
+from collector.schema.ddl import SchemaOptions, TableSpec, ViewSpec, render_table, render_view
+
+__all__ = ["QUANTILES", "TABLE", "VIEW", "statements"]
+
+TABLE = "meshlens_edges_1m"
+VIEW = "meshlens_edges_1m_mv"
+QUANTILES = "0.5, 0.9, 0.99"
+
+SPEC = TableSpec(
+    name=TABLE,
+    columns=f"""
+    minute DateTime CODEC(Delta, ZSTD(1)),
+    caller LowCardinality(String) CODEC(ZSTD(1)),
+    callee LowCardinality(String) CODEC(ZSTD(1)),
+    route LowCardinality(String) CODEC(ZSTD(1)),
+    status_code UInt16 CODEC(ZSTD(1)),
+    count SimpleAggregateFunction(sum, UInt64) CODEC(ZSTD(1)),
+    error_count SimpleAggregateFunction(sum, UInt64) CODEC(ZSTD(1)),
+    duration_sum_ns SimpleAggregateFunction(sum, UInt64) CODEC(ZSTD(1)),
+    duration_quantiles_ns AggregateFunction(quantilesTDigest({QUANTILES}), UInt64) CODEC(ZSTD(1))
+""",
+    engine="AggregatingMergeTree",
+    keys="PARTITION BY toDate(minute)\nORDER BY (minute, caller, callee, route, status_code)",
+    ttl_expr="minute",
+)
+
+VIEW_SPEC = ViewSpec(
+    name=VIEW,
+    target=TABLE,
+    source="otel_traces",
+    select=f"""
+SELECT
+    toStartOfMinute(Timestamp) AS minute,
+    ServiceName AS caller,
+    if(SpanAttributes['meshlens.upstream'] != '',
+       SpanAttributes['meshlens.upstream'], SpanAttributes['server.address']) AS callee,
+    SpanAttributes['meshlens.route'] AS route,
+    toUInt16OrZero(SpanAttributes['http.response.status_code']) AS status_code,
+    toUInt64(count()) AS count,
+    toUInt64(countIf(StatusCode IN ('Error', 'STATUS_CODE_ERROR') OR status_code >= 500))
+        AS error_count,
+    sum(Duration) AS duration_sum_ns,
+    quantilesTDigestState({QUANTILES})(Duration) AS duration_quantiles_ns
+FROM {{source}}
+WHERE SpanKind IN ('Client', 'SPAN_KIND_CLIENT') AND callee != ''
+GROUP BY minute, caller, callee, route, status_code
+""",
+)
+
+
+def statements(options: SchemaOptions) -> list[str]:
+    """DDL for the edge table, then the view that fills it."""
+    return render_table(SPEC, options) + render_view(VIEW_SPEC, options)

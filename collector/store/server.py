@@ -1,0 +1,204 @@
+"""The server backend: a ClickHouse server or cluster over HTTP(S) through clickhouse-connect.
+
+The driver is blocking, so calls run on a small thread pool (the HTTP client is thread-safe without
+a session id); every call has a deadline, and the password never appears in URLs, logs or errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from collector.schema import SchemaOptions, migrate
+from collector.store.arrow import describe_sql, needs_types, rows_from_arrow, to_arrow_table
+from collector.store.base import Rows, StoreError, StoreRejected, StoreUnavailable
+from collector.store.errors import from_engine_message
+from collector.store.urls import StoreUrl
+
+__all__ = ["ServerStore"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_COLUMNS_SQL = (
+    "SELECT name, type FROM system.columns WHERE database = {db:String} AND table = {table:String}"
+    " AND default_kind NOT IN ('ALIAS', 'MATERIALIZED', 'EPHEMERAL') ORDER BY position"
+)
+_WORKERS = 4
+
+
+class ServerStore:
+    """A Store on a ClickHouse server (or a cluster through one of its nodes)."""
+
+    def __init__(
+        self,
+        url: StoreUrl,
+        options: SchemaOptions,
+        *,
+        timeout_s: float = 30.0,
+        connect_timeout_s: float = 5.0,
+    ) -> None:
+        if timeout_s <= 0 or connect_timeout_s <= 0:
+            raise ValueError("timeout_s and connect_timeout_s must be > 0")
+        self._target = url
+        self._options = options
+        self._timeout_s = timeout_s
+        self._connect_timeout_s = connect_timeout_s
+        self._executor = ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="clickhouse")
+        self._client_lock = threading.Lock()
+        self._client: Any = None
+        self._closed = False
+        self._types: dict[str, dict[str, str]] = {}
+        self._migrate_lock = asyncio.Lock()
+
+    @property
+    def url(self) -> str:
+        redacted = self._target
+        return StoreUrl(
+            scheme=redacted.scheme,
+            host=redacted.host,
+            port=redacted.port,
+            username=redacted.username,
+            password=redacted.password,
+            database=self._options.database,
+        ).redacted
+
+    def _connect(self) -> Any:
+        """The shared client, created on first use (worker threads only)."""
+        with self._client_lock:
+            if self._client is None:
+                import clickhouse_connect
+
+                target = self._target
+                self._client = clickhouse_connect.get_client(
+                    host=target.host,
+                    port=target.port,
+                    username=target.username,
+                    password=target.password,
+                    secure=target.scheme == "https",
+                    connect_timeout=self._connect_timeout_s,
+                    send_receive_timeout=self._timeout_s,
+                    query_retries=0,
+                    autogenerate_session_id=False,
+                    settings={"session_timezone": "UTC"},
+                )
+                self._use_database_if_present()
+            return self._client
+
+    def _use_database_if_present(self) -> None:
+        # The database may not exist before migrate(); until then queries run in the default one.
+        database = self._options.database
+        exists = self._client.command(
+            "SELECT count() FROM system.databases WHERE name = {db:String}", {"db": database}
+        )
+        if int(exists) > 0:
+            self._client.database = database
+
+    async def _call(self, context: str, fn: Callable[[Any], T]) -> T:
+        if self._closed:
+            raise StoreUnavailable(f"{context}: store {self.url} is closed")
+        future = self._executor.submit(lambda: fn(self._connect()))
+        deadline = self._timeout_s + self._connect_timeout_s
+        try:
+            async with asyncio.timeout(deadline):
+                return await asyncio.wrap_future(future)
+        except TimeoutError as exc:
+            raise StoreUnavailable(f"{context}: {self.url} gave no answer in {deadline}s") from exc
+        except StoreError:
+            raise
+        except Exception as exc:  # driver, urllib3 and socket errors: classified below
+            raise self._translate(exc, context) from exc
+
+    def _translate(self, exc: Exception, context: str) -> StoreError:
+        from clickhouse_connect.driver.exceptions import OperationalError
+
+        network = isinstance(exc, OperationalError | OSError | ConnectionError)
+        return from_engine_message(
+            f"{type(exc).__name__}: {exc}",
+            context=f"{context} on {self.url}",
+            secret=self._target.password or None,
+            unavailable=network,
+        )
+
+    async def migrate(self) -> int:
+        async with self._migrate_lock:
+            version = await migrate(self, self._options)
+            self._types.clear()
+            await self._call("use database", lambda client: self._use_database_if_present())
+            return version
+
+    async def _column_types(self, table: str) -> dict[str, str]:
+        types = self._types.get(table)
+        if types is None:
+            rows = await self.query(_COLUMNS_SQL, {"db": self._options.database, "table": table})
+            types = {row["name"]: row["type"] for row in rows}
+            if not types:
+                raise StoreRejected(f"insert into {table}: no such table in {self.url}")
+            self._types[table] = types
+        return types
+
+    async def insert(
+        self,
+        table: str,
+        columns: Mapping[str, Sequence[Any]],
+        *,
+        dedup_token: str | None = None,
+    ) -> int:
+        arrow = to_arrow_table(table, columns, await self._column_types(table))
+        settings = {"insert_deduplication_token": dedup_token} if dedup_token is not None else {}
+        database = self._options.database
+        try:
+            await self._call(
+                f"insert into {table}",
+                lambda client: client.insert_arrow(
+                    table, arrow, database=database, settings=settings
+                ),
+            )
+        except StoreError:
+            self._types.pop(table, None)
+            raise
+        return int(arrow.num_rows)
+
+    async def query(self, sql: str, params: Mapping[str, Any] | None = None) -> Rows:
+        bound = dict(params or {})
+        result = await self._call(
+            "query", lambda client: client.query_arrow(sql, parameters=bound, use_strings=True)
+        )
+        types: dict[str, str] | None = None
+        if needs_types(result):
+            described = await self._call(
+                "describe",
+                lambda client: client.query_arrow(
+                    describe_sql(sql), parameters=bound, use_strings=True
+                ),
+            )
+            types = dict(
+                zip(described["name"].to_pylist(), described["type"].to_pylist(), strict=True)
+            )
+        return rows_from_arrow(result, types)
+
+    async def command(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
+        bound = dict(params or {})
+        await self._call("command", lambda client: client.command(sql, parameters=bound))
+
+    async def ping(self) -> bool:
+        try:
+            rows = await self.query("SELECT 1 AS ok")
+        except StoreError:
+            return False
+        return rows == [{"ok": 1}]
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        client = self._client
+        if client is not None:
+            await asyncio.wrap_future(self._executor.submit(client.close))
+        self._executor.shutdown(wait=False)
+        logger.info("server store closed", extra={"store": self.url})
