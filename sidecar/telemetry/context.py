@@ -1,0 +1,201 @@
+"""Trace context propagation: W3C traceparent/tracestate (strict) and B3 (single and multi) input.
+
+The sidecar reads either format from incoming headers and always writes W3C `traceparent`; trace
+flags are carried unchanged (only bit 0x01, sampled, is interpreted).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from sidecar.http import Headers
+
+__all__ = [
+    "B3_HEADERS",
+    "SAMPLED",
+    "TRACE_HEADERS",
+    "IdSource",
+    "TraceContext",
+    "extract",
+    "format_b3_headers",
+    "format_traceparent",
+    "parse_b3_multi",
+    "parse_b3_single",
+    "parse_traceparent",
+]
+
+SAMPLED = 0x01
+_HEX = frozenset("0123456789abcdef")
+_ZERO_TRACE = bytes(16)
+_ZERO_SPAN = bytes(8)
+B3_HEADERS = frozenset(
+    ("b3", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags")
+)
+# Every header the sidecar rewrites when it forwards a request with its own span as parent.
+TRACE_HEADERS = B3_HEADERS | {"traceparent", "tracestate"}
+
+
+@dataclass(frozen=True, slots=True)
+class TraceContext:
+    """A remote parent: 16-byte trace id, 8-byte span id, W3C flags, opaque tracestate."""
+
+    trace_id: bytes
+    span_id: bytes
+    flags: int = SAMPLED
+    tracestate: str = ""
+    b3: bool = False  # came in as B3 (so B3 is also written on the way out)
+
+    def __post_init__(self) -> None:
+        if len(self.trace_id) != 16 or self.trace_id == _ZERO_TRACE:
+            raise ValueError("trace_id must be 16 bytes, not all zero")
+        if len(self.span_id) != 8 or self.span_id == _ZERO_SPAN:
+            raise ValueError("span_id must be 8 bytes, not all zero")
+        if not 0 <= self.flags <= 0xFF:
+            raise ValueError(f"flags must fit in one byte, got {self.flags}")
+
+    @property
+    def sampled(self) -> bool:
+        return bool(self.flags & SAMPLED)
+
+
+def _is_hex(text: str, size: int) -> bool:
+    return len(text) == size and _HEX.issuperset(text)
+
+
+def parse_traceparent(value: str, tracestate: str = "") -> TraceContext | None:
+    """Parse a W3C `traceparent`; None when invalid (the caller then starts a new trace)."""
+    parts = value.strip().split("-")
+    if len(parts) < 4:
+        return None
+    version, trace_hex, span_hex, flags_hex = parts[0], parts[1], parts[2], parts[3]
+    if not _is_hex(version, 2) or version == "ff":
+        return None
+    # Version 00 has exactly four fields; a higher version may append more (ignored).
+    if version == "00" and len(parts) != 4:
+        return None
+    if not (_is_hex(trace_hex, 32) and _is_hex(span_hex, 16) and _is_hex(flags_hex, 2)):
+        return None
+    trace_id = bytes.fromhex(trace_hex)
+    span_id = bytes.fromhex(span_hex)
+    if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
+        return None
+    return TraceContext(trace_id, span_id, int(flags_hex, 16), tracestate)
+
+
+def format_traceparent(trace_id: bytes, span_id: bytes, flags: int) -> str:
+    """Render a version-00 `traceparent`."""
+    return f"00-{trace_id.hex()}-{span_id.hex()}-{flags:02x}"
+
+
+def _b3_trace_id(text: str) -> bytes | None:
+    # 64-bit B3 trace ids are left-padded with zeros to 128 bits (as the B3 spec says).
+    if _is_hex(text, 16):
+        text = "0" * 16 + text
+    if not _is_hex(text, 32):
+        return None
+    trace_id = bytes.fromhex(text)
+    return None if trace_id == _ZERO_TRACE else trace_id
+
+
+def _b3_span_id(text: str) -> bytes | None:
+    if not _is_hex(text, 16):
+        return None
+    span_id = bytes.fromhex(text)
+    return None if span_id == _ZERO_SPAN else span_id
+
+
+def _b3_flags(sampling: str | None, debug: bool) -> int | None:
+    if debug or sampling in ("1", "d", "true"):
+        return SAMPLED
+    if sampling in ("0", "false"):
+        return 0
+    if sampling is None or sampling == "":
+        return SAMPLED  # "defer": we are the first sampler on this path and record it
+    return None
+
+
+def parse_b3_single(value: str) -> TraceContext | None:
+    """Parse `b3: {trace}-{span}[-{sampling}[-{parent}]]`; deny-only `b3: 0` and junk give None."""
+    parts = value.strip().lower().split("-")
+    if len(parts) < 2 or len(parts) > 4:
+        return None
+    trace_id, span_id = _b3_trace_id(parts[0]), _b3_span_id(parts[1])
+    sampling = parts[2] if len(parts) > 2 else None
+    flags = _b3_flags(sampling, debug=sampling == "d")
+    if trace_id is None or span_id is None or flags is None:
+        return None
+    if len(parts) == 4 and _b3_span_id(parts[3]) is None:
+        return None
+    return TraceContext(trace_id, span_id, flags, b3=True)
+
+
+def parse_b3_multi(
+    trace: str, span: str, sampled: str | None, debug: str | None
+) -> TraceContext | None:
+    """Parse the `x-b3-*` headers (first value of each); None when malformed."""
+    trace_id, span_id = _b3_trace_id(trace.strip().lower()), _b3_span_id(span.strip().lower())
+    flags = _b3_flags(None if sampled is None else sampled.strip().lower(), debug == "1")
+    if trace_id is None or span_id is None or flags is None:
+        return None
+    return TraceContext(trace_id, span_id, flags, b3=True)
+
+
+def extract(headers: Headers) -> TraceContext | None:
+    """The caller's trace context: W3C first, then single `b3`, then `x-b3-*`; None if absent/bad.
+
+    Once a `traceparent` header is present, its validity alone decides (no fallback to B3), as
+    W3C says a receiver must restart the trace when traceparent is invalid.
+    """
+    traceparent: str | None = None
+    tracestate: list[str] = []
+    b3: dict[str, str] = {}
+    for name, value in headers:
+        if name == "traceparent":
+            if traceparent is None:
+                traceparent = value
+            else:
+                return None  # two traceparent fields: ambiguous, so invalid
+        elif name == "tracestate":
+            tracestate.append(value)
+        elif name in B3_HEADERS and name not in b3:
+            b3[name] = value
+    if traceparent is not None:
+        return parse_traceparent(traceparent, ",".join(tracestate))
+    if "b3" in b3:
+        return parse_b3_single(b3["b3"])
+    if "x-b3-traceid" in b3 and "x-b3-spanid" in b3:
+        return parse_b3_multi(
+            b3["x-b3-traceid"], b3["x-b3-spanid"], b3.get("x-b3-sampled"), b3.get("x-b3-flags")
+        )
+    return None
+
+
+def format_b3_headers(trace_id: bytes, span_id: bytes, flags: int) -> Headers:
+    """B3 multi headers for a request whose parent is `span_id`."""
+    return (
+        ("x-b3-traceid", trace_id.hex()),
+        ("x-b3-spanid", span_id.hex()),
+        ("x-b3-sampled", "1" if flags & SAMPLED else "0"),
+    )
+
+
+class IdSource:
+    """Random trace and span ids from a fast PRNG (ids need uniqueness, not secrecy)."""
+
+    __slots__ = ("_bits",)
+
+    def __init__(self, seed: int | None = None) -> None:
+        self._bits = random.Random(seed).getrandbits
+
+    def trace_id(self) -> bytes:
+        while True:
+            value = self._bits(128)
+            if value:
+                return value.to_bytes(16, "big")
+
+    def span_id(self) -> bytes:
+        while True:
+            value = self._bits(64)
+            if value:
+                return value.to_bytes(8, "big")

@@ -1,0 +1,138 @@
+"""OTLP protobuf encoding of span batches (ExportTraceServiceRequest), written by hand for speed.
+
+The generated opentelemetry-proto classes cost more per span (bench/sidecar_telemetry.py
+measures both); the wire format here is checked by decoding it with those classes in the tests.
+Attribute encodings repeat across spans (method, upstream, route, status), so they are cached.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Sequence
+
+from sidecar.http import AttrValue
+from sidecar.telemetry.spans import SpanRecord
+
+__all__ = ["TraceEncoder", "encode_key_values"]
+
+_PACK_Q = struct.Struct("<Q").pack
+_PACK_I = struct.Struct("<I").pack
+_PACK_D = struct.Struct("<d").pack
+_SMALL_VARINTS = tuple(bytes((n,)) for n in range(128))
+_CACHE_LIMIT = 4096
+# Span.flags bits 8 and 9: "has is_remote" and "parent is remote" (the parent lives in the app).
+_FLAG_HAS_REMOTE = 0x100
+_FLAG_REMOTE = 0x200
+
+
+def _varint(value: int) -> bytes:
+    if value < 128:
+        return _SMALL_VARINTS[value]
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _int64(value: int) -> bytes:
+    # Negative int64 values are varints of their 64-bit two's complement (10 bytes).
+    return _varint(value & 0xFFFFFFFFFFFFFFFF if value < 0 else value)
+
+
+def _field(tag: bytes, payload: bytes) -> bytes:
+    return tag + _varint(len(payload)) + payload
+
+
+def _any_value(value: AttrValue) -> bytes:
+    if isinstance(value, bool):
+        return b"\x10\x01" if value else b"\x10\x00"
+    if isinstance(value, int):
+        return b"\x18" + _int64(value)
+    if isinstance(value, float):
+        return b"\x21" + _PACK_D(value)
+    return _field(b"\x0a", str(value).encode())
+
+
+def _key_value(key: str, value: AttrValue) -> bytes:
+    return _field(b"\x0a", key.encode()) + _field(b"\x12", _any_value(value))
+
+
+def encode_key_values(tag: bytes, items: Iterable[tuple[str, AttrValue]]) -> bytes:
+    """Each (key, value) as a repeated KeyValue field with the given one-byte tag."""
+    return b"".join(_field(tag, _key_value(k, v)) for k, v in items)
+
+
+class TraceEncoder:
+    """Encodes span batches of one resource (this sidecar) into ExportTraceServiceRequest bytes."""
+
+    __slots__ = ("_attr_cache", "_name_cache", "_resource", "_scope")
+
+    def __init__(
+        self,
+        resource: Sequence[tuple[str, AttrValue]],
+        scope_name: str = "meshlens.sidecar",
+        scope_version: str = "",
+    ) -> None:
+        # Resource{attributes=1}; InstrumentationScope{name=1, version=2}
+        self._resource = _field(b"\x0a", encode_key_values(b"\x0a", resource))
+        scope = _field(b"\x0a", scope_name.encode())
+        if scope_version:
+            scope += _field(b"\x12", scope_version.encode())
+        self._scope = _field(b"\x0a", scope)
+        self._attr_cache: dict[tuple[str, AttrValue, type], bytes] = {}
+        self._name_cache: dict[str, bytes] = {}
+
+    def encode(self, spans: Iterable[SpanRecord]) -> bytes:
+        """One ExportTraceServiceRequest with one ResourceSpans and one ScopeSpans."""
+        body = b"".join([_field(b"\x12", self._span(span)) for span in spans])
+        scope_spans = self._scope + body  # ScopeSpans{scope=1, spans=2}
+        resource_spans = self._resource + _field(b"\x12", scope_spans)
+        return _field(b"\x0a", resource_spans)
+
+    def _attr(self, key: str, value: AttrValue) -> bytes:
+        cache_key = (key, value, type(value))
+        encoded = self._attr_cache.get(cache_key)
+        if encoded is None:
+            if len(self._attr_cache) >= _CACHE_LIMIT:
+                self._attr_cache.clear()  # high-cardinality values (paths) must not grow it
+            encoded = _field(b"\x4a", _key_value(key, value))
+            self._attr_cache[cache_key] = encoded
+        return encoded
+
+    def _name(self, name: str) -> bytes:
+        encoded = self._name_cache.get(name)
+        if encoded is None:
+            if len(self._name_cache) >= _CACHE_LIMIT:
+                self._name_cache.clear()
+            encoded = _field(b"\x2a", name.encode())
+            self._name_cache[name] = encoded
+        return encoded
+
+    def _span(self, span: SpanRecord) -> bytes:
+        parts = [b"\x0a\x10", span.trace_id, b"\x12\x08", span.span_id]
+        if span.tracestate:
+            parts.append(_field(b"\x1a", span.tracestate.encode()))
+        flags = span.flags & 0xFF
+        if span.parent_span_id:
+            parts += (b"\x22\x08", span.parent_span_id)
+            flags |= _FLAG_HAS_REMOTE | _FLAG_REMOTE
+        parts += (
+            self._name(span.name),
+            b"\x30",
+            _SMALL_VARINTS[span.kind],
+            b"\x39",
+            _PACK_Q(span.start_ns),
+            b"\x41",
+            _PACK_Q(span.end_ns),
+        )
+        attr = self._attr
+        parts += [attr(k, v) for k, v in span.attributes.items()]
+        if span.status or span.status_message:
+            status = b"\x18" + _SMALL_VARINTS[span.status]
+            if span.status_message:
+                status = _field(b"\x12", span.status_message.encode()) + status
+            parts.append(_field(b"\x7a", status))
+        parts += (b"\x85\x01", _PACK_I(flags))
+        return b"".join(parts)

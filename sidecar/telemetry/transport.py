@@ -1,0 +1,167 @@
+"""OTLP/HTTP transport: POST protobuf bodies (gzip) to a collector, with OTLP's retry rules.
+
+Retries only what the OTLP spec calls retryable (429, 502, 503, 504, and connection failures),
+honours Retry-After (seconds or HTTP date), else exponential backoff with full jitter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import gzip
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import aiohttp
+
+from sidecar.stack import Clock, Sleep, monotonic
+
+__all__ = [
+    "RETRYABLE_STATUSES",
+    "ExportOutcome",
+    "HttpTransport",
+    "RetryPolicy",
+    "Transport",
+    "TransportError",
+    "TransportResult",
+    "parse_retry_after",
+    "send_with_retry",
+]
+
+RETRYABLE_STATUSES = frozenset((429, 502, 503, 504))
+_MAX_RESPONSE_BYTES = 4 * 1024 * 1024  # the OTLP spec caps responses at 4 MiB
+
+
+class TransportError(Exception):
+    """The collector could not be reached or did not answer in time (retryable)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TransportResult:
+    status: int
+    retry_after: str | None = None
+    body: bytes = b""
+
+
+class Transport(Protocol):
+    """Sends one OTLP/HTTP request; raises TransportError when no HTTP answer came back."""
+
+    async def post(self, path: str, body: bytes) -> TransportResult: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int = 5
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 8.0
+    max_retry_after_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if not 0 < self.backoff_base_s <= self.backoff_max_s:
+            raise ValueError("need 0 < backoff_base_s <= backoff_max_s")
+
+
+@dataclass(frozen=True, slots=True)
+class ExportOutcome:
+    """`result` is ok | rejected (non-retryable answer) | failed (retries or time ran out)."""
+
+    result: str
+    attempts: int
+    status: int = 0
+    body: bytes = b""
+
+
+class HttpTransport:
+    """aiohttp client for one collector base URL (e.g. http://127.0.0.1:4318)."""
+
+    def __init__(self, base_url: str, *, timeout_s: float = 10.0, compress: bool = True) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"collector URL must be http(s)://host:port, got {base_url!r}")
+        self._base = base_url.rstrip("/")
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._compress = compress
+        self._session: aiohttp.ClientSession | None = None
+
+    async def post(self, path: str, body: bytes) -> TransportResult:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        headers = {"Content-Type": "application/x-protobuf"}
+        if self._compress:
+            body = gzip.compress(body, compresslevel=1)
+            headers["Content-Encoding"] = "gzip"
+        try:
+            async with self._session.post(self._base + path, data=body, headers=headers) as resp:
+                answer = await resp.content.read(_MAX_RESPONSE_BYTES)
+                return TransportResult(resp.status, resp.headers.get("Retry-After"), answer)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise TransportError(f"{type(exc).__name__}: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def parse_retry_after(value: str | None, *, now_s: float | None = None) -> float | None:
+    """Seconds to wait per a Retry-After header (delta-seconds or HTTP-date); None if absent/bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    now = time.time() if now_s is None else now_s
+    return max(0.0, when.timestamp() - now)
+
+
+async def send_with_retry(
+    transport: Transport,
+    path: str,
+    body: bytes,
+    policy: RetryPolicy,
+    *,
+    sleep: Sleep = asyncio.sleep,
+    clock: Clock = monotonic,
+    rand: Callable[[], float] = random.random,
+    give_up_at: float | None = None,
+    on_retry: Callable[[str], None] | None = None,
+) -> ExportOutcome:
+    """POST `body`, retrying retryable failures; never sleeps past `give_up_at` (a clock time)."""
+    status = 0
+    for attempt in range(1, policy.max_attempts + 1):
+        retry_after: float | None = None
+        try:
+            result = await transport.post(path, body)
+        except TransportError:
+            status, why = 0, "transport_error"
+        else:
+            status = result.status
+            if 200 <= status < 300:
+                return ExportOutcome("ok", attempt, status, result.body)
+            if status not in RETRYABLE_STATUSES:
+                return ExportOutcome("rejected", attempt, status, result.body)
+            why = str(status)
+            retry_after = parse_retry_after(result.retry_after)
+        if attempt == policy.max_attempts:
+            break
+        if retry_after is not None:
+            delay = min(retry_after, policy.max_retry_after_s)
+        else:  # full jitter: uniform in [0, min(cap, base * 2^(attempt-1))]
+            cap = min(policy.backoff_max_s, policy.backoff_base_s * 2 ** (attempt - 1))
+            delay = rand() * cap
+        if give_up_at is not None and clock() + delay > give_up_at:
+            break
+        if on_retry is not None:
+            on_retry(why)
+        await sleep(delay)
+    return ExportOutcome("failed", attempt, status)

@@ -1,0 +1,113 @@
+"""Hand-encoded span batches decode with opentelemetry-proto to exactly what was recorded."""
+
+from __future__ import annotations
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1 import trace_pb2
+
+from sidecar.http import AttrValue
+from sidecar.telemetry.otlp import TraceEncoder
+from sidecar.telemetry.spans import KIND_CLIENT, KIND_SERVER, STATUS_ERROR, SpanRecord
+
+RESOURCE = (("service.name", "orders"), ("service.instance.id", "orders-1"))
+
+
+def _attrs(span: trace_pb2.Span) -> dict[str, AttrValue]:
+    out: dict[str, AttrValue] = {}
+    for kv in span.attributes:
+        field = kv.value.WhichOneof("value")
+        out[kv.key] = getattr(kv.value, field)
+    return out
+
+
+def _decode(data: bytes) -> ExportTraceServiceRequest:
+    request = ExportTraceServiceRequest()
+    request.ParseFromString(data)
+    return request
+
+
+def _span(**overrides: object) -> SpanRecord:
+    base = SpanRecord(
+        trace_id=bytes(range(1, 17)),
+        span_id=bytes(range(20, 28)),
+        parent_span_id=bytes(range(40, 48)),
+        name="GET checkout",
+        kind=KIND_CLIENT,
+        start_ns=1_700_000_000_123_456_789,
+        end_ns=1_700_000_000_223_456_789,
+        flags=1,
+        status=STATUS_ERROR,
+        attributes={
+            "http.request.method": "GET",
+            "server.port": 8080,
+            "meshlens.retry.budget_exhausted": True,
+            "ratio": 0.25,
+            "negative": -3,
+            "http.response.status_code": 503,
+        },
+        tracestate="vendor=abc",
+        status_message="upstream said no",
+    )
+    return base._replace(**overrides)
+
+
+def test_span_fields_survive_the_round_trip() -> None:
+    encoder = TraceEncoder(RESOURCE, scope_version="0.1.0")
+    span = _span()
+    request = _decode(encoder.encode([span]))
+
+    (resource_spans,) = request.resource_spans
+    resource = {kv.key: kv.value.string_value for kv in resource_spans.resource.attributes}
+    assert resource == dict(RESOURCE)
+    (scope_spans,) = resource_spans.scope_spans
+    assert scope_spans.scope.name == "meshlens.sidecar" and scope_spans.scope.version == "0.1.0"
+    (decoded,) = scope_spans.spans
+    assert decoded.trace_id == span.trace_id
+    assert decoded.span_id == span.span_id
+    assert decoded.parent_span_id == span.parent_span_id
+    assert decoded.trace_state == "vendor=abc"
+    assert decoded.name == "GET checkout"
+    assert decoded.kind == trace_pb2.Span.SPAN_KIND_CLIENT
+    assert decoded.start_time_unix_nano == span.start_ns
+    assert decoded.end_time_unix_nano == span.end_ns
+    assert decoded.status.code == trace_pb2.Status.STATUS_CODE_ERROR
+    assert decoded.status.message == "upstream said no"
+    assert _attrs(decoded) == span.attributes
+    # low byte = W3C flags; 0x100/0x200 = parent is remote (it lives in the app)
+    assert decoded.flags == 0x301
+
+
+def test_root_server_span_without_status_or_parent() -> None:
+    encoder = TraceEncoder(RESOURCE)
+    span = _span(kind=KIND_SERVER, parent_span_id=b"", status=0, status_message="", tracestate="")
+    (decoded,) = _decode(encoder.encode([span])).resource_spans[0].scope_spans[0].spans
+    assert decoded.kind == trace_pb2.Span.SPAN_KIND_SERVER
+    assert decoded.parent_span_id == b""
+    assert not decoded.HasField("status")
+    assert decoded.flags == 0x01
+
+
+def test_many_spans_keep_order_and_cached_attributes_stay_correct() -> None:
+    encoder = TraceEncoder(RESOURCE)
+    spans = [
+        _span(span_id=i.to_bytes(8, "big"), attributes={"i": i, "same": "x", "flag": i % 2 == 0})
+        for i in range(1, 301)
+    ]
+    decoded = _decode(encoder.encode(spans)).resource_spans[0].scope_spans[0].spans
+    assert [int.from_bytes(s.span_id, "big") for s in decoded] == list(range(1, 301))
+    assert [_attrs(s) for s in decoded] == [s.attributes for s in spans]
+
+
+def test_bool_and_int_attribute_encodings_are_not_confused_by_the_cache() -> None:
+    encoder = TraceEncoder(RESOURCE)
+    first = _span(attributes={"v": 1})
+    second = _span(attributes={"v": True})
+    decoded = _decode(encoder.encode([first, second])).resource_spans[0].scope_spans[0].spans
+    assert decoded[0].attributes[0].value.WhichOneof("value") == "int_value"
+    assert decoded[1].attributes[0].value.WhichOneof("value") == "bool_value"
+
+
+def test_empty_batch_is_a_valid_request() -> None:
+    request = _decode(TraceEncoder(RESOURCE).encode([]))
+    assert len(request.resource_spans) == 1
+    assert len(request.resource_spans[0].scope_spans[0].spans) == 0
