@@ -1,0 +1,251 @@
+"""Sidecar wiring: config -> built stacks (with telemetry) -> outbound/inbound listeners + admin.
+
+One `Sidecar` per process. The listeners read the active handler through a single reference that
+`ConfigControl` swaps on every applied config version; SIGTERM or POST /drain drains and stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from sidecar.admin import AdminServer
+from sidecar.build import BuiltStack, build_inbound, build_outbound
+from sidecar.codec import HttpServer, ServerConfig
+from sidecar.config import SidecarConfig, load_config
+from sidecar.control import ActiveStacks, ConfigControl
+from sidecar.http import Endpoint, Request, Response
+from sidecar.stack import Handler
+from sidecar.telemetry import Telemetry, TelemetryConfig
+from sidecar.upstream import UpstreamConfig, UpstreamPool
+
+__all__ = ["Sidecar", "SidecarAddresses", "SidecarOptions"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SidecarOptions:
+    """Everything the `meshlens sidecar` command line decides."""
+
+    service: str
+    app_port: int
+    app_host: str = "127.0.0.1"
+    config_path: str | None = None
+    collector_url: str | None = None
+    control_plane_url: str | None = None
+    listen_host: str = "127.0.0.1"
+    admin_port: int = 15000
+    outbound_port: int = 15001
+    inbound_port: int = 15006
+    drain_timeout_s: float = 10.0
+    reload_interval_s: float = 1.0
+    instance: str = ""
+    access_log: str | None = None
+    telemetry_export_interval_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.service:
+            raise ValueError("service must not be empty")
+        if not 0 < self.app_port < 65536:
+            raise ValueError(f"app_port must be in 1..65535, got {self.app_port}")
+        for name in ("admin_port", "outbound_port", "inbound_port"):
+            if not 0 <= getattr(self, name) < 65536:
+                raise ValueError(f"{name} must be in 0..65535")
+        if self.drain_timeout_s <= 0 or self.reload_interval_s <= 0:
+            raise ValueError("drain_timeout_s and reload_interval_s must be > 0")
+
+
+@dataclass(frozen=True, slots=True)
+class SidecarAddresses:
+    admin: tuple[str, int]
+    outbound: tuple[str, int]
+    inbound: tuple[str, int]
+
+    def describe(self) -> str:
+        return " ".join(
+            f"{name}=http://{host}:{port}"
+            for name, (host, port) in (
+                ("admin", self.admin),
+                ("outbound", self.outbound),
+                ("inbound", self.inbound),
+            )
+        )
+
+
+class Sidecar:
+    """The running sidecar: listeners, admin server, config control, telemetry, upstream pool."""
+
+    def __init__(self, options: SidecarOptions) -> None:
+        self.options = options
+        self.instance = options.instance or f"{socket.gethostname()}-{os.getpid()}"
+        self.upstream = UpstreamPool(UpstreamConfig())
+        self.telemetry = Telemetry(
+            TelemetryConfig(
+                service=options.service,
+                instance=self.instance,
+                collector_url=options.collector_url,
+                access_log=options.access_log,
+                export_interval_s=options.telemetry_export_interval_s,
+            )
+        )
+        self._app_endpoint = Endpoint(
+            options.app_host, options.app_port, service=options.service, instance=self.instance
+        )
+        self.control: ConfigControl[SidecarConfig] = ConfigControl(
+            path=options.config_path,
+            load=load_config,
+            build=self._build,
+            interval_s=options.reload_interval_s,
+            on_applied=self._applied,
+        )
+        self._outbound_handler: Handler = _not_ready
+        self._inbound_handler: Handler = _not_ready
+        self.outbound = HttpServer(
+            ServerConfig(direction="outbound"), lambda: self._outbound_handler
+        )
+        self.inbound = HttpServer(ServerConfig(direction="inbound"), lambda: self._inbound_handler)
+        self.admin = AdminServer(self)
+        self.addresses: SidecarAddresses | None = None
+        self._ready = False
+        self._stopped = asyncio.Event()
+        self._drain_task: asyncio.Task[None] | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> SidecarAddresses:
+        """Load the config (raising if invalid), start telemetry, listeners and admin."""
+        self.control.load_initial()
+        await self.telemetry.start()
+        await self.control.start()
+        host, opts = self.options.listen_host, self.options
+        inbound = await self.inbound.start(host, opts.inbound_port)
+        outbound = await self.outbound.start(host, opts.outbound_port)
+        admin = await self.admin.start(host, opts.admin_port)
+        self.addresses = SidecarAddresses(admin=admin, outbound=outbound, inbound=inbound)
+        self._ready = True
+        logger.info("sidecar ready", extra={"addresses": self.addresses.describe()})
+        return self.addresses
+
+    def request_drain(self) -> bool:
+        """Begin a graceful drain in the background (SIGTERM, POST /drain)."""
+        if self._drain_task is not None:
+            return False
+        self._drain_task = asyncio.get_running_loop().create_task(self._drain_and_stop())
+        return True
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    async def _drain_and_stop(self) -> None:
+        await self.drain()
+        await self.stop()
+
+    async def drain(self) -> bool:
+        """Stop accepting, finish in-flight requests (bounded), close idle connections."""
+        self._ready = False
+        timeout = self.options.drain_timeout_s
+        results = await asyncio.gather(self.outbound.drain(timeout), self.inbound.drain(timeout))
+        logger.info("sidecar drained", extra={"clean": all(results)})
+        return all(results)
+
+    async def stop(self) -> None:
+        """Close everything; export what telemetry still holds."""
+        self._ready = False
+        await self.outbound.close()
+        await self.inbound.close()
+        await self.control.close()
+        await self.upstream.close()
+        await self.telemetry.shutdown()
+        await self.admin.close()
+        self._stopped.set()
+
+    # -- config -> stacks -----------------------------------------------------------------
+
+    def _build(self, config: SidecarConfig | None, source: str) -> ActiveStacks:
+        telemetry = self.telemetry
+        outbound: BuiltStack = build_outbound(
+            config,
+            terminal=self.upstream,
+            outer=[telemetry.outbound_layer()],
+            per_attempt=[telemetry.attempt_layer()],
+        )
+        inbound: BuiltStack = build_inbound(
+            config,
+            terminal=self.upstream,
+            outer=[telemetry.inbound_layer()],
+            app=self._app_endpoint,
+        )
+        return ActiveStacks(outbound, inbound, outbound.version, source)
+
+    def _applied(self, stacks: ActiveStacks) -> None:
+        self._outbound_handler = stacks.outbound.handler
+        self._inbound_handler = stacks.inbound.handler
+        self.telemetry.set_config_version(stacks.version)
+
+    # -- admin source ---------------------------------------------------------------------
+
+    def is_ready(self) -> bool:
+        return self._ready
+
+    def metrics_text(self) -> str:
+        return self.telemetry.prometheus_text() + _core_metrics(self)
+
+    def config_doc(self) -> dict[str, object]:
+        active = self.control.active
+        return {
+            "service": self.options.service,
+            "instance": self.instance,
+            "version": active.version,
+            "source": active.source,
+            "applied": self.control.applied,
+            "rejected": self.control.rejected,
+            "last_errors": list(self.control.last_errors),
+            "outbound": active.outbound.describe(),
+            "inbound": active.inbound.describe(),
+        }
+
+    def stats_doc(self) -> dict[str, object]:
+        active = self.control.active
+        listeners: dict[str, Any] = {
+            name: {
+                "connections": len(server.connections),
+                "in_flight": server.in_flight,
+                "requests": server.requests_total,
+                "draining": server.draining,
+            }
+            for name, server in (("outbound", self.outbound), ("inbound", self.inbound))
+        }
+        return {
+            "version": active.version,
+            "outbound": active.outbound.stats(),
+            "inbound": active.inbound.stats(),
+            "listeners": listeners,
+            "upstream_pool": self.upstream.stats(),
+            "telemetry": self.telemetry.stats(),
+        }
+
+
+async def _not_ready(request: Request) -> Response:
+    return Response(503, (("x-meshlens-error", "not_ready"),), b"sidecar not ready\n")
+
+
+def _core_metrics(sidecar: Sidecar) -> str:
+    lines = [
+        "# HELP meshlens_sidecar_connections Open downstream connections per listener.",
+        "# TYPE meshlens_sidecar_connections gauge",
+        f'meshlens_sidecar_connections{{listener="outbound"}} {len(sidecar.outbound.connections)}',
+        f'meshlens_sidecar_connections{{listener="inbound"}} {len(sidecar.inbound.connections)}',
+        "# HELP meshlens_sidecar_config_updates_total Config versions applied or rejected.",
+        "# TYPE meshlens_sidecar_config_updates_total counter",
+        f'meshlens_sidecar_config_updates_total{{result="applied"}} {sidecar.control.applied}',
+        f'meshlens_sidecar_config_updates_total{{result="rejected"}} {sidecar.control.rejected}',
+        "# HELP meshlens_sidecar_upstream_connections_opened_total Upstream connections opened.",
+        "# TYPE meshlens_sidecar_upstream_connections_opened_total counter",
+        f"meshlens_sidecar_upstream_connections_opened_total {sidecar.upstream.opened}",
+    ]
+    return "\n".join(lines) + "\n"

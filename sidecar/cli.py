@@ -1,0 +1,85 @@
+"""`meshlens sidecar`: run one sidecar beside a service instance until SIGTERM drains it."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from typing import Any
+
+from sidecar.app import Sidecar, SidecarOptions
+from sidecar.config import ConfigError
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers: Any) -> None:
+    """Add the `sidecar` subcommand."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "sidecar", help="run the sidecar proxy beside one service instance"
+    )
+    parser.add_argument("--service", required=True, help="name of the service this sidecar fronts")
+    parser.add_argument("--app-port", type=int, required=True, help="port of the local app")
+    parser.add_argument("--app-host", default="127.0.0.1", help="host of the local app")
+    parser.add_argument("--config", default=None, help="policy file (YAML or JSON), hot-reloaded")
+    parser.add_argument("--collector", default=None, help="OTLP/HTTP URL, e.g. http://host:4318")
+    parser.add_argument("--control-plane", default=None, help="control plane URL (reserved)")
+    parser.add_argument("--listen", default="127.0.0.1", help="address the listeners bind")
+    parser.add_argument("--admin-port", type=int, default=15000)
+    parser.add_argument("--outbound-port", type=int, default=15001)
+    parser.add_argument("--inbound-port", type=int, default=15006)
+    parser.add_argument("--drain-timeout", type=float, default=10.0, help="seconds (SIGTERM)")
+    parser.add_argument("--access-log", default=None, help='"-" for stdout or a file path')
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of `meshlens sidecar`; returns the exit code."""
+    try:
+        options = SidecarOptions(
+            service=args.service,
+            app_port=args.app_port,
+            app_host=args.app_host,
+            config_path=args.config,
+            collector_url=args.collector,
+            control_plane_url=args.control_plane,
+            listen_host=args.listen,
+            admin_port=args.admin_port,
+            outbound_port=args.outbound_port,
+            inbound_port=args.inbound_port,
+            drain_timeout_s=args.drain_timeout,
+            access_log=args.access_log,
+        )
+    except ValueError as exc:
+        print(f"meshlens sidecar: {exc}", file=sys.stderr)
+        return 2
+    try:
+        import uvloop
+    except ImportError:  # not on every platform; asyncio's loop works, just slower
+        return asyncio.run(serve(options))
+    return int(uvloop.run(serve(options)))
+
+
+async def serve(options: SidecarOptions) -> int:
+    """Start, print the addresses, run until drained by SIGTERM/SIGINT or POST /drain."""
+    sidecar = Sidecar(options)
+    try:
+        addresses = await sidecar.start()
+    except ConfigError as exc:
+        print(f"meshlens sidecar: invalid config {options.config_path}:", file=sys.stderr)
+        for error in exc.errors:
+            print(f"  {error}", file=sys.stderr)
+        await sidecar.stop()
+        return 2
+    except OSError as exc:
+        print(f"meshlens sidecar: cannot listen: {exc}", file=sys.stderr)
+        await sidecar.stop()
+        return 1
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, sidecar.request_drain)
+    loop.add_signal_handler(signal.SIGHUP, sidecar.control.reload)
+    print(f"meshlens sidecar {options.service} ready: {addresses.describe()}", flush=True)
+    await sidecar.wait_stopped()
+    return 0
