@@ -56,20 +56,19 @@ def _failure(exc: BaseException) -> _Done:
     return _Done(status if isinstance(status, int) else 500, str(reason), 0)
 
 
-def _observe(rec: Recorder, response: Response, error: str, end: _EndFn) -> Response:
+def _observe(response: Response, error: str, end: _EndFn) -> Response:
     """Call `end` now for a buffered body, or when a streamed body finishes."""
     body = response.body
     if isinstance(body, bytes):
         end(_Done(response.status, error, len(body)))
         return response
 
-    def on_end(nbytes: int, stream_error: str) -> None:
-        rec.streams.discard(id(observed))
-        end(_Done(response.status, error or stream_error, nbytes))
+    status = response.status
 
-    observed = ObservedBody(body, on_end)
-    rec.streams.add(id(observed), rec.now_ns(), observed.finish)
-    return Response(response.status, response.headers, observed, response.reason)
+    def on_end(nbytes: int, stream_error: str) -> None:
+        end(_Done(status, error or stream_error, nbytes))
+
+    return Response(status, response.headers, ObservedBody(body, on_end), response.reason)
 
 
 def _own_error(ctx: RequestContext) -> str:
@@ -137,7 +136,7 @@ def outbound_layer(rec: Recorder) -> Layer:
             except BaseException as exc:
                 end(_failure(exc))
                 raise
-            return _observe(rec, response, _own_error(ctx), end)
+            return _observe(response, _own_error(ctx), end)
 
         return handle
 
@@ -238,7 +237,7 @@ def attempt_layer(rec: Recorder) -> Layer:
                 attrs[ATTEMPT_ERROR] = done.error
                 end(done)
                 raise
-            return _observe(rec, response, "", end)
+            return _observe(response, "", end)
 
         return handle
 
@@ -329,7 +328,7 @@ def inbound_layer(rec: Recorder) -> Layer:
             except BaseException as exc:
                 end(_failure(exc))
                 raise
-            return _observe(rec, response, _own_error(ctx), end)
+            return _observe(response, _own_error(ctx), end)
 
         return handle
 

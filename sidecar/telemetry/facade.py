@@ -27,7 +27,7 @@ from sidecar.telemetry.istio import IstioMetrics, IstioPair, IstioWorkload
 from sidecar.telemetry.metrics import CONTENT_TYPE, Registry
 from sidecar.telemetry.otel_metrics import HttpDurations
 from sidecar.telemetry.otlp import TraceEncoder
-from sidecar.telemetry.recorder import Recorder, StreamWatch
+from sidecar.telemetry.recorder import Recorder
 from sidecar.telemetry.spans import SpanBuffer
 from sidecar.telemetry.transport import HttpTransport, RetryPolicy, Transport
 
@@ -55,7 +55,6 @@ class TelemetryConfig:
     metrics_interval_s: float = 10.0
     export_timeout_s: float = 10.0
     max_series: int = 2000
-    max_stream_age_s: float = 300.0  # a response body streaming longer ends its span anyway
     access_log: str | None = None  # "-" for stdout or a file path; None = off
     resource_attributes: tuple[tuple[str, str], ...] = ()
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -155,7 +154,6 @@ class Telemetry:
                 "Requests measured without a span (trace not sampled).",
                 ("direction",),
             ),
-            streams=StreamWatch(),
             access_log=AccessLog.open(config.access_log) if config.access_log else None,
             sample_ratio=config.sample_ratio,
             now_ns=now_ns,
@@ -205,7 +203,6 @@ class Telemetry:
         return {
             "spans_queued": len(self.recorder.spans),
             "spans_exported": self.spans_exported.value(),
-            "streams_open": len(self.recorder.streams),
             "exporting": self._exporter is not None,
         }
 
@@ -227,8 +224,8 @@ class Telemetry:
             self._discard_unexportable()
 
     async def shutdown(self, deadline_s: float = 5.0) -> None:
-        """Stop tasks, end spans of bodies still streaming, export what is left within the
-        deadline; what cannot be sent is counted as dropped."""
+        """Stop tasks and export what is left within the deadline; what cannot be sent is
+        counted as dropped."""
         task, self._housekeeping = self._housekeeping, None
         if task is not None:
             task.cancel()
@@ -236,7 +233,6 @@ class Telemetry:
                 await task
             except asyncio.CancelledError:
                 pass
-        self.recorder.streams.sweep(self._now_ns() + 1, 0.0)
         if self._exporter is not None:
             await self._exporter.shutdown(deadline_s)
         else:
@@ -248,7 +244,6 @@ class Telemetry:
         interval = self.config.export_interval_s
         while True:
             await asyncio.sleep(interval)
-            self.recorder.streams.sweep(self._now_ns(), self.config.max_stream_age_s)
             if self._exporter is None:
                 self._discard_unexportable()
             if self.recorder.access_log is not None:

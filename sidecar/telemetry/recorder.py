@@ -1,5 +1,5 @@
 """The recording side of telemetry that the request-path layers call: ids, sampling, the span
-buffer, the metric instruments, the access log, and the set of responses still streaming.
+buffer, the metric instruments and the access log.
 """
 
 from __future__ import annotations
@@ -15,39 +15,7 @@ from sidecar.telemetry.metrics import Counter
 from sidecar.telemetry.otel_metrics import HttpDurations
 from sidecar.telemetry.spans import SpanBuffer
 
-__all__ = ["Recorder", "StreamWatch"]
-
-
-class StreamWatch:
-    """Responses whose body is still streaming, so spans of abandoned bodies still end.
-
-    A body that the downstream stops reading (client went away, a retried response nobody
-    drained) would otherwise keep its span open forever; `sweep` ends those past a max age.
-    """
-
-    __slots__ = ("_open",)
-
-    def __init__(self) -> None:
-        self._open: dict[int, tuple[int, Callable[[str], None]]] = {}
-
-    def add(self, key: int, started_ns: int, abandon: Callable[[str], None]) -> None:
-        self._open[key] = (started_ns, abandon)
-
-    def discard(self, key: int) -> None:
-        self._open.pop(key, None)
-
-    def __len__(self) -> int:
-        return len(self._open)
-
-    def sweep(self, now_ns: int, max_age_s: float) -> int:
-        """End every body open longer than `max_age_s` (error.type body_abandoned)."""
-        limit = now_ns - int(max_age_s * 1e9)
-        stale = [key for key, (started, _) in self._open.items() if started < limit]
-        for key in stale:
-            entry = self._open.pop(key, None)
-            if entry is not None:
-                entry[1]("body_abandoned")
-        return len(stale)
+__all__ = ["Recorder"]
 
 
 @dataclass(slots=True)
@@ -63,7 +31,6 @@ class Recorder:
     retries: Counter  # (upstream, reason)
     budget_exhausted: Counter  # (upstream,)
     unsampled: Counter  # (direction,)
-    streams: StreamWatch
     access_log: AccessLog | None = None
     sample_ratio: float = 1.0
     now_ns: Callable[[], int] = time.time_ns

@@ -95,7 +95,8 @@ def peer_from_spiffe(identity: str) -> str:
 
 class ObservedBody:
     """A BodyStream wrapper that counts bytes and calls `on_end(nbytes, error)` exactly once:
-    at EOF, when a read fails, or when abandoned."""
+    at EOF, when a read fails, or when dropped unfinished (the downstream went away), so no
+    span stays open. `on_end` must not refer back to this object (that would delay the drop)."""
 
     __slots__ = ("_done", "_inner", "_on_end", "nbytes")
 
@@ -121,6 +122,10 @@ class ObservedBody:
         else:
             self.finish("")
         return chunk
+
+    def __del__(self) -> None:
+        if not self._done:
+            self.finish("body_abandoned")
 
     def finish(self, error: str) -> None:
         if not self._done:
