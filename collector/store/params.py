@@ -1,8 +1,8 @@
 """Query parameter values as the text ClickHouse parses for `{name:Type}` placeholders.
 
 The embedded engine takes each parameter as text and parses it with the declared type, so the value
-is data, never SQL: a String parameter is passed verbatim; containers become literals whose string
-elements are quoted and escaped (that text is parsed as a value of the declared type, not as SQL).
+is data, never SQL: a top-level String is sent in ClickHouse's escaped (TSV) form; containers become
+literals whose string elements are quoted and escaped (parsed as a value of that type, not as SQL).
 """
 
 from __future__ import annotations
@@ -15,6 +15,9 @@ from collector.store.arrow import utc_text
 from collector.store.base import StoreRejected
 
 __all__ = ["format_params", "params_text"]
+
+
+_TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\0": "\\0"})
 
 
 def _quoted(text: str) -> str:
@@ -36,7 +39,7 @@ def _top(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return value
+        return value.translate(_TSV_ESCAPES)
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, datetime):
