@@ -19,7 +19,7 @@ from sidecar.errors import NoHealthyUpstream, NoRoute
 from sidecar.http import Endpoint, Request, Response
 from sidecar.stack import Clock, Handler, Layer, monotonic
 
-__all__ = ["LB_KINDS", "BalanceConfig", "Balancer", "balance_layer"]
+__all__ = ["LB_KINDS", "BalanceConfig", "Balancer", "EndpointState", "balance_layer"]
 
 LB_KINDS = ("round_robin", "least_request", "peak_ewma")
 
@@ -50,7 +50,7 @@ class BalanceConfig:
             raise ValueError(f"failure_penalty_s must be >= 0, got {self.failure_penalty_s}")
 
 
-class _State:
+class EndpointState:
     """Per-endpoint balancer state (kept across endpoint-set versions by address)."""
 
     __slots__ = ("added_at", "current", "endpoint", "in_flight", "requests", "rtt_s", "stamp")
@@ -98,7 +98,7 @@ class Balancer:
         self._clock = clock
         self._random = random
         self._version: int | None = None
-        self._states: list[_State] = []
+        self._states: list[EndpointState] = []
         self.panics = 0
         self._refresh(initial=True)
 
@@ -113,13 +113,13 @@ class Balancer:
             state = old.get(endpoint.address)
             if state is None:
                 joined = -math.inf if initial else now  # slow start only for endpoints that join
-                state = _State(endpoint, self.config.default_rtt_s, now, joined)
+                state = EndpointState(endpoint, self.config.default_rtt_s, now, joined)
             state.endpoint = endpoint
             states.append(state)
         self._states = states
         self._version = version
 
-    def _weight(self, state: _State, now: float) -> float:
+    def _weight(self, state: EndpointState, now: float) -> float:
         weight = float(state.endpoint.weight)
         window = self.config.slow_start_s
         if window > 0 and now - state.added_at < window:
@@ -127,7 +127,7 @@ class Balancer:
             weight *= max(floor, (now - state.added_at) / window)  # Envoy, aggression 1.0
         return weight
 
-    def _candidates(self, request: Request) -> list[_State]:
+    def _candidates(self, request: Request) -> list[EndpointState]:
         states = [s for s in self._states if s.endpoint.weight > 0] or self._states
         if not states:
             raise NoHealthyUpstream(f"no endpoints for upstream {self.service!r}")
@@ -144,7 +144,7 @@ class Balancer:
                 return fresh
         return healthy
 
-    def pick(self, request: Request) -> _State:
+    def pick(self, request: Request) -> EndpointState:
         """The endpoint state for this attempt."""
         self._refresh()
         candidates = self._candidates(request)
@@ -161,7 +161,7 @@ class Balancer:
         a, b = candidates[i], candidates[j]
         return a if self._cost(a, now) <= self._cost(b, now) else b
 
-    def _round_robin(self, candidates: list[_State], now: float) -> _State:
+    def _round_robin(self, candidates: list[EndpointState], now: float) -> EndpointState:
         total = 0.0
         best = candidates[0]
         for state in candidates:
@@ -173,14 +173,14 @@ class Balancer:
         best.current -= total
         return best
 
-    def _cost(self, state: _State, now: float) -> float:
+    def _cost(self, state: EndpointState, now: float) -> float:
         load = (state.in_flight + 1) / self._weight(state, now)
         if self.config.lb == "least_request":
             return load
         state.sample(0.0, now, self.config.decay_s)  # Tower decays the estimate toward 0 on read
         return state.rtt_s * load
 
-    def finish(self, state: _State, elapsed_s: float, failed: bool) -> None:
+    def finish(self, state: EndpointState, elapsed_s: float, failed: bool) -> None:
         """Feed one attempt's outcome into the endpoint's RTT estimate."""
         if failed:
             elapsed_s = max(elapsed_s, self.config.failure_penalty_s)

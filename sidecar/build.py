@@ -1,0 +1,279 @@
+"""Composition: turn one config version into the sidecar's outbound and inbound handler stacks.
+
+Everything is built up front, once per version (per-route stacks, per-upstream balancers, breakers
+and outlier detectors); the per-request path only runs handlers. Order (sidecar/stack.py):
+outer (telemetry) -> proxy_errors -> ratelimit -> routing -> per route: ratelimit, fault, timeout,
+retry -> per_attempt (attempt span) -> balance -> breaker -> outlier -> terminal (upstream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random as _random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sidecar.config import RouteSpec, SidecarConfig, config_to_dict, parse_config
+from sidecar.discovery import EndpointSource, StaticEndpoints
+from sidecar.http import Endpoint, Request, Response
+from sidecar.layers.balance import Balancer, balance_layer
+from sidecar.layers.breaker import Breaker, breaker_layer
+from sidecar.layers.budget import RetryBudget
+from sidecar.layers.fault import fault_layer
+from sidecar.layers.outlier import OutlierDetector, outlier_layer
+from sidecar.layers.proxy_errors import proxy_errors_layer
+from sidecar.layers.ratelimit import RateLimiter, ratelimit_layer
+from sidecar.layers.retry import RetryConfig, retry_layer
+from sidecar.layers.routing import passthrough_layer, routing_layer
+from sidecar.layers.timeout import TimeoutConfig, timeout_layer
+from sidecar.stack import Clock, Handler, Layer, Sleep, compose, monotonic
+
+__all__ = ["BuiltStack", "build_inbound", "build_outbound", "static_endpoints"]
+
+Random = Callable[[], float]
+
+
+class BuiltStack:
+    """One direction's handler for one config version, with its state for /config and /stats."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        version: str,
+        description: dict[str, Any],
+        stats: Callable[[], dict[str, Any]],
+    ) -> None:
+        self.handler = handler
+        self.version = version
+        self._description = description
+        self._stats = stats
+        self.closed = False
+
+    def describe(self) -> dict[str, Any]:
+        """The effective config and the layer order of this stack."""
+        return dict(self._description)
+
+    def stats(self) -> dict[str, Any]:
+        """Live state: endpoints, breakers, outlier detection, retry budgets, rate limiters."""
+        return {"version": self.version, **self._stats()}
+
+    async def close(self) -> None:
+        """Retire the stack; our layers own no tasks or sockets, so this only marks it closed."""
+        self.closed = True
+
+
+def static_endpoints(config: SidecarConfig) -> StaticEndpoints:
+    """The endpoints listed in the config file, as an EndpointSource."""
+    return StaticEndpoints({name: spec.endpoints for name, spec in config.upstreams.items()})
+
+
+def _chain(layers: Sequence[Layer]) -> Layer:
+    def wrap(inner: Handler) -> Handler:
+        return compose(layers, inner)
+
+    return wrap
+
+
+class _Upstreams:
+    """Per-upstream state shared by every route of one version."""
+
+    def __init__(
+        self, config: SidecarConfig, source: EndpointSource, clock: Clock, random: Random
+    ) -> None:
+        self.balancers: dict[str, Balancer] = {}
+        self.breakers: dict[str, Breaker] = {}
+        self.detectors: dict[str, OutlierDetector] = {}
+        for name, spec in config.upstreams.items():
+            detector = None
+            if spec.outlier is not None:
+                detector = OutlierDetector(name, spec.outlier, source, clock=clock)
+                self.detectors[name] = detector
+            self.balancers[name] = Balancer(
+                name,
+                spec.balance,
+                source,
+                available=detector.available if detector is not None else _always,
+                clock=clock,
+                random=random,
+            )
+            self.breakers[name] = Breaker(name, spec.limits)
+
+    def layers(self, clock: Clock) -> list[Layer]:
+        return [
+            balance_layer(self.balancers, clock=clock),
+            breaker_layer(self.breakers),
+            outlier_layer(self.detectors, clock=clock),
+        ]
+
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, balancer in self.balancers.items():
+            detector = self.detectors.get(name)
+            out[name] = {
+                "balancer": balancer.stats(),
+                "breaker": self.breakers[name].stats(),
+                "outlier": detector.stats() if detector is not None else None,
+            }
+        return out
+
+
+def _always(endpoint: Endpoint) -> bool:
+    return True
+
+
+class _Policies:
+    """Per-route policy layers and the state behind them (budgets, limiters) for /stats."""
+
+    def __init__(self, clock: Clock, sleep: Sleep, random: Random) -> None:
+        self.clock, self.sleep, self.random = clock, sleep, random
+        self.stats: dict[str, dict[str, Any]] = {}
+
+    def route(
+        self, name: str, spec: RouteSpec | None, timeout: TimeoutConfig, retry: RetryConfig | None
+    ) -> list[Layer]:
+        layers: list[Layer] = []
+        entry: dict[str, Any] = {}
+        if spec is not None and spec.ratelimit is not None:
+            limiter = RateLimiter(spec.ratelimit, self.clock)
+            layers.append(ratelimit_layer(spec.ratelimit, limiter=limiter))
+            entry["ratelimit"] = limiter.stats
+        if spec is not None and spec.fault is not None:
+            layers.append(fault_layer(spec.fault, sleep=self.sleep, random=self.random))
+        layers.append(timeout_layer(timeout, clock=self.clock))
+        if retry is not None:
+            budget = RetryBudget(retry.budget, self.clock) if retry.budget else None
+            layers.append(
+                retry_layer(
+                    retry, clock=self.clock, sleep=self.sleep, random=self.random, budget=budget
+                )
+            )
+            if budget is not None:
+                entry["retry_budget"] = budget.stats
+        self.stats[name] = entry
+        return layers
+
+    def snapshot(self) -> dict[str, Any]:
+        return {name: {k: f() for k, f in entry.items()} for name, entry in self.stats.items()}
+
+
+def build_outbound(
+    config: SidecarConfig | None,
+    *,
+    terminal: Handler,
+    endpoints: EndpointSource | None = None,
+    outer: Sequence[Layer] = (),
+    per_attempt: Sequence[Layer] = (),
+    clock: Clock = monotonic,
+    sleep: Sleep = asyncio.sleep,
+    random: Random = _random.random,
+) -> BuiltStack:
+    """The outbound stack (app -> upstream services) for `config` (None: all defaults)."""
+    config = config if config is not None else parse_config({})
+    source = endpoints if endpoints is not None else static_endpoints(config)
+    upstreams = _Upstreams(config, source, clock, random)
+    policies = _Policies(clock, sleep, random)
+    tail = [*per_attempt, *upstreams.layers(clock)]
+    routes = {
+        spec.name: _chain([*policies.route(spec.name, spec, spec.timeout, spec.retry), *tail])
+        for spec in config.routes
+    }
+    default_retry = RetryConfig(max_buffer_bytes=config.max_request_body_buffer_bytes)
+    default = _chain([*policies.route("default", None, TimeoutConfig(), default_retry), *tail])
+    passthrough = _chain(
+        [
+            *policies.route("passthrough", None, TimeoutConfig(), None),
+            *per_attempt,
+            passthrough_layer(),
+        ]
+    )
+    front: list[Layer] = [*outer, proxy_errors_layer()]
+    limiter = None
+    if config.ratelimit is not None:
+        limiter = RateLimiter(config.ratelimit, clock)
+        front.append(ratelimit_layer(config.ratelimit, limiter=limiter))
+    routing = routing_layer(
+        config.routing, routes, default_route=default, passthrough=passthrough, random=random
+    )
+    handler = compose([*front, routing], terminal)
+
+    def stats() -> dict[str, Any]:
+        return {
+            "direction": "outbound",
+            "ratelimit": limiter.stats() if limiter is not None else None,
+            "upstreams": upstreams.stats(),
+            "routes": policies.snapshot(),
+        }
+
+    description = {
+        "direction": "outbound",
+        "version": config.version,
+        "service": config.service,
+        "order": [
+            "outer",
+            "proxy_errors",
+            "ratelimit",
+            "routing",
+            "route: ratelimit, fault, timeout, retry",
+            "per_attempt",
+            "balance",
+            "breaker",
+            "outlier",
+            "terminal",
+        ],
+        "config": config_to_dict(config),
+    }
+    return BuiltStack(handler, config.version, description, stats)
+
+
+def _app_layer(app: Endpoint, service: str) -> Layer:
+    def wrap(inner: Handler) -> Handler:
+        async def handle(request: Request) -> Response:
+            context = request.context
+            context.endpoint = app
+            context.upstream = service
+            return await inner(request)
+
+        return handle
+
+    return wrap
+
+
+def build_inbound(
+    config: SidecarConfig | None,
+    *,
+    terminal: Handler,
+    outer: Sequence[Layer] = (),
+    app: Endpoint | None = None,
+    clock: Clock = monotonic,
+    sleep: Sleep = asyncio.sleep,
+    random: Random = _random.random,
+) -> BuiltStack:
+    """The inbound stack (caller -> local app); `app`, if given, becomes context.endpoint."""
+    config = config if config is not None else parse_config({})
+    inbound = config.inbound
+    policies = _Policies(clock, sleep, random)
+    layers: list[Layer] = [*outer, proxy_errors_layer()]
+    limiter: RateLimiter | None = None
+    if inbound.ratelimit is not None:
+        limiter = RateLimiter(inbound.ratelimit, clock)
+        layers.append(ratelimit_layer(inbound.ratelimit, limiter=limiter))
+    layers.extend(policies.route("inbound", None, inbound.timeout, inbound.retry))
+    if app is not None:
+        layers.append(_app_layer(app, config.service))
+    handler = compose(layers, terminal)
+
+    def stats() -> dict[str, Any]:
+        return {
+            "direction": "inbound",
+            "ratelimit": limiter.stats() if limiter is not None else None,
+            "routes": policies.snapshot(),
+        }
+
+    description = {
+        "direction": "inbound",
+        "version": config.version,
+        "service": config.service,
+        "order": ["outer", "proxy_errors", "ratelimit", "timeout", "retry", "terminal"],
+        "config": config_to_dict(config),
+    }
+    return BuiltStack(handler, config.version, description, stats)
