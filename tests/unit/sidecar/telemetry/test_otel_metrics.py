@@ -1,0 +1,47 @@
+"""OTel HTTP duration histograms encode to an ExportMetricsServiceRequest with semconv buckets."""
+
+from __future__ import annotations
+
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
+
+from sidecar.telemetry.otel_metrics import HTTP_DURATION_BUCKETS_S, HttpDurations
+
+
+def test_histograms_encode_cumulatively_with_attributes() -> None:
+    overflow: list[str] = []
+    durations = HttpDurations(start_ns=1_000, max_series=10, on_overflow=overflow.append)
+    durations.record_client(("GET", "orders", 8080, 200, "", "1.1"), 0.004)
+    durations.record_client(("GET", "orders", 8080, 200, "", "1.1"), 0.3)
+    durations.record_server(("POST", "http", 503, "pay", "503", "1.1"), 12.0)
+
+    request = ExportMetricsServiceRequest()
+    request.ParseFromString(durations.encode((("service.name", "checkout"),), now_ns=5_000))
+    (rm,) = request.resource_metrics
+    assert rm.resource.attributes[0].value.string_value == "checkout"
+    metrics = {m.name: m for m in rm.scope_metrics[0].metrics}
+    client = metrics["http.client.request.duration"]
+    assert client.unit == "s" and client.histogram.aggregation_temporality == 2
+    (point,) = client.histogram.data_points
+    attrs = {kv.key: kv.value for kv in point.attributes}
+    assert attrs["server.address"].string_value == "orders"
+    assert attrs["server.port"].int_value == 8080
+    assert attrs["http.response.status_code"].int_value == 200
+    assert "error.type" not in attrs  # empty values are left out
+    assert point.count == 2 and abs(point.sum - 0.304) < 1e-9
+    assert list(point.explicit_bounds) == list(HTTP_DURATION_BUCKETS_S)
+    assert point.bucket_counts[0] == 1 and point.bucket_counts[7] == 1  # 0.004 and (0.25, 0.5]
+    assert point.start_time_unix_nano == 1_000 and point.time_unix_nano == 5_000
+    (server_point,) = metrics["http.server.request.duration"].histogram.data_points
+    assert server_point.bucket_counts[-1] == 1  # 12 s is past the last bound
+    assert {kv.key: kv.value.string_value for kv in server_point.attributes}["http.route"] == "pay"
+    assert overflow == []
+
+
+def test_series_cap() -> None:
+    overflow: list[str] = []
+    durations = HttpDurations(start_ns=0, max_series=1, on_overflow=overflow.append)
+    durations.record_server(("GET", "http", 200, "", "", "1.1"), 0.1)
+    durations.record_server(("GET", "http", 404, "", "", "1.1"), 0.1)
+    assert len(durations) == 1 and overflow == ["http.server.request.duration"]
