@@ -80,7 +80,7 @@ async def test_concurrent_migrations_of_a_fresh_database_record_once(store_url: 
         await first.close()
         await second.close()
 
-    assert versions == [LATEST_VERSION, LATEST_VERSION]
+    assert list(versions) == [LATEST_VERSION, LATEST_VERSION]
     assert rows == [{"version": v, "n": 1} for v in range(1, LATEST_VERSION + 1)]
 
 
