@@ -218,6 +218,9 @@ class RetryModel(_Model):
     @classmethod
     def _statuses_in_on(cls, value: Any) -> Any:
         """`on: [5xx, 409]` is shorthand for `on: [5xx], statuses: [409]`."""
+        if isinstance(value, Mapping) and True in value and "on" not in value:
+            # a YAML 1.1 loader elsewhere turned the key `on` into True
+            value = {("on" if k is True else k): v for k, v in value.items()}
         if isinstance(value, Mapping) and isinstance(value.get("on"), list):
             on = value["on"]
             numbers = [c for c in on if isinstance(c, int) and not isinstance(c, bool)]
@@ -562,6 +565,21 @@ def _to_config(m: DocumentModel) -> SidecarConfig:
     )
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans: only true/false, so `on:` (retry) stays a string."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regex) for tag, regex in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+
+
 def load_config(path: str | Path) -> SidecarConfig:
     """Read and validate a YAML or JSON policy file (".json" is parsed as JSON, else YAML)."""
     path = Path(path)
@@ -570,7 +588,7 @@ def load_config(path: str | Path) -> SidecarConfig:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{path}: cannot read: {exc}"]) from exc
     try:
-        doc = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        doc = json.loads(text) if path.suffix == ".json" else yaml.load(text, Loader=_Yaml12Loader)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(
             [f"{path}: not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}"]

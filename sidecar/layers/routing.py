@@ -167,6 +167,8 @@ def routing_layer(
     def wrap(inner: Handler) -> Handler:
         compiled = [_Compiled(rule, routes[rule.name](inner)) for rule in config.routes]
         default = default_route(inner) if default_route is not None else None
+        # a host some route claims is a mesh host: no matching route is a 404, not passthrough
+        claimed = frozenset().union(*(r.hosts for r in config.routes)) - {"*"}
         through = passthrough(inner) if passthrough is not None and not registry_only else None
 
         async def handle(request: Request) -> Response:
@@ -183,7 +185,7 @@ def routing_layer(
                     return await _dispatch(request, route.rule.name, upstream, route.handler)
             if default is not None and host in config.services:
                 return await _dispatch(request, DEFAULT_ROUTE, host, default)
-            if through is not None and host:
+            if through is not None and host and host not in claimed:
                 return await _dispatch(request, PASSTHROUGH_ROUTE, host, through)
             context.attributes["meshlens.route"] = ""
             raise NoRoute(f"no route for {request.authority or '(no host)'}{request.path}")

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import pytest
+
+from sidecar.errors import UpstreamTimeout
+from sidecar.layers.timeout import TimeoutConfig, timeout_layer
+from sidecar.stack import compose
+from tests.fakes import HANG, ManualClock, ScriptedUpstream, make_request
+
+
+async def test_request_timeout_raises_upstream_timeout() -> None:
+    handler = compose([timeout_layer(TimeoutConfig(request_s=0.01))], ScriptedUpstream([HANG]))
+    request = make_request()
+
+    with pytest.raises(UpstreamTimeout) as caught:
+        await handler(request)
+    assert caught.value.reason == "upstream_timeout"
+    assert request.context.attributes["meshlens.timeout.fired"] == "request"
+
+
+async def test_sets_deadline_and_idle_timeout_on_the_context() -> None:
+    clock = ManualClock(100.0)
+    config = TimeoutConfig(request_s=2.0, idle_s=7.0)
+    handler = compose([timeout_layer(config, clock=clock)], ScriptedUpstream())
+    request = make_request()
+
+    await handler(request)
+
+    assert request.context.deadline == 102.0
+    assert request.context.idle_timeout_s == 7.0
+
+
+async def test_an_earlier_deadline_is_kept() -> None:
+    clock = ManualClock(100.0)
+    handler = compose([timeout_layer(TimeoutConfig(request_s=5), clock=clock)], ScriptedUpstream())
+    request = make_request()
+    request.context.deadline = 101.0
+
+    await handler(request)
+
+    assert request.context.deadline == 101.0
+
+
+async def test_observe_only_records_would_timeout_and_cuts_nothing() -> None:
+    clock = ManualClock()
+    upstream = ScriptedUpstream(clock=clock, latency_s={"": 3.0})
+    config = TimeoutConfig(request_s=1.0, enforce=False)
+    handler = compose([timeout_layer(config, clock=clock)], upstream)
+    request = make_request()
+
+    assert (await handler(request)).status == 200
+    assert request.context.attributes["meshlens.timeout.would_timeout"] is True
+    assert request.context.deadline is None
+
+
+def test_per_try_must_not_exceed_request() -> None:
+    with pytest.raises(ValueError, match="per_try_s"):
+        TimeoutConfig(request_s=1.0, per_try_s=2.0)
+    with pytest.raises(ValueError):
+        TimeoutConfig(request_s=0)
