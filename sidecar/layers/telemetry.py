@@ -10,63 +10,45 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from sidecar.http import AttrValue, Request, RequestContext, Response, header_value
+from sidecar.http import Request, RequestContext, Response
 from sidecar.stack import Handler, Layer
-from sidecar.telemetry.accesslog import AccessRecord
-from sidecar.telemetry.context import SAMPLED, extract
-from sidecar.telemetry.istio import response_flags
-from sidecar.telemetry.recorder import Recorder
-from sidecar.telemetry.semconv import (
-    ObservedBody,
-    client_status,
-    inject,
-    normalize_method,
-    peer_from_spiffe,
-    server_status,
-    span_name,
-    split_host_port,
+from sidecar.telemetry.context import extract
+from sidecar.telemetry.exchange import (
+    ATTEMPT,
+    Done,
+    finish_attempt,
+    finish_inbound,
+    finish_outbound,
 )
-from sidecar.telemetry.spans import KIND_CLIENT, KIND_SERVER, SpanRecord
+from sidecar.telemetry.recorder import Recorder
+from sidecar.telemetry.semconv import ObservedBody, inject
 
 __all__ = ["attempt_layer", "inbound_layer", "outbound_layer"]
 
-ATTEMPT = "meshlens.attempt"
-ATTEMPT_ERROR = "meshlens.attempt.error"
 ERROR_REASON = "meshlens.error.reason"  # written by layers/proxy_errors.py
-_FAULT_DELAY = "meshlens.fault.delay_ms"
+
+_EndFn = Callable[[Done], None]
 
 
-class _Done:
-    """How one exchange ended: status, proxy error reason (or ""), body bytes."""
-
-    __slots__ = ("error", "nbytes", "status")
-
-    def __init__(self, status: int, error: str, nbytes: int) -> None:
-        self.status, self.error, self.nbytes = status, error, nbytes
-
-
-_EndFn = Callable[[_Done], None]
-
-
-def _failure(exc: BaseException) -> _Done:
+def _failure(exc: BaseException) -> Done:
     if isinstance(exc, asyncio.CancelledError):
-        return _Done(0, "cancelled", 0)
+        return Done(0, "cancelled", 0)
     status = getattr(exc, "status", 500)
     reason = getattr(exc, "reason", "") or type(exc).__name__
-    return _Done(status if isinstance(status, int) else 500, str(reason), 0)
+    return Done(status if isinstance(status, int) else 500, str(reason), 0)
 
 
 def _observe(response: Response, error: str, end: _EndFn) -> Response:
     """Call `end` now for a buffered body, or when a streamed body finishes."""
     body = response.body
     if isinstance(body, bytes):
-        end(_Done(response.status, error, len(body)))
+        end(Done(response.status, error, len(body)))
         return response
 
     status = response.status
 
     def on_end(nbytes: int, stream_error: str) -> None:
-        end(_Done(status, error or stream_error, nbytes))
+        end(Done(status, error or stream_error, nbytes))
 
     return Response(status, response.headers, ObservedBody(body, on_end), response.reason)
 
@@ -76,41 +58,6 @@ def _own_error(ctx: RequestContext) -> str:
     # x-meshlens-error header alone could also come from another sidecar further upstream.
     reason = ctx.attributes.get(ERROR_REASON, "")
     return reason if isinstance(reason, str) else ""
-
-
-def _request_size(request: Request) -> int:
-    body = request.body
-    if isinstance(body, bytes):
-        return len(body)
-    return body.length or 0
-
-
-def _record_span(
-    rec: Recorder,
-    ctx: RequestContext,
-    span_id: bytes,
-    parent: bytes,
-    name: str,
-    kind: int,
-    start: int,
-    status: int,
-    attrs: dict[str, AttrValue],
-) -> None:
-    rec.spans.add(
-        SpanRecord(
-            ctx.trace_id,
-            span_id,
-            parent,
-            name,
-            kind,
-            start,
-            rec.now_ns(),
-            ctx.trace_flags,
-            status,
-            attrs,
-            ctx.tracestate,
-        )
-    )
 
 
 def outbound_layer(rec: Recorder) -> Layer:
@@ -128,8 +75,8 @@ def outbound_layer(rec: Recorder) -> Layer:
                 ctx.trace_id, ctx.parent_span_id, ctx.tracestate = rec.ids.trace_id(), b"", ""
                 ctx.trace_flags = rec.root_flags(ctx.trace_id)
 
-            def end(done: _Done) -> None:
-                _finish_outbound(rec, request, start, done)
+            def end(done: Done) -> None:
+                finish_outbound(rec, request, start, done)
 
             try:
                 response = await inner(request)
@@ -143,60 +90,6 @@ def outbound_layer(rec: Recorder) -> Layer:
     return wrap
 
 
-def _finish_outbound(rec: Recorder, request: Request, start: int, done: _Done) -> None:
-    ctx = request.context
-    attrs = ctx.attributes
-    now = rec.now_ns()
-    flags = response_flags(done.error, _FAULT_DELAY in attrs)
-    endpoint = ctx.endpoint
-    upstream = ctx.upstream or split_host_port(request.authority)[0]
-    rec.istio_outbound.record(
-        (
-            upstream,
-            endpoint.identity if endpoint else "",
-            done.status,
-            flags,
-            "unknown",
-            "http",
-            "",
-        ),
-        (now - start) / 1e6,
-        _request_size(request),
-        done.nbytes,
-    )
-    if flags == "URX":
-        rec.budget_exhausted.inc((upstream,))
-    sampled = ctx.trace_flags & SAMPLED
-    if ATTEMPT not in attrs and sampled:
-        # Nothing was sent upstream (rate limited, no route, fault): one CLIENT span says why.
-        span_attrs: dict[str, AttrValue] = {
-            "http.request.method": normalize_method(request.method),
-            "server.address": upstream,
-            "meshlens.upstream": ctx.upstream,
-            "meshlens.route": ctx.route,
-            **attrs,
-            "http.response.status_code": done.status,
-            "error.type": done.error or str(done.status),
-        }
-        name = span_name(normalize_method(request.method), ctx.route)
-        status = client_status(done.status, done.error)
-        _record_span(
-            rec,
-            ctx,
-            rec.ids.span_id(),
-            ctx.parent_span_id,
-            name,
-            KIND_CLIENT,
-            start,
-            status,
-            span_attrs,
-        )
-    if not sampled:
-        rec.unsampled.inc(("outbound",))
-    if rec.access_log is not None:
-        _access(rec, request, "outbound", start, now, done, flags, b"")
-
-
 def attempt_layer(rec: Recorder) -> Layer:
     """Per attempt (inside retry): a CLIENT span, its traceparent upstream, client duration."""
 
@@ -207,7 +100,6 @@ def attempt_layer(rec: Recorder) -> Layer:
             previous = attrs.get(ATTEMPT, 0)
             number = (previous if isinstance(previous, int) else 0) + 1
             attrs[ATTEMPT] = number
-            attrs.pop(ATTEMPT_ERROR, None)
             if number > 1:
                 reason = attrs.get("meshlens.retry.reason", "unknown")
                 rec.retries.inc((ctx.upstream, str(reason)))
@@ -227,68 +119,19 @@ def attempt_layer(rec: Recorder) -> Layer:
             )
             start = rec.now_ns()
 
-            def end(done: _Done) -> None:
-                _finish_attempt(rec, request, number, span_id, start, done)
+            def end(done: Done) -> None:
+                finish_attempt(rec, request, number, span_id, start, done)
 
             try:
                 response = await inner(forwarded)
             except BaseException as exc:
-                done = _failure(exc)
-                attrs[ATTEMPT_ERROR] = done.error
-                end(done)
+                end(_failure(exc))
                 raise
             return _observe(response, "", end)
 
         return handle
 
     return wrap
-
-
-def _finish_attempt(
-    rec: Recorder, request: Request, number: int, span_id: bytes, start: int, done: _Done
-) -> None:
-    ctx = request.context
-    now = rec.now_ns()
-    endpoint = ctx.endpoint
-    host, port = (endpoint.host, endpoint.port) if endpoint else split_host_port(request.authority)
-    method = normalize_method(request.method)
-    status, error = done.status, done.error
-    error_type = error or (str(status) if status >= 400 else "")
-    rec.durations.record_client(
-        (method, ctx.upstream or host, port, status, error_type, request.version),
-        (now - start) / 1e9,
-    )
-    if not ctx.trace_flags & SAMPLED:
-        return
-    attrs: dict[str, AttrValue] = {
-        "http.request.method": method,
-        "server.address": host,
-        "server.port": port,
-        "url.full": f"{request.scheme}://{request.authority}{request.path}",
-        "network.protocol.version": request.version,
-        "meshlens.upstream": ctx.upstream,
-        "meshlens.route": ctx.route,
-    }
-    if number > 1:
-        attrs["http.request.resend_count"] = number - 1
-    attrs.update(ctx.attributes)
-    attrs[ATTEMPT] = number
-    if status:
-        attrs["http.response.status_code"] = status
-    if error_type:
-        attrs["error.type"] = error_type
-    name = span_name(method, ctx.route)
-    _record_span(
-        rec,
-        ctx,
-        span_id,
-        ctx.parent_span_id,
-        name,
-        KIND_CLIENT,
-        start,
-        client_status(status, error),
-        attrs,
-    )
 
 
 def inbound_layer(rec: Recorder) -> Layer:
@@ -320,8 +163,8 @@ def inbound_layer(rec: Recorder) -> Layer:
                 ctx,
             )
 
-            def end(done: _Done) -> None:
-                _finish_inbound(rec, request, span_id, parent, start, done)
+            def end(done: Done) -> None:
+                finish_inbound(rec, request, span_id, parent, start, done)
 
             try:
                 response = await inner(forwarded)
@@ -333,96 +176,3 @@ def inbound_layer(rec: Recorder) -> Layer:
         return handle
 
     return wrap
-
-
-def _finish_inbound(
-    rec: Recorder, request: Request, span_id: bytes, parent: bytes, start: int, done: _Done
-) -> None:
-    ctx = request.context
-    now = rec.now_ns()
-    status, error = done.status, done.error
-    method = normalize_method(request.method)
-    flags = response_flags(error, _FAULT_DELAY in ctx.attributes)
-    peer = ctx.peer_identity
-    security = "mutual_tls" if peer else "none"
-    rec.istio_inbound.record(
-        (peer_from_spiffe(peer), peer, status, flags, security, "http", ""),
-        (now - start) / 1e6,
-        _request_size(request),
-        done.nbytes,
-    )
-    error_type = error or (str(status) if status >= 500 else "")
-    rec.durations.record_server(
-        (method, request.scheme, status, ctx.route, error_type, request.version),
-        (now - start) / 1e9,
-    )
-    if ctx.trace_flags & SAMPLED:
-        peer_host, peer_port = split_host_port(ctx.downstream_addr)
-        forwarded_for = header_value(request.headers, "x-forwarded-for")
-        attrs: dict[str, AttrValue] = {
-            "http.request.method": method,
-            "url.path": request.path,
-            "url.scheme": request.scheme,
-            "server.address": split_host_port(request.authority)[0] or rec.service,
-            "client.address": (forwarded_for or peer_host).split(",")[0].strip(),
-            "network.peer.address": peer_host,
-            "network.peer.port": peer_port,
-            "network.protocol.version": request.version,
-            "user_agent.original": header_value(request.headers, "user-agent") or "",
-            "meshlens.peer_identity": peer,
-        }
-        if ctx.route:
-            attrs["http.route"] = ctx.route
-        attrs.update(ctx.attributes)
-        if status:
-            attrs["http.response.status_code"] = status
-        if error_type:
-            attrs["error.type"] = error_type
-        name = span_name(method, ctx.route)
-        _record_span(
-            rec, ctx, span_id, parent, name, KIND_SERVER, start, server_status(status, error), attrs
-        )
-    else:
-        rec.unsampled.inc(("inbound",))
-    if rec.access_log is not None:
-        _access(rec, request, "inbound", start, now, done, flags, span_id)
-
-
-def _access(
-    rec: Recorder,
-    request: Request,
-    direction: str,
-    start: int,
-    now: int,
-    done: _Done,
-    flags: str,
-    span_id: bytes,
-) -> None:
-    ctx = request.context
-    assert rec.access_log is not None
-    endpoint = ctx.endpoint
-    attempts = ctx.attributes.get(ATTEMPT, 0)
-    rec.access_log.write(
-        AccessRecord(
-            start_ns=start,
-            direction=direction,
-            method=request.method,
-            authority=request.authority,
-            path=request.path,
-            status=done.status,
-            response_flags=flags,
-            duration_ms=(now - start) / 1e6,
-            request_bytes=_request_size(request),
-            response_bytes=done.nbytes,
-            upstream=ctx.upstream,
-            route=ctx.route,
-            endpoint=endpoint.address if endpoint else "",
-            attempts=attempts if isinstance(attempts, int) else 0,
-            trace_id=ctx.trace_id.hex(),
-            span_id=span_id.hex(),
-            request_id=ctx.request_id,
-            peer_identity=ctx.peer_identity,
-            user_agent=header_value(request.headers, "user-agent") or "",
-            error=done.error,
-        )
-    )

@@ -7,6 +7,7 @@ flags are carried unchanged (only bit 0x01, sampled, is interpreted).
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 
 from sidecar.http import Headers
@@ -26,6 +27,7 @@ __all__ = [
 ]
 
 SAMPLED = 0x01
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 _HEX = frozenset("0123456789abcdef")
 _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
@@ -65,16 +67,12 @@ def _is_hex(text: str, size: int) -> bool:
 
 def parse_traceparent(value: str, tracestate: str = "") -> TraceContext | None:
     """Parse a W3C `traceparent`; None when invalid (the caller then starts a new trace)."""
-    parts = value.strip().split("-")
-    if len(parts) < 4:
+    match = _TRACEPARENT.fullmatch(value.strip())
+    if match is None:
         return None
-    version, trace_hex, span_hex, flags_hex = parts[0], parts[1], parts[2], parts[3]
-    if not _is_hex(version, 2) or version == "ff":
-        return None
-    # Version 00 has exactly four fields; a higher version may append more (ignored).
-    if version == "00" and len(parts) != 4:
-        return None
-    if not (_is_hex(trace_hex, 32) and _is_hex(span_hex, 16) and _is_hex(flags_hex, 2)):
+    version, trace_hex, span_hex, flags_hex, extra = match.groups()
+    # Version ff is forbidden; version 00 has exactly four fields (later ones may add more).
+    if version == "ff" or (version == "00" and extra):
         return None
     trace_id = bytes.fromhex(trace_hex)
     span_id = bytes.fromhex(span_hex)

@@ -1,0 +1,265 @@
+"""What the sidecar records when one exchange (a logical request, an attempt, an inbound
+request) has ended: its span tuple, Istio and OTel metrics, and the access log line.
+
+Called by the telemetry layers (sidecar/layers/telemetry.py) off the end of the response body.
+"""
+
+from __future__ import annotations
+
+from sidecar.http import AttrValue, Request, RequestContext, header_value
+from sidecar.telemetry.accesslog import AccessRecord
+from sidecar.telemetry.context import SAMPLED
+from sidecar.telemetry.istio import response_flags
+from sidecar.telemetry.recorder import Recorder
+from sidecar.telemetry.semconv import (
+    client_status,
+    normalize_method,
+    peer_from_spiffe,
+    server_status,
+    span_name,
+    split_host_port,
+)
+from sidecar.telemetry.spans import KIND_CLIENT, KIND_SERVER, SpanRecord
+
+__all__ = ["ATTEMPT", "Done", "finish_attempt", "finish_inbound", "finish_outbound"]
+
+ATTEMPT = "meshlens.attempt"
+_FAULT_DELAY = "meshlens.fault.delay_ms"
+
+
+class Done:
+    """How one exchange ended: status, proxy error reason (or ""), body bytes."""
+
+    __slots__ = ("error", "nbytes", "status")
+
+    def __init__(self, status: int, error: str, nbytes: int) -> None:
+        self.status, self.error, self.nbytes = status, error, nbytes
+
+
+def _request_size(request: Request) -> int:
+    body = request.body
+    if isinstance(body, bytes):
+        return len(body)
+    return body.length or 0
+
+
+def _record_span(
+    rec: Recorder,
+    ctx: RequestContext,
+    span_id: bytes,
+    parent: bytes,
+    name: str,
+    kind: int,
+    start: int,
+    status: int,
+    attrs: dict[str, AttrValue],
+) -> None:
+    rec.spans.add(
+        SpanRecord(
+            ctx.trace_id,
+            span_id,
+            parent,
+            name,
+            kind,
+            start,
+            rec.now_ns(),
+            ctx.trace_flags,
+            status,
+            attrs,
+            ctx.tracestate,
+        )
+    )
+
+
+def finish_outbound(rec: Recorder, request: Request, start: int, done: Done) -> None:
+    ctx = request.context
+    attrs = ctx.attributes
+    now = rec.now_ns()
+    flags = response_flags(done.error, _FAULT_DELAY in attrs)
+    endpoint = ctx.endpoint
+    upstream = ctx.upstream or split_host_port(request.authority)[0]
+    rec.istio_outbound.record(
+        (
+            upstream,
+            endpoint.identity if endpoint else "",
+            done.status,
+            flags,
+            "unknown",
+            "http",
+            "",
+        ),
+        (now - start) / 1e6,
+        _request_size(request),
+        done.nbytes,
+    )
+    if flags == "URX":
+        rec.budget_exhausted.inc((upstream,))
+    sampled = ctx.trace_flags & SAMPLED
+    if ATTEMPT not in attrs and sampled:
+        # Nothing was sent upstream (rate limited, no route, fault): one CLIENT span says why.
+        span_attrs: dict[str, AttrValue] = {
+            "http.request.method": normalize_method(request.method),
+            "server.address": upstream,
+            "meshlens.upstream": ctx.upstream,
+            "meshlens.route": ctx.route,
+            **attrs,
+            "http.response.status_code": done.status,
+            "error.type": done.error or str(done.status),
+        }
+        name = span_name(normalize_method(request.method), ctx.route)
+        status = client_status(done.status, done.error)
+        _record_span(
+            rec,
+            ctx,
+            rec.ids.span_id(),
+            ctx.parent_span_id,
+            name,
+            KIND_CLIENT,
+            start,
+            status,
+            span_attrs,
+        )
+    if not sampled:
+        rec.unsampled.inc(("outbound",))
+    if rec.access_log is not None:
+        _access(rec, request, "outbound", start, now, done, flags, b"")
+
+
+def finish_attempt(
+    rec: Recorder, request: Request, number: int, span_id: bytes, start: int, done: Done
+) -> None:
+    ctx = request.context
+    now = rec.now_ns()
+    endpoint = ctx.endpoint
+    host, port = (endpoint.host, endpoint.port) if endpoint else split_host_port(request.authority)
+    method = normalize_method(request.method)
+    status, error = done.status, done.error
+    error_type = error or (str(status) if status >= 400 else "")
+    rec.durations.record_client(
+        (method, ctx.upstream or host, port, status, error_type, request.version),
+        (now - start) / 1e9,
+    )
+    if not ctx.trace_flags & SAMPLED:
+        return
+    attrs: dict[str, AttrValue] = {
+        "http.request.method": method,
+        "server.address": host,
+        "server.port": port,
+        "url.full": f"{request.scheme}://{request.authority}{request.path}",
+        "network.protocol.version": request.version,
+        "meshlens.upstream": ctx.upstream,
+        "meshlens.route": ctx.route,
+    }
+    if number > 1:
+        attrs["http.request.resend_count"] = number - 1
+    attrs.update(ctx.attributes)
+    attrs[ATTEMPT] = number
+    if status:
+        attrs["http.response.status_code"] = status
+    if error_type:
+        attrs["error.type"] = error_type
+    name = span_name(method, ctx.route)
+    _record_span(
+        rec,
+        ctx,
+        span_id,
+        ctx.parent_span_id,
+        name,
+        KIND_CLIENT,
+        start,
+        client_status(status, error),
+        attrs,
+    )
+
+
+def finish_inbound(
+    rec: Recorder, request: Request, span_id: bytes, parent: bytes, start: int, done: Done
+) -> None:
+    ctx = request.context
+    now = rec.now_ns()
+    status, error = done.status, done.error
+    method = normalize_method(request.method)
+    flags = response_flags(error, _FAULT_DELAY in ctx.attributes)
+    peer = ctx.peer_identity
+    security = "mutual_tls" if peer else "none"
+    rec.istio_inbound.record(
+        (peer_from_spiffe(peer), peer, status, flags, security, "http", ""),
+        (now - start) / 1e6,
+        _request_size(request),
+        done.nbytes,
+    )
+    error_type = error or (str(status) if status >= 500 else "")
+    rec.durations.record_server(
+        (method, request.scheme, status, ctx.route, error_type, request.version),
+        (now - start) / 1e9,
+    )
+    if ctx.trace_flags & SAMPLED:
+        peer_host, peer_port = split_host_port(ctx.downstream_addr)
+        forwarded_for = header_value(request.headers, "x-forwarded-for")
+        attrs: dict[str, AttrValue] = {
+            "http.request.method": method,
+            "url.path": request.path,
+            "url.scheme": request.scheme,
+            "server.address": split_host_port(request.authority)[0] or rec.service,
+            "client.address": (forwarded_for or peer_host).split(",")[0].strip(),
+            "network.peer.address": peer_host,
+            "network.peer.port": peer_port,
+            "network.protocol.version": request.version,
+            "user_agent.original": header_value(request.headers, "user-agent") or "",
+            "meshlens.peer_identity": peer,
+        }
+        if ctx.route:
+            attrs["http.route"] = ctx.route
+        attrs.update(ctx.attributes)
+        if status:
+            attrs["http.response.status_code"] = status
+        if error_type:
+            attrs["error.type"] = error_type
+        name = span_name(method, ctx.route)
+        _record_span(
+            rec, ctx, span_id, parent, name, KIND_SERVER, start, server_status(status, error), attrs
+        )
+    else:
+        rec.unsampled.inc(("inbound",))
+    if rec.access_log is not None:
+        _access(rec, request, "inbound", start, now, done, flags, span_id)
+
+
+def _access(
+    rec: Recorder,
+    request: Request,
+    direction: str,
+    start: int,
+    now: int,
+    done: Done,
+    flags: str,
+    span_id: bytes,
+) -> None:
+    ctx = request.context
+    assert rec.access_log is not None
+    endpoint = ctx.endpoint
+    attempts = ctx.attributes.get(ATTEMPT, 0)
+    rec.access_log.write(
+        AccessRecord(
+            start_ns=start,
+            direction=direction,
+            method=request.method,
+            authority=request.authority,
+            path=request.path,
+            status=done.status,
+            response_flags=flags,
+            duration_ms=(now - start) / 1e6,
+            request_bytes=_request_size(request),
+            response_bytes=done.nbytes,
+            upstream=ctx.upstream,
+            route=ctx.route,
+            endpoint=endpoint.address if endpoint else "",
+            attempts=attempts if isinstance(attempts, int) else 0,
+            trace_id=ctx.trace_id.hex(),
+            span_id=span_id.hex(),
+            request_id=ctx.request_id,
+            peer_identity=ctx.peer_identity,
+            user_agent=header_value(request.headers, "user-agent") or "",
+            error=done.error,
+        )
+    )
