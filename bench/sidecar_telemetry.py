@@ -45,7 +45,7 @@ HEADERS = (
 
 
 class _NoopExporter(SpanExporter):
-    def export(self, spans: Sequence[object]) -> SpanExportResult:  # type: ignore[override]
+    def export(self, spans: Sequence[object]) -> SpanExportResult:
         return SpanExportResult.SUCCESS
 
 
@@ -163,7 +163,8 @@ def bench_otel_sdk(n: int, with_histogram: bool) -> float:
 
     def run() -> None:
         for i in range(n):
-            with tracer.start_as_current_span("GET orders-default", kind=trace.SpanKind.CLIENT) as s:
+            kind = trace.SpanKind.CLIENT
+            with tracer.start_as_current_span("GET orders-default", kind=kind) as s:
                 s.set_attributes(
                     {
                         "http.request.method": "GET",
@@ -178,9 +179,7 @@ def bench_otel_sdk(n: int, with_histogram: bool) -> float:
                     }
                 )
             if with_histogram:
-                histogram.record(
-                    0.001, {"http.request.method": "GET", "server.address": "orders"}
-                )
+                histogram.record(0.001, {"http.request.method": "GET", "server.address": "orders"})
         processor.force_flush()
 
     result = _cpu_us(run, n)
