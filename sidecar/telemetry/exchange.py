@@ -25,6 +25,28 @@ __all__ = ["ATTEMPT", "Done", "finish_attempt", "finish_inbound", "finish_outbou
 
 ATTEMPT = "meshlens.attempt"
 _FAULT_DELAY = "meshlens.fault.delay_ms"
+_EJECTED = "meshlens.outlier.ejected"
+_BUDGET = "meshlens.retry.budget_exhausted"
+# Policy decisions the layers record (enforced and observe-only); counted per upstream so the
+# effect of `enforce: false` policies is visible on /metrics, not only on spans.
+_DECISIONS = frozenset(
+    (
+        "meshlens.balance.panic",
+        "meshlens.breaker.would_overflow",
+        "meshlens.fault.abort",
+        "meshlens.fault.delay_ms",
+        "meshlens.fault.would_abort",
+        "meshlens.fault.would_delay_ms",
+        _EJECTED,
+        "meshlens.outlier.would_eject",
+        "meshlens.ratelimit.limited",
+        "meshlens.ratelimit.would_limit",
+        _BUDGET,
+        "meshlens.retry.would_retry",
+        "meshlens.timeout.fired",
+        "meshlens.timeout.would_timeout",
+    )
+)
 
 
 class Done:
@@ -92,7 +114,13 @@ def finish_outbound(rec: Recorder, request: Request, start: int, done: Done) -> 
         _request_size(request),
         done.nbytes,
     )
-    if flags == "URX":
+    decisions = _DECISIONS.intersection(attrs)
+    if decisions:
+        for key in decisions:
+            rec.decisions.inc((upstream, key[9:]))  # without the "meshlens." prefix
+        if _EJECTED in decisions:
+            rec.ejections.inc((upstream,))
+    if flags == "URX" or _BUDGET in decisions:
         rec.budget_exhausted.inc((upstream,))
     sampled = ctx.trace_flags & SAMPLED
     if ATTEMPT not in attrs and sampled:

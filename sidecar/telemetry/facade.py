@@ -149,6 +149,16 @@ class Telemetry:
                 "Requests failed because the retry budget was spent.",
                 ("upstream",),
             ),
+            ejections=registry.counter(
+                "meshlens_sidecar_outlier_ejections_total",
+                "Endpoint ejections by outlier detection, by upstream.",
+                ("upstream",),
+            ),
+            decisions=registry.counter(
+                "meshlens_sidecar_policy_decisions_total",
+                "Requests on which a policy acted or would have acted (observe-only).",
+                ("upstream", "decision"),
+            ),
             unsampled=registry.counter(
                 "meshlens_sidecar_requests_unsampled_total",
                 "Requests measured without a span (trace not sampled).",

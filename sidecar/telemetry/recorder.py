@@ -30,6 +30,8 @@ class Recorder:
     durations: HttpDurations
     retries: Counter  # (upstream, reason)
     budget_exhausted: Counter  # (upstream,)
+    ejections: Counter  # (upstream,)
+    decisions: Counter  # (upstream, decision)
     unsampled: Counter  # (direction,)
     access_log: AccessLog | None = None
     sample_ratio: float = 1.0

@@ -363,3 +363,43 @@ async def test_access_log_has_trace_id_and_never_secrets() -> None:
     assert entry["flags"] == "-" and entry["endpoint"] == "10.0.0.7:8080"
     assert entry["path"] == "/orders/42" and entry["request_id"] == "req-1"
     assert "secret" not in line and "Bearer" not in line
+
+
+async def test_policy_decisions_are_counted_per_upstream_and_put_on_the_span() -> None:
+    telemetry = make_telemetry()
+
+    def decide(inner: Handler) -> Handler:
+        async def handle(request: Request) -> Response:
+            attrs = request.context.attributes
+            attrs["meshlens.ratelimit.would_limit"] = True
+            attrs["meshlens.outlier.ejected"] = "consecutive_5xx"
+            attrs["meshlens.retry.budget_exhausted"] = True
+            return await inner(request)
+
+        return handle
+
+    upstream = ScriptedUpstream([Response(200)])
+    handler = compose(
+        [telemetry.outbound_layer(), route(), decide, telemetry.attempt_layer(), pick_endpoint],
+        upstream,
+    )
+    await handler(app_request())
+    (span,) = spans(telemetry)
+    assert span.attributes["meshlens.ratelimit.would_limit"] is True
+    _, samples = parse_prometheus(telemetry.prometheus_text())
+    decisions = {
+        lb["decision"]: v for n, lb, v in samples if n == "meshlens_sidecar_policy_decisions_total"
+    }
+    assert decisions == {
+        "ratelimit.would_limit": 1,
+        "outlier.ejected": 1,
+        "retry.budget_exhausted": 1,
+    }
+    ejections = [
+        (lb["upstream"], v)
+        for n, lb, v in samples
+        if n == "meshlens_sidecar_outlier_ejections_total"
+    ]
+    assert ejections == [("orders", 1)]
+    exhausted = [v for n, lb, v in samples if n == "meshlens_sidecar_retry_budget_exhausted_total"]
+    assert exhausted == [1]
