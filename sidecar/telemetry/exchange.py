@@ -231,11 +231,12 @@ def finish_inbound(
             "server.address": split_host_port(request.authority)[0] or rec.service,
             "client.address": (forwarded_for or peer_host).split(",")[0].strip(),
             "network.peer.address": peer_host,
-            "network.peer.port": peer_port,
             "network.protocol.version": request.version,
             "user_agent.original": header_value(request.headers, "user-agent") or "",
             "meshlens.peer_identity": peer,
         }
+        if peer_port:
+            attrs["network.peer.port"] = peer_port
         if ctx.route:
             attrs["http.route"] = ctx.route
         attrs.update(ctx.attributes)
