@@ -42,13 +42,17 @@ async def get_principal(request: Request, plane: ControlPlaneDep) -> Principal:
     raw_path: bytes = request.scope.get("raw_path") or request.url.path.encode()
     query: bytes = request.scope.get("query_string", b"")
     target = raw_path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
+    client_cert = request.headers.get(CERT_HEADER)
+    signature = request.headers.get(SIGNATURE_HEADER)
+    # Only signed requests need the body before routing (it is cached for the endpoint).
+    signed = client_cert is not None or signature is not None
     return plane.auth.authenticate(
         authorization=request.headers.get("authorization"),
-        client_cert=request.headers.get(CERT_HEADER),
-        signature=request.headers.get(SIGNATURE_HEADER),
+        client_cert=client_cert,
+        signature=signature,
         method=request.method,
         target=target,
-        body=await request.body(),
+        body=await request.body() if signed else b"",
     )
 
 

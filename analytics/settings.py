@@ -185,7 +185,11 @@ def _convert(name: str, raw: str) -> object:
         return tuple(ApiTokenSpec.parse(e) for e in raw.split(",") if e.strip())
     if name == "bootstrap_tokens":
         return tuple(BootstrapTokenSpec.parse(e) for e in raw.split(",") if e.strip())
-    if name in ("data_dir", "ca_cert_file", "ca_key_file"):
+    if name == "data_dir":
+        if not raw:
+            raise ValueError("must not be empty")
+        return Path(raw)
+    if name in ("ca_cert_file", "ca_key_file"):
         return Path(raw) if raw else None
     if name == "http_port":
         return int(raw)

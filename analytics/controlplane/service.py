@@ -143,8 +143,6 @@ class ControlPlane:
         for spool in (self.acks, self.instance_events, self.audit.spool):
             await spool.flush()
 
-    # Registry -----------------------------------------------------------------------------
-
     def _event(self, event: str, registration: Registration) -> InstanceEvent:
         return InstanceEvent(
             ts=self._wall(),
@@ -225,8 +223,6 @@ class ControlPlane:
             entries.append(FleetEntry(state, policy.version if policy else 0))
         return entries
 
-    # Push ---------------------------------------------------------------------------------
-
     async def watch(
         self,
         actor: Principal,
@@ -247,8 +243,6 @@ class ControlPlane:
     ) -> InstanceState:
         self._owned(actor, instance)
         return self.push.ack(instance, version, nonce, ok, error)
-
-    # Identity -----------------------------------------------------------------------------
 
     async def issue_certificate(self, actor: Principal, csr_pem: str) -> IssuedCertificate:
         """Sign a sidecar's CSR for the identity its credential is scoped to."""
