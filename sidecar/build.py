@@ -92,7 +92,7 @@ class _Upstreams:
                 name,
                 spec.balance,
                 source,
-                available=detector.available if detector is not None else _always,
+                health=detector,
                 clock=clock,
                 random=random,
             )
@@ -115,10 +115,6 @@ class _Upstreams:
                 "outlier": detector.stats() if detector is not None else None,
             }
         return out
-
-
-def _always(endpoint: Endpoint) -> bool:
-    return True
 
 
 class _Policies:

@@ -12,14 +12,21 @@ import math
 import random as _random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from sidecar.discovery import EndpointSource
 from sidecar.errors import NoHealthyUpstream, NoRoute
 from sidecar.http import Endpoint, Request, Response
 from sidecar.stack import Clock, Handler, Layer, monotonic
 
-__all__ = ["LB_KINDS", "BalanceConfig", "Balancer", "EndpointState", "balance_layer"]
+__all__ = [
+    "LB_KINDS",
+    "BalanceConfig",
+    "Balancer",
+    "EndpointHealth",
+    "EndpointState",
+    "balance_layer",
+]
 
 LB_KINDS = ("round_robin", "least_request", "peak_ewma")
 
@@ -74,8 +81,22 @@ class EndpointState:
         self.stamp = now
 
 
-def _always(endpoint: Endpoint) -> bool:
-    return True
+class EndpointHealth(Protocol):
+    """What the balancer needs from outlier detection (satisfied by OutlierDetector)."""
+
+    @property
+    def ejected(self) -> int:
+        """How many endpoints are not fully in service; 0 lets the balancer skip filtering."""
+        ...
+
+    def available(self, endpoint: Endpoint) -> bool: ...
+
+
+class _AllHealthy:
+    ejected = 0
+
+    def available(self, endpoint: Endpoint) -> bool:
+        return True
 
 
 class Balancer:
@@ -87,14 +108,16 @@ class Balancer:
         config: BalanceConfig,
         source: EndpointSource,
         *,
-        available: Callable[[Endpoint], bool] = _always,
+        health: EndpointHealth | None = None,
         clock: Clock = monotonic,
         random: Callable[[], float] = _random.random,
     ) -> None:
         self.service = service
         self.config = config
         self._source = source
-        self._available = available
+        self._health: EndpointHealth = health if health is not None else _AllHealthy()
+        self._available = self._health.available
+        self._all_weighted = True
         self._clock = clock
         self._random = random
         self._version: int | None = None
@@ -117,10 +140,11 @@ class Balancer:
             state.endpoint = endpoint
             states.append(state)
         self._states = states
+        self._all_weighted = all(s.endpoint.weight > 0 for s in states)
         self._version = version
 
     def _weight(self, state: EndpointState, now: float) -> float:
-        weight = float(state.endpoint.weight)
+        weight = float(state.endpoint.weight) or 1.0  # zero weights are only used when all are
         window = self.config.slow_start_s
         if window > 0 and now - state.added_at < window:
             floor = self.config.slow_start_min_weight_percent / 100.0
@@ -147,7 +171,12 @@ class Balancer:
     def pick(self, request: Request) -> EndpointState:
         """The endpoint state for this attempt."""
         self._refresh()
-        candidates = self._candidates(request)
+        candidates = self._states
+        # fast path (no allocation): nothing ejected, drained or to avoid
+        if self._health.ejected or request.context.previous_endpoints or not self._all_weighted:
+            candidates = self._candidates(request)
+        elif not candidates:
+            raise NoHealthyUpstream(f"no endpoints for upstream {self.service!r}")
         now = self._clock()
         if len(candidates) == 1:
             return candidates[0]

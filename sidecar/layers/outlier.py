@@ -180,6 +180,7 @@ class OutlierDetector:
         self._next_sweep = clock() + config.interval_s
         self.would_eject = 0
         self.skipped_max_percent = 0
+        self.ejected = 0  # endpoints not closed (open or half_open)
         self._sync()
 
     def _sync(self) -> None:
@@ -189,6 +190,7 @@ class OutlierDetector:
         now = self._clock()
         addresses = [e.address for e in self._source.endpoints(self.service)]
         self._hosts = {a: self._hosts.get(a) or _Host(a, now) for a in addresses}
+        self.ejected = sum(1 for h in self._hosts.values() if h.state != "closed")
         self._version = version
 
     def available(self, endpoint: Endpoint) -> bool:
@@ -221,11 +223,13 @@ class OutlierDetector:
         else:
             host.ok[slot] += 1
         host.latency[slot] += latency_s
-        if host.state != "closed":
+        if host.state == "open":
+            return  # began before the ejection, or sent in panic: only the probe decides
+        if host.state == "half_open":
             host.probing = False
             if failed:
                 self._eject(host, request, "probe_failed", now)
-            elif host.state == "half_open":
+            else:
                 self._change(host, "closed", now, "probe_succeeded")
             return
         host.consecutive_5xx = host.consecutive_5xx + 1 if failed else 0
@@ -296,6 +300,8 @@ class OutlierDetector:
         self._change(host, "open", now, reason)
 
     def _change(self, host: _Host, state: str, now: float, reason: str) -> None:
+        if (host.state == "closed") != (state == "closed"):
+            self.ejected += 1 if host.state == "closed" else -1
         host.state = state
         host.last_change = now
         host.probing = False

@@ -18,7 +18,7 @@ def _balancer(
     endpoints, lb="round_robin", clock=None, seed=1, available=None, **config
 ) -> tuple[Balancer, MutableEndpoints]:
     source = MutableEndpoints({"svc": endpoints})
-    extra = {"available": available} if available is not None else {}
+    extra = {"health": PredicateHealth(available, endpoints)} if available is not None else {}
     balancer = Balancer(
         "svc",
         BalanceConfig(lb=lb, **config),
@@ -28,6 +28,14 @@ def _balancer(
         **extra,
     )
     return balancer, source
+
+
+class PredicateHealth:
+    """Outlier state stand-in: endpoints failing `predicate` are ejected."""
+
+    def __init__(self, predicate, endpoints) -> None:
+        self.available = predicate
+        self.ejected = sum(1 for e in endpoints if not predicate(e))
 
 
 def _picks(balancer: Balancer, n: int) -> Counter[str]:
@@ -221,3 +229,12 @@ def test_property_never_picks_an_ejected_endpoint_while_healthy_ones_exist() -> 
 def test_balance_config_rejects_unknown_lb() -> None:
     with pytest.raises(ValueError, match="lb must be one of"):
         BalanceConfig(lb="random")
+
+
+def test_zero_weight_endpoints_are_drained_unless_all_are_zero() -> None:
+    drained = Endpoint("10.0.0.8", 80, weight=0)
+    for lb in ("round_robin", "least_request", "peak_ewma"):
+        balancer, _ = _balancer([drained, A], lb=lb)
+        assert _picks(balancer, 10) == {A.address: 10}
+        balancer, _ = _balancer([drained, Endpoint("10.0.0.7", 80, weight=0)], lb=lb)
+        assert sum(_picks(balancer, 10).values()) == 10

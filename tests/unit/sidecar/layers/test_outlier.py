@@ -271,3 +271,13 @@ def test_outlier_config_validates() -> None:
         OutlierConfig(base_ejection_s=400, max_ejection_s=300)
     with pytest.raises(ValueError, match="factor"):
         LatencyConfig(factor=0.5)
+
+
+async def test_outcomes_while_ejected_do_not_extend_the_ejection() -> None:
+    h = Harness(OutlierConfig(consecutive_5xx=1, success_rate=None, max_ejection_percent=100))
+    await h.send(A, 500)
+    for _ in range(5):  # e.g. panic traffic, or requests that began before the ejection
+        await h.send(A, 500)
+
+    assert h.detector.stats()["endpoints"][A.address]["ejected_for_s"] == 30
+    assert h.detector.stats()["endpoints"][A.address]["times_ejected"] == 1
