@@ -213,6 +213,7 @@ class Telemetry:
         return {
             "spans_queued": len(self.recorder.spans),
             "spans_exported": self.spans_exported.value(),
+            "spans_dropped": {labels[0]: n for labels, n in self.spans_dropped.items()},
             "exporting": self._exporter is not None,
         }
 

@@ -140,6 +140,10 @@ class Counter(_Labelled):
     def value(self, labels: Labels = ()) -> float:
         return self._values.get(labels, 0.0)
 
+    def items(self) -> list[tuple[Labels, float]]:
+        """Every series and its value."""
+        return list(self._values.items())
+
     def render_into(self, lines: list[str]) -> None:
         self._header(lines, "counter")
         for labels, value in self._values.items():

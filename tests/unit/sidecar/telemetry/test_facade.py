@@ -78,6 +78,7 @@ async def test_without_a_collector_spans_are_dropped_and_counted() -> None:
         lb["reason"]: v for n, lb, v in samples if n == "meshlens_sidecar_spans_dropped_total"
     }
     assert dropped == {"no_collector": 1}
+    assert telemetry.stats()["spans_dropped"] == {"no_collector": 1}
     await telemetry.shutdown()
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1 import trace_pb2
 
@@ -26,7 +28,7 @@ def _decode(data: bytes) -> ExportTraceServiceRequest:
     return request
 
 
-def _span(**overrides: object) -> SpanRecord:
+def _span(**overrides: Any) -> SpanRecord:
     base = SpanRecord(
         trace_id=bytes(range(1, 17)),
         span_id=bytes(range(20, 28)),
