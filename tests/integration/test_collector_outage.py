@@ -1,5 +1,5 @@
 """Store outages against the real embedded store: accepted spans are kept in the spool, retried,
-and written exactly once; a full spool pushes back with 503 + Retry-After / UNAVAILABLE + RetryInfo."""
+and written exactly once; a full spool pushes back (503 + Retry-After, UNAVAILABLE + RetryInfo)."""
 
 from __future__ import annotations
 
