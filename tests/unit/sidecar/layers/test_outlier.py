@@ -107,6 +107,7 @@ async def test_ejection_time_grows_with_repeats_and_is_capped() -> None:
 async def test_expired_ejection_is_probed_with_one_real_request() -> None:
     h = Harness(OutlierConfig(consecutive_5xx=1, success_rate=None, max_ejection_percent=100))
     await h.send(A, 500)
+    assert h.detector.ejected == 1
     h.clock.advance(30)
 
     assert h.detector.available(A)
@@ -117,6 +118,7 @@ async def test_expired_ejection_is_probed_with_one_real_request() -> None:
 
     assert h.state(A) == "closed"
     assert h.detector.available(A)
+    assert h.detector.ejected == 0
 
 
 async def test_failed_probe_ejects_again_for_longer() -> None:
