@@ -248,8 +248,9 @@ class Telemetry:
             await self._exporter.shutdown(deadline_s)
         else:
             self._discard_unexportable()
-        if self.recorder.access_log is not None:
-            self.recorder.access_log.close()
+        access_log, self.recorder.access_log = self.recorder.access_log, None
+        if access_log is not None:
+            access_log.close()
 
     async def _housekeep(self) -> None:
         interval = self.config.export_interval_s

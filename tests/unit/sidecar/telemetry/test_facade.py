@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
@@ -105,3 +107,14 @@ async def test_sampling_ratio_zero_records_no_spans_for_new_traces() -> None:
     _, samples = parse_prometheus(telemetry.prometheus_text())
     unsampled = [v for n, _, v in samples if n == "meshlens_sidecar_requests_unsampled_total"]
     assert unsampled == [1]
+
+
+async def test_access_log_file_is_written_and_shutdown_is_idempotent(tmp_path: Path) -> None:
+    path = tmp_path / "access.log"
+    telemetry = Telemetry(TelemetryConfig(service="checkout", access_log=str(path)))
+    await telemetry.start()
+    await compose([telemetry.inbound_layer()], ok)(Request("GET", "/x", authority="checkout"))
+    await telemetry.shutdown()
+    await telemetry.shutdown()
+    (line,) = path.read_text().splitlines()
+    assert '"direction":"inbound"' in line and '"status":200' in line
