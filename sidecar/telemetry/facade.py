@@ -49,7 +49,7 @@ class TelemetryConfig:
     principal: str = ""  # our SPIFFE id when mTLS is on
     collector_url: str | None = None  # OTLP/HTTP base URL, e.g. http://127.0.0.1:4318
     sample_ratio: float = 1.0  # for traces this sidecar starts; callers' decisions are kept
-    max_queue_spans: int = 8192
+    max_queue_spans: int = 4096  # ~0.8 KB each: a stalled collector costs at most ~3 MB
     batch_size: int = 512
     export_interval_s: float = 1.0
     metrics_interval_s: float = 10.0
