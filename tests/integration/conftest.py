@@ -12,6 +12,7 @@ the connection, or send headers such as Retry-After. `/sink` counts a streamed r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -268,7 +269,8 @@ async def sidecar_process(
     yield start
     for handle in procs:
         if handle.proc.returncode is None:
-            handle.proc.kill()
+            with contextlib.suppress(ProcessLookupError):  # exited but not yet reaped
+                handle.proc.kill()
             await handle.proc.wait()
 
 
@@ -307,3 +309,16 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, st
     else:
         body = await reader.read(-1)
     return status, headers, body
+
+
+async def eventually(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """Wait (bounded) until `check()` is true; fail the test if it never becomes true."""
+    for _ in range(int(timeout_s / 0.01)):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"condition not met within {timeout_s}s")
+
+
+def write_json(path: Path, doc: dict[str, Any]) -> None:
+    path.write_text(json.dumps(doc))

@@ -8,15 +8,9 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 import pytest
 
-from tests.integration.conftest import ScriptedUpstream, SidecarProcess, Step, url
+from tests.integration.conftest import ScriptedUpstream, SidecarProcess, Step, eventually, url
 
 pytestmark = pytest.mark.timeout(60)
-
-
-async def _wait_seen(upstream: ScriptedUpstream, n: int) -> None:
-    async with asyncio.timeout(10):
-        while len(upstream.seen) < n:
-            await asyncio.sleep(0.01)
 
 
 async def test_sigterm_finishes_the_in_flight_request_then_exits(
@@ -29,7 +23,7 @@ async def test_sigterm_finishes_the_in_flight_request_then_exits(
         async with idle_session.get(f"{target}/idle", proxy=url(sidecar.outbound)) as response:
             assert response.status == 200  # leaves an idle keep-alive connection open
         slow = asyncio.create_task(session.get(f"{target}/slow", proxy=url(sidecar.outbound)))
-        await _wait_seen(upstream, 2)
+        await eventually(lambda: len(upstream.seen) >= 2)
         sidecar.terminate()
         response = await asyncio.wait_for(slow, 10)
         assert response.status == 200
