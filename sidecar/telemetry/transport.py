@@ -98,8 +98,12 @@ class HttpTransport:
             headers["Content-Encoding"] = "gzip"
         try:
             async with self._session.post(self._base + path, data=body, headers=headers) as resp:
-                answer = await resp.content.read(_MAX_RESPONSE_BYTES)
-                return TransportResult(resp.status, resp.headers.get("Retry-After"), answer)
+                answer = bytearray()
+                async for chunk in resp.content.iter_chunked(65536):
+                    answer += chunk
+                    if len(answer) > _MAX_RESPONSE_BYTES:
+                        break  # only partial_success is read from it; never hold more
+                return TransportResult(resp.status, resp.headers.get("Retry-After"), bytes(answer))
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise TransportError(f"{type(exc).__name__}: {exc}") from exc
 
