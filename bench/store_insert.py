@@ -66,7 +66,7 @@ def _spans(rows: int, seed: int = 7) -> dict[str, list[Any]]:
         if client:
             attrs["meshlens.upstream"] = upstream
             attrs["meshlens.attempt"] = "1"
-        values = (
+        values: tuple[Any, ...] = (
             ts,
             f"{rng.getrandbits(128):032x}",
             f"{rng.getrandbits(64):016x}",
@@ -112,9 +112,10 @@ class _Raw:
     def __init__(self, path: str, tables: list[pa.Table]) -> None:
         from chdb.session import Session
 
-        self._session = Session(path)  # a second session on the same path shares the engine
+        # A second session on the same path shares the engine.
+        self._session = Session(path)  # type: ignore[no-untyped-call]
         self._names = ", ".join(f"`{n}`" for n in tables[0].column_names)
-        self.payloads = []
+        self.payloads: list[bytes] = []
         for table in tables:
             sink = io.BytesIO()
             with pa.ipc.new_stream(sink, table.schema) as writer:

@@ -2,7 +2,9 @@
 
 MESHLENS_TEST_STORES is a comma-separated list of store URLs; every test using `store` runs once per
 URL. Default: one embedded store, `chdb://<tmp_path>/ch`. A server URL (http://user:pass@host:8123)
-gets a fresh database per test, dropped afterwards.
+gets a fresh database per test, dropped afterwards. `connect+chdb://{tmp_path}/ch` runs the server
+backend (ServerStore, clickhouse-connect) over clickhouse-connect's in-process chdb transport: the
+server code path on the real engine, without a server. `open_test_store(url)` opens any of these.
 
 `Span` + `trace_columns(spans)` build the column dict `store.insert("otel_traces", ...)` takes:
 
@@ -26,11 +28,15 @@ from typing import Any, NamedTuple
 
 import pytest
 
+from collector.schema import SchemaOptions
 from collector.store import Store, open_store
+from collector.store.server import ServerStore
+from collector.store.urls import StoreUrl
 
-__all__ = ["Event", "Link", "Span", "store_urls", "trace_columns"]
+__all__ = ["Event", "Link", "Span", "open_test_store", "store_urls", "trace_columns"]
 
 _ENV = "MESHLENS_TEST_STORES"
+_CONNECT_CHDB = "connect+chdb://"
 
 
 class Event(NamedTuple):
@@ -114,6 +120,26 @@ def trace_columns(spans: Iterable[Span]) -> dict[str, list[Any]]:
     return cols
 
 
+def open_test_store(url: str, *, database: str = "default", ttl_days: int = 0) -> Store:
+    """`open_store(url, ...)`, also for `connect+chdb://PATH` (see the module docstring)."""
+    if not url.startswith(_CONNECT_CHDB):
+        return open_store(url, database=database, ttl_days=ttl_days)
+    path = url[len(_CONNECT_CHDB) :]
+
+    def client() -> Any:
+        import clickhouse_connect
+
+        return clickhouse_connect.get_client(
+            interface="chdb", path=path, settings={"session_timezone": "UTC"}
+        )
+
+    return ServerStore(
+        StoreUrl(scheme="http", host="in-process-chdb", port=0),
+        SchemaOptions(database=database, ttl_days=ttl_days),
+        client_factory=client,
+    )
+
+
 def store_urls() -> list[str]:
     """The store URLs tests run against (MESHLENS_TEST_STORES, default: embedded)."""
     raw = os.environ.get(_ENV, "")
@@ -121,28 +147,31 @@ def store_urls() -> list[str]:
     return urls or ["chdb://{tmp_path}/ch"]
 
 
+def _embedded(url: str) -> bool:
+    return url.startswith(("chdb://", _CONNECT_CHDB))
+
+
 def _store_id(url: str) -> str:
-    return url.split("://", 1)[0] if url.startswith("chdb://") else url.rsplit("@", 1)[-1]
+    return url.split("://", 1)[0] if _embedded(url) else url.rsplit("@", 1)[-1]
 
 
 @pytest.fixture(params=store_urls(), ids=_store_id)
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The store URL under test (with the real password; tmp_path filled in for chdb)."""
     url: str = request.param
-    return url.replace("{tmp_path}", str(tmp_path)) if url.startswith("chdb://") else url
+    return url.replace("{tmp_path}", str(tmp_path)) if _embedded(url) else url
 
 
 @pytest.fixture
 async def store(store_url: str) -> AsyncIterator[Store]:
     """A migrated store: embedded in tmp_path, or a fresh database on a server URL."""
-    options: dict[str, object] = {}
-    if not store_url.startswith("chdb://"):
-        options["database"] = f"meshlens_test_{uuid.uuid4().hex[:12]}"
-    opened = open_store(store_url, **options)
+    fresh = not _embedded(store_url)
+    database = f"meshlens_test_{uuid.uuid4().hex[:12]}" if fresh else "default"
+    opened = open_test_store(store_url, database=database)
     try:
         await opened.migrate()
         yield opened
     finally:
-        if "database" in options:
-            await opened.command(f"DROP DATABASE IF EXISTS `{options['database']}`")
+        if fresh:
+            await opened.command(f"DROP DATABASE IF EXISTS `{database}`")
         await opened.close()

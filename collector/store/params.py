@@ -14,7 +14,7 @@ from typing import Any
 from collector.store.arrow import utc_text
 from collector.store.base import StoreRejected
 
-__all__ = ["format_params", "params_text"]
+__all__ = ["format_params", "params_text", "server_params"]
 
 
 _TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\0": "\\0"})
@@ -70,3 +70,21 @@ def params_text(params: Mapping[str, Any] | None) -> dict[str, str]:
         return format_params(params)
     except TypeError as exc:
         raise StoreRejected(f"query parameters: {exc}") from exc
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return _top(value)
+    if isinstance(value, list | tuple):
+        return type(value)(_plain(item) for item in value)
+    if isinstance(value, set | frozenset):
+        return [_plain(item) for item in sorted(value)]
+    if isinstance(value, Mapping):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+def server_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Parameters for clickhouse-connect's binding, with datetimes as our UTC text (it would
+    drop microseconds and shift by the server's zone) so both backends read the same values."""
+    return {name: _plain(value) for name, value in (params or {}).items()}

@@ -17,6 +17,7 @@ from collector.schema import SchemaOptions, migrate
 from collector.store.arrow import describe_sql, needs_types, rows_from_arrow, to_arrow_table
 from collector.store.base import Rows, StoreError, StoreRejected, StoreUnavailable
 from collector.store.errors import from_engine_message
+from collector.store.params import server_params
 from collector.store.urls import StoreUrl
 
 __all__ = ["ServerStore"]
@@ -42,7 +43,10 @@ class ServerStore:
         *,
         timeout_s: float = 30.0,
         connect_timeout_s: float = 5.0,
+        client_factory: Callable[[], Any] | None = None,
     ) -> None:
+        """`client_factory` replaces the HTTP client (e.g. clickhouse-connect's in-process chdb
+        transport, which tests use to run this backend on the real engine without a server)."""
         if timeout_s <= 0 or connect_timeout_s <= 0:
             raise ValueError("timeout_s and connect_timeout_s must be > 0")
         self._target = url
@@ -52,41 +56,46 @@ class ServerStore:
         self._executor = ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="clickhouse")
         self._client_lock = threading.Lock()
         self._client: Any = None
+        self._client_factory = client_factory
         self._closed = False
         self._types: dict[str, dict[str, str]] = {}
         self._migrate_lock = asyncio.Lock()
 
     @property
     def url(self) -> str:
-        redacted = self._target
-        return StoreUrl(
-            scheme=redacted.scheme,
-            host=redacted.host,
-            port=redacted.port,
-            username=redacted.username,
-            password=redacted.password,
-            database=self._options.database,
-        ).redacted
+        target = self._target
+        auth = f"{target.username}:***@" if target.password else f"{target.username}@"
+        return f"{target.scheme}://{auth}{target.host}:{target.port}/{self._options.database}"
+
+    def _new_client(self) -> Any:
+        import clickhouse_connect
+        from clickhouse_connect import common
+
+        # Map parameters as ClickHouse map literals (the driver's default sends JSON objects,
+        # which a {name:Map(K, V)} placeholder cannot parse).
+        common.set_setting("dict_parameter_format", "map")
+        if self._client_factory is not None:
+            return self._client_factory()
+
+        target = self._target
+        return clickhouse_connect.get_client(
+            host=target.host,
+            port=target.port,
+            username=target.username,
+            password=target.password,
+            secure=target.scheme == "https",
+            connect_timeout=self._connect_timeout_s,
+            send_receive_timeout=self._timeout_s,
+            query_retries=0,
+            autogenerate_session_id=False,
+            settings={"session_timezone": "UTC"},
+        )
 
     def _connect(self) -> Any:
         """The shared client, created on first use (worker threads only)."""
         with self._client_lock:
             if self._client is None:
-                import clickhouse_connect
-
-                target = self._target
-                self._client = clickhouse_connect.get_client(
-                    host=target.host,
-                    port=target.port,
-                    username=target.username,
-                    password=target.password,
-                    secure=target.scheme == "https",
-                    connect_timeout=self._connect_timeout_s,
-                    send_receive_timeout=self._timeout_s,
-                    query_retries=0,
-                    autogenerate_session_id=False,
-                    settings={"session_timezone": "UTC"},
-                )
+                self._client = self._new_client()
                 self._use_database_if_present()
             return self._client
 
@@ -165,7 +174,7 @@ class ServerStore:
         return int(arrow.num_rows)
 
     async def query(self, sql: str, params: Mapping[str, Any] | None = None) -> Rows:
-        bound = dict(params or {})
+        bound = server_params(params)
         result = await self._call(
             "query", lambda client: client.query_arrow(sql, parameters=bound, use_strings=True)
         )
@@ -183,7 +192,7 @@ class ServerStore:
         return rows_from_arrow(result, types)
 
     async def command(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
-        bound = dict(params or {})
+        bound = server_params(params)
         await self._call("command", lambda client: client.command(sql, parameters=bound))
 
     async def ping(self) -> bool:

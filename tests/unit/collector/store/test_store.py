@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 import pytest
 
 from collector.schema import LATEST_VERSION
-from collector.store import Store, StoreRejected, StoreUnavailable, open_store
-from tests.conftest import Event, Link, Span, trace_columns
+from collector.store import Store, StoreRejected, StoreUnavailable
+from tests.conftest import Event, Link, Span, open_test_store, trace_columns
 
 T0 = 1_764_000_000_123_456_789  # 2025-11-24T16:00:00.123456789Z, ns precision on purpose
 TRACE = "0af7651916cd43dd8448eb211c80319c"
@@ -67,8 +67,8 @@ async def test_migrate_twice_records_each_version_once(store: Store) -> None:
 
 async def test_concurrent_migrations_of_a_fresh_database_record_once(store_url: str) -> None:
     database = f"race_{uuid.uuid4().hex[:8]}"
-    first = open_store(store_url, database=database)
-    second = open_store(store_url, database=database)
+    first = open_test_store(store_url, database=database)
+    second = open_test_store(store_url, database=database)
     try:
         versions = await asyncio.gather(first.migrate(), second.migrate())
         rows = await first.query(
@@ -197,7 +197,7 @@ async def test_insert_leaves_unlisted_columns_at_their_defaults(store: Store) ->
 
 
 async def test_ping_answers_and_a_closed_store_is_unavailable(store: Store, store_url: str) -> None:
-    other = open_store(store_url, database="default")
+    other = open_test_store(store_url)
     await other.close()
 
     assert await store.ping() is True
