@@ -11,18 +11,19 @@ from __future__ import annotations
 import asyncio
 import random as _random
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sidecar.config import RouteSpec, SidecarConfig, config_to_dict, parse_config
+from sidecar.config import RouteSpec, SidecarConfig, UpstreamSpec, config_to_dict, parse_config
 from sidecar.discovery import EndpointSource, StaticEndpoints
 from sidecar.http import Endpoint, Request, Response
 from sidecar.layers.balance import Balancer, balance_layer
 from sidecar.layers.breaker import Breaker, breaker_layer
-from sidecar.layers.budget import RetryBudget
+from sidecar.layers.budget import BudgetConfig, RetryBudget
 from sidecar.layers.fault import fault_layer
 from sidecar.layers.outlier import OutlierDetector, outlier_layer
 from sidecar.layers.proxy_errors import proxy_errors_layer
-from sidecar.layers.ratelimit import RateLimiter, ratelimit_layer
+from sidecar.layers.ratelimit import RateLimitConfig, RateLimiter, ratelimit_layer
 from sidecar.layers.retry import RetryConfig, retry_layer
 from sidecar.layers.routing import passthrough_layer, routing_layer
 from sidecar.layers.timeout import TimeoutConfig, timeout_layer
@@ -31,6 +32,15 @@ from sidecar.stack import Clock, Handler, Layer, Sleep, compose, monotonic
 __all__ = ["BuiltStack", "build_inbound", "build_outbound", "static_endpoints"]
 
 Random = Callable[[], float]
+_GLOBAL = "(all)"  # the limiter before routing; not a valid route name
+
+
+@dataclass(slots=True)
+class _State:
+    """The stateful parts of a built stack, offered to the next version's build."""
+
+    policies: _Policies
+    upstreams: _Upstreams | None = None
 
 
 class BuiltStack:
@@ -42,11 +52,13 @@ class BuiltStack:
         version: str,
         description: dict[str, Any],
         stats: Callable[[], dict[str, Any]],
+        state: _State | None = None,
     ) -> None:
         self.handler = handler
         self.version = version
         self._description = description
         self._stats = stats
+        self._state = state  # handed to the next version's build to keep unchanged state
         self.closed = False
 
     def describe(self) -> dict[str, Any]:
@@ -75,28 +87,44 @@ def _chain(layers: Sequence[Layer]) -> Layer:
 
 
 class _Upstreams:
-    """Per-upstream state shared by every route of one version."""
+    """Per-upstream state shared by every route of one version.
+
+    With `previous`, an upstream whose balance/limits/outlier config did not change keeps its
+    balancer (RTT estimates, in-flight counts), breaker and outlier state across the reload.
+    """
 
     def __init__(
-        self, config: SidecarConfig, source: EndpointSource, clock: Clock, random: Random
+        self,
+        config: SidecarConfig,
+        source: EndpointSource,
+        clock: Clock,
+        random: Random,
+        previous: _Upstreams | None,
     ) -> None:
+        self.specs = dict(config.upstreams)
         self.balancers: dict[str, Balancer] = {}
         self.breakers: dict[str, Breaker] = {}
         self.detectors: dict[str, OutlierDetector] = {}
         for name, spec in config.upstreams.items():
+            old = previous.specs.get(name) if previous is not None else None
+            if previous is not None and old is not None and _same_policy(old, spec):
+                self._reuse(name, previous, source)
+                continue
             detector = None
             if spec.outlier is not None:
                 detector = OutlierDetector(name, spec.outlier, source, clock=clock)
                 self.detectors[name] = detector
             self.balancers[name] = Balancer(
-                name,
-                spec.balance,
-                source,
-                health=detector,
-                clock=clock,
-                random=random,
+                name, spec.balance, source, health=detector, clock=clock, random=random
             )
             self.breakers[name] = Breaker(name, spec.limits)
+
+    def _reuse(self, name: str, previous: _Upstreams, source: EndpointSource) -> None:
+        self.balancers[name] = previous.balancers[name].rebind(source)
+        self.breakers[name] = previous.breakers[name]
+        detector = previous.detectors.get(name)
+        if detector is not None:
+            self.detectors[name] = detector.rebind(source)
 
     def layers(self, clock: Clock) -> list[Layer]:
         return [
@@ -117,12 +145,36 @@ class _Upstreams:
         return out
 
 
-class _Policies:
-    """Per-route policy layers and the state behind them (budgets, limiters) for /stats."""
+def _same_policy(old: UpstreamSpec, new: UpstreamSpec) -> bool:
+    return (old.balance, old.limits, old.outlier) == (new.balance, new.limits, new.outlier)
 
-    def __init__(self, clock: Clock, sleep: Sleep, random: Random) -> None:
+
+class _Policies:
+    """Per-route policy layers and the state behind them (budgets, limiters) for /stats.
+
+    Budgets and limiters of a route whose config did not change carry over from `previous`.
+    """
+
+    def __init__(
+        self, clock: Clock, sleep: Sleep, random: Random, previous: _Policies | None = None
+    ) -> None:
         self.clock, self.sleep, self.random = clock, sleep, random
         self.stats: dict[str, dict[str, Any]] = {}
+        self.budgets: dict[str, RetryBudget] = {}
+        self.limiters: dict[str, RateLimiter] = {}
+        self._previous = previous
+
+    def limiter(self, name: str, config: RateLimitConfig) -> RateLimiter:
+        old = self._previous.limiters.get(name) if self._previous else None
+        limiter = old if old is not None and old.config == config else None
+        self.limiters[name] = limiter or RateLimiter(config, self.clock)
+        return self.limiters[name]
+
+    def _budget(self, name: str, config: BudgetConfig) -> RetryBudget:
+        old = self._previous.budgets.get(name) if self._previous else None
+        budget = old if old is not None and old.config == config else None
+        self.budgets[name] = budget or RetryBudget(config, self.clock)
+        return self.budgets[name]
 
     def route(
         self, name: str, spec: RouteSpec | None, timeout: TimeoutConfig, retry: RetryConfig | None
@@ -130,14 +182,14 @@ class _Policies:
         layers: list[Layer] = []
         entry: dict[str, Any] = {}
         if spec is not None and spec.ratelimit is not None:
-            limiter = RateLimiter(spec.ratelimit, self.clock)
+            limiter = self.limiter(name, spec.ratelimit)
             layers.append(ratelimit_layer(spec.ratelimit, limiter=limiter))
             entry["ratelimit"] = limiter.stats
         if spec is not None and spec.fault is not None:
             layers.append(fault_layer(spec.fault, sleep=self.sleep, random=self.random))
         layers.append(timeout_layer(timeout, clock=self.clock))
         if retry is not None:
-            budget = RetryBudget(retry.budget, self.clock) if retry.budget else None
+            budget = self._budget(name, retry.budget) if retry.budget else None
             layers.append(
                 retry_layer(
                     retry, clock=self.clock, sleep=self.sleep, random=self.random, budget=budget
@@ -162,12 +214,18 @@ def build_outbound(
     clock: Clock = monotonic,
     sleep: Sleep = asyncio.sleep,
     random: Random = _random.random,
+    previous: BuiltStack | None = None,
 ) -> BuiltStack:
-    """The outbound stack (app -> upstream services) for `config` (None: all defaults)."""
+    """The outbound stack (app -> upstream services) for `config` (None: all defaults).
+
+    Pass the active stack as `previous` to keep the state (RTT estimates, ejections, breaker
+    counts, retry budgets, rate-limit buckets) of upstreams and routes whose policy is unchanged.
+    """
     config = config if config is not None else parse_config({})
     source = endpoints if endpoints is not None else static_endpoints(config)
-    upstreams = _Upstreams(config, source, clock, random)
-    policies = _Policies(clock, sleep, random)
+    old = previous._state if previous is not None else None
+    upstreams = _Upstreams(config, source, clock, random, old.upstreams if old else None)
+    policies = _Policies(clock, sleep, random, old.policies if old else None)
     tail = [*per_attempt, *upstreams.layers(clock)]
     routes = {
         spec.name: _chain([*policies.route(spec.name, spec, spec.timeout, spec.retry), *tail])
@@ -185,7 +243,7 @@ def build_outbound(
     front: list[Layer] = [*outer, proxy_errors_layer()]
     limiter = None
     if config.ratelimit is not None:
-        limiter = RateLimiter(config.ratelimit, clock)
+        limiter = policies.limiter(_GLOBAL, config.ratelimit)
         front.append(ratelimit_layer(config.ratelimit, limiter=limiter))
     routing = routing_layer(
         config.routing, routes, default_route=default, passthrough=passthrough, random=random
@@ -218,7 +276,7 @@ def build_outbound(
         ],
         "config": config_to_dict(config),
     }
-    return BuiltStack(handler, config.version, description, stats)
+    return BuiltStack(handler, config.version, description, stats, _State(policies, upstreams))
 
 
 def _app_layer(app: Endpoint, service: str) -> Layer:
@@ -243,15 +301,17 @@ def build_inbound(
     clock: Clock = monotonic,
     sleep: Sleep = asyncio.sleep,
     random: Random = _random.random,
+    previous: BuiltStack | None = None,
 ) -> BuiltStack:
     """The inbound stack (caller -> local app); `app`, if given, becomes context.endpoint."""
     config = config if config is not None else parse_config({})
     inbound = config.inbound
-    policies = _Policies(clock, sleep, random)
+    old = previous._state if previous is not None else None
+    policies = _Policies(clock, sleep, random, old.policies if old else None)
     layers: list[Layer] = [*outer, proxy_errors_layer()]
     limiter: RateLimiter | None = None
     if inbound.ratelimit is not None:
-        limiter = RateLimiter(inbound.ratelimit, clock)
+        limiter = policies.limiter(_GLOBAL, inbound.ratelimit)
         layers.append(ratelimit_layer(inbound.ratelimit, limiter=limiter))
     layers.extend(policies.route("inbound", None, inbound.timeout, inbound.retry))
     if app is not None:
@@ -272,4 +332,4 @@ def build_inbound(
         "order": ["outer", "proxy_errors", "ratelimit", "timeout", "retry", "terminal"],
         "config": config_to_dict(config),
     }
-    return BuiltStack(handler, config.version, description, stats)
+    return BuiltStack(handler, config.version, description, stats, _State(policies))

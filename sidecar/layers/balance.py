@@ -143,6 +143,13 @@ class Balancer:
         self._all_weighted = all(s.endpoint.weight > 0 for s in states)
         self._version = version
 
+    def rebind(self, source: EndpointSource) -> Balancer:
+        """Read endpoints from `source` from now on, keeping per-endpoint state by address."""
+        self._source = source
+        self._version = None
+        self._refresh()
+        return self
+
     def _weight(self, state: EndpointState, now: float) -> float:
         weight = float(state.endpoint.weight) or 1.0  # zero weights are only used when all are
         window = self.config.slow_start_s

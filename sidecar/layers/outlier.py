@@ -193,6 +193,13 @@ class OutlierDetector:
         self.ejected = sum(1 for h in self._hosts.values() if h.state != "closed")
         self._version = version
 
+    def rebind(self, source: EndpointSource) -> OutlierDetector:
+        """Read endpoints from `source` from now on, keeping per-endpoint state by address."""
+        self._source = source
+        self._version = None
+        self._sync()
+        return self
+
     def available(self, endpoint: Endpoint) -> bool:
         """False while `endpoint` is ejected or its one probe request is in flight."""
         host = self._hosts.get(endpoint.address)

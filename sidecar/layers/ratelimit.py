@@ -114,7 +114,7 @@ def ratelimit_layer(
     """Refuse (429) or, observe-only, mark requests over the rate; pass `limiter` to share state."""
     if limiter is None:
         limiter = RateLimiter(config, clock)
-    elif limiter.config is not config:
+    elif limiter.config != config:
         raise ValueError("limiter was built from a different RateLimitConfig")
     enforce = config.enforce
     admit = limiter.admit

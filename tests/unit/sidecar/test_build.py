@@ -181,3 +181,29 @@ async def test_builds_with_defaults_and_from_the_example_file() -> None:
     await stack.handler(request)
     assert request.context.upstream == "reviews-v2"
     assert set(stack.stats()["upstreams"]) == {"reviews-v1", "reviews-v2", "ratings"}
+
+
+async def test_a_reload_keeps_the_state_of_unchanged_upstreams_and_routes() -> None:
+    upstream = ScriptedUpstream(by_endpoint={A: [500] * 1000}, default=200)
+    clock = ManualClock()
+    doc = _doc(retry=None, ratelimit={"rps": 100, "burst": 5})
+    v1 = build_outbound(
+        parse_config(doc), terminal=upstream, clock=clock, random=SequenceRandom([0.3])
+    )
+    for _ in range(5):
+        await v1.handler(make_request(authority="reviews", target="/api/x"))
+
+    doc2 = {**doc, "version": "v2", "routes": [{**doc["routes"][0], "timeout": {"request_s": 3}}]}
+    v2 = build_outbound(parse_config(doc2), terminal=upstream, clock=clock, previous=v1)
+
+    reviews = v2.stats()["upstreams"]["reviews"]
+    assert upstream.addresses() == [A, A, A, B, B]
+    assert reviews["outlier"]["endpoints"][A]["state"] == "open"
+    assert sum(e["requests"] for e in reviews["balancer"]["endpoints"]) == 5
+    assert v2.stats()["routes"]["reviews-api"]["ratelimit"]["allowed"] == 5
+    response = await v2.handler(make_request(authority="reviews", target="/api/x"))
+    assert response.status == 429  # the bucket's burst of 5 was spent under v1
+
+    doc3 = {**doc2, "upstreams": {"reviews": {**doc["upstreams"]["reviews"], "lb": "round_robin"}}}
+    v3 = build_outbound(parse_config(doc3), terminal=upstream, clock=clock, previous=v2)
+    assert v3.stats()["upstreams"]["reviews"]["outlier"]["endpoints"][A]["state"] == "closed"
