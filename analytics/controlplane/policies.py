@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from analytics.controlplane.repository import ControlPlaneRepository, PolicyVers
 from analytics.controlplane.validation import validate_policy
 
 __all__ = ["Change", "PolicyStore", "diff_documents", "document_digest"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +165,15 @@ class PolicyStore:
             )
             await self._repository.insert_policy(policy)
             self._current[service] = policy
+        logger.info(
+            "policy version stored",
+            extra={
+                "service": service,
+                "version": policy.version,
+                "action": policy.action,
+                "author": actor.name,
+            },
+        )
         self._on_change()
         return policy
 

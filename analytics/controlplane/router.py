@@ -6,6 +6,8 @@ Errors are `ControlPlaneError`s, turned into `{"error", "message", "problems"}` 
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
 from dataclasses import asdict
 from typing import Annotated, Any
 
@@ -14,6 +16,7 @@ from fastapi.responses import JSONResponse
 
 from analytics.controlplane.errors import ControlPlaneError, InvalidPolicy, InvalidRequest
 from analytics.controlplane.policies import Change
+from analytics.controlplane.push import Push
 from analytics.controlplane.registry import InstanceState, Registration
 from analytics.controlplane.repository import PolicyVersion
 from analytics.controlplane.schemas import (
@@ -121,8 +124,27 @@ async def deregister(
     return Response(status_code=204)
 
 
+async def _until_disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_disconnected(request: Request, watching: Awaitable[Push | None]) -> Push | None:
+    """Run a watch, abandoning it when the sidecar goes away (so no parked waiter lingers)."""
+    watch_task = asyncio.ensure_future(watching)
+    gone = asyncio.ensure_future(_until_disconnected(request))
+    try:
+        await asyncio.wait((watch_task, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (watch_task, gone):
+            task.cancel()
+        await asyncio.gather(watch_task, gone, return_exceptions=True)
+    return watch_task.result() if not watch_task.cancelled() else None
+
+
 @router.get("/watch", response_model=None)
 async def watch(
+    request: Request,
     principal: PrincipalDep,
     plane: ControlPlaneDep,
     service: Annotated[str, Query(pattern=_NAME)],
@@ -132,13 +154,16 @@ async def watch(
     timeout_s: Annotated[float | None, Query(gt=0)] = None,
 ) -> WatchOut | Response:
     """Long-poll: the config to run, or 204 when nothing changed within the timeout."""
-    push = await plane.watch(
-        principal,
-        service,
-        instance,
-        version,
-        revision,
-        timeout_s if timeout_s is not None else plane.settings.watch_timeout_s,
+    push = await _unless_disconnected(
+        request,
+        plane.watch(
+            principal,
+            service,
+            instance,
+            version,
+            revision,
+            timeout_s if timeout_s is not None else plane.settings.watch_timeout_s,
+        ),
     )
     if push is None:
         return Response(status_code=204)

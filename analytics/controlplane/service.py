@@ -172,6 +172,10 @@ class ControlPlane:
             details={"service": registration.service, "address": registration.address},
         )
         if self.registry.revision != before:
+            logger.info(
+                "instance registered",
+                extra={"instance": registration.instance, "service": registration.service},
+            )
             self._notify()
         return state
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from collections.abc import MutableMapping
 from typing import Any
 
 import httpx
@@ -416,3 +417,40 @@ async def test_audit_log_records_each_change_without_secrets(harness: Harness) -
     for secret in (OPERATOR_TOKEN, ORDERS_BOOTSTRAP, "BEGIN"):
         assert secret not in text
     assert (await harness.client.get(f"{API}/audit", headers=ORDERS)).status_code == 403
+
+
+async def test_watch_is_abandoned_when_the_sidecar_disconnects(harness: Harness) -> None:
+    await harness.client.post(f"{API}/instances", json=registration("orders-1"), headers=ORDERS)
+    first = (await watch(harness)).json()
+    query = f"service=orders&instance=orders-1&version=0&revision={first['revision']}&timeout_s=60"
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": f"{API}/watch",
+        "raw_path": f"{API}/watch".encode(),
+        "query_string": query.encode(),
+        "headers": [(b"host", b"cp"), (b"authorization", ORDERS["authorization"].encode())],
+        "server": ("cp", 80),
+        "client": ("127.0.0.1", 5000),
+        "root_path": "",
+    }
+    hang_up = asyncio.Event()
+    sent: list[MutableMapping[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if not hang_up.is_set():
+            hang_up.set()
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await asyncio.sleep(0.05)
+        return {"type": "http.disconnect"}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    # Without disconnect handling this would park for the full 60 s watch timeout.
+    await asyncio.wait_for(harness.app(scope, receive, send), 10.0)
+
+    assert sent[0]["status"] == 204
