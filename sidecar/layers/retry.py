@@ -18,13 +18,14 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
 from sidecar.errors import (
+    BadRequest,
     PerTryTimeout,
     ProxyError,
     UpstreamConnectError,
     UpstreamProtocolError,
     UpstreamReset,
 )
-from sidecar.http import BodyStream, Request, Response, header_value
+from sidecar.http import Request, Response, header_value
 from sidecar.layers.budget import BudgetConfig, RetryBudget
 from sidecar.stack import Clock, Handler, Layer, Sleep, monotonic
 
@@ -109,16 +110,18 @@ async def _buffer(request: Request, limit: int) -> Request | None:
     body = request.body
     if isinstance(body, bytes):
         return request
-    assert isinstance(body, BodyStream)
-    if body.length is None or body.length > limit:
+    length = body.length
+    if length is None or length > limit:
         return None
     chunks: list[bytes] = []
     size = 0
     while chunk := await body.read():
         size += len(chunk)
-        if size > body.length:
-            raise UpstreamProtocolError("request body longer than its content-length")
+        if size > length:
+            raise BadRequest("request body longer than its content-length")
         chunks.append(chunk)
+    if size != length:
+        raise BadRequest("request body shorter than its content-length")
     return dataclasses.replace(request, body=b"".join(chunks))
 
 

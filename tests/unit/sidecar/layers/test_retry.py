@@ -264,3 +264,16 @@ def test_retry_config_rejects_bad_values() -> None:
         RetryConfig(on=frozenset({"sometimes"}))
     with pytest.raises(ValueError, match="backoff"):
         RetryConfig(backoff_base_ms=500, backoff_max_ms=100)
+
+
+async def test_a_truncated_streamed_body_is_a_bad_request() -> None:
+    from sidecar.errors import BadRequest
+
+    upstream = ScriptedUpstream()
+    handler, _ = _handler(upstream, RetryConfig(attempts=2))
+
+    with pytest.raises(BadRequest, match="shorter"):
+        await handler(make_request("PUT", body=MemoryStream([b"ab"], length=5)))
+    with pytest.raises(BadRequest, match="longer"):
+        await handler(make_request("PUT", body=MemoryStream([b"abcdef"], length=5)))
+    assert upstream.calls == 0
