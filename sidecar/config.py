@@ -89,6 +89,7 @@ class LimitsModel(_Model):
     max_connections: int = Field(default=1024, ge=1)  # Envoy circuit_breakers default
     max_pending: int = Field(default=1024, ge=0)
     max_requests: int = Field(default=1024, ge=1)
+    pending_timeout_s: PositiveS = 3.0  # Linkerd outbound failfast
     enforce: bool = True
 
 
@@ -509,7 +510,11 @@ def _upstream(name: str, m: UpstreamModel) -> UpstreamSpec:
             lb=m.lb, slow_start_s=m.slow_start_s, connect_timeout_s=m.connect_timeout_s
         ),
         limits=BreakerConfig(
-            limits.max_connections, limits.max_pending, limits.max_requests, limits.enforce
+            max_connections=limits.max_connections,
+            max_pending=limits.max_pending,
+            max_requests=limits.max_requests,
+            pending_timeout_s=limits.pending_timeout_s,
+            enforce=limits.enforce,
         ),
         outlier=_outlier(m.outlier),
     )

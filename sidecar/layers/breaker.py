@@ -25,6 +25,7 @@ class BreakerConfig:
     max_connections: int = 1024
     max_pending: int = 1024
     max_requests: int = 1024
+    pending_timeout_s: float = 3.0  # Linkerd failfast: a queued request gives up after this
     enforce: bool = True  # False: record meshlens.breaker.would_overflow, never wait or refuse
 
     def __post_init__(self) -> None:
@@ -34,6 +35,8 @@ class BreakerConfig:
             raise ValueError(f"max_pending must be >= 0, got {self.max_pending}")
         if self.max_requests < 1:
             raise ValueError(f"max_requests must be >= 1, got {self.max_requests}")
+        if self.pending_timeout_s <= 0:
+            raise ValueError(f"pending_timeout_s must be > 0, got {self.pending_timeout_s}")
 
 
 class Breaker:
@@ -77,13 +80,19 @@ class Breaker:
         self._waiters.append(waiter)
         attrs["meshlens.breaker.queued"] = True
         try:
-            await waiter  # bounded by the request deadline of the timeout layer above
-        except asyncio.CancelledError:
+            async with asyncio.timeout(self.config.pending_timeout_s):
+                await waiter
+        except (asyncio.CancelledError, TimeoutError) as exc:
             if waiter.done() and not waiter.cancelled():
-                self.release()  # the slot was handed over just as we were cancelled
+                self.release()  # the slot was handed over just as we gave up
             else:
                 with contextlib.suppress(ValueError):  # release() may have dropped it already
                     self._waiters.remove(waiter)
+            if isinstance(exc, TimeoutError):
+                self.overflows["pending_timeout"] = self.overflows.get("pending_timeout", 0) + 1
+                attrs["meshlens.breaker.state"] = "open"
+                attrs["meshlens.breaker.limit"] = "pending_timeout"
+                raise Overflow(f"upstream {self.service!r}: no connection free in time") from exc
             raise
 
     def release(self) -> None:

@@ -108,3 +108,22 @@ async def test_unknown_upstream_passes_through() -> None:
 def test_breaker_config_validates() -> None:
     with pytest.raises(ValueError):
         BreakerConfig(max_connections=0)
+
+
+async def test_a_queued_request_fails_fast_after_the_pending_timeout() -> None:
+    config = BreakerConfig(max_connections=1, max_pending=5, pending_timeout_s=0.01)
+    breaker = Breaker("svc", config)
+    gate = Gate()
+    handler = compose([breaker_layer({"svc": breaker})], gate)
+    first = asyncio.create_task(handler(make_request(upstream="svc")))
+    await _settle()
+    request = make_request(upstream="svc")
+
+    with pytest.raises(Overflow):
+        await handler(request)
+
+    assert request.context.attributes["meshlens.breaker.limit"] == "pending_timeout"
+    assert breaker.pending == 0
+    gate.release.set()
+    await first
+    assert breaker.active == 0
