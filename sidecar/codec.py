@@ -415,7 +415,7 @@ class _ServerProtocol(asyncio.Protocol):
             return
         if self._in_head:  # a header line still incomplete after this read: bound it too
             self._head_raw += len(data)
-            if self._head_raw > self._config.max_header_bytes + 4096:
+            if self._head_raw > self._config.max_header_bytes:
                 self._reject(HeadersTooLarge("request headers too large"))
 
     # -- parser callbacks ----------------------------------------------------------------

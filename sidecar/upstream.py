@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import weakref
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +31,7 @@ from sidecar.errors import (
 from sidecar.http import Body, BodyStream, Endpoint, Request, Response
 from sidecar.stack import Clock, monotonic
 
-__all__ = ["UpstreamConfig", "UpstreamPool"]
+__all__ = ["Connector", "UpstreamConfig", "UpstreamPool"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +53,10 @@ class UpstreamConfig:
             raise ValueError("max_idle_per_endpoint must be >= 0")
         if self.idle_expiry_s <= 0 or self.response_timeout_s <= 0:
             raise ValueError("timeouts must be > 0")
+
+
+# (protocol_factory, host, port) -> (transport, protocol), like loop.create_connection
+Connector = Callable[[Callable[[], Any], str, int], Awaitable[tuple[Any, Any]]]
 
 
 class _Stale(Exception):
@@ -330,9 +336,16 @@ class _Connection(asyncio.Protocol):
 class UpstreamPool:
     """The terminal `Handler`: one keep-alive pool per endpoint (call it with a Request)."""
 
-    def __init__(self, config: UpstreamConfig | None = None, *, clock: Clock = monotonic) -> None:
+    def __init__(
+        self,
+        config: UpstreamConfig | None = None,
+        *,
+        clock: Clock = monotonic,
+        connect: Connector | None = None,
+    ) -> None:
         self.config = config or UpstreamConfig()
         self._clock = clock
+        self._connect_fn = connect
         self._idle: dict[tuple[str, int], deque[_Connection]] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._closed = False
@@ -396,11 +409,11 @@ class UpstreamPool:
                 idle.popleft().close()
 
     async def _connect(self, endpoint: Endpoint, timeout_s: float) -> _Connection:
-        loop = asyncio.get_running_loop()
         key = (endpoint.host, endpoint.port)
+        connect = self._connect_fn or asyncio.get_running_loop().create_connection
         try:
             async with asyncio.timeout(timeout_s):
-                _, conn = await loop.create_connection(
+                _, conn = await connect(
                     lambda: _Connection(self, key), endpoint.host, endpoint.port
                 )
         except TimeoutError as exc:
@@ -408,9 +421,8 @@ class UpstreamPool:
                 f"connect to {endpoint.address} timed out after {timeout_s:g}s"
             ) from exc
         except OSError as exc:
-            raise UpstreamConnectError(
-                f"connect to {endpoint.address} failed: {exc.strerror or exc}"
-            ) from exc
+            why = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise UpstreamConnectError(f"connect to {endpoint.address} failed: {why}") from exc
         self.opened += 1
         return conn
 

@@ -1,0 +1,331 @@
+"""Unit tests for sidecar/codec.py: the server protocol driven through an in-memory transport."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from sidecar.codec import ByteStream, HttpServer, RequestTimeout, ServerConfig, _ServerProtocol
+from sidecar.errors import UpstreamReset
+from sidecar.http import Request, Response
+from sidecar.stack import Handler
+
+
+class FakeTransport:
+    """Records what the protocol writes; no sockets."""
+
+    def __init__(self, protocol: asyncio.Protocol) -> None:
+        self.protocol = protocol
+        self.out = bytearray()
+        self.closed = False
+        self.aborted = False
+        self.reading = True
+
+    def write(self, data: bytes) -> None:
+        self.out += data
+
+    def writelines(self, parts: Any) -> None:
+        for part in parts:
+            self.out += part
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.protocol.connection_lost(None)
+
+    def abort(self) -> None:
+        self.aborted = True
+        self.close()
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("10.0.0.7", 5555) if name == "peername" else default
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        pass
+
+
+class Recorder:
+    """A handler that records requests and answers with a scripted response."""
+
+    def __init__(self, respond: Any = None) -> None:
+        self.requests: list[Request] = []
+        self.bodies: list[bytes] = []
+        self.respond = respond
+
+    async def __call__(self, request: Request) -> Response:
+        self.requests.append(request)
+        body = request.body
+        self.bodies.append(body if isinstance(body, bytes) else await body.read_all())  # type: ignore[union-attr]
+        if self.respond is not None:
+            return await self.respond(request)
+        return Response(200, (("x-app", "1"),), f"ok {request.target}".encode())
+
+
+def connect(handler: Handler, **config: Any) -> tuple[HttpServer, _ServerProtocol, FakeTransport]:
+    server = HttpServer(ServerConfig(**config), lambda: handler)
+    protocol = _ServerProtocol(server)
+    transport = FakeTransport(protocol)
+    protocol.connection_made(transport)
+    return server, protocol, transport
+
+
+async def settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+def responses(out: bytes) -> list[bytes]:
+    return [part for part in out.split(b"HTTP/1.1 ")[1:]]
+
+
+async def test_pipelined_requests_are_answered_in_request_order() -> None:
+    release = asyncio.Event()
+
+    async def respond(request: Request) -> Response:
+        if request.target == "/slow":
+            await release.wait()
+        return Response(200, (), request.target.encode())
+
+    handler = Recorder(respond)
+    _, protocol, transport = connect(handler)
+    protocol.data_received(
+        b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\nGET /fast HTTP/1.1\r\nHost: a\r\n\r\n"
+    )
+    await settle()
+    assert transport.out == b""  # /fast waits behind /slow
+    release.set()
+    await settle()
+    out = bytes(transport.out)
+    assert out.index(b"/slow") < out.index(b"/fast")
+    assert [r.target for r in handler.requests] == ["/slow", "/fast"]
+    assert not transport.closed
+
+
+async def test_hop_by_hop_headers_are_stripped_and_forwarding_headers_added() -> None:
+    handler = Recorder()
+    _, protocol, _ = connect(handler)
+    protocol.data_received(
+        b"GET /p HTTP/1.1\r\nHost: svc\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\n"
+        b"Keep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\n"
+        b"X-Forwarded-For: 1.2.3.4\r\nX-Keep: yes\r\n\r\n"
+    )
+    await settle()
+    request = handler.requests[0]
+    names = [k for k, _ in request.headers]
+    for name in ("connection", "x-secret", "keep-alive", "proxy-connection", "te"):
+        assert name not in names
+    headers = dict(request.headers)
+    assert headers["x-keep"] == "yes"
+    assert headers["x-forwarded-for"] == "1.2.3.4, 10.0.0.7"
+    assert len(headers["x-request-id"]) == 36
+    assert request.context.request_id == headers["x-request-id"]
+    assert request.authority == "svc"
+
+
+async def test_existing_request_id_is_kept() -> None:
+    handler = Recorder()
+    _, protocol, _ = connect(handler)
+    protocol.data_received(b"GET / HTTP/1.1\r\nHost: a\r\nX-Request-Id: abc\r\n\r\n")
+    await settle()
+    assert dict(handler.requests[0].headers)["x-request-id"] == "abc"
+
+
+async def test_absolute_form_target_becomes_authority_and_origin_target() -> None:
+    handler = Recorder()
+    _, protocol, _ = connect(handler)
+    protocol.data_received(b"GET http://reviews:9080/r/1?x=2 HTTP/1.1\r\nHost: reviews\r\n\r\n")
+    await settle()
+    request = handler.requests[0]
+    assert (request.authority, request.target, request.path) == ("reviews:9080", "/r/1?x=2", "/r/1")
+
+
+async def test_small_sized_body_is_buffered_so_the_request_is_replayable() -> None:
+    handler = Recorder()
+    _, protocol, _ = connect(handler)
+    protocol.data_received(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhel")
+    await settle()
+    assert handler.requests == []  # waits for the whole (small) body
+    protocol.data_received(b"lo")
+    await settle()
+    assert handler.requests[0].body == b"hello"
+    assert handler.requests[0].replayable
+
+
+async def test_chunked_body_streams_to_the_handler() -> None:
+    handler = Recorder()
+    _, protocol, _ = connect(handler)
+    protocol.data_received(
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+    )
+    await settle()
+    assert len(handler.requests) == 1
+    assert not handler.requests[0].replayable
+    protocol.data_received(b"6\r\n world\r\n0\r\n\r\n")
+    await settle()
+    assert handler.bodies == [b"hello world"]
+
+
+async def test_expect_100_continue_is_answered_before_the_body_is_read() -> None:
+    handler = Recorder()
+    _, protocol, transport = connect(handler)
+    protocol.data_received(
+        b"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n"
+    )
+    await settle()
+    assert bytes(transport.out) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    protocol.data_received(b"abc")
+    await settle()
+    assert handler.bodies == [b"abc"]
+    assert "expect" not in dict(handler.requests[0].headers)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nxyz\r\n",
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"BAD\x00LINE\r\n\r\n",
+        b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
+    ],
+    ids=["cl-te", "two-cl", "te-not-chunked", "bad-chunk", "no-host", "bad-line", "connect"],
+)
+async def test_bad_framing_is_refused_without_calling_the_handler(raw: bytes) -> None:
+    handler = Recorder()
+    _, protocol, transport = connect(handler)
+    protocol.data_received(raw)
+    await settle()
+    assert handler.requests == []
+    out = bytes(transport.out)
+    assert out.startswith((b"HTTP/1.1 400 ", b"HTTP/1.1 405 "))
+    assert b"x-meshlens-error: bad_request" in out
+    assert transport.closed
+
+
+async def test_oversize_headers_get_431_even_when_split_across_reads() -> None:
+    handler = Recorder()
+    _, protocol, transport = connect(handler, max_header_bytes=1024)
+    protocol.data_received(b"GET / HTTP/1.1\r\nHost: a\r\nX-Long: ")
+    for _ in range(10):
+        protocol.data_received(b"v" * 200)
+    await settle()
+    assert bytes(transport.out).startswith(b"HTTP/1.1 431 ")
+    assert handler.requests == []
+
+
+async def test_streamed_response_without_length_is_chunked_and_http10_closes() -> None:
+    async def respond(request: Request) -> Response:
+        stream = ByteStream(None, pause=lambda: None, resume=lambda: None)
+        stream.feed(b"abc")
+        stream.feed(b"de")
+        stream.feed_eof()
+        return Response(200, (("transfer-encoding", "chunked"),), stream)
+
+    _, protocol, transport = connect(Recorder(respond))
+    protocol.data_received(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    await settle()
+    out = bytes(transport.out)
+    assert out.count(b"transfer-encoding: chunked") == 1
+    assert out.endswith(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+    _, protocol, transport = connect(Recorder(respond))
+    protocol.data_received(b"GET / HTTP/1.0\r\n\r\n")
+    await settle()
+    out = bytes(transport.out)
+    assert b"connection: close" in out and out.endswith(b"abcde")
+    assert transport.closed
+
+
+async def test_head_response_keeps_the_upstream_content_length_without_a_body() -> None:
+    async def respond(request: Request) -> Response:
+        return Response(200, (("content-length", "1234"),), b"")
+
+    _, protocol, transport = connect(Recorder(respond))
+    protocol.data_received(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n")
+    await settle()
+    assert bytes(transport.out).endswith(b"content-length: 1234\r\n\r\n")
+
+
+async def test_body_cut_short_mid_stream_aborts_the_downstream_connection() -> None:
+    async def respond(request: Request) -> Response:
+        stream = ByteStream(10, pause=lambda: None, resume=lambda: None)
+        stream.feed(b"abc")
+        stream.fail(UpstreamReset("gone"))
+        return Response(200, (), stream)
+
+    _, protocol, transport = connect(Recorder(respond))
+    protocol.data_received(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    await settle()
+    assert transport.aborted
+
+
+async def test_drain_closes_an_idle_connection_and_lets_a_busy_one_finish() -> None:
+    release = asyncio.Event()
+
+    async def respond(request: Request) -> Response:
+        await release.wait()
+        return Response(200, (), b"done")
+
+    server, busy, busy_transport = connect(Recorder(respond))
+    idle = _ServerProtocol(server)
+    idle_transport = FakeTransport(idle)
+    idle.connection_made(idle_transport)
+    busy.data_received(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    await settle()
+    drain = asyncio.create_task(server.drain(timeout_s=5))
+    await settle()
+    assert idle_transport.closed and not busy_transport.closed
+    release.set()
+    assert await drain is True
+    assert b"connection: close" in bytes(busy_transport.out)
+    assert busy_transport.closed and not busy_transport.aborted
+
+
+async def test_byte_stream_pauses_above_high_water_and_resumes_when_drained() -> None:
+    calls: list[str] = []
+    stream = ByteStream(
+        None,
+        pause=lambda: calls.append("pause"),
+        resume=lambda: calls.append("resume"),
+        high_water=10,
+    )
+    for _ in range(4):
+        stream.feed(b"12345")
+    assert calls == ["pause"]
+    for _ in range(4):
+        await stream.read()
+    assert calls == ["pause", "resume"]
+    stream.feed_eof()
+    assert await stream.read() == b""
+    assert stream.finished
+
+
+async def test_byte_stream_idle_timeout_raises_the_configured_error() -> None:
+    stream = ByteStream(None, pause=lambda: None, resume=lambda: None, idle_timeout_s=0.001)
+    with pytest.raises(RequestTimeout):
+        await stream.read()
+
+
+def test_server_config_rejects_bad_values() -> None:
+    with pytest.raises(ValueError, match="direction"):
+        ServerConfig(direction="sideways")
+    with pytest.raises(ValueError, match="timeouts"):
+        ServerConfig(idle_timeout_s=0)
