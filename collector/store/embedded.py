@@ -62,6 +62,7 @@ class _Engine:
                 raise _OpenFailed(str(exc)) from exc
             # Parameters and DateTime text are read and written as UTC, whatever the host's TZ.
             self._session.query("SET session_timezone = 'UTC'")
+            self._session.query("SET deduplicate_blocks_in_dependent_materialized_views = 1")
             self._database = ""
         if database != self._database:
             self._session.query(f"CREATE DATABASE IF NOT EXISTS `{database}`")

@@ -159,7 +159,14 @@ class ServerStore:
         dedup_token: str | None = None,
     ) -> int:
         arrow = to_arrow_table(table, columns, await self._column_types(table))
-        settings = {"insert_deduplication_token": dedup_token} if dedup_token is not None else {}
+        settings: dict[str, Any] = {}
+        if dedup_token is not None:
+            # Views deduplicate too (older servers default this to 0).
+            settings["insert_deduplication_token"] = dedup_token
+            settings["deduplicate_blocks_in_dependent_materialized_views"] = 1
+        if self._options.cluster:
+            # Return only once the shards have the block, so an accepted insert is stored.
+            settings["distributed_foreground_insert"] = 1
         database = self._options.database
         try:
             await self._call(
