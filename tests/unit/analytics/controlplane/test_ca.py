@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from analytics.controlplane.ca import CertificateAuthority
@@ -28,7 +28,8 @@ def make_csr(uris: list[str], key: object | None = None) -> str:
             x509.SubjectAlternativeName([x509.UniformResourceIdentifier(u) for u in uris]),
             critical=False,
         )
-    csr = builder.sign(key, hashes.SHA256())  # type: ignore[arg-type]
+    algorithm = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+    csr = builder.sign(key, algorithm)  # type: ignore[arg-type]
     return csr.public_bytes(serialization.Encoding.PEM).decode()
 
 
