@@ -1,0 +1,310 @@
+"""Unit tests for sidecar/upstream.py: the pool driven through an in-memory scripted server."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import re
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from sidecar.codec import ByteStream
+from sidecar.errors import (
+    NoHealthyUpstream,
+    UpstreamConnectError,
+    UpstreamProtocolError,
+    UpstreamReset,
+    UpstreamTimeout,
+)
+from sidecar.http import Endpoint, Request, RequestContext
+from sidecar.upstream import UpstreamConfig, UpstreamPool
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+# what the server does with one complete request: bytes to send, or None to close
+Action = Callable[[bytes], bytes | None]
+
+
+class ServerSide:
+    """The upstream end of one in-memory connection."""
+
+    def __init__(self, protocol: asyncio.Protocol, net: FakeNetwork) -> None:
+        self.protocol = protocol
+        self.net = net
+        self.received = bytearray()
+        self.requests: list[bytes] = []
+        self.closed = False
+
+    # transport API used by the pool's protocol
+    def write(self, data: bytes) -> None:
+        self.received += data
+        self._maybe_answer()
+
+    def writelines(self, parts: Any) -> None:
+        for part in parts:
+            self.write(part)
+
+    def close(self) -> None:
+        self._lose()
+
+    def abort(self) -> None:
+        self._lose()
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        pass
+
+    def send(self, data: bytes) -> None:
+        if not self.closed:
+            self.protocol.data_received(data)
+
+    def _lose(self) -> None:
+        if not self.closed:
+            self.closed = True
+            asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
+
+    def _maybe_answer(self) -> None:
+        data = bytes(self.received)
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = data[: end + 4]
+        match = re.search(rb"content-length: (\d+)", head)
+        if match and len(data) < end + 4 + int(match.group(1)):
+            return
+        if b"transfer-encoding: chunked" in head and not data.endswith(b"0\r\n\r\n"):
+            return
+        self.received.clear()
+        self.requests.append(data)
+        action = self.net.actions.popleft() if self.net.actions else (lambda _: OK)
+        answer = action(data)
+        loop = asyncio.get_running_loop()
+        if answer is None:
+            self._lose()
+        else:
+            loop.call_soon(self.send, answer)
+
+
+class FakeNetwork:
+    """A connector for UpstreamPool that hands out in-memory connections."""
+
+    def __init__(self) -> None:
+        self.servers: list[ServerSide] = []
+        self.actions: deque[Action] = deque()
+        self.refuse = False
+        self.hang = False
+
+    async def connect(self, factory: Callable[[], Any], host: str, port: int) -> tuple[Any, Any]:
+        if self.refuse:
+            raise ConnectionRefusedError(111, "Connection refused")
+        if self.hang:
+            await asyncio.sleep(3600)
+        protocol = factory()
+        server = ServerSide(protocol, self)
+        self.servers.append(server)
+        protocol.connection_made(server)
+        return server, protocol
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+EP = Endpoint("10.0.0.1", 8080)
+
+
+def request(body: Any = b"", method: str = "GET", **context: Any) -> Request:
+    return Request(
+        method=method,
+        target="/p?q=1",
+        headers=(("host", "svc"), ("x-a", "1"), ("connection", "keep-alive")),
+        body=body,
+        authority="svc",
+        context=RequestContext(endpoint=EP, **context),
+    )
+
+
+@pytest.fixture
+def net() -> FakeNetwork:
+    return FakeNetwork()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def pool(net: FakeNetwork, clock: FakeClock) -> Any:
+    pool = UpstreamPool(UpstreamConfig(idle_expiry_s=4.0), clock=clock, connect=net.connect)
+    yield pool
+    await pool.close()
+
+
+async def test_keep_alive_connection_is_reused(pool: UpstreamPool, net: FakeNetwork) -> None:
+    first = await pool(request())
+    second = await pool(request())
+    assert (first.status, first.body, second.body) == (200, b"ok", b"ok")
+    assert len(net.servers) == 1
+    assert pool.stats()["connections_reused"] == 1
+
+
+async def test_request_head_is_serialised_without_hop_by_hop_headers(
+    pool: UpstreamPool, net: FakeNetwork
+) -> None:
+    await pool(request(body=b"abc", method="POST"))
+    sent = net.servers[0].requests[0]
+    assert sent.startswith(b"POST /p?q=1 HTTP/1.1\r\nhost: svc\r\n")
+    assert b"x-a: 1\r\n" in sent and b"connection" not in sent
+    assert sent.endswith(b"content-length: 3\r\n\r\nabc")
+
+
+async def test_streamed_request_body_without_length_is_sent_chunked(
+    pool: UpstreamPool, net: FakeNetwork
+) -> None:
+    body = ByteStream(None, pause=lambda: None, resume=lambda: None)
+    body.feed(b"hello")
+    body.feed_eof()
+    response = await pool(request(body=body, method="POST"))
+    assert response.status == 200
+    sent = net.servers[0].requests[0]
+    assert b"transfer-encoding: chunked\r\n" in sent
+    assert sent.endswith(b"5\r\nhello\r\n0\r\n\r\n")
+
+
+async def test_streamed_response_returns_the_connection_once_read(
+    pool: UpstreamPool, net: FakeNetwork
+) -> None:
+    net.actions.append(
+        lambda _: b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
+    )
+    response = await pool(request())
+    body = response.body
+    assert not isinstance(body, bytes)
+    assert body.length is None
+    assert dict(response.headers).get("transfer-encoding") is None
+    assert await body.read() == b"abc"
+    net.servers[0].send(b"0\r\n\r\n")
+    assert await body.read() == b""
+    await pool(request())
+    assert len(net.servers) == 1  # reused after the body ended
+
+
+async def test_dropping_an_unread_body_closes_its_connection(
+    pool: UpstreamPool, net: FakeNetwork
+) -> None:
+    net.actions.append(lambda _: b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+    response = await pool(request())
+    del response
+    gc.collect()
+    await asyncio.sleep(0)
+    assert net.servers[0].closed
+    await pool(request())
+    assert len(net.servers) == 2
+
+
+async def test_stale_pooled_connection_is_retried_once_on_a_fresh_one(
+    pool: UpstreamPool, net: FakeNetwork
+) -> None:
+    await pool(request())
+    net.actions.append(lambda _: None)  # the app closed the idle connection as we reused it
+    response = await pool(request())
+    assert response.status == 200
+    assert len(net.servers) == 2
+    assert pool.stats()["stale_retries"] == 1
+
+
+async def test_reset_before_any_response_on_a_fresh_connection_is_upstream_reset(
+    pool: UpstreamPool, net: FakeNetwork
+) -> None:
+    net.actions.append(lambda _: None)
+    with pytest.raises(UpstreamReset):
+        await pool(request())
+
+
+async def test_reset_mid_body_fails_the_body_stream(pool: UpstreamPool, net: FakeNetwork) -> None:
+    net.actions.append(lambda _: b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+    response = await pool(request())
+    assert not isinstance(response.body, bytes)
+    assert await response.body.read() == b"abc"
+    net.servers[0].close()
+    with pytest.raises(UpstreamReset):
+        await response.body.read()
+
+
+async def test_garbage_response_is_a_protocol_error(pool: UpstreamPool, net: FakeNetwork) -> None:
+    net.actions.append(lambda _: b"NOT HTTP AT ALL\r\n\r\n")
+    with pytest.raises(UpstreamProtocolError):
+        await pool(request())
+
+
+async def test_refused_and_timed_out_connects_are_connect_errors(
+    pool: UpstreamPool, net: FakeNetwork
+) -> None:
+    net.refuse = True
+    with pytest.raises(UpstreamConnectError, match="refused"):
+        await pool(request())
+    net.refuse, net.hang = False, True
+    with pytest.raises(UpstreamConnectError, match="timed out"):
+        await pool(request(connect_timeout_s=0.001))
+
+
+async def test_no_response_before_the_deadline_is_an_upstream_timeout(
+    pool: UpstreamPool, net: FakeNetwork, clock: FakeClock
+) -> None:
+    net.actions.append(lambda _: b"")
+    with pytest.raises(UpstreamTimeout):
+        await pool(request(deadline=clock.now + 0.001))
+    assert net.servers[0].closed
+
+
+async def test_idle_connections_expire(
+    pool: UpstreamPool, net: FakeNetwork, clock: FakeClock
+) -> None:
+    await pool(request())
+    clock.now += 5.0
+    await pool(request())
+    assert len(net.servers) == 2
+    assert net.servers[0].closed
+
+
+async def test_head_response_keeps_content_length_and_has_no_body(
+    pool: UpstreamPool, net: FakeNetwork
+) -> None:
+    net.actions.append(lambda _: b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n")
+    response = await pool(request(method="HEAD"))
+    assert response.body == b""
+    assert dict(response.headers)["content-length"] == "99"
+    await pool(request())
+    assert len(net.servers) == 1
+
+
+async def test_interim_1xx_response_is_skipped(pool: UpstreamPool, net: FakeNetwork) -> None:
+    net.actions.append(lambda _: b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + OK)
+    response = await pool(request())
+    assert (response.status, response.body) == (200, b"ok")
+
+
+async def test_request_without_an_endpoint_is_refused(pool: UpstreamPool) -> None:
+    with pytest.raises(NoHealthyUpstream):
+        await pool(Request(method="GET"))
