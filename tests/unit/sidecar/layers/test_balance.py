@@ -6,8 +6,9 @@ from collections import Counter
 import pytest
 
 from sidecar.errors import NoHealthyUpstream, NoRoute
-from sidecar.http import Endpoint
+from sidecar.http import Endpoint, Response
 from sidecar.layers.balance import BalanceConfig, Balancer, balance_layer
+from sidecar.layers.outlier import OutlierConfig, OutlierDetector, SuccessRateConfig, outlier_layer
 from sidecar.stack import compose
 from tests.fakes import ManualClock, MutableEndpoints, ScriptedUpstream, make_request
 
@@ -238,3 +239,62 @@ def test_zero_weight_endpoints_are_drained_unless_all_are_zero() -> None:
         assert _picks(balancer, 10) == {A.address: 10}
         balancer, _ = _balancer([drained, Endpoint("10.0.0.7", 80, weight=0)], lb=lb)
         assert sum(_picks(balancer, 10).values()) == 10
+
+
+async def test_property_with_real_outlier_detection_ejected_endpoints_are_never_picked() -> None:
+    rng = random.Random(7)
+    ejections = 0
+    for case in range(40):
+        clock = ManualClock()
+        n = rng.randint(2, 6)
+        endpoints = [Endpoint(f"10.2.0.{i}", 80) for i in range(n)]
+        source = MutableEndpoints({"svc": endpoints})
+        detector = OutlierDetector(
+            "svc",
+            OutlierConfig(
+                consecutive_5xx=rng.randint(1, 3),
+                success_rate=SuccessRateConfig(window_s=5, min_requests=3, threshold=0.7),
+                base_ejection_s=rng.choice([0.5, 2.0]),
+                max_ejection_s=10.0,
+                max_ejection_percent=rng.choice([10.0, 50.0, 100.0]),
+                interval_s=0.2,
+            ),
+            source,
+            clock=clock,
+        )
+        lb = rng.choice(["round_robin", "least_request", "peak_ewma"])
+        balancer = Balancer(
+            "svc", BalanceConfig(lb=lb), source, health=detector, clock=clock, random=rng.random
+        )
+        bad = {e.address: rng.random() for e in endpoints}  # failure probability per endpoint
+
+        async def terminal(request, bad=bad, clock=clock):
+            clock.advance(rng.random() / 20)
+            address = request.context.endpoint.address
+            return Response(status=503 if rng.random() < bad[address] else 200)
+
+        picks: list[str] = []
+
+        def check(inner, picks=picks, detector=detector, endpoints=endpoints, where=(case, lb)):
+            async def handle(request):  # between the balancer and the outlier layer
+                endpoint = request.context.endpoint
+                healthy = [e for e in endpoints if detector.available(e)]
+                assert not healthy or endpoint in healthy, where
+                picks.append(endpoint.address)
+                return await inner(request)
+
+            return handle
+
+        handler = compose(
+            [
+                balance_layer({"svc": balancer}, clock=clock),
+                check,
+                outlier_layer({"svc": detector}, clock=clock),
+            ],
+            terminal,
+        )
+        for _ in range(150):
+            await handler(make_request(upstream="svc"))
+        assert len(picks) == 150
+        ejections += sum(e["ejections"] for e in detector.stats()["endpoints"].values())
+    assert ejections > 40  # the property was exercised, not vacuous
