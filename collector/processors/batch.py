@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -42,6 +42,7 @@ class BatchConfig:
     max_memory_rows: int = 400_000
     read_chunk_bytes: int = 8 * 1024 * 1024
     shutdown_timeout_s: float = 10.0
+    error_pause_s: float = 1.0
 
     def __post_init__(self) -> None:
         if self.max_rows < 1 or self.max_memory_rows < 1:
@@ -61,8 +62,10 @@ class DurableBatchProcessor:
         metrics: CollectorMetrics,
         *,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._config = config
+        self._sleep = sleep
         self._spool = spool
         self._next = next_stage
         self._metrics = metrics
@@ -126,6 +129,18 @@ class DurableBatchProcessor:
         await self._spool.close()
 
     async def _run(self) -> None:
+        while True:
+            try:
+                await self._export_loop()
+                return
+            except Exception:
+                # Task boundary: an unexpected failure must not stop exporting for good. The
+                # spool still holds everything; resume from the checkpoint after a pause.
+                logger.exception("batch export failed unexpectedly; resuming from the checkpoint")
+                self._metrics.inc("meshlens_collector_store_errors_total", kind="internal")
+                await self._sleep(self._config.error_pause_s)
+
+    async def _export_loop(self) -> None:
         if self._spool.inflight is not None:
             first, last = self._spool.inflight
             logger.info(

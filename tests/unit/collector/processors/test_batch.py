@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,7 +37,9 @@ class Harness:
             max_memory_rows=int(batch.get("max_memory_rows", 1000)),
             shutdown_timeout_s=batch.get("shutdown_timeout_s", 10.0),
         )
-        self.processor = DurableBatchProcessor(config, self.spool, self.exporter, self.metrics)
+        self.processor = DurableBatchProcessor(
+            config, self.spool, self.exporter, self.metrics, sleep=self._sleep
+        )
         self.on_sleep: list[asyncio.Event] = []
 
     async def _sleep(self, seconds: float) -> None:
@@ -173,3 +176,34 @@ async def test_shutdown_gives_up_after_its_timeout_and_keeps_the_records(tmp_pat
     assert reopened.last_seq == 1 and reopened.done_upto == 0
     with pytest.raises(Overloaded, match="shutting down"):
         await h.send(1)
+
+
+class BrokenOnceStore(MemoryStore):
+    """Raises an unexpected (non-store) error on the first insert."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.broken = True
+
+    async def insert(self, table: str, columns: Any, *, dedup_token: str | None = None) -> int:
+        if self.broken:
+            self.broken = False
+            raise RuntimeError("bug in a lower layer (test)")
+        return await super().insert(table, columns, dedup_token=dedup_token)
+
+
+async def test_an_unexpected_export_error_pauses_and_resumes_from_the_checkpoint(
+    tmp_path: Path,
+) -> None:
+    store = BrokenOnceStore()
+    h = Harness(tmp_path, store, max_rows=5)
+    await h.processor.start()
+    sent = await h.send(5) + await h.send(5)
+    await _until(lambda: len(h.span_ids()) == 10)
+    await h.processor.shutdown()
+
+    assert h.span_ids() == sent
+    assert h.metrics.value("meshlens_collector_store_errors_total", kind="internal") == 1
+    assert h.sleeps == [1.0]
+    # The failed batch was retried under the same token it was first tried with.
+    assert store.inserts[0][1] == f"{h.spool.spool_id}:1-1:otel_traces"
