@@ -252,10 +252,12 @@ class OutlierDetector:
             self._eject(host, request, "consecutive_gateway_failures", now)
         if now >= self._next_sweep:
             self._next_sweep = now + config.interval_s
-            self._sweep(request, now)
+            self._sweep(host, request, now)
 
-    def _sweep(self, request: Request, now: float) -> None:
-        """Evaluate the windowed rules: success rate, and latency vs the peer median."""
+    def _sweep(self, current: _Host, request: Request, now: float) -> None:
+        """Evaluate the windowed rules: success rate, and latency vs the peer median.
+
+        Only an ejection of `current` (the endpoint `request` went to) is put on that request."""
         generation = int(now / self._slot_s)
         means: dict[str, float] = {}
         counts: dict[str, tuple[int, int]] = {}
@@ -268,9 +270,10 @@ class OutlierDetector:
         rate, lat = self.config.success_rate, self.config.latency
         for address, (ok, failed) in counts.items():
             host = self._hosts[address]
+            mine = request if host is current else None
             total = ok + failed
             if rate is not None and total >= rate.min_requests and ok / total < rate.threshold:
-                self._eject(host, request, "success_rate", now)
+                self._eject(host, mine, "success_rate", now)
             elif lat is not None and total >= lat.min_requests:
                 peers = [
                     means[a]
@@ -280,10 +283,10 @@ class OutlierDetector:
                 mean = means[address]
                 if peers and mean * 1000.0 >= lat.min_latency_ms:
                     if mean > lat.factor * statistics.median(peers):
-                        self._eject(host, request, "latency", now)
+                        self._eject(host, mine, "latency", now)
 
-    def _eject(self, host: _Host, request: Request, reason: str, now: float) -> None:
-        attrs = request.context.attributes
+    def _eject(self, host: _Host, request: Request | None, reason: str, now: float) -> None:
+        attrs = request.context.attributes if request is not None else {}
         if not self.config.enforce:
             self.would_eject += 1
             attrs["meshlens.outlier.would_eject"] = reason
