@@ -135,18 +135,26 @@ class Registry:
         self._instances[instance] = state
         return state
 
+    def _stale(self, state: InstanceState, version: int) -> bool:
+        # Versions only grow (a rollback is a new version), so a reply about an older version
+        # than the one already ACKed arrived late and must not move the fleet view backwards.
+        return state.acked_version is not None and version < state.acked_version
+
     def record_ack(self, instance: str, version: int) -> InstanceState:
-        state = replace(
-            self.get(instance), acked_version=version, acked_at=self._wall(), last_seen=self._wall()
-        )
-        if state.nack is not None and state.nack.version <= version:
-            state = replace(state, nack=None)
+        now = self._wall()
+        state = replace(self.get(instance), last_seen=now)
+        if not self._stale(state, version):
+            state = replace(state, acked_version=version, acked_at=now)
+            if state.nack is not None and state.nack.version <= version:
+                state = replace(state, nack=None)
         self._instances[instance] = state
         return state
 
     def record_nack(self, instance: str, version: int, error: str) -> InstanceState:
         now = self._wall()
-        state = replace(self.get(instance), nack=Nack(version, error, now), last_seen=now)
+        state = replace(self.get(instance), last_seen=now)
+        if not self._stale(state, version):
+            state = replace(state, nack=Nack(version, error, now))
         self._instances[instance] = state
         return state
 

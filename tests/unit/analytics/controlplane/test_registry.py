@@ -77,3 +77,15 @@ def test_registration_lists_every_problem() -> None:
     message = str(info.value)
     for fragment in ("namespace", "service", "instance", "address", "port", "upstream"):
         assert fragment in message
+
+
+def test_late_replies_about_older_versions_do_not_move_the_fleet_view_back() -> None:
+    clock = ManualClock(0.0)
+    registry = Registry(6.0, clock=clock, wall_clock=clock)
+    registry.register(reg("a"))
+    registry.record_ack("a", 3)
+
+    registry.record_ack("a", 2)
+    state = registry.record_nack("a", 1, "late")
+
+    assert (state.acked_version, state.nack) == (3, None)
