@@ -107,16 +107,20 @@ async def _applied(runner: SchemaRunner, options: SchemaOptions) -> set[int]:
 
 
 async def migrate(
-    runner: SchemaRunner, options: SchemaOptions, *, clock: Callable[[], float] = time.time
+    runner: SchemaRunner,
+    options: SchemaOptions,
+    *,
+    migrations: Sequence[Migration] = MIGRATIONS,
+    clock: Callable[[], float] = time.time,
 ) -> int:
-    """Apply the versions not yet recorded; returns the latest recorded version."""
+    """Apply the versions of `migrations` not yet recorded; returns the latest recorded version."""
     await _run_ddl(
         runner, f"CREATE DATABASE IF NOT EXISTS {quote_ident(options.database)}{options.on_cluster}"
     )
     for sql in meshlens_schema_version.statements(options):
         await _run_ddl(runner, sql)
     applied = await _applied(runner, options)
-    for migration in MIGRATIONS:
+    for migration in migrations:
         if migration.version in applied:
             continue
         for sql in migration.statements(options):
@@ -135,4 +139,4 @@ async def migrate(
             "schema migration applied",
             extra={"version": migration.version, "description": migration.description},
         )
-    return max(applied)
+    return max(applied, default=0)

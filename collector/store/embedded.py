@@ -21,7 +21,7 @@ import pyarrow as pa
 from collector.schema import SchemaOptions, migrate
 from collector.store.arrow import describe_sql, needs_types, rows_from_arrow, to_arrow_table
 from collector.store.base import Rows, StoreError, StoreRejected, StoreUnavailable
-from collector.store.errors import from_engine_message
+from collector.store.errors import clickhouse_code, from_engine_message
 from collector.store.params import params_text
 
 __all__ = ["EmbeddedStore"]
@@ -70,11 +70,23 @@ class _Engine:
             self._database = database
         return self._session
 
+    def run(self, database: str, fn: Callable[[Any], T]) -> T:
+        """`fn(session)`; a failure without a ClickHouse code means the session itself broke,
+        so it is dropped and the next call opens a fresh one (worker thread only)."""
+        session = self.session(database)
+        try:
+            return fn(session)
+        except Exception as exc:  # re-raised; only decides whether the session survives
+            if clickhouse_code(str(exc)) is None:
+                logger.warning("embedded session failed; reopening on next call", exc_info=True)
+                self.close()
+            raise
+
     def close(self) -> None:
         """Close the session (worker thread only)."""
         if self._session is not None:
-            self._session.close()
-            self._session = None
+            session, self._session = self._session, None
+            session.close()
 
 
 class _OpenFailed(Exception):
@@ -135,10 +147,7 @@ class EmbeddedStore:
         database = self._options.database
         engine = self._engine
 
-        def run() -> T:
-            return fn(engine.session(database))
-
-        future = engine.executor.submit(run)
+        future = engine.executor.submit(engine.run, database, fn)
         try:
             async with asyncio.timeout(self._timeout_s):
                 return await asyncio.wrap_future(future)
@@ -151,7 +160,10 @@ class EmbeddedStore:
         except StoreError:
             raise
         except Exception as exc:  # chdb raises RuntimeError subclasses carrying `Code: N.`
-            raise from_engine_message(str(exc), context=context) from exc
+            message = str(exc) or type(exc).__name__
+            # No ClickHouse code: the session, not the statement, failed (see _Engine.run).
+            broken = clickhouse_code(message) is None
+            raise from_engine_message(message, context=context, unavailable=broken) from exc
 
     async def migrate(self) -> int:
         async with self._migrate_lock:

@@ -7,14 +7,14 @@ from datetime import UTC, datetime
 
 import pytest
 
-from collector.schema import SchemaOptions, all_statements
+from collector.schema import LATEST_VERSION, MIGRATIONS, SchemaOptions, all_statements, migrate
 from collector.schema.queries import (
     EDGE_ROUTES_OVER_WINDOW,
     EDGES_OVER_WINDOW,
     SERVICES_OVER_WINDOW,
 )
-from collector.store import Store, open_store
-from tests.conftest import Span, trace_columns
+from collector.store import Store
+from tests.conftest import Span, open_test_store, trace_columns
 
 _LC = "LowCardinality(String)"
 _ATTRS = f"Map({_LC}, String)"
@@ -146,7 +146,7 @@ def test_ttl_renders_like_the_exporter_and_is_absent_by_default() -> None:
 
 async def test_ttl_tables_are_created_by_the_engine(store_url: str) -> None:
     database = f"ttl_{uuid.uuid4().hex[:8]}"
-    store = open_store(store_url, database=database, ttl_days=3)
+    store = open_test_store(store_url, database=database, ttl_days=3)
     try:
         await store.migrate()
         rows = await store.query(
@@ -323,3 +323,30 @@ async def test_edge_routes_and_services_queries(store: Store) -> None:
         {"minute": _WINDOW["start"], "n": 50},
         {"minute": datetime.fromtimestamp(MINUTE + 60, UTC), "n": 50},
     ]
+
+
+async def test_migrate_applies_only_the_missing_versions(store_url: str) -> None:
+    database = f"inc_{uuid.uuid4().hex[:8]}"
+    store = open_test_store(store_url, database=database)
+    tables = (
+        "SELECT name FROM system.tables WHERE database = {db:String}"
+        " AND name IN ('otel_traces', 'otel_metrics_summary', 'meshlens_edges_1m') ORDER BY name"
+    )
+    try:
+        first = await migrate(store, SchemaOptions(database=database), migrations=MIGRATIONS[:1])
+        after_v1 = await store.query(tables, {"db": database})
+        # If version 1 were applied again, this table would come back.
+        await store.command(f"DROP TABLE `{database}`.otel_metrics_summary")
+        second = await store.migrate()
+        after_v2 = await store.query(tables, {"db": database})
+        versions = await store.query(
+            f"SELECT version FROM `{database}`.meshlens_schema_version ORDER BY version"
+        )
+        await store.command(f"DROP DATABASE `{database}`")
+    finally:
+        await store.close()
+
+    assert (first, second) == (1, LATEST_VERSION)
+    assert [r["name"] for r in after_v1] == ["otel_metrics_summary", "otel_traces"]
+    assert [r["name"] for r in after_v2] == ["meshlens_edges_1m", "otel_traces"]
+    assert versions == [{"version": v} for v in range(1, LATEST_VERSION + 1)]

@@ -205,3 +205,21 @@ async def test_ping_answers_and_a_closed_store_is_unavailable(store: Store, stor
     with pytest.raises(StoreUnavailable, match="closed"):
         await other.query("SELECT 1")
     assert await store.ping() is True  # the shared engine stays up for the remaining user
+
+
+async def test_a_broken_embedded_session_is_unavailable_then_reopened(
+    store: Store, store_url: str
+) -> None:
+    if not store_url.startswith("chdb://"):
+        pytest.skip("embedded-only: breaks the chdb session underneath the store")
+    from collector.store import embedded
+
+    await store.insert("otel_traces", trace_columns(_spans()))
+    engine = embedded._engine
+    assert engine is not None
+    # Close the chdb session behind the store's back, as if the engine had gone away.
+    await asyncio.wrap_future(engine.executor.submit(engine._session.close))
+
+    with pytest.raises(StoreUnavailable):
+        await store.query("SELECT count() AS n FROM otel_traces")
+    assert await store.query("SELECT count() AS n FROM otel_traces") == [{"n": 2}]
