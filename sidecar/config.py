@@ -433,6 +433,11 @@ def _timeout(m: TimeoutModel) -> TimeoutConfig:
     return TimeoutConfig(m.request_s, m.per_try_s, m.idle_s, m.enforce)
 
 
+def _per_try(m: TimeoutModel) -> float | None:
+    """The per-try timeout the retry layer enforces (none when timeouts only observe)."""
+    return m.per_try_s if m.enforce else None
+
+
 def _retry(m: RetryModel | None, per_try_s: float | None, buffer_bytes: int) -> RetryConfig | None:
     if m is None:
         # a per-try timeout alone still needs the retry layer to enforce it (one attempt)
@@ -540,7 +545,7 @@ def _route(m: RouteModel, buffer_bytes: int) -> RouteSpec:
     return RouteSpec(
         rule=rule,
         timeout=_timeout(m.timeout),
-        retry=_retry(m.retry, m.timeout.per_try_s, buffer_bytes),
+        retry=_retry(m.retry, _per_try(m.timeout), buffer_bytes),
         ratelimit=_ratelimit(m.ratelimit),
         fault=_fault(m.fault),
     )
@@ -562,7 +567,7 @@ def _to_config(m: DocumentModel) -> SidecarConfig:
         inbound=InboundSpec(
             timeout=_timeout(m.inbound.timeout),
             ratelimit=_ratelimit(m.inbound.ratelimit),
-            retry=_retry(m.inbound.retry, m.inbound.timeout.per_try_s, buffer_bytes),
+            retry=_retry(m.inbound.retry, _per_try(m.inbound.timeout), buffer_bytes),
         ),
         ratelimit=_ratelimit(m.ratelimit),
         max_request_body_buffer_bytes=buffer_bytes,

@@ -167,3 +167,22 @@ def test_config_to_dict_is_plain_json_with_defaults_filled_in() -> None:
     assert doc["inbound"]["timeout"]["request_s"] == 15.0
     assert json.loads(json.dumps(doc)) == doc
     assert parse_config(doc) == config
+
+
+def test_observe_only_timeouts_do_not_enforce_the_per_try_timeout_either() -> None:
+    doc = {
+        "upstreams": {"a": {}},
+        "routes": [
+            {
+                "name": "r",
+                "destinations": [{"upstream": "a"}],
+                "timeout": {"request_s": 2, "per_try_s": 1, "enforce": False},
+                "retry": {"attempts": 2},
+            }
+        ],
+    }
+
+    route = parse_config(doc).routes[0]
+
+    assert not route.timeout.enforce
+    assert route.retry is not None and route.retry.per_try_s is None
