@@ -67,16 +67,21 @@ def any_to_raw(value: Any) -> Any:
 
 def attrs_to_map(attributes: Iterable[Any]) -> dict[str, str]:
     """KeyValue list -> {key: AsString(value)} with keys sorted (later duplicates win)."""
-    out: dict[str, str] = {}
+    items: list[tuple[str, str]] = []
+    append = items.append
     for kv in attributes:
         value = kv.value
         kind = value.WhichOneof("value")
         if kind == "string_value":
-            out[kv.key] = value.string_value
+            append((kv.key, value.string_value))
         elif kind == "int_value":
-            out[kv.key] = str(value.int_value)
+            append((kv.key, str(value.int_value)))
         else:
-            out[kv.key] = any_to_str(value)
-    if len(out) > 1:
-        return dict(sorted(out.items()))
-    return out
+            append((kv.key, any_to_str(value)))
+    # Stable sort on the key only, so a repeated key keeps its last value like a dict would.
+    items.sort(key=_first)
+    return dict(items)
+
+
+def _first(item: tuple[str, str]) -> str:
+    return item[0]
