@@ -22,6 +22,7 @@ from collector.store.base import Rows, StoreRejected
 
 __all__ = [
     "arrow_type",
+    "column_types",
     "describe_sql",
     "needs_types",
     "rows_from_arrow",
@@ -210,6 +211,12 @@ def rows_from_arrow(result: pa.Table, ch_types: Mapping[str, str] | None = None)
 def needs_types(result: pa.Table) -> bool:
     """True when rows_from_arrow needs the ClickHouse column types of `result`."""
     return any(has_uint32(field.type) for field in result.schema)
+
+
+def column_types(described: pa.Table) -> dict[str, str]:
+    """Column name -> ClickHouse type from a DESCRIBE result."""
+    names = described["name"].to_pylist()
+    return dict(zip(names, described["type"].to_pylist(), strict=True))
 
 
 def describe_sql(sql: str) -> str:

@@ -19,7 +19,13 @@ from typing import Any, TypeVar
 import pyarrow as pa
 
 from collector.schema import SchemaOptions, migrate
-from collector.store.arrow import describe_sql, needs_types, rows_from_arrow, to_arrow_table
+from collector.store.arrow import (
+    column_types,
+    describe_sql,
+    needs_types,
+    rows_from_arrow,
+    to_arrow_table,
+)
 from collector.store.base import Rows, StoreError, StoreRejected, StoreUnavailable
 from collector.store.errors import clickhouse_code, from_engine_message
 from collector.store.params import params_text
@@ -190,6 +196,8 @@ class EmbeddedStore:
     ) -> int:
         qualified = self._options.qualified(table)
         arrow = to_arrow_table(table, columns, await self._column_types(table))
+        if arrow.num_rows == 0:
+            return 0
         sink = io.BytesIO()
         with pa.ipc.new_stream(sink, arrow.schema) as writer:
             writer.write_table(arrow)
@@ -225,13 +233,14 @@ class EmbeddedStore:
         )
         types: dict[str, str] | None = None
         if needs_types(result):
-            described: pa.Table = await self._call(
-                "describe",
-                lambda session: session.query(describe_sql(sql), "ArrowTable", params=text),
-            )
-            types = dict(
-                zip(described["name"].to_pylist(), described["type"].to_pylist(), strict=True)
-            )
+            try:
+                described: pa.Table = await self._call(
+                    "describe",
+                    lambda session: session.query(describe_sql(sql), "ArrowTable", params=text),
+                )
+                types = column_types(described)
+            except StoreRejected:
+                types = None  # not DESCRIBE-able (e.g. SHOW ...): uint32 columns stay ints
         return rows_from_arrow(result, types)
 
     async def command(self, sql: str, params: Mapping[str, Any] | None = None) -> None:

@@ -18,6 +18,7 @@ RETRYABLE_CODES = frozenset(
         159,  # TIMEOUT_EXCEEDED
         160,  # TOO_SLOW
         164,  # READONLY
+        194,  # REQUIRED_PASSWORD
         202,  # TOO_MANY_SIMULTANEOUS_QUERIES
         203,  # NO_FREE_CONNECTION
         209,  # SOCKET_TIMEOUT
@@ -30,6 +31,7 @@ RETRYABLE_CODES = frozenset(
         319,  # UNKNOWN_STATUS_OF_INSERT
         394,  # QUERY_WAS_CANCELLED
         425,  # SYSTEM_ERROR
+        516,  # AUTHENTICATION_FAILED: a credentials fix makes the same call work; keep the data
         999,  # KEEPER_EXCEPTION
     }
 )

@@ -14,7 +14,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from collector.schema import SchemaOptions, migrate
-from collector.store.arrow import describe_sql, needs_types, rows_from_arrow, to_arrow_table
+from collector.store.arrow import (
+    column_types,
+    describe_sql,
+    needs_types,
+    rows_from_arrow,
+    to_arrow_table,
+)
 from collector.store.base import Rows, StoreError, StoreRejected, StoreUnavailable
 from collector.store.errors import from_engine_message
 from collector.store.params import server_params
@@ -159,6 +165,8 @@ class ServerStore:
         dedup_token: str | None = None,
     ) -> int:
         arrow = to_arrow_table(table, columns, await self._column_types(table))
+        if arrow.num_rows == 0:
+            return 0
         settings: dict[str, Any] = {}
         if dedup_token is not None:
             # Views deduplicate too (older servers default this to 0).
@@ -187,15 +195,16 @@ class ServerStore:
         )
         types: dict[str, str] | None = None
         if needs_types(result):
-            described = await self._call(
-                "describe",
-                lambda client: client.query_arrow(
-                    describe_sql(sql), parameters=bound, use_strings=True
-                ),
-            )
-            types = dict(
-                zip(described["name"].to_pylist(), described["type"].to_pylist(), strict=True)
-            )
+            try:
+                described = await self._call(
+                    "describe",
+                    lambda client: client.query_arrow(
+                        describe_sql(sql), parameters=bound, use_strings=True
+                    ),
+                )
+                types = column_types(described)
+            except StoreRejected:
+                types = None  # not DESCRIBE-able (e.g. SHOW ...): uint32 columns stay ints
         return rows_from_arrow(result, types)
 
     async def command(self, sql: str, params: Mapping[str, Any] | None = None) -> None:

@@ -223,3 +223,27 @@ async def test_a_broken_embedded_session_is_unavailable_then_reopened(
     with pytest.raises(StoreUnavailable):
         await store.query("SELECT count() AS n FROM otel_traces")
     assert await store.query("SELECT count() AS n FROM otel_traces") == [{"n": 2}]
+
+
+async def test_an_empty_batch_writes_nothing(store: Store) -> None:
+    empty = {name: [] for name in trace_columns(_spans())}
+
+    assert await store.insert("otel_traces", empty, dedup_token="empty") == 0
+    assert await _count(store, "SELECT count() FROM otel_traces") == 0
+
+
+async def test_datetime_and_uint32_result_columns_are_told_apart(store: Store) -> None:
+    rows = await store.query(
+        "SELECT toDateTime('2025-01-02 03:04:05', 'UTC') AS t, toUInt32(7) AS n,"
+        " [toDateTime(0, 'UTC')] AS ts"
+    )
+    shown = await store.query("SHOW TABLES LIKE 'otel_traces'")
+
+    assert rows == [
+        {
+            "t": datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC),
+            "n": 7,
+            "ts": [datetime(1970, 1, 1, tzinfo=UTC)],
+        }
+    ]
+    assert shown == [{"name": "otel_traces"}]
