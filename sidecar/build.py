@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random as _random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -215,8 +215,11 @@ def build_outbound(
     sleep: Sleep = asyncio.sleep,
     random: Random = _random.random,
     previous: BuiltStack | None = None,
+    own_addresses: Collection[tuple[str, int]] = (),
 ) -> BuiltStack:
     """The outbound stack (app -> upstream services) for `config` (None: all defaults).
+
+    `own_addresses` are the sidecar's listeners ((host, port)); passthrough refuses them (no loop).
 
     Pass the active stack as `previous` to keep the state (RTT estimates, ejections, breaker
     counts, retry budgets, rate-limit buckets) of upstreams and routes whose policy is unchanged.
@@ -237,7 +240,7 @@ def build_outbound(
         [
             *policies.route("passthrough", None, TimeoutConfig(), None),
             *per_attempt,
-            passthrough_layer(),
+            passthrough_layer(refuse=own_addresses),
         ]
     )
     front: list[Layer] = [*outer, proxy_errors_layer()]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import bisect
 import random as _random
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from itertools import accumulate
 
@@ -204,14 +204,23 @@ async def _dispatch(request: Request, route: str, upstream: str, handler: Handle
     return await handler(request)
 
 
-def passthrough_layer(*, connect_timeout_s: float = 1.0) -> Layer:
-    """Stand-in for the balancer on the passthrough route: the endpoint is the authority itself."""
+def passthrough_layer(
+    *, connect_timeout_s: float = 1.0, refuse: Collection[tuple[str, int]] = ()
+) -> Layer:
+    """Stand-in for the balancer on the passthrough route: the endpoint is the authority itself.
+
+    `refuse` lists (host, port) pairs never to pass through to, e.g. the sidecar's own listeners,
+    so a request addressed to the proxy itself cannot loop through it forever.
+    """
+    refused = frozenset((host.lower(), port) for host, port in refuse)
 
     def wrap(inner: Handler) -> Handler:
         async def handle(request: Request) -> Response:
             host, port = split_authority(request.authority, request.scheme)
             if not host or port is None or not 0 < port < 65536:
                 raise NoRoute(f"cannot pass through to {request.authority!r}")
+            if (host, port) in refused:
+                raise NoRoute(f"{request.authority} is this proxy; name a service or host:port")
             context = request.context
             context.endpoint = Endpoint(host, port, service=host)
             context.connect_timeout_s = connect_timeout_s

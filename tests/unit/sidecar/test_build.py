@@ -207,3 +207,14 @@ async def test_a_reload_keeps_the_state_of_unchanged_upstreams_and_routes() -> N
     doc3 = {**doc2, "upstreams": {"reviews": {**doc["upstreams"]["reviews"], "lb": "round_robin"}}}
     v3 = build_outbound(parse_config(doc3), terminal=upstream, clock=clock, previous=v2)
     assert v3.stats()["upstreams"]["reviews"]["outlier"]["endpoints"][A]["state"] == "closed"
+
+
+async def test_passthrough_refuses_the_sidecars_own_listeners() -> None:
+    upstream = ScriptedUpstream()
+    stack = build_outbound(None, terminal=upstream, own_addresses=[("127.0.0.1", 15001)])
+
+    response = await stack.handler(make_request(authority="127.0.0.1:15001"))
+
+    assert response.status == 404
+    assert upstream.calls == 0
+    assert (await stack.handler(make_request(authority="127.0.0.1:8080"))).status == 200
