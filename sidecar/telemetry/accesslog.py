@@ -7,12 +7,15 @@ id, never query strings or bodies), so authorization and cookie values cannot le
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from dataclasses import dataclass
 from typing import IO
 
 __all__ = ["AccessLog", "AccessRecord"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,11 +45,13 @@ class AccessRecord:
 class AccessLog:
     """Writes AccessRecords as JSON lines to a stream (a file path, or "-" for stdout)."""
 
-    __slots__ = ("_owned", "_stream")
+    __slots__ = ("_last_error_log", "_owned", "_stream", "errors")
 
     def __init__(self, stream: IO[str]) -> None:
         self._stream = stream
         self._owned = False
+        self.errors = 0
+        self._last_error_log = -60.0
 
     @classmethod
     def open(cls, target: str) -> AccessLog:
@@ -80,7 +85,15 @@ class AccessLog:
             "user_agent": record.user_agent,
             "error": record.error,
         }
-        self._stream.write(json.dumps(entry, separators=(",", ":")) + "\n")
+        try:
+            self._stream.write(json.dumps(entry, separators=(",", ":")) + "\n")
+        except OSError:
+            # A full disk must not fail the request being logged: count, log once per minute.
+            self.errors += 1
+            now = time.monotonic()
+            if now - self._last_error_log >= 60.0:
+                logger.exception("access log write failed", extra={"errors": self.errors})
+                self._last_error_log = now
 
     def flush(self) -> None:
         self._stream.flush()

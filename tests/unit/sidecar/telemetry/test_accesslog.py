@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -29,3 +30,15 @@ def test_file_log_appends_json_lines(tmp_path: Path) -> None:
     entry = json.loads(lines[0])
     assert entry["ts"] == "2023-11-14T22:13:20.123456Z"
     assert entry["duration_ms"] == 1.235 and entry["trace_id"] == "ab" * 16
+
+
+class FullDisk(io.StringIO):
+    def write(self, text: str) -> int:
+        raise OSError(28, "No space left on device")
+
+
+def test_write_failure_is_counted_not_raised() -> None:
+    log = AccessLog(FullDisk())
+    log.write(_record())
+    log.write(_record())
+    assert log.errors == 2
