@@ -132,8 +132,9 @@ def finish_outbound(rec: Recorder, request: Request, start: int, done: Done) -> 
             "meshlens.route": ctx.route,
             **attrs,
             "http.response.status_code": done.status,
-            "error.type": done.error or str(done.status),
         }
+        if done.error or done.status >= 400:
+            span_attrs["error.type"] = done.error or str(done.status)
         name = span_name(normalize_method(request.method), ctx.route)
         status = client_status(done.status, done.error)
         _record_span(
