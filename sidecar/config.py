@@ -287,6 +287,7 @@ class InboundModel(_Model):
     timeout: TimeoutModel = TimeoutModel()
     ratelimit: RateLimitModel | None = None
     retry: RetryModel | None = None  # towards the local app (e.g. on reset, like Istio)
+    max_request_body_buffer_bytes: int | None = Field(default=None, ge=0)  # None: top level's
 
 
 class DocumentModel(_Model):
@@ -554,6 +555,8 @@ def _route(m: RouteModel, buffer_bytes: int) -> RouteSpec:
 def _to_config(m: DocumentModel) -> SidecarConfig:
     buffer_bytes = m.max_request_body_buffer_bytes
     routes = tuple(_route(r, buffer_bytes) for r in m.routes)
+    inbound_buffer = m.inbound.max_request_body_buffer_bytes
+    inbound_buffer = buffer_bytes if inbound_buffer is None else inbound_buffer
     return SidecarConfig(
         version=m.version,
         service=m.service,
@@ -567,7 +570,7 @@ def _to_config(m: DocumentModel) -> SidecarConfig:
         inbound=InboundSpec(
             timeout=_timeout(m.inbound.timeout),
             ratelimit=_ratelimit(m.inbound.ratelimit),
-            retry=_retry(m.inbound.retry, _per_try(m.inbound.timeout), buffer_bytes),
+            retry=_retry(m.inbound.retry, _per_try(m.inbound.timeout), inbound_buffer),
         ),
         ratelimit=_ratelimit(m.ratelimit),
         max_request_body_buffer_bytes=buffer_bytes,

@@ -186,3 +186,15 @@ def test_observe_only_timeouts_do_not_enforce_the_per_try_timeout_either() -> No
 
     assert not route.timeout.enforce
     assert route.retry is not None and route.retry.per_try_s is None
+
+
+def test_inbound_may_override_the_replay_buffer() -> None:
+    doc = {
+        "max_request_body_buffer_bytes": 1000,
+        "inbound": {"retry": {}, "max_request_body_buffer_bytes": 10},
+    }
+
+    config = parse_config(doc)
+
+    assert config.inbound.retry is not None and config.inbound.retry.max_buffer_bytes == 10
+    assert parse_config({"inbound": {"retry": {}}}).inbound.retry.max_buffer_bytes == 65_536
