@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from analytics.controlplane.audit import AuditLog
 from analytics.controlplane.auth import Authenticator, Principal
 from analytics.controlplane.ca import CertificateAuthority, IssuedCertificate
-from analytics.controlplane.errors import ControlPlaneError, Forbidden
+from analytics.controlplane.errors import Forbidden
 from analytics.controlplane.identity import SpiffeId
 from analytics.controlplane.policies import PolicyStore
 from analytics.controlplane.push import Push, PushHub
@@ -81,6 +81,7 @@ class ControlPlane:
             clock=wall_clock,
         )
         self._tasks: list[asyncio.Task[None]] = []
+        self.background_failures = 0
 
     @classmethod
     async def open(
@@ -128,13 +129,28 @@ class ControlPlane:
         await self.flush()
 
     async def _every(self, interval_s: float, step: Callable[[], Awaitable[object]]) -> None:
+        failing = 0
         while True:
             await self._sleep(interval_s)
             try:
                 await step()
-            except ControlPlaneError as exc:
-                # Task boundary: a store outage must not kill the loop; the next round retries.
-                logger.warning("control-plane background step failed", extra={"error": str(exc)})
+            except Exception:
+                # Task boundary: a store outage (or a bug in one round) must not stop lease
+                # expiry for good; the next round retries. Logged once per outage, counted.
+                self.background_failures += 1
+                if failing == 0:
+                    logger.exception(
+                        "control-plane background step failing",
+                        extra={"step": getattr(step, "__name__", "step")},
+                    )
+                failing += 1
+                continue
+            if failing:
+                logger.info(
+                    "control-plane background step recovered",
+                    extra={"step": getattr(step, "__name__", "step"), "failed_rounds": failing},
+                )
+                failing = 0
 
     def _notify(self) -> None:
         self.push.notify()

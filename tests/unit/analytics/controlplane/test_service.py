@@ -25,6 +25,14 @@ class Ticker:
         self.waiting += 1
         await self.ticks.get()
 
+    async def tick(self) -> None:
+        """Let the longest-parked loop run one round, and wait until it parks again."""
+        target = self.waiting + 1
+        self.ticks.put_nowait(None)
+        async with asyncio.timeout(5):
+            while self.waiting < target:  # noqa: ASYNC110 - bounded by the timeout
+                await asyncio.sleep(0.01)
+
 
 async def test_background_sweep_expires_leases_and_stops_on_shutdown(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
@@ -36,11 +44,8 @@ async def test_background_sweep_expires_leases_and_stops_on_shutdown(tmp_path: P
         plane.start()
         plane.register(ORDERS, ORDERS_1)
         clock.advance(settings.lease_ttl_s + 1)
-        ticker.ticks.put_nowait(None)  # one round of each loop (sweep, store sync) ...
-        ticker.ticks.put_nowait(None)
-        async with asyncio.timeout(5):
-            while ticker.waiting < 4:  # noqa: ASYNC110 - ... until both park again
-                await asyncio.sleep(0.01)
+        await asyncio.sleep(0)  # both loops start and park: sweep first, then store sync
+        await ticker.tick()  # one sweep round
         await plane.shutdown()
         events = await store.query("SELECT event FROM meshlens_cp_instances ORDER BY ts, event")
     finally:
@@ -70,3 +75,20 @@ async def test_a_replica_picks_up_policy_written_by_another_and_wakes_its_watche
         await store.close()
     assert pushed is not None
     assert (pushed.version, pushed.document) == (1, {"service": "orders", "version": "1"})
+
+
+async def test_background_loops_survive_a_store_outage(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    ticker = Ticker()
+    store = open_store(settings.store_url)
+    plane = await ControlPlane.open(settings, store, sleep=ticker.sleep)
+    plane.start()
+    plane.register(ORDERS, ORDERS_1)
+    await store.close()  # from now on every store call fails as unavailable
+
+    for _ in range(4):  # sweep, sync, sweep, sync
+        await ticker.tick()
+    await plane.shutdown()
+
+    assert plane.background_failures == 2  # the two store syncs; the sweep spools its rows
+    assert len(plane.instance_events) == 1
