@@ -102,6 +102,7 @@ class Spool:
         self._task: asyncio.Task[None] | None = None
         self._listeners: list[Callable[[int], None]] = []
         self._read_cursor: tuple[int, Path | None, int] = (0, None, 0)
+        self._checkpoint_lock = asyncio.Lock()
 
     # ---- opening and recovery -------------------------------------------------------------
     @classmethod
@@ -284,14 +285,16 @@ class Spool:
 
     async def begin_batch(self, first_seq: int, last_seq: int) -> None:
         """Record (durably) that records first..last are about to be written as one batch."""
-        self.inflight = (first_seq, last_seq)
-        await self._run_blocking(self._write_checkpoint)
+        async with self._checkpoint_lock:
+            self.inflight = (first_seq, last_seq)
+            await self._run_blocking(self._write_checkpoint)
 
     async def commit_batch(self, last_seq: int) -> None:
         """Everything up to `last_seq` is in the store: checkpoint it and drop old segments."""
-        self.done_upto = max(self.done_upto, last_seq)
-        self.inflight = None
-        await self._run_blocking(self._write_checkpoint)
+        async with self._checkpoint_lock:
+            self.done_upto = max(self.done_upto, last_seq)
+            self.inflight = None
+            await self._run_blocking(self._write_checkpoint)
         self._release_done()
 
     def _write_checkpoint(self) -> None:

@@ -114,7 +114,7 @@ async def test_restart_replays_the_inflight_batch_with_its_token_and_no_duplicat
     first = Harness(tmp_path, store, max_rows=10)
     await first.processor.start()
     sent = await first.send(10)
-    await _until(lambda: len(store.inserts) == 1)
+    await _until(lambda: first.processor.exported_upto == 1)
     sent += await first.send(3)
     # Crash: the next batch was marked in flight and inserted, but never checkpointed.
     await first.spool.begin_batch(2, 2)
