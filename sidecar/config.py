@@ -184,6 +184,7 @@ class TimeoutModel(_Model):
     request_s: PositiveS | None = 15.0  # Envoy route timeout; covers every try
     per_try_s: PositiveS | None = None  # Istio: defaults to the request timeout
     idle_s: PositiveS | None = 300.0  # Envoy stream_idle_timeout
+    propagate: bool = True  # honour and forward x-meshlens-timeout-ms
     enforce: bool = True
 
     @model_validator(mode="after")
@@ -431,7 +432,7 @@ def parse_config(doc: Mapping[str, Any]) -> SidecarConfig:
 
 
 def _timeout(m: TimeoutModel) -> TimeoutConfig:
-    return TimeoutConfig(m.request_s, m.per_try_s, m.idle_s, m.enforce)
+    return TimeoutConfig(m.request_s, m.per_try_s, m.idle_s, m.propagate, m.enforce)
 
 
 def _per_try(m: TimeoutModel) -> float | None:

@@ -7,13 +7,16 @@ retry layer, because an expired try is retried."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from dataclasses import dataclass
 
 from sidecar.errors import UpstreamTimeout
-from sidecar.http import Request, Response
+from sidecar.http import Request, Response, header_value, with_header
 from sidecar.stack import Clock, Handler, Layer, monotonic
 
-__all__ = ["TimeoutConfig", "timeout_layer"]
+__all__ = ["DEADLINE_HEADER", "TimeoutConfig", "timeout_layer"]
+
+DEADLINE_HEADER = "x-meshlens-timeout-ms"
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +26,7 @@ class TimeoutConfig:
     request_s: float | None = 15.0  # Envoy route timeout default, covers all tries
     per_try_s: float | None = None  # Istio: default = the request timeout
     idle_s: float | None = 300.0  # Envoy stream_idle_timeout default (5 min)
+    propagate: bool = True  # honour and forward x-meshlens-timeout-ms (the caller's budget)
     enforce: bool = True  # False: record meshlens.timeout.would_timeout, cut nothing
 
     def __post_init__(self) -> None:
@@ -40,10 +44,25 @@ class TimeoutConfig:
             )
 
 
+def _caller_budget(request: Request, request_s: float | None) -> float | None:
+    """Our budget, shortened by the caller's x-meshlens-timeout-ms when that is smaller."""
+    value = header_value(request.headers, DEADLINE_HEADER)
+    if value is None or not value.isdigit():
+        return request_s
+    theirs = int(value) / 1000.0
+    return theirs if request_s is None or theirs < request_s else request_s
+
+
 def timeout_layer(config: TimeoutConfig, *, clock: Clock = monotonic) -> Layer:
-    """Bound the whole exchange (up to response headers) by `config.request_s`."""
+    """Bound the whole exchange (up to response headers) by `config.request_s`.
+
+    With `propagate`, an incoming x-meshlens-timeout-ms shortens the budget (the caller gives up
+    then anyway) and the budget is forwarded in that header, so deadlines chain across hops
+    (like gRPC's grpc-timeout; Envoy only sends x-envoy-expected-rq-timeout-ms as a hint).
+    """
     request_s = config.request_s
     idle_s = config.idle_s
+    propagate = config.propagate
 
     def wrap(inner: Handler) -> Handler:
         if not config.enforce:
@@ -53,17 +72,29 @@ def timeout_layer(config: TimeoutConfig, *, clock: Clock = monotonic) -> Layer:
             context = request.context
             if idle_s is not None:
                 context.idle_timeout_s = idle_s
-            if request_s is None:
+            budget_s = request_s
+            if propagate:
+                budget_s = _caller_budget(request, request_s)
+                if budget_s is not None:
+                    if budget_s != request_s:
+                        context.attributes["meshlens.timeout.caller_budget_ms"] = budget_s * 1e3
+                    ms = str(max(0, int(budget_s * 1000.0)))
+                    headers = with_header(request.headers, DEADLINE_HEADER, ms)
+                    request = dataclasses.replace(request, headers=headers)
+            if budget_s is None:
                 return await inner(request)
-            deadline = clock() + request_s
+            if budget_s <= 0:
+                context.attributes["meshlens.timeout.fired"] = "caller_deadline"
+                raise UpstreamTimeout("the caller's deadline has already passed")
+            deadline = clock() + budget_s
             if context.deadline is None or deadline < context.deadline:
                 context.deadline = deadline
             try:
-                async with asyncio.timeout(request_s):
+                async with asyncio.timeout(budget_s):
                     return await inner(request)
             except TimeoutError as exc:
                 context.attributes["meshlens.timeout.fired"] = "request"
-                raise UpstreamTimeout(after_s=request_s) from exc
+                raise UpstreamTimeout(after_s=budget_s) from exc
 
         return handle
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from sidecar.errors import UpstreamTimeout
-from sidecar.layers.timeout import TimeoutConfig, timeout_layer
+from sidecar.layers.timeout import DEADLINE_HEADER, TimeoutConfig, timeout_layer
 from sidecar.stack import compose
 from tests.fakes import HANG, ManualClock, ScriptedUpstream, make_request
 
@@ -58,3 +58,66 @@ def test_per_try_must_not_exceed_request() -> None:
         TimeoutConfig(request_s=1.0, per_try_s=2.0)
     with pytest.raises(ValueError):
         TimeoutConfig(request_s=0)
+
+
+def _deadline_header(call) -> str | None:
+    return dict(call.headers).get(DEADLINE_HEADER)
+
+
+async def test_the_budget_is_forwarded_to_the_next_hop() -> None:
+    upstream = ScriptedUpstream()
+    handler = compose([timeout_layer(TimeoutConfig(request_s=2.5))], upstream)
+
+    await handler(make_request())
+
+    assert _deadline_header(upstream.seen[0]) == "2500"
+
+
+async def test_a_callers_smaller_budget_shortens_ours() -> None:
+    clock = ManualClock(100.0)
+    upstream = ScriptedUpstream()
+    handler = compose([timeout_layer(TimeoutConfig(request_s=5), clock=clock)], upstream)
+    request = make_request(headers=((DEADLINE_HEADER, "800"),))
+
+    await handler(request)
+
+    assert request.context.deadline == 100.8
+    assert _deadline_header(upstream.seen[0]) == "800"
+    assert request.context.attributes["meshlens.timeout.caller_budget_ms"] == 800
+
+    await handler(make_request(headers=((DEADLINE_HEADER, "9000"),)))
+    assert _deadline_header(upstream.seen[1]) == "5000"  # ours is smaller
+
+
+async def test_an_exhausted_caller_budget_fails_at_once() -> None:
+    upstream = ScriptedUpstream()
+    handler = compose([timeout_layer(TimeoutConfig())], upstream)
+
+    with pytest.raises(UpstreamTimeout):
+        await handler(make_request(headers=((DEADLINE_HEADER, "0"),)))
+    assert upstream.calls == 0
+
+
+async def test_callers_budget_applies_without_a_request_timeout() -> None:
+    clock = ManualClock(10.0)
+    upstream = ScriptedUpstream()
+    config = TimeoutConfig(request_s=None)
+    handler = compose([timeout_layer(config, clock=clock)], upstream)
+    request = make_request(headers=((DEADLINE_HEADER, "1500"),))
+
+    await handler(request)
+
+    assert request.context.deadline == 11.5
+
+
+async def test_propagation_can_be_turned_off() -> None:
+    clock = ManualClock(10.0)
+    upstream = ScriptedUpstream()
+    config = TimeoutConfig(request_s=1.0, propagate=False)
+    handler = compose([timeout_layer(config, clock=clock)], upstream)
+    request = make_request(headers=((DEADLINE_HEADER, "5"),))
+
+    await handler(request)
+
+    assert _deadline_header(upstream.seen[0]) == "5"  # passed on untouched
+    assert request.context.deadline == 11.0  # and not honoured
