@@ -238,7 +238,8 @@ def build_outbound(
     default = _chain([*policies.route("default", None, TimeoutConfig(), default_retry), *tail])
     passthrough = _chain(
         [
-            *policies.route("passthrough", None, TimeoutConfig(), None),
+            # outside the mesh: do not leak our deadline header
+            *policies.route("passthrough", None, TimeoutConfig(propagate=False), None),
             *per_attempt,
             passthrough_layer(refuse=own_addresses),
         ]

@@ -218,3 +218,14 @@ async def test_passthrough_refuses_the_sidecars_own_listeners() -> None:
     assert response.status == 404
     assert upstream.calls == 0
     assert (await stack.handler(make_request(authority="127.0.0.1:8080"))).status == 200
+
+
+async def test_deadline_header_goes_to_mesh_services_but_not_outside() -> None:
+    upstream = ScriptedUpstream()
+    stack = _build(_doc(), upstream)
+
+    await stack.handler(make_request(authority="reviews", target="/api/x"))
+    await stack.handler(make_request(authority="example.org:80"))
+
+    assert header_value(upstream.seen[0].headers, "x-meshlens-timeout-ms") == "15000"
+    assert header_value(upstream.seen[1].headers, "x-meshlens-timeout-ms") is None
