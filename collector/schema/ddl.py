@@ -23,6 +23,7 @@ __all__ = [
 # dropped as long as fewer than this many other blocks were inserted into the table in between.
 DEDUP_WINDOW_BLOCKS = 10_000
 
+_NEWLINE = "\n"
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _REPLICA_PATH = "'/clickhouse/tables/{shard}/{database}/{table}', '{replica}'"
 
@@ -116,7 +117,7 @@ def render_table(spec: TableSpec, options: SchemaOptions) -> list[str]:
     local = options.local_name(spec.name)
     statements = [
         f"CREATE TABLE IF NOT EXISTS {options.qualified(local)}{options.on_cluster}\n"
-        f"(\n{spec.columns.strip()}\n)\n"
+        f"(\n{spec.columns.strip(_NEWLINE)}\n)\n"
         f"ENGINE = {_engine(spec, options)}\n"
         f"{spec.keys.strip()}\n"
         f"{_ttl(spec, options)}"

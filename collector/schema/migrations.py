@@ -16,6 +16,7 @@ from collector.schema import (
     meshlens_edges_1m,
     meshlens_schema_version,
     meshlens_services_1m,
+    otel_logs,
     otel_metrics_exponential_histogram,
     otel_metrics_gauge,
     otel_metrics_histogram,
@@ -77,6 +78,7 @@ def _v2(options: SchemaOptions) -> list[str]:
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "OTel exporter tables: traces, trace-id lookup, metrics (v0.160+)", _v1),
     Migration(2, "meshlens per-minute edge and service aggregates", _v2),
+    Migration(3, "OTel exporter otel_logs (v0.151+, plus TimestampTime)", otel_logs.statements),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

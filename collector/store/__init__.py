@@ -3,7 +3,9 @@
 `open_store(url)` is the only constructor the rest of meshlens uses:
   chdb://PATH                          embedded ClickHouse engine in PATH (the default)
   http(s)://user:pass@host:port/db     a ClickHouse server or cluster (clickhouse-connect)
+Options: ttl_days, cluster, database, timeout_s, connect_timeout_s (see factory.open_store).
 Every blocking call runs off the event loop; queries take parameters, never formatted input.
+Insert values and result types are described in arrow.py (DateTime64(9) as int ns, Map as dict).
 """
 
 from __future__ import annotations

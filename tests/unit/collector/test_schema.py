@@ -350,3 +350,35 @@ async def test_migrate_applies_only_the_missing_versions(store_url: str) -> None
     assert [r["name"] for r in after_v1] == ["otel_metrics_summary", "otel_traces"]
     assert [r["name"] for r in after_v2] == ["meshlens_edges_1m", "otel_traces"]
     assert versions == [{"version": v} for v in range(1, LATEST_VERSION + 1)]
+
+
+async def test_otel_logs_takes_exporter_inserts_and_fills_derived_columns(store: Store) -> None:
+    await store.insert(
+        "otel_logs",
+        {
+            "Timestamp": [T0_LOG],
+            "TraceId": ["ab" * 16],
+            "SeverityText": ["ERROR"],
+            "SeverityNumber": [17],
+            "ServiceName": ["orders"],
+            "Body": ["upstream reset"],
+            "ResourceAttributes": [{"k8s.pod.name": "orders-0"}],
+            "LogAttributes": [{"http.route": "/list"}],
+        },
+        dedup_token="logs-1",
+    )
+
+    rows = await store.query(
+        "SELECT TimestampTime, `__otel_materialized_k8s.pod.name` AS pod, Body FROM otel_logs"
+    )
+
+    assert rows == [
+        {
+            "TimestampTime": datetime.fromtimestamp(T0_LOG // 10**9, UTC),
+            "pod": "orders-0",
+            "Body": "upstream reset",
+        }
+    ]
+
+
+T0_LOG = 1_764_000_123_456_789_000

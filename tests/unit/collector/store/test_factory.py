@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import socket
+from pathlib import Path
 
 import pytest
 
-from collector.store import Store, StoreUnavailable, open_store
+from collector.store import StoreUnavailable, open_store
 from collector.store.urls import parse_store_url, redact_url
 
 
@@ -90,16 +91,21 @@ async def test_closed_port_is_unavailable_fast_and_never_shows_the_password(
     assert "hunter2" not in caplog.text
 
 
-async def test_one_chdb_directory_per_process(
-    store: Store, store_url: str, tmp_path: object
-) -> None:
+async def test_one_chdb_directory_per_process(store_url: str, tmp_path: Path) -> None:
     if not store_url.startswith("chdb://"):
         pytest.skip("embedded-only rule")
-
-    with pytest.raises(StoreUnavailable, match="one data directory per process"):
-        open_store(f"chdb://{tmp_path}/elsewhere")
+    first = open_store(store_url)
     same = open_store(store_url)
     try:
+        with pytest.raises(StoreUnavailable, match="one data directory per process"):
+            open_store(f"chdb://{tmp_path}/elsewhere")
+        assert await first.ping() is True
         assert await same.ping() is True
     finally:
+        await first.close()
         await same.close()
+    reopened = open_store(f"chdb://{tmp_path}/elsewhere")  # allowed once the first is closed
+    try:
+        assert await reopened.ping() is True
+    finally:
+        await reopened.close()
