@@ -223,7 +223,7 @@ async def run(args: argparse.Namespace) -> None:
         seen.append((time.time(), count))
         if count >= total_spans:
             break
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(args.poll_s)
     ended = seen[-1][0]
     cpu_s = _cpu_s() - cpu_before
     out, _ = await sender.communicate()
@@ -284,6 +284,7 @@ def main() -> None:
     parser.add_argument("--senders", type=int, default=4)
     parser.add_argument("--batch-rows", type=int, default=20_000)
     parser.add_argument("--max-age-s", type=float, default=0.5)
+    parser.add_argument("--poll-s", type=float, default=0.1, help="row-count poll interval")
     args = parser.parse_args()
     os.environ.setdefault("PYTHONPATH", str(REPO))
     asyncio.run(run(args))
