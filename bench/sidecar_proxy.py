@@ -1,0 +1,265 @@
+"""Proxy overhead benchmark: direct vs nginx proxy_pass vs one sidecar vs a client+server pair.
+
+Not a test. Starts an nginx upstream returning a 12-byte body, an nginx `proxy_pass` (1 worker,
+keep-alive upstream), the sidecar(s) with full telemetry exporting OTLP to a local sink, and
+drives each with wrk (32 connections). Prints req/s, p50/p99, added latency vs direct, CPU
+microseconds per request and RSS of the proxy processes, with ratios vs nginx from this run.
+
+    python bench/sidecar_proxy.py [--duration 5] [--connections 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+master_process off;
+pid {dir}/nginx-{name}.pid;
+error_log {dir}/nginx-{name}.err warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/body-{name};
+  proxy_temp_path {dir}/proxy-{name};
+  fastcgi_temp_path {dir}/fcgi-{name};
+  uwsgi_temp_path {dir}/uwsgi-{name};
+  scgi_temp_path {dir}/scgi-{name};
+  keepalive_requests 1000000;
+  {body}
+}}
+"""
+UPSTREAM_BODY = """
+  server {{ listen 127.0.0.1:{port}; location / {{ return 200 "hello world\\n"; }} }}
+"""
+PROXY_BODY = """
+  upstream app {{ server 127.0.0.1:{upstream}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
+"""
+SINK = """
+import asyncio, sys
+from aiohttp import web
+async def ok(request):
+    await request.read()
+    return web.Response(body=b"", content_type="application/x-protobuf")
+app = web.Application(client_max_size=64 << 20)
+app.router.add_post("/v1/traces", ok)
+app.router.add_post("/v1/metrics", ok)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@dataclass
+class Result:
+    name: str
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    errors: int
+    cpu_us: float | None = None
+    rss_mb: float | None = None
+
+
+def _ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+
+def run_wrk(url: str, duration: int, connections: int, host: str | None) -> Result:
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", url]
+    if host:
+        cmd[1:1] = ["-H", f"Host: {host}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return Result("", rps, p50, p99, requests, int(errors.group(1)) if errors else 0)
+
+
+class Procs:
+    """Child processes of the benchmark, all stopped at the end."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, args: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(args, **kwargs)  # type: ignore[call-overload]
+        self.procs.append(proc)
+        return proc  # type: ignore[no-any-return]
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):  # sidecars before the sink they export to
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def start_nginx(procs: Procs, workdir: Path, name: str, body: str, port: int) -> int:
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    conf = workdir / f"nginx-{name}.conf"
+    conf.write_text(NGINX_CONF.format(dir=workdir, name=name, body=body))
+    proc = procs.start([nginx, "-p", str(workdir), "-c", str(conf)], stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return proc.pid
+
+
+def start_sidecar(
+    procs: Procs, workdir: Path, service: str, app_port: int, config: dict[str, Any], collector: str
+) -> tuple[int, int, int]:
+    """Start `meshlens sidecar`; return (pid, outbound port, inbound port)."""
+    path = workdir / f"{service}.json"
+    path.write_text(json.dumps(config))
+    outbound, inbound = free_port(), free_port()
+    args = [
+        sys.executable, "-m", "meshlens_cli", "--log-level", "WARNING", "sidecar",
+        "--service", service, "--app-port", str(app_port), "--config", str(path),
+        "--collector", collector, "--admin-port", "0",
+        "--outbound-port", str(outbound), "--inbound-port", str(inbound),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = procs.start(args, cwd=str(REPO), env=env, stdout=subprocess.DEVNULL)
+    wait_port(outbound)
+    wait_port(inbound)
+    return proc.pid, outbound, inbound
+
+
+def measure(
+    name: str, url: str, args: argparse.Namespace, host: str | None, pids: list[int]
+) -> Result:
+    run_wrk(url, 1, args.connections, host)  # warm-up: pools, JIT-free but caches, imports
+    before = [cpu_seconds(p) for p in pids]
+    result = run_wrk(url, args.duration, args.connections, host)
+    result.name = name
+    if pids:
+        used = sum(cpu_seconds(p) - b for p, b in zip(pids, before, strict=True))
+        result.cpu_us = used / max(result.requests, 1) * 1e6
+        result.rss_mb = max(rss_mb(p) for p in pids)
+    return result
+
+
+def report(results: list[Result]) -> None:
+    direct = results[0]
+    nginx = next(r for r in results if r.name.startswith("nginx"))
+    print(
+        f"{'scenario':<28}{'req/s':>9}{'x nginx':>9}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'+p50 ms':>9}{'CPU us/req':>12}{'RSS MB':>8}{'non-2xx':>9}"
+    )
+    for r in results:
+        cpu = f"{r.cpu_us:.0f}" if r.cpu_us is not None else "-"
+        rss = f"{r.rss_mb:.0f}" if r.rss_mb is not None else "-"
+        print(
+            f"{r.name:<28}{r.rps:>9.0f}{r.rps / nginx.rps:>9.2f}{r.p50_ms:>9.2f}"
+            f"{r.p99_ms:>9.2f}{r.p50_ms - direct.p50_ms:>9.2f}{cpu:>12}{rss:>8}{r.errors:>9}"
+        )
+    print(
+        "goals: one hop >= 0.50x nginx req/s, <= 100 us CPU/request, RSS <= 40 MB "
+        "(CPU is the proxy processes only; the pair sums both sidecars)"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=32)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print("wrk is not installed (bash scripts/system-deps.sh)", file=sys.stderr)
+        return 1
+    procs = Procs()
+    with tempfile.TemporaryDirectory(prefix="meshlens-bench-") as tmp:
+        workdir = Path(tmp)
+        try:
+            up, px, sink = free_port(), free_port(), free_port()
+            start_nginx(procs, workdir, "upstream", UPSTREAM_BODY.format(port=up), up)
+            nginx_pid = start_nginx(
+                procs, workdir, "proxy", PROXY_BODY.format(port=px, upstream=up), px
+            )
+            procs.start([sys.executable, "-c", SINK, str(sink)])
+            wait_port(sink)
+            collector = f"http://127.0.0.1:{sink}"
+            app = {"upstreams": {"app": {"endpoints": [f"127.0.0.1:{up}"]}}}
+            server_pid, _, server_in = start_sidecar(procs, workdir, "app", up, {}, collector)
+            pair = {"upstreams": {"app": {"endpoints": [f"127.0.0.1:{server_in}"]}}}
+            one_pid, one_out, _ = start_sidecar(procs, workdir, "web", up, app, collector)
+            client_pid, client_out, _ = start_sidecar(procs, workdir, "web2", up, pair, collector)
+            results = [
+                measure("direct", f"http://127.0.0.1:{up}/", args, None, []),
+                measure("nginx proxy_pass", f"http://127.0.0.1:{px}/", args, None, [nginx_pid]),
+                measure(
+                    "sidecar (outbound)", f"http://127.0.0.1:{one_out}/", args, "app", [one_pid]
+                ),
+                measure(
+                    "sidecar pair (out+in)",
+                    f"http://127.0.0.1:{client_out}/",
+                    args,
+                    "app",
+                    [client_pid, server_pid],
+                ),
+            ]
+        finally:
+            procs.stop_all()
+    report(results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
