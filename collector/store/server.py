@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -90,8 +91,9 @@ class ServerStore:
             username=target.username,
             password=target.password,
             secure=target.scheme == "https",
-            connect_timeout=self._connect_timeout_s,
-            send_receive_timeout=self._timeout_s,
+            # The driver truncates these to whole seconds; our own deadline in _call is exact.
+            connect_timeout=max(1, math.ceil(self._connect_timeout_s)),
+            send_receive_timeout=max(1, math.ceil(self._timeout_s)),
             query_retries=0,
             autogenerate_session_id=False,
             settings={"session_timezone": "UTC"},

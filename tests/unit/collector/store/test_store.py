@@ -226,7 +226,7 @@ async def test_a_broken_embedded_session_is_unavailable_then_reopened(
 
 
 async def test_an_empty_batch_writes_nothing(store: Store) -> None:
-    empty = {name: [] for name in trace_columns(_spans())}
+    empty: dict[str, list[object]] = {name: [] for name in trace_columns(_spans())}
 
     assert await store.insert("otel_traces", empty, dedup_token="empty") == 0
     assert await _count(store, "SELECT count() FROM otel_traces") == 0
