@@ -70,7 +70,8 @@ class DurableBatchProcessor:
         self._next = next_stage
         self._metrics = metrics
         self._clock = clock
-        self._memory: dict[int, DecodedBatch] = {}
+        # seq -> (rows, arrival time); records read back from disk count as already due.
+        self._memory: dict[int, tuple[DecodedBatch, float]] = {}
         self._memory_rows = 0
         self._next_seq = spool.done_upto + 1
         self._wake = asyncio.Event()
@@ -100,7 +101,7 @@ class DurableBatchProcessor:
             raise Overloaded("collector is shutting down", retry_after_s=2)
         seq = self._spool.append(int(decoded.signal), payload)
         if self._memory_rows + decoded.rows <= self._config.max_memory_rows:
-            self._memory[seq] = decoded
+            self._memory[seq] = (decoded, self._clock())
             self._memory_rows += decoded.rows
         else:
             self._metrics.inc("meshlens_collector_spilled_records_total")
@@ -160,18 +161,15 @@ class DurableBatchProcessor:
         """Gather synced records until the batch is full or old enough (or we are stopping)."""
         parts: list[DecodedBatch] = []
         rows = 0
-        started: float | None = None
+        started: float | None = None  # arrival of the oldest record in the batch
         while True:
             while self._next_seq <= self._spool.synced_seq and rows < self._config.max_rows:
-                for decoded in await self._take(self._next_seq):
+                for decoded, arrival in await self._take(self._next_seq):
                     parts.append(decoded)
                     rows += decoded.rows
-                if started is None:
-                    started = self._clock()
+                    started = arrival if started is None else min(started, arrival)
             last = self._next_seq - 1
-            if rows >= self._config.max_rows or (self._stopping and started is not None):
-                return parts, last
-            if self._stopping:
+            if rows >= self._config.max_rows or self._stopping:
                 return parts, last
             timeout = None
             if started is not None:
@@ -187,15 +185,15 @@ class DurableBatchProcessor:
             except TimeoutError:
                 pass
 
-    async def _take(self, seq: int) -> list[DecodedBatch]:
-        """Decoded rows of record `seq` and following (a chunk when read from disk)."""
-        decoded = self._memory.pop(seq, None)
-        if decoded is not None:
-            self._memory_rows -= decoded.rows
+    async def _take(self, seq: int) -> list[tuple[DecodedBatch, float]]:
+        """Rows (and arrival) of record `seq` and following (a chunk when read from disk)."""
+        entry = self._memory.pop(seq, None)
+        if entry is not None:
+            self._memory_rows -= entry[0].rows
             self._next_seq = seq + 1
-            return [decoded]
+            return [entry]
         records = await asyncio.to_thread(self._spool.read, seq, self._config.read_chunk_bytes)
-        out: list[DecodedBatch] = []
+        out: list[tuple[DecodedBatch, float]] = []
         for record in records:
             out.extend(self._from_record(record))
             self._next_seq = record.seq + 1
@@ -215,17 +213,17 @@ class DurableBatchProcessor:
             for record in records:
                 if record.seq > last:
                     break
-                parts.extend(self._from_record(record))
+                parts.extend(decoded for decoded, _ in self._from_record(record))
                 self._next_seq = record.seq + 1
         return parts
 
-    def _from_record(self, record: Record) -> list[DecodedBatch]:
-        memory = self._memory.pop(record.seq, None)
-        if memory is not None:
-            self._memory_rows -= memory.rows
-            return [memory]
+    def _from_record(self, record: Record) -> list[tuple[DecodedBatch, float]]:
+        entry = self._memory.pop(record.seq, None)
+        if entry is not None:
+            self._memory_rows -= entry[0].rows
+            return [entry]
         try:
-            return [decode_protobuf(Signal(record.tag), record.payload)]
+            return [(decode_protobuf(Signal(record.tag), record.payload), float("-inf"))]
         except (InvalidRequest, ValueError) as exc:
             # Only corruption that passed the CRC can land here; keep going without it.
             logger.error(

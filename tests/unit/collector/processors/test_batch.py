@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,13 @@ from tests.unit.collector.helpers import MemoryStore, trace_request
 class Harness:
     """A processor over a real spool in tmp_path, exporting to a MemoryStore."""
 
-    def __init__(self, tmp_path: Path, store: MemoryStore, **batch: float) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        store: MemoryStore,
+        clock: Callable[[], float] = time.monotonic,
+        **batch: float,
+    ) -> None:
         self.store = store
         self.metrics = CollectorMetrics()
         self.spool = Spool.open(SpoolConfig(tmp_path / "spool", segment_bytes=8192))
@@ -38,7 +46,7 @@ class Harness:
             shutdown_timeout_s=batch.get("shutdown_timeout_s", 10.0),
         )
         self.processor = DurableBatchProcessor(
-            config, self.spool, self.exporter, self.metrics, sleep=self._sleep
+            config, self.spool, self.exporter, self.metrics, sleep=self._sleep, clock=clock
         )
         self.on_sleep: list[asyncio.Event] = []
 
@@ -207,3 +215,21 @@ async def test_an_unexpected_export_error_pauses_and_resumes_from_the_checkpoint
     assert h.sleeps == [1.0]
     # The failed batch was retried under the same token it was first tried with.
     assert store.inserts[0][1] == f"{h.spool.spool_id}:1-1:otel_traces"
+
+
+async def test_batch_age_counts_from_arrival_not_from_when_the_batcher_got_to_it(
+    tmp_path: Path,
+) -> None:
+    now = [0.0]
+    store = MemoryStore()
+    store.unavailable = True
+    h = Harness(tmp_path, store, clock=lambda: now[0], max_rows=4, max_age_s=60.0)
+    await h.processor.start()
+    await h.send(4)  # a full batch, stuck on the store
+    await _until(lambda: store.failed_calls >= 1)
+    sent = await h.send(1)  # arrives at t=0 while the batcher is busy
+    now[0] = 61.0
+    store.unavailable = False
+    # Already older than max_age when the batcher reaches it: written without waiting 60 s.
+    await _until(lambda: sent[0] in h.span_ids())
+    await h.processor.shutdown()
