@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
+import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -320,6 +320,8 @@ class ByteStream:
         return b"".join(parts)
 
 
+_random_bits = random.Random().getrandbits  # seeded from os.urandom once per process
+
 _SPECIAL = frozenset(
     {"content-length", "transfer-encoding", "connection", "host", "expect", "x-forwarded-for"}
 )
@@ -533,7 +535,7 @@ class _ServerProtocol(asyncio.Protocol):
                 out = [(k, v) for k, v in out if k not in named]
         self._resolve_target(p, host)
         if not has_request_id:
-            out.append(("x-request-id", str(uuid.uuid4())))
+            out.append(("x-request-id", _request_uuid()))
         if self._config.forwarded_for and self._peer:
             forwarded = f"{forwarded}, {self._peer}" if forwarded else self._peer
         if forwarded:
@@ -820,6 +822,13 @@ class _ServerProtocol(asyncio.Protocol):
 
 
 _PHRASE_STR = {int(s): s.phrase for s in HTTPStatus}
+
+
+def _request_uuid() -> str:
+    """A random (version 4) UUID; ids need uniqueness, not secrecy, so no syscall per request."""
+    value = (_random_bits(128) & ~(0xF000 << 64) | (0x4000 << 64)) & ~(0xC << 60) | (0x8 << 60)
+    text = f"{value:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 def _request_id(headers: list[tuple[str, str]]) -> str:
