@@ -114,6 +114,7 @@ class Sidecar:
         self._ready = False
         self._stopped = asyncio.Event()
         self._drain_task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -154,8 +155,12 @@ class Sidecar:
         return all(results)
 
     async def stop(self) -> None:
-        """Close everything; export what telemetry still holds."""
+        """Close everything; export what telemetry still holds. Safe to call twice."""
         self._ready = False
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
         await self.outbound.close()
         await self.inbound.close()
         await self.control.close()
