@@ -18,6 +18,7 @@ from sidecar.build import BuiltStack, build_inbound, build_outbound
 from sidecar.codec import HttpServer, ServerConfig
 from sidecar.config import SidecarConfig, load_config
 from sidecar.control import ActiveStacks, ConfigControl
+from sidecar.errors import NoRoute
 from sidecar.http import Endpoint, Request, Response
 from sidecar.stack import Handler
 from sidecar.telemetry import Telemetry, TelemetryConfig
@@ -115,6 +116,10 @@ class Sidecar:
         self._stopped = asyncio.Event()
         self._drain_task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._own_ports: frozenset[int] = frozenset()
+        self._own_hosts = frozenset(
+            {"127.0.0.1", "localhost", "::1", "0.0.0.0", options.listen_host}
+        )
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -128,6 +133,7 @@ class Sidecar:
         outbound = await self.outbound.start(host, opts.outbound_port)
         admin = await self.admin.start(host, opts.admin_port)
         self.addresses = SidecarAddresses(admin=admin, outbound=outbound, inbound=inbound)
+        self._own_ports = frozenset((admin[1], outbound[1]))
         self._ready = True
         logger.info("sidecar ready", extra={"addresses": self.addresses.describe()})
         return self.addresses
@@ -175,7 +181,7 @@ class Sidecar:
         telemetry = self.telemetry
         outbound: BuiltStack = build_outbound(
             config,
-            terminal=self.upstream,
+            terminal=self._outbound_terminal,
             outer=[telemetry.outbound_layer()],
             per_attempt=[telemetry.attempt_layer()],
         )
@@ -186,6 +192,17 @@ class Sidecar:
             app=self._app_endpoint,
         )
         return ActiveStacks(outbound, inbound, outbound.version, source)
+
+    async def _outbound_terminal(self, request: Request) -> Response:
+        """The pool, refusing requests that would come straight back into this sidecar."""
+        endpoint = request.context.endpoint
+        if (
+            endpoint is not None
+            and endpoint.port in self._own_ports
+            and endpoint.host in self._own_hosts
+        ):
+            raise NoRoute(f"{endpoint.address} is this sidecar's own listener (request loop)")
+        return await self.upstream(request)
 
     def _applied(self, stacks: ActiveStacks) -> None:
         self._outbound_handler = stacks.outbound.handler

@@ -8,7 +8,6 @@ active. The control-plane client will push documents through `apply()` the same 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -180,5 +179,8 @@ class ConfigControl(Generic[C]):
 async def _close_pair(stacks: ActiveStacks) -> None:
     closers: list[Awaitable[None]] = [stacks.outbound.close(), stacks.inbound.close()]
     for closer in closers:
-        with contextlib.suppress(Exception):
+        try:
             await closer
+        except Exception:
+            # Retiring an old version must not stop the sidecar; the new one is already live.
+            logger.exception("closing a retired stack failed", extra={"version": stacks.version})

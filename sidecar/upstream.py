@@ -46,12 +46,13 @@ class UpstreamConfig:
     max_idle_per_endpoint: int = 64
     idle_expiry_s: float = 4.0  # below common app keep-alive timeouts (node 5 s)
     response_timeout_s: float = 300.0  # wait for response headers when no deadline is set
+    write_timeout_s: float = 60.0  # upstream not reading the request body we stream to it
     high_water_bytes: int = 256 * 1024
 
     def __post_init__(self) -> None:
         if self.max_idle_per_endpoint < 0:
             raise ValueError("max_idle_per_endpoint must be >= 0")
-        if self.idle_expiry_s <= 0 or self.response_timeout_s <= 0:
+        if min(self.idle_expiry_s, self.response_timeout_s, self.write_timeout_s) <= 0:
             raise ValueError("timeouts must be > 0")
 
 
@@ -115,6 +116,7 @@ class _Connection(asyncio.Protocol):
         self.taken = False
         self._reusable = False
         self._keep_alive = False
+        self._close_delimited = False
 
     # -- transport ------------------------------------------------------------------------
 
@@ -126,6 +128,11 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         if self.tunnel is not None:
             self.tunnel.feed_eof()
+        elif self._close_delimited and not self.complete:
+            self.complete = True  # the body of a response without length ends at EOF
+            body = self._body()
+            if body is not None:
+                body.feed_eof()
         elif not self.headers_done:
             self._fail(UpstreamReset("upstream closed before responding"))
         elif not self.complete:
@@ -190,11 +197,16 @@ class _Connection(asyncio.Protocol):
             self._finish()
 
     async def drain(self) -> None:
+        """Wait until the upstream takes more bytes (bounded by the write timeout)."""
         if self._write_paused:
             waiter = asyncio.get_running_loop().create_future()
             self._drain_waiter = waiter
+            timeout_s = self.pool.config.write_timeout_s
             try:
-                await waiter
+                async with asyncio.timeout(timeout_s):
+                    await waiter
+            except TimeoutError as exc:
+                raise UpstreamTimeout(f"upstream stopped reading for {timeout_s:g}s") from exc
             finally:
                 self._drain_waiter = None
 
@@ -213,6 +225,7 @@ class _Connection(asyncio.Protocol):
         self.taken = False
         self._reusable = False
         self._keep_alive = False
+        self._close_delimited = False
         self.uses += 1
 
     async def wait_headers(self, timeout_s: float) -> None:
@@ -316,6 +329,16 @@ class _Connection(asyncio.Protocol):
         self.status = status
         self.headers_done = True
         self._keep_alive = bool(self._parser.should_keep_alive())  # reset once the message ends
+        self._close_delimited = (
+            not any(
+                name == "content-length"
+                or (name == "transfer-encoding" and "chunked" in value.lower())
+                for name, value in self.headers
+            )
+            and status not in _NO_BODY_STATUSES
+            and status >= 200
+            and status != 101
+        )
         if self._head_method == "HEAD":
             self.complete = True
 

@@ -190,3 +190,15 @@ async def test_client_and_server_sidecars_carry_a_request_to_the_app(
     stats = client.stats_doc()
     assert stats["upstream_pool"]["connections_opened"] >= 1  # type: ignore[index]
     assert "reviews" in json.dumps(client.config_doc())
+
+
+async def test_a_request_addressed_to_the_sidecar_itself_is_refused_not_looped(
+    upstream: ScriptedUpstream, sidecars: Sidecars
+) -> None:
+    sidecar = await sidecars("client", upstream.port)
+    host, port = _outbound(sidecar)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://{host}:{port}/x") as response:
+            assert response.status == 404
+            assert response.headers["x-meshlens-error"] == "no_route"
+    assert upstream.seen == []

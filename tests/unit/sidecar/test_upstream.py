@@ -308,3 +308,14 @@ async def test_interim_1xx_response_is_skipped(pool: UpstreamPool, net: FakeNetw
 async def test_request_without_an_endpoint_is_refused(pool: UpstreamPool) -> None:
     with pytest.raises(NoHealthyUpstream):
         await pool(Request(method="GET"))
+
+
+async def test_response_without_length_ends_when_the_upstream_closes(
+    pool: UpstreamPool, net: FakeNetwork
+) -> None:
+    net.actions.append(lambda _: b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\npart one ")
+    response = await pool(request())
+    assert not isinstance(response.body, bytes)
+    net.servers[0].send(b"part two")
+    net.servers[0].close()
+    assert await response.body.read_all() == b"part one part two"  # type: ignore[attr-defined]
