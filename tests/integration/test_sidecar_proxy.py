@@ -11,6 +11,8 @@ import pytest
 import requests
 
 from sidecar.app import Sidecar
+from sidecar.codec import HttpServer, ServerConfig
+from sidecar.http import Request, Response
 from tests.integration.conftest import ScriptedUpstream, raw_exchange, read_response, url
 
 pytestmark = pytest.mark.timeout(30)
@@ -202,3 +204,38 @@ async def test_a_request_addressed_to_the_sidecar_itself_is_refused_not_looped(
             assert response.status == 404
             assert response.headers["x-meshlens-error"] == "no_route"
     assert upstream.seen == []
+
+
+async def test_upstream_reset_mid_body_aborts_that_response_and_the_sidecar_keeps_serving(
+    upstream_factory: Callable[..., Awaitable[ScriptedUpstream]], sidecars: Sidecars
+) -> None:
+    upstream, other = await upstream_factory("app"), await upstream_factory("other")
+    sidecar = await sidecars("client", upstream.port)
+    target = f"http://127.0.0.1:{upstream.port}"
+    proxy = url(_outbound(sidecar))
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{target}/stream?mb=64", proxy=proxy) as response:
+            assert response.status == 200
+            await response.content.readexactly(1 << 16)
+            await upstream.die()  # the app goes away while the body is still streaming
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await response.read()
+        async with session.get(f"http://127.0.0.1:{other.port}/", proxy=proxy) as response:
+            assert response.status == 200
+
+
+async def test_idle_keep_alive_connections_are_closed_after_the_idle_timeout() -> None:
+    async def handler(request: Request) -> Response:
+        return Response(200, (), b"ok")
+
+    server = HttpServer(ServerConfig(idle_timeout_s=0.2), lambda: handler)
+    address = await server.start()
+    try:
+        reader, writer = await asyncio.open_connection(*address)
+        writer.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        status, _, body = await asyncio.wait_for(read_response(reader), 5)
+        assert (status, body) == (200, b"ok")
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
+        writer.close()
+    finally:
+        await server.close()
