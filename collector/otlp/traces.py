@@ -54,7 +54,11 @@ def _span_problem(span: Any) -> str | None:
 
 
 def decode_traces(request: Any) -> DecodedBatch:
-    """Build `otel_traces` columns from a parsed request; invalid spans are counted, not kept."""
+    """Build `otel_traces` columns from a parsed request; invalid spans are counted, not kept.
+
+    One long loop on purpose: it runs per span on the ingest hot path, where helper calls and
+    attribute lookups are a measurable share of the CPU (bench/collector_ingest.py).
+    """
     cols: Columns = {name: [] for name in _COLUMNS}
     ts, trace_ids, span_ids, parents = (
         cols["Timestamp"],

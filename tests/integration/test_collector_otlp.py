@@ -15,7 +15,9 @@ import aiohttp
 import grpc
 import pytest
 from google.rpc import status_pb2
+from grpc import Compression as GrpcCompression
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpans
+from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpans
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
@@ -109,11 +111,18 @@ def _check_server_and_client(rows: list[dict[str, Any]]) -> None:
     assert server["ts"] <= client["ts"]
 
 
+@pytest.mark.parametrize(
+    "compression", [Compression.NoCompression, Compression.Gzip, Compression.Deflate]
+)
 async def test_sdk_http_protobuf_spans_land_with_exporter_columns(
-    collector: tuple[Pipeline, Store],
+    collector: tuple[Pipeline, Store], compression: Compression
 ) -> None:
     pipeline, store = collector
-    exporter = HttpSpans(endpoint=f"{pipeline.addresses()['otlp-http']}/v1/traces", timeout=5)
+    exporter = HttpSpans(
+        endpoint=f"{pipeline.addresses()['otlp-http']}/v1/traces",
+        timeout=5,
+        compression=compression,
+    )
     await asyncio.to_thread(_traced, exporter, _server_with_failing_client)
     _check_server_and_client(await _rows(store, _SPAN_SQL, 2))
 
@@ -123,7 +132,10 @@ async def test_sdk_grpc_spans_land_with_exporter_columns(
 ) -> None:
     pipeline, store = collector
     exporter = GrpcSpans(
-        endpoint=f"http://{pipeline.addresses()['otlp-grpc']}", insecure=True, timeout=5
+        endpoint=f"http://{pipeline.addresses()['otlp-grpc']}",
+        insecure=True,
+        timeout=5,
+        compression=GrpcCompression.Gzip,
     )
     await asyncio.to_thread(_traced, exporter, _server_with_failing_client)
     _check_server_and_client(await _rows(store, _SPAN_SQL, 2))
