@@ -116,3 +116,17 @@ async def test_the_disk_cap_refuses_new_records(tmp_path: Path) -> None:
 def test_config_rejects_a_cap_below_the_segment_size(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="max_bytes"):
         SpoolConfig(tmp_path, segment_bytes=4096, max_bytes=1024)
+
+
+async def test_a_failed_fsync_fails_the_waiters_and_refuses_later_appends(tmp_path: Path) -> None:
+    async def broken_disk(_fn: object) -> None:
+        raise OSError(5, "Input/output error")
+
+    spool = Spool.open(_config(tmp_path), run_blocking=broken_disk)
+    await spool.start()
+    seq = spool.append(1, b"never acknowledged")
+    with pytest.raises(SpoolFull, match="fsync failed"):
+        await spool.wait_synced(seq)
+    with pytest.raises(SpoolFull, match="not writable"):
+        spool.append(1, b"more")
+    await spool.close()
