@@ -2,7 +2,8 @@
 
 Not a test. Starts an nginx upstream returning a 12-byte body, an nginx `proxy_pass` (1 worker,
 keep-alive upstream), the sidecar(s) with full telemetry exporting OTLP to a local sink, and
-drives each with wrk (32 connections). Prints req/s, p50/p99, added latency vs direct, CPU
+drives each with wrk (32 connections). "core only" is the codec + upstream pool with no policy or
+telemetry layers, to show what the layers cost. Prints req/s, p50/p99, added latency vs direct, CPU
 microseconds per request and RSS of the proxy processes, with ratios vs nginx from this run.
 
     python bench/sidecar_proxy.py [--duration 5] [--connections 32]
@@ -59,6 +60,25 @@ PROXY_BODY = """
       proxy_set_header Connection "";
     }}
   }}
+"""
+CORE = """
+import asyncio, sys, uvloop
+from sidecar.codec import HttpServer, ServerConfig
+from sidecar.http import Endpoint
+from sidecar.layers.proxy_errors import proxy_errors_layer
+from sidecar.stack import compose
+from sidecar.upstream import UpstreamPool
+app = Endpoint("127.0.0.1", int(sys.argv[2]))
+def to_app(inner):
+    async def handle(request):
+        request.context.endpoint = app
+        return await inner(request)
+    return handle
+async def main():
+    handler = compose([proxy_errors_layer(), to_app], UpstreamPool())
+    await HttpServer(ServerConfig(), lambda: handler).start("127.0.0.1", int(sys.argv[1]))
+    await asyncio.Event().wait()
+uvloop.run(main())
 """
 SINK = """
 import asyncio, sys
@@ -241,9 +261,20 @@ def main() -> int:
             pair = {"upstreams": {"app": {"endpoints": [f"127.0.0.1:{server_in}"]}}}
             one_pid, one_out, _ = start_sidecar(procs, workdir, "web", up, app, collector)
             client_pid, client_out, _ = start_sidecar(procs, workdir, "web2", up, pair, collector)
+            core_port = free_port()
+            env = {**os.environ, "PYTHONPATH": str(REPO)}
+            core = procs.start([sys.executable, "-c", CORE, str(core_port), str(up)], env=env)
+            wait_port(core_port)
             results = [
                 measure("direct", f"http://127.0.0.1:{up}/", args, None, []),
                 measure("nginx proxy_pass", f"http://127.0.0.1:{px}/", args, None, [nginx_pid]),
+                measure(
+                    "core only (codec+pool)",
+                    f"http://127.0.0.1:{core_port}/",
+                    args,
+                    None,
+                    [core.pid],
+                ),
                 measure(
                     "sidecar (outbound)", f"http://127.0.0.1:{one_out}/", args, "app", [one_pid]
                 ),
