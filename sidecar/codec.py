@@ -95,6 +95,7 @@ class _Pending:
         "headers",
         "keep_alive",
         "method",
+        "request_id",
         "target",
         "upgrade",
         "version",
@@ -112,6 +113,7 @@ class _Pending:
         self.body: ByteStream | None = None
         self.complete = False
         self.error: ProxyError | None = None
+        self.request_id = ""
 
 
 class HttpServer:
@@ -494,13 +496,12 @@ class _ServerProtocol(asyncio.Protocol):
         connection = ""
         host = ""
         forwarded = ""
-        has_request_id = False
         upgrade = ""
         out: list[tuple[str, str]] = []
         for name, value in p.headers:
             if name not in _SPECIAL and name not in HOP_BY_HOP:
                 if name == "x-request-id":
-                    has_request_id = True
+                    p.request_id = value
                 out.append((name, value))
                 continue
             if name == "content-length":
@@ -534,8 +535,9 @@ class _ServerProtocol(asyncio.Protocol):
             if named:
                 out = [(k, v) for k, v in out if k not in named]
         self._resolve_target(p, host)
-        if not has_request_id:
-            out.append(("x-request-id", _request_uuid()))
+        if not p.request_id:
+            p.request_id = _request_uuid()
+            out.append(("x-request-id", p.request_id))
         if self._config.forwarded_for and self._peer:
             forwarded = f"{forwarded}, {self._peer}" if forwarded else self._peer
         if forwarded:
@@ -701,7 +703,7 @@ class _ServerProtocol(asyncio.Protocol):
                 body = stream
         context = RequestContext(
             direction=self._config.direction,
-            request_id=_request_id(p.headers),
+            request_id=p.request_id,
             downstream_addr=self._peer,
         )
         request = Request(
@@ -721,15 +723,32 @@ class _ServerProtocol(asyncio.Protocol):
             # Connection task boundary: one failing handler must not kill the listener.
             logger.exception("handler raised", extra={"target": p.target[:200]})
             response = error_response(ProxyError("internal proxy error"))
+        if isinstance(response.body, bytes) and response.status != 101:
+            written = self._write_head(p, response, p.error is not None)  # no await: fast path
+            return written is not None and written[0]
         return await self._write_response(p, response, force_close=p.error is not None)
 
     async def _write_response(self, p: _Pending, response: Response, *, force_close: bool) -> bool:
+        """Write `response`; True if the connection stays open for the next request."""
+        if response.status == 101 and p.upgrade:
+            return await self._write_tunnel(response)
+        written = self._write_head(p, response, force_close)
+        if written is None:
+            return False
+        keep, chunked = written
+        body = response.body
+        if isinstance(body, bytes):
+            return keep
+        return await self._stream_body(body, chunked) and keep
+
+    def _write_head(
+        self, p: _Pending, response: Response, force_close: bool
+    ) -> tuple[bool, bool] | None:
+        """Write the head (and a buffered body); (keep-alive, chunked), None if disconnected."""
         transport = self._transport
         if transport is None or transport.is_closing():
-            return False
+            return None
         status = response.status
-        if status == 101 and p.upgrade:
-            return await self._write_tunnel(response)
         keep = p.keep_alive and not force_close and not self._draining and not self._closing
         no_body = p.method == "HEAD" or status in _NO_BODY_STATUSES or status < 200
         lines = [f"HTTP/1.1 {status} {response.reason or _PHRASE_STR.get(status, 'Unknown')}\r\n"]
@@ -740,7 +759,7 @@ class _ServerProtocol(asyncio.Protocol):
         body = response.body
         chunked = False
         if no_body:
-            pass
+            body = b""
         elif isinstance(body, bytes):
             lines.append(f"content-length: {len(body)}\r\n")
         elif body.length is not None:
@@ -756,11 +775,8 @@ class _ServerProtocol(asyncio.Protocol):
             lines.append("connection: keep-alive\r\n")
         lines.append("\r\n")
         head = "".join(lines).encode("latin-1", "replace")
-        if no_body or isinstance(body, bytes):
-            transport.write(head if no_body else head + body)  # type: ignore[operator]
-            return keep
-        transport.write(head)
-        return await self._stream_body(body, chunked) and keep
+        transport.write(head + body if isinstance(body, bytes) else head)
+        return keep, chunked
 
     async def _stream_body(self, body: BodyStream, chunked: bool) -> bool:
         """Copy `body` to the downstream honouring its write buffer; False if cut short."""
@@ -829,10 +845,3 @@ def _request_uuid() -> str:
     value = (_random_bits(128) & ~(0xF000 << 64) | (0x4000 << 64)) & ~(0xC << 60) | (0x8 << 60)
     text = f"{value:032x}"
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
-
-
-def _request_id(headers: list[tuple[str, str]]) -> str:
-    for name, value in reversed(headers):
-        if name == "x-request-id":
-            return value
-    return ""
