@@ -672,7 +672,14 @@ class _ServerProtocol(asyncio.Protocol):
                     self._waiter = None
             pending = queue[0]
             self.busy = True
-            keep = await self._handle(pending)
+            try:
+                keep = await self._handle(pending)
+            except Exception:
+                # Connection task boundary: a bug while writing one response must not leave the
+                # connection hanging half-written; drop it and keep the listener serving.
+                logger.exception("response failed", extra={"target": pending.target[:200]})
+                self.abort()
+                return
             queue.popleft()
             self.busy = False
             self.last_active = self._loop.time()

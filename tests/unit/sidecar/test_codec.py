@@ -329,3 +329,20 @@ def test_server_config_rejects_bad_values() -> None:
         ServerConfig(direction="sideways")
     with pytest.raises(ValueError, match="timeouts"):
         ServerConfig(idle_timeout_s=0)
+
+
+async def test_a_body_that_fails_unexpectedly_drops_only_that_connection() -> None:
+    class Broken:
+        length = None
+
+        async def read(self) -> bytes:
+            raise RuntimeError("bug in a body wrapper")
+
+    async def respond(request: Request) -> Response:
+        return Response(200, (), Broken())
+
+    server, protocol, transport = connect(Recorder(respond))
+    protocol.data_received(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    await settle()
+    assert transport.aborted
+    assert server.connections == set()
