@@ -239,3 +239,21 @@ async def test_idle_keep_alive_connections_are_closed_after_the_idle_timeout() -
         writer.close()
     finally:
         await server.close()
+
+
+async def test_websocket_passes_through_a_client_and_server_sidecar_pair(
+    upstream: ScriptedUpstream, sidecars: Sidecars
+) -> None:
+    server = await sidecars("reviews", upstream.port)
+    assert server.addresses is not None
+    host, port = server.addresses.inbound
+    client = await sidecars(
+        "web", upstream.port, config={"upstreams": {"reviews": {"endpoints": [f"{host}:{port}"]}}}
+    )
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(
+            url(_outbound(client)) + "/ws", headers={"Host": "reviews"}
+        ) as ws:
+            for i in range(3):
+                await ws.send_str(f"m{i}")
+                assert (await asyncio.wait_for(ws.receive_str(), 5)) == f"echo:m{i}"
