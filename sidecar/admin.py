@@ -1,11 +1,11 @@
 """The sidecar's admin HTTP server (aiohttp; off the hot path): health, metrics, config, stats.
 
-    GET  /healthz   200 while the process runs
-    GET  /ready     200 once listeners are up and a config is active; 503 while draining
-    GET  /metrics   Prometheus text (Istio standard metrics + our own)
-    GET  /config    effective config and its version (JSON)
-    GET  /stats     per-upstream endpoint, breaker, budget and listener state (JSON)
-    POST /drain     start a graceful drain (202); the process exits when it finishes
+GET  /healthz   200 while the process runs
+GET  /ready     200 once listeners are up and a config is active; 503 while draining
+GET  /metrics   Prometheus text (Istio standard metrics + our own)
+GET  /config    effective config and its version (JSON)
+GET  /stats     per-upstream endpoint, breaker, budget and listener state (JSON)
+POST /drain     start a graceful drain (202); the process exits when it finishes
 """
 
 from __future__ import annotations

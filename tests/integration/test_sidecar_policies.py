@@ -21,7 +21,9 @@ Sidecars = Callable[..., Awaitable[Sidecar]]
 FAST_RETRY = {"backoff_base_ms": 1, "backoff_max_ms": 2}
 
 
-def _config(endpoints: list[str], route: dict[str, Any] | None = None, **upstream: Any) -> dict:
+def _config(
+    endpoints: list[str], route: dict[str, Any] | None = None, **upstream: Any
+) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "version": "1",
         "upstreams": {"app": {"endpoints": endpoints, "outlier": None, **upstream}},

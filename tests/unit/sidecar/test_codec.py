@@ -72,9 +72,13 @@ class Recorder:
     async def __call__(self, request: Request) -> Response:
         self.requests.append(request)
         body = request.body
-        self.bodies.append(body if isinstance(body, bytes) else await body.read_all())  # type: ignore[union-attr]
+        if isinstance(body, ByteStream):
+            body = await body.read_all()
+        assert isinstance(body, bytes)
+        self.bodies.append(body)
         if self.respond is not None:
-            return await self.respond(request)
+            response: Response = await self.respond(request)
+            return response
         return Response(200, (("x-app", "1"),), f"ok {request.target}".encode())
 
 
