@@ -169,7 +169,9 @@ async def sidecars(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Side
     """Factory for in-process sidecars: `await sidecars("svc", app_port, config={...})`."""
     started: list[Sidecar] = []
 
-    async def make(service: str, app_port: int, config: dict[str, Any] | None = None) -> Sidecar:
+    async def make(
+        service: str, app_port: int, config: dict[str, Any] | None = None, **extra: Any
+    ) -> Sidecar:
         path = None
         if config is not None:
             path = tmp_path / f"{service}-{len(started)}.json"
@@ -183,6 +185,7 @@ async def sidecars(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Side
             inbound_port=0,
             reload_interval_s=0.05,
             drain_timeout_s=5.0,
+            **extra,
         )
         sidecar = Sidecar(options)
         await sidecar.start()
