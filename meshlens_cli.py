@@ -4,34 +4,56 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 from collections.abc import Callable, Sequence
 
 __all__ = ["build_parser", "main"]
 
-# Each module has `register(subparsers)`, adding its subcommands with `set_defaults(run=fn)`
-# where fn(args) -> int is the exit code.
-_COMMAND_MODULES = ("collector.cli", "sidecar.cli", "analytics.cli", "dashboards.cli")
+# Which module registers which subcommand. Each module has `register(subparsers)`, adding its
+# subcommands with `set_defaults(run=fn)` where fn(args) -> int is the exit code. Only the module
+# of the command being run is imported: a sidecar process must not pay for analytics' imports.
+COMMANDS: dict[str, str] = {
+    "collector": "collector.cli",
+    "up": "collector.cli",
+    "sidecar": "sidecar.cli",
+    "inject": "sidecar.inject",
+    "analytics": "analytics.cli",
+    "import": "analytics.offline",
+    "analyze": "analytics.offline",
+    "demo": "demo.cli",
+    "dashboards": "dashboards.cli",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _modules_for(argv: Sequence[str]) -> list[str]:
+    """The modules to import: the chosen command's, or every one (for help and errors)."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command in COMMANDS:
+        return [COMMANDS[command]]
+    return list(dict.fromkeys(COMMANDS.values()))
+
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meshlens", description="meshlens: an observability-first service mesh"
     )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in _COMMAND_MODULES:
-        if importlib.util.find_spec(name) is None:
-            continue
-        module = importlib.import_module(name)
+    for name in _modules_for(argv):
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and name.startswith(exc.name):
+                continue  # that part of meshlens is not built yet
+            raise
         module.register(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(arguments)
+    args = parser.parse_args(arguments)
     run: Callable[[argparse.Namespace], int] | None = getattr(args, "run", None)
     if run is None:
         parser.print_help()

@@ -12,7 +12,7 @@
     ├── UpstreamConnectError    503  connect_failure       (refused, unreachable, connect timeout)
     ├── UpstreamReset           502  upstream_reset        (closed or reset mid-exchange)
     ├── UpstreamProtocolError   502  upstream_protocol_error
-    ├── Overflow                503  overflow              (breaker limits: connections/pending/requests)
+    ├── Overflow                503  overflow              (breaker: connections/pending/requests)
     ├── CircuitOpen             503  circuit_open          (endpoint ejected, no alternative)
     ├── RetryBudgetExhausted    503  retry_budget_exhausted (only raised when no response to return)
     ├── RateLimited             429  rate_limited
