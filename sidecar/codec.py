@@ -11,7 +11,7 @@ import asyncio
 import logging
 import random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -116,6 +116,10 @@ class _Pending:
         self.request_id = ""
 
 
+# (protocol factory, host, port) -> a started server with `sockets` (see HttpServer.start)
+Listen = Callable[[Callable[[], asyncio.BaseProtocol], str, int], Awaitable[Any]]
+
+
 class HttpServer:
     """A listener: accepts connections, tracks them, and drains them on shutdown."""
 
@@ -134,14 +138,25 @@ class HttpServer:
         if not self.connections:
             self._all_closed.set()
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
-        """Listen on host:port (0 picks a free port); return the bound address."""
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 0, *, listen: Listen | None = None
+    ) -> tuple[str, int]:
+        """Listen on host:port (0 picks a free port); return the bound address.
+
+        `listen` replaces the plain listener (sidecar/tls.py's mTLS listener); it calls the
+        factory per accepted connection and sets the protocol's `peer_identity` when verified.
+        """
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _ServerProtocol(self), host, port, reuse_address=True, backlog=1024
-        )
+        if listen is not None:
+            server = await listen(lambda: _ServerProtocol(self), host, port)
+            self._server = server
+        else:
+            server = await loop.create_server(
+                lambda: _ServerProtocol(self), host, port, reuse_address=True, backlog=1024
+            )
+            self._server = server
         self._sweeper = asyncio.create_task(self._sweep_idle(), name="codec-idle-sweeper")
-        sock = self._server.sockets[0].getsockname()
+        sock = server.sockets[0].getsockname()
         return str(sock[0]), int(sock[1])
 
     @property
@@ -357,6 +372,7 @@ class _ServerProtocol(asyncio.Protocol):
         self._queue_paused = False
         self._reading_paused = False
         self._peer = ""
+        self.peer_identity = ""  # verified SPIFFE id of the caller, set by the mTLS listener
         self.busy = False
         self.last_active = self._loop.time()
 
@@ -712,6 +728,7 @@ class _ServerProtocol(asyncio.Protocol):
             direction=self._config.direction,
             request_id=p.request_id,
             downstream_addr=self._peer,
+            peer_identity=self.peer_identity,
         )
         request = Request(
             method=p.method,
