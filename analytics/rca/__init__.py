@@ -1,0 +1,7 @@
+"""Root-cause ranking: which services an incident most likely started in, with the evidence."""
+
+from __future__ import annotations
+
+from analytics.rca.ranking import Candidate, SpanRow, rank_root_causes
+
+__all__ = ["Candidate", "SpanRow", "rank_root_causes"]

@@ -1,0 +1,195 @@
+"""Rank candidate root-cause services by comparing an incident window's spans to a baseline.
+
+A fixed method with no fitted parameters; every score is a robust z (median / MAD) or a rate:
+- self time: a span's duration minus the time covered by its children. A slow leaf raises
+  its own self time; its callers only inherit the time (their self time stays put).
+- edge gap: caller span minus callee span across a service boundary (network, queueing,
+  connection setup). It is charged to both endpoints: a delayed pod slows every edge it is on.
+- error origin: a failing span none of whose children failed is where an error started;
+  callers that only pass it on are not origins.
+score = max(self z, 0) + sum of positive edge-gap z + max(error-origin z, 0).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = ["Candidate", "SpanRow", "rank_root_causes"]
+
+_MAD_SCALE = 1.4826
+_FLOOR_NS = 1_000_000  # 1 ms: shifts below timer noise never dominate
+
+
+@dataclass(frozen=True, slots=True)
+class SpanRow:
+    """The span fields root-cause ranking needs."""
+
+    trace_id: str
+    span_id: str
+    parent_span_id: str
+    service: str
+    name: str
+    start_ns: int
+    duration_ns: int
+    error: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One ranked service and the numbers that put it there."""
+
+    service: str
+    score: float
+    self_time_z: float
+    self_time_change_ms: float
+    inherited_change_ms: float
+    edge_gap_z: float
+    error_origin_z: float
+    error_origins: int
+    spans: int
+    evidence: tuple[str, ...]
+
+
+def _self_times(spans: Sequence[SpanRow]) -> tuple[list[int], dict[tuple[str, str], int]]:
+    """Self time per span (same order) and the index of each span by (trace, span id)."""
+    index = {(s.trace_id, s.span_id): i for i, s in enumerate(spans)}
+    children: dict[int, list[int]] = defaultdict(list)
+    for i, s in enumerate(spans):
+        parent = index.get((s.trace_id, s.parent_span_id)) if s.parent_span_id else None
+        if parent is not None:
+            children[parent].append(i)
+    out: list[int] = []
+    for i, s in enumerate(spans):
+        end = s.start_ns + s.duration_ns
+        intervals = sorted(
+            (max(spans[k].start_ns, s.start_ns), min(spans[k].start_ns + spans[k].duration_ns, end))
+            for k in children.get(i, ())
+        )
+        covered, cur_a, cur_b = 0, 0, -1
+        for a, b in intervals:
+            if b <= a:
+                continue
+            if a > cur_b:
+                covered += max(cur_b - cur_a, 0)
+                cur_a, cur_b = a, b
+            else:
+                cur_b = max(cur_b, b)
+        covered += max(cur_b - cur_a, 0)
+        out.append(max(s.duration_ns - covered, 0))
+    return out, index
+
+
+def _robust_z(baseline: Sequence[float], window: Sequence[float]) -> float:
+    median = statistics.median(baseline)
+    mad = statistics.median([abs(x - median) for x in baseline])
+    return (statistics.median(window) - median) / (_MAD_SCALE * mad + _FLOOR_NS)
+
+
+@dataclass(slots=True)
+class _Side:
+    self_by_op: dict[tuple[str, str], list[int]]
+    total_by_op: dict[tuple[str, str], list[int]]
+    gaps: dict[tuple[str, str], list[int]]
+    origins: dict[str, int]
+    spans: dict[str, int]
+
+
+def _summarise(spans: Sequence[SpanRow]) -> _Side:
+    selfs, index = _self_times(spans)
+    side = _Side(defaultdict(list), defaultdict(list), defaultdict(list), defaultdict(int),
+                 defaultdict(int))  # fmt: skip
+    failing_children: set[int] = set()
+    for s in spans:
+        if s.error and s.parent_span_id:
+            parent = index.get((s.trace_id, s.parent_span_id))
+            if parent is not None:
+                failing_children.add(parent)
+    for i, s in enumerate(spans):
+        key = (s.service, s.name)
+        side.self_by_op[key].append(selfs[i])
+        side.total_by_op[key].append(s.duration_ns)
+        side.spans[s.service] += 1
+        if s.error and i not in failing_children:
+            side.origins[s.service] += 1
+        parent = index.get((s.trace_id, s.parent_span_id)) if s.parent_span_id else None
+        if parent is not None and spans[parent].service != s.service:
+            side.gaps[(spans[parent].service, s.service)].append(
+                spans[parent].duration_ns - s.duration_ns
+            )
+    return side
+
+
+def _origin_z(base: _Side, window: _Side, service: str) -> float:
+    n_w = window.spans.get(service, 0)
+    if n_w == 0:
+        return 0.0
+    p_b = base.origins.get(service, 0) / max(base.spans.get(service, 0), 1)
+    p_w = window.origins.get(service, 0) / n_w
+    return (p_w - p_b) / math.sqrt((p_b * (1 - p_b) + 1 / n_w) / n_w)
+
+
+def rank_root_causes(
+    baseline: Sequence[SpanRow], window: Sequence[SpanRow], *, min_samples: int = 5
+) -> list[Candidate]:
+    """Services of `window` ranked most-likely-first. CPU-bound: call it off the event loop."""
+    if min_samples < 1:
+        raise ValueError(f"min_samples must be >= 1, got {min_samples}")
+    base, win = _summarise(baseline), _summarise(window)
+    self_z: dict[str, float] = defaultdict(float)
+    self_ms: dict[str, float] = defaultdict(float)
+    inherited_ms: dict[str, float] = defaultdict(float)
+    notes: dict[str, list[str]] = defaultdict(list)
+    for key, values in win.self_by_op.items():
+        before = base.self_by_op.get(key, [])
+        if len(before) < min_samples or len(values) < min_samples:
+            continue
+        z = _robust_z(before, values)
+        if z > self_z[key[0]]:
+            self_z[key[0]] = z
+            self_ms[key[0]] = (statistics.median(values) - statistics.median(before)) / 1e6
+            total = statistics.median(win.total_by_op[key]) - statistics.median(
+                base.total_by_op[key]
+            )
+            inherited_ms[key[0]] = total / 1e6 - self_ms[key[0]]
+            notes[key[0]].append(f"self time of {key[1]!r} +{self_ms[key[0]]:.1f} ms (z={z:.1f})")
+    gap_z: dict[str, float] = defaultdict(float)
+    for edge, values in win.gaps.items():
+        before = base.gaps.get(edge, [])
+        if len(before) < min_samples or len(values) < min_samples:
+            continue
+        z = _robust_z(before, values)
+        if z > 0:
+            for service in edge:
+                gap_z[service] += z
+            if z >= 3:
+                notes[edge[0]].append(f"call gap {edge[0]}->{edge[1]} z={z:.1f}")
+                notes[edge[1]].append(f"call gap {edge[0]}->{edge[1]} z={z:.1f}")
+    candidates = []
+    for service in sorted(win.spans):
+        origin = _origin_z(base, win, service)
+        if win.origins.get(service, 0):
+            notes[service].append(
+                f"{win.origins[service]} error(s) originate here (z={origin:.1f})"
+            )
+        score = max(self_z[service], 0.0) + gap_z[service] + max(origin, 0.0)
+        candidates.append(
+            Candidate(
+                service=service,
+                score=round(score, 3),
+                self_time_z=round(self_z[service], 3),
+                self_time_change_ms=round(self_ms[service], 3),
+                inherited_change_ms=round(inherited_ms[service], 3),
+                edge_gap_z=round(gap_z[service], 3),
+                error_origin_z=round(origin, 3),
+                error_origins=win.origins.get(service, 0),
+                spans=win.spans[service],
+                evidence=tuple(notes[service][-4:]),
+            )
+        )
+    candidates.sort(key=lambda c: (-c.score, c.service))
+    return candidates
+

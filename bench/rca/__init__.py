@@ -1,0 +1,1 @@
+"""Root-cause ranking evaluation harness (Train-Ticket fault cases; demo fault corpus hook)."""
