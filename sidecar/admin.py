@@ -1,4 +1,4 @@
-"""The sidecar's admin HTTP server (aiohttp; off the hot path): health, metrics, config, stats.
+"""The sidecar's admin HTTP server (off the hot path): health, metrics, config, stats, drain.
 
 GET  /healthz   200 while the process runs
 GET  /ready     200 once listeners are up and a config is active; 503 while draining
@@ -6,18 +6,28 @@ GET  /metrics   Prometheus text (Istio standard metrics + our own)
 GET  /config    effective config and its version (JSON)
 GET  /stats     per-upstream endpoint, breaker, budget and listener state (JSON)
 POST /drain     start a graceful drain (202); the process exits when it finishes
+
+It runs on the sidecar's own HTTP/1.1 codec (sidecar/codec.py) with one small handler, so the
+sidecar process does not load a web framework (aiohttp alone is ~15 MB of RSS).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Protocol
 
-from aiohttp import web
+from sidecar.codec import HttpServer, ServerConfig
+from sidecar.http import Request, Response
+from sidecar.stack import Handler
 
-__all__ = ["AdminServer", "AdminSource", "create_admin_app"]
+__all__ = ["PROMETHEUS_CONTENT_TYPE", "AdminServer", "AdminSource", "admin_handler"]
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_TEXT = "text/plain; charset=utf-8"
+_JSON = "application/json; charset=utf-8"
+_MAX_BODY_BYTES = 64 * 1024  # admin requests carry no body; a larger one is refused
+_DRAIN_TIMEOUT_S = 1.0  # let the last admin responses flush when the sidecar stops
 
 
 class AdminSource(Protocol):
@@ -36,67 +46,88 @@ class AdminSource(Protocol):
         ...
 
 
-def _json(doc: dict[str, object], status: int = 200) -> web.Response:
-    return web.Response(
-        status=status,
-        text=json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n",
-        content_type="application/json",
-    )
+def _text(text: str, status: int = 200, content_type: str = _TEXT) -> Response:
+    return Response(status, (("content-type", content_type),), text.encode())
 
 
-def create_admin_app(source: AdminSource) -> web.Application:
-    """The admin aiohttp application over `source`."""
+def _json(doc: dict[str, object], status: int = 200) -> Response:
+    text = json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n"
+    return _text(text, status, _JSON)
 
-    async def healthz(_: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
 
-    async def ready(_: web.Request) -> web.Response:
+def admin_handler(source: AdminSource) -> Handler:
+    """The admin endpoints over `source`, as a sidecar handler (Request -> Response)."""
+
+    def healthz() -> Response:
+        return _text("ok\n")
+
+    def ready() -> Response:
         if source.is_ready():
-            return web.Response(text="ready\n")
-        return web.Response(status=503, text="not ready\n")
+            return _text("ready\n")
+        return _text("not ready\n", 503)
 
-    async def metrics(_: web.Request) -> web.Response:
-        response = web.Response(text=source.metrics_text())
-        response.headers["Content-Type"] = PROMETHEUS_CONTENT_TYPE
-        return response
+    def metrics() -> Response:
+        return _text(source.metrics_text(), content_type=PROMETHEUS_CONTENT_TYPE)
 
-    async def config(_: web.Request) -> web.Response:
+    def config() -> Response:
         return _json(source.config_doc())
 
-    async def stats(_: web.Request) -> web.Response:
+    def stats() -> Response:
         return _json(source.stats_doc())
 
-    async def drain(_: web.Request) -> web.Response:
+    def drain() -> Response:
         started = source.request_drain()
         return _json({"draining": True, "started": started}, status=202)
 
-    app = web.Application()
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/ready", ready)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/config", config)
-    app.router.add_get("/stats", stats)
-    app.router.add_post("/drain", drain)
-    return app
+    routes: dict[str, tuple[str, Callable[[], Response]]] = {
+        "/healthz": ("GET", healthz),
+        "/ready": ("GET", ready),
+        "/metrics": ("GET", metrics),
+        "/config": ("GET", config),
+        "/stats": ("GET", stats),
+        "/drain": ("POST", drain),
+    }
+
+    async def handle(request: Request) -> Response:
+        body = request.body
+        if not isinstance(body, bytes):  # read it so the connection can carry the next request
+            received = 0
+            while chunk := await body.read():
+                received += len(chunk)
+                if received > _MAX_BODY_BYTES:
+                    return _text("request body too large\n", 413)
+        route = routes.get(request.path)
+        if route is None:
+            return _text("not found\n", 404)
+        method, endpoint = route
+        if request.method != method and not (method == "GET" and request.method == "HEAD"):
+            allow = "GET, HEAD" if method == "GET" else method
+            return Response(405, (("allow", allow), ("content-type", _TEXT)), b"not allowed\n")
+        return endpoint()
+
+    return handle
 
 
 class AdminServer:
-    """Runs the admin app on host:port (0 picks a free port)."""
+    """Runs the admin endpoints on host:port (0 picks a free port)."""
 
     def __init__(self, source: AdminSource) -> None:
-        self._app = create_admin_app(source)
-        self._runner: web.AppRunner | None = None
+        handler = admin_handler(source)
+        self._server = HttpServer(
+            ServerConfig(direction="inbound", forwarded_for=False, idle_timeout_s=30.0),
+            lambda: handler,
+        )
+        self._started = False
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
-        self._runner = web.AppRunner(self._app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, shutdown_timeout=1.0, reuse_address=True)
-        await site.start()
-        addresses = self._runner.addresses
-        bound = next(a for a in addresses if isinstance(a, tuple))
-        return str(bound[0]), int(bound[1])
+        address = await self._server.start(host, port)
+        self._started = True
+        return address
 
     async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        """Let in-flight admin responses (e.g. to POST /drain) flush, then close. Idempotent."""
+        if not self._started:
+            return
+        self._started = False
+        await self._server.drain(_DRAIN_TIMEOUT_S)
+        await self._server.close()

@@ -13,11 +13,13 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 
-import aiohttp
-
+from sidecar.errors import ProxyError
+from sidecar.http import Body, Endpoint, Request, RequestContext, header_value
 from sidecar.stack import Clock, Sleep, monotonic
+from sidecar.upstream import UpstreamConfig, UpstreamPool
 
 __all__ = [
     "RETRYABLE_STATUSES",
@@ -79,23 +81,72 @@ class ExportOutcome:
 
 
 class HttpTransport:
-    """aiohttp client for one collector base URL (e.g. http://127.0.0.1:4318)."""
+    """OTLP/HTTP client for one collector base URL (e.g. http://127.0.0.1:4318).
+
+    Plain http:// goes through the sidecar's own pooled HTTP/1.1 client (sidecar/upstream.py), so
+    the sidecar process loads no HTTP client library; https:// uses aiohttp (imported only then).
+    """
 
     def __init__(self, base_url: str, *, timeout_s: float = 10.0, compress: bool = True) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"collector URL must be http(s)://host:port, got {base_url!r}")
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         self._base = base_url.rstrip("/")
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._timeout_s = timeout_s
         self._compress = compress
-        self._session: aiohttp.ClientSession | None = None
+        self._tls = base_url.startswith("https://")
+        self._session: Any = None  # aiohttp.ClientSession, https only
+        self._pool: UpstreamPool | None = None
+        parts = urlsplit(self._base)
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise ValueError(f"collector URL has an invalid port: {base_url!r}") from exc
+        if not parts.hostname:
+            raise ValueError(f"collector URL has no host: {base_url!r}")
+        self._endpoint = Endpoint(parts.hostname, port or (443 if self._tls else 80))
+        self._authority = parts.netloc.rpartition("@")[2]
+        self._prefix = parts.path
 
     async def post(self, path: str, body: bytes) -> TransportResult:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
-        headers = {"Content-Type": "application/x-protobuf"}
+        headers: list[tuple[str, str]] = [("content-type", "application/x-protobuf")]
         if self._compress:
             body = gzip.compress(body, compresslevel=1)
-            headers["Content-Encoding"] = "gzip"
+            headers.append(("content-encoding", "gzip"))
+        if self._tls:
+            return await self._post_aiohttp(path, body, dict(headers))
+        if self._pool is None:
+            self._pool = UpstreamPool(
+                UpstreamConfig(max_idle_per_endpoint=4, response_timeout_s=self._timeout_s)
+            )
+        context = RequestContext(
+            upstream="collector",
+            endpoint=self._endpoint,
+            connect_timeout_s=self._timeout_s,
+            idle_timeout_s=self._timeout_s,
+        )
+        request = Request(
+            "POST", self._prefix + path, tuple(headers), body, self._authority, context=context
+        )
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                response = await self._pool(request)
+                answer = await _read_capped(response.body)
+        except (ProxyError, TimeoutError, OSError) as exc:
+            raise TransportError(f"{type(exc).__name__}: {exc}") from exc
+        return TransportResult(
+            response.status, header_value(response.headers, "retry-after"), answer
+        )
+
+    async def _post_aiohttp(
+        self, path: str, body: bytes, headers: dict[str, str]
+    ) -> TransportResult:
+        import aiohttp  # only for https collectors: ~15 MB the plain-http sidecar never loads
+
+        if self._session is None:
+            timeout = aiohttp.ClientTimeout(total=self._timeout_s)
+            self._session = aiohttp.ClientSession(timeout=timeout)
         try:
             async with self._session.post(self._base + path, data=body, headers=headers) as resp:
                 answer = bytearray()
@@ -111,6 +162,21 @@ class HttpTransport:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+
+async def _read_capped(body: Body) -> bytes:
+    """The response body, cut at the OTLP cap (a dropped stream closes its connection)."""
+    if isinstance(body, bytes):
+        return body[:_MAX_RESPONSE_BYTES]
+    answer = bytearray()
+    while chunk := await body.read():
+        answer += chunk
+        if len(answer) > _MAX_RESPONSE_BYTES:
+            break  # only partial_success is read from it; never hold more
+    return bytes(answer)
 
 
 def parse_retry_after(value: str | None, *, now_s: float | None = None) -> float | None:
