@@ -1,0 +1,282 @@
+"""Every dashboard query, macros expanded, runs on the real schema and returns what its panel needs.
+
+The embedded store is filled with a shop like the demo's (frontend -> catalog, cart, checkout ->
+payment, shipping; inventory shared by catalog and checkout; payment calls an external fraud API
+that sends no spans): for each call a CLIENT span from the caller's sidecar with meshlens.upstream /
+meshlens.route and a SERVER span on the callee, payment failing every 7th journey. Spans are
+inserted with store.insert, so the exporter tables' views fill the per-minute aggregates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from collector.store import Rows, Store, open_store
+from dashboards.catalog import Query, load_dashboards, queries
+from dashboards.macros import TimeRange, expand
+from tests.conftest import Event, Span, trace_columns
+
+T0_S = 29_916_667 * 60  # 2026-11-18 11:07 UTC, a whole minute
+JOURNEYS = 42
+CALLS = {
+    "frontend": [("catalog", "list"), ("cart", "get"), ("checkout", "buy")],
+    "catalog": [("inventory", "stock")],
+    "checkout": [("payment", "charge"), ("shipping", "quote"), ("inventory", "reserve")],
+    "payment": [("fraud-api", "score")],
+}
+SERVICES = {"frontend", "catalog", "cart", "checkout", "payment", "shipping", "inventory"}
+EDGES = {(caller, callee) for caller, calls in CALLS.items() for callee, _ in calls}
+RANGE = TimeRange(from_s=T0_S - 60, to_s=T0_S + JOURNEYS * 5 + 120, interval_s=60)
+NUMBER = (int, float)
+
+
+class _Trace:
+    def __init__(self, journey: int) -> None:
+        self.trace_id = f"{journey + 1:032x}"
+        self.journey = journey
+        self.spans: list[Span] = []
+        self._next = 0
+
+    def span_id(self) -> str:
+        self._next += 1
+        return f"{self.journey:08x}{self._next:08x}"
+
+
+def _fails(journey: int, callee: str) -> bool:
+    return callee == "payment" and journey % 7 == 3
+
+
+def _serve(trace: _Trace, service: str, route: str, parent: str, start_ns: int) -> int:
+    """A SERVER span on `service` and, below it, the calls it makes; returns its duration."""
+    span_id = trace.span_id()
+    clock = start_ns + 200_000
+    for callee, callee_route in CALLS.get(service, []):
+        clock += _call(trace, service, callee, callee_route, span_id, clock) + 100_000
+    duration = clock - start_ns + 300_000
+    failed = _fails(trace.journey, service)
+    trace.spans.append(
+        Span(
+            service=service,
+            name=f"GET /{route}",
+            kind="Server",
+            trace_id=trace.trace_id,
+            span_id=span_id,
+            parent_span_id=parent,
+            start_ns=start_ns,
+            duration_ns=duration,
+            status="Error" if failed else "Unset",
+            attributes={
+                "http.request.method": "GET",
+                "http.route": f"/{route}",
+                "http.response.status_code": "500" if failed else "200",
+                "meshlens.route": route,
+            },
+            resource={"service.name": service, "service.instance.id": f"{service}-0"},
+            events=(Event(start_ns + 1000, "exception", {"exception.type": "Boom"}),)
+            if failed
+            else (),
+        )
+    )
+    return duration
+
+
+def _call(trace: _Trace, caller: str, callee: str, route: str, parent: str, start_ns: int) -> int:
+    """The caller sidecar's CLIENT span and the callee's server side; returns its duration."""
+    span_id = trace.span_id()
+    if callee == "fraud-api":
+        inner = 4_000_000  # an external host: no sidecar, no server span
+    else:
+        inner = _serve(trace, callee, route, span_id, start_ns + 50_000)
+    failed = _fails(trace.journey, callee)
+    duration = inner + 100_000
+    trace.spans.append(
+        Span(
+            service=caller,
+            name="GET",
+            kind="Client",
+            trace_id=trace.trace_id,
+            span_id=span_id,
+            parent_span_id=parent,
+            start_ns=start_ns,
+            duration_ns=duration,
+            status="Error" if failed else "Unset",
+            attributes={
+                "http.request.method": "GET",
+                "http.response.status_code": "500" if failed else "200",
+                "server.address": callee,
+                "meshlens.upstream": callee,
+                "meshlens.route": route,
+            },
+            scope_name="meshlens-sidecar",
+        )
+    )
+    return duration
+
+
+def _shop_traces() -> list[_Trace]:
+    traces = []
+    for journey in range(JOURNEYS):
+        trace = _Trace(journey)
+        _serve(trace, "frontend", "home", "", (T0_S + journey * 5) * 1_000_000_000)
+        traces.append(trace)
+    return traces
+
+
+def _variables(trace_id: str) -> dict[str, Any]:
+    return {"service": sorted(SERVICES), "min_duration_ms": "0", "trace_id": trace_id}
+
+
+Results = dict[str, tuple[Query, Rows, dict[str, str]]]
+
+
+async def _run_all(data: Path) -> Results:
+    traces = _shop_traces()
+    store: Store = open_store(f"chdb://{data}")
+    try:
+        await store.migrate()
+        for trace in traces:  # one block per trace, as the collector's batches would be
+            await store.insert("otel_traces", trace_columns(trace.spans))
+        variables = _variables(traces[3].trace_id)
+        results = {}
+        for dashboard in load_dashboards():
+            for query in queries(dashboard):
+                sql = expand(query.sql, RANGE, variables)
+                described = await store.query(f"DESCRIBE TABLE ({sql})")
+                types = {row["name"]: row["type"] for row in described}
+                results[query.key] = (query, await store.query(sql), types)
+        return results
+    finally:
+        await store.close()
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> Results:
+    """Every dashboard query's rows and column types, from one store filled once."""
+    return asyncio.run(_run_all(tmp_path_factory.mktemp("dashboards") / "ch"))
+
+
+def _all_queries() -> Iterator[Query]:
+    for dashboard in load_dashboards():
+        yield from queries(dashboard)
+
+
+ALL = list(_all_queries())
+
+
+def test_every_dashboard_has_queries_of_each_kind() -> None:
+    kinds = {(q.panel_type, q.format) for q in ALL}
+    expected = {("nodeGraph", 1), ("timeseries", 0), ("table", 1), ("traces", 3), ("variable", 1)}
+    assert expected <= kinds
+
+
+@pytest.mark.parametrize("key", [q.key for q in ALL])
+def test_query_runs_and_returns_rows(results: dict[str, Any], key: str) -> None:
+    query, rows, types = results[key]
+    assert rows, f"{key} returned no rows on the demo data:\n{query.sql}"
+    assert types, key
+
+
+def _by_ref(results: Results, panel_type: str, ref: str) -> list[tuple[Rows, dict[str, str]]]:
+    return [
+        (rows, types)
+        for query, rows, types in results.values()
+        if query.panel_type == panel_type and query.ref_id == ref
+    ]
+
+
+def test_node_graph_nodes_have_the_fields_the_panel_reads(results: dict[str, Any]) -> None:
+    [(rows, types)] = _by_ref(results, "nodeGraph", "nodes")
+    assert {"id", "title", "subtitle", "mainstat", "secondarystat"} <= set(types)
+    assert any(name.startswith("arc__") for name in types)
+    assert any(name.startswith("detail__") for name in types)
+    by_id = {row["id"]: row for row in rows}
+    assert len(by_id) == len(rows)
+    assert set(by_id) == SERVICES | {"fraud-api"}
+    assert by_id["fraud-api"]["subtitle"] == "no server spans"
+    assert by_id["payment"]["subtitle"] == "service"
+    for row in rows:
+        arcs = sum(value for name, value in row.items() if name.startswith("arc__"))
+        assert arcs == pytest.approx(1.0), row
+        assert isinstance(row["mainstat"], NUMBER) and row["mainstat"] > 0
+    # payment fails on journeys 3, 10, 17, ... of 42: 6 errors
+    assert by_id["payment"]["detail__errors"] == 6
+    assert by_id["payment"]["arc__errors"] == pytest.approx(6 / JOURNEYS)
+
+
+def test_node_graph_edges_connect_known_nodes(results: dict[str, Any]) -> None:
+    [(nodes, _)] = _by_ref(results, "nodeGraph", "nodes")
+    [(rows, types)] = _by_ref(results, "nodeGraph", "edges")
+    assert {"id", "source", "target", "mainstat", "secondarystat", "color"} <= set(types)
+    assert len({row["id"] for row in rows}) == len(rows)
+    assert {(row["source"], row["target"]) for row in rows} == EDGES
+    ids = {node["id"] for node in nodes}
+    assert all(row["source"] in ids and row["target"] in ids for row in rows)
+    inventory = [row for row in rows if row["target"] == "inventory"]
+    assert {row["detail__requests"] for row in inventory} == {JOURNEYS}
+
+
+def test_time_series_queries_return_time_and_numbers(results: dict[str, Any]) -> None:
+    series = [(q, rows, types) for q, rows, types in results.values() if q.format == 0]
+    assert len(series) >= 6
+    for query, rows, types in series:
+        assert types.get("time", "").startswith("DateTime"), query.key
+        numeric = [n for n, t in types.items() if "Int" in t or "Float" in t]
+        assert numeric, query.key
+        times = [row["time"] for row in rows]
+        assert times == sorted(times), query.key
+        assert all(isinstance(row[numeric[0]], NUMBER) for row in rows), query.key
+
+
+def test_trace_search_returns_root_spans_in_otel_mode_columns(results: dict[str, Any]) -> None:
+    [(rows, types)] = [
+        (rows, types)
+        for query, rows, types in results.values()
+        if query.panel_title == "Trace search"
+    ]
+    assert {"traceID", "serviceName", "operationName", "startTime", "duration"} <= set(types)
+    assert len(rows) == JOURNEYS
+    assert {row["serviceName"] for row in rows} == {"frontend"}
+    assert all(row["duration"] > 0 for row in rows)  # ms
+
+
+def test_trace_view_returns_one_whole_trace_with_trace_frame_fields(
+    results: dict[str, Any],
+) -> None:
+    [(rows, types)] = [
+        (rows, types) for query, rows, types in results.values() if query.panel_type == "traces"
+    ]
+    trace_fields = {
+        "traceID",
+        "spanID",
+        "parentSpanID",
+        "serviceName",
+        "operationName",
+        "startTime",
+        "duration",
+        "tags",
+        "serviceTags",
+        "statusCode",
+        "logs",
+        "references",
+        "kind",
+    }
+    assert trace_fields <= set(types)
+    assert {row["traceID"] for row in rows} == {f"{4:032x}"}
+    assert [row["parentSpanID"] for row in rows].count("") == 1
+    assert len(rows) == len(_shop_traces()[3].spans)
+    failing = [row for row in rows if row["statusCode"] == 2]
+    assert failing and all(row["serviceName"] in {"payment", "checkout"} for row in failing)
+    assert any(row["logs"] for row in failing)  # the exception event
+
+
+def test_variables_list_the_services(results: dict[str, Any]) -> None:
+    variables = [(q, rows) for q, rows, _ in results.values() if q.panel_type == "variable"]
+    assert variables
+    for query, rows in variables:
+        values = {next(iter(row.values())) for row in rows}
+        assert SERVICES <= values, query.key
