@@ -14,6 +14,7 @@ from analytics.controlplane.router import error_response
 from analytics.controlplane.router import router as controlplane_router
 from analytics.controlplane.service import ControlPlane
 from analytics.settings import Settings
+from analytics.traces.router import router as traces_router
 from collector.store import Store, open_store
 
 __all__ = ["create_app"]
@@ -39,6 +40,7 @@ def create_app(
             )
             plane.start()
             app.state.control_plane = plane
+            app.state.store = opened
             try:
                 yield
             finally:
@@ -49,6 +51,8 @@ def create_app(
 
     app = FastAPI(title="meshlens analytics", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
+    app.state.wall_clock = wall_clock
     app.add_exception_handler(ControlPlaneError, error_response)
     app.include_router(controlplane_router)
+    app.include_router(traces_router)
     return app

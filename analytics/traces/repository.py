@@ -1,0 +1,263 @@
+"""ClickHouse queries over otel_traces for the trace APIs; every value is a `{name:Type}` parameter.
+
+Searches bound `Timestamp` (partition pruning, the primary key) and put the service/operation
+first so (ServiceName, SpanName, toDateTime(Timestamp)) narrows the scan; trace by id reads the
+`otel_traces_trace_id_ts` lookup first so the main table is read only in the trace's window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from analytics.traces.query import (
+    AttributeFilter,
+    Cursor,
+    EventRecord,
+    LinkRecord,
+    SpanRecord,
+    TraceQuery,
+    TraceSummary,
+)
+from collector.store import Store
+
+__all__ = ["TraceRepository"]
+
+# Spans of a hit trace that start this long before/after the searched window still count for its
+# extent; wider costs more rows read for every hit.
+TRACE_SLACK_NS = 300 * 1_000_000_000
+
+_SPAN_COLUMNS = """
+    TraceId AS trace_id, SpanId AS span_id, ParentSpanId AS parent_span_id,
+    TraceState AS trace_state, SpanName AS name, SpanKind AS kind, ServiceName AS service,
+    ResourceAttributes AS resource, ScopeName AS scope_name, ScopeVersion AS scope_version,
+    SpanAttributes AS attributes, toUnixTimestamp64Nano(Timestamp) AS start_ns,
+    toInt64(Duration) AS duration_ns, StatusCode AS status_code, StatusMessage AS status_message,
+    arrayMap(t -> toUnixTimestamp64Nano(t), Events.Timestamp) AS event_ns,
+    Events.Name AS event_names, Events.Attributes AS event_attributes,
+    Links.TraceId AS link_trace_ids, Links.SpanId AS link_span_ids,
+    Links.TraceState AS link_states, Links.Attributes AS link_attributes"""
+
+_BY_IDS = f"""
+SELECT {_SPAN_COLUMNS}
+FROM otel_traces
+WHERE TraceId IN {{ids:Array(String)}}
+  AND Timestamp >= greatest(
+        (SELECT min(Start) FROM otel_traces_trace_id_ts WHERE TraceId IN {{ids:Array(String)}}),
+        fromUnixTimestamp64Nano({{lo_ns:Int64}}))
+  AND Timestamp < least(
+        (SELECT max(End) + 1 FROM otel_traces_trace_id_ts WHERE TraceId IN {{ids:Array(String)}}),
+        fromUnixTimestamp64Nano({{hi_ns:Int64}}))
+ORDER BY TraceId, Timestamp, SpanId
+"""
+
+_SERVICES = """
+SELECT DISTINCT ServiceName AS service
+FROM otel_traces
+WHERE Timestamp >= fromUnixTimestamp64Nano({lo_ns:Int64})
+  AND Timestamp < fromUnixTimestamp64Nano({hi_ns:Int64})
+ORDER BY service
+"""
+
+_OPERATIONS = """
+SELECT SpanName AS name, SpanKind AS kind
+FROM otel_traces
+WHERE ServiceName = {service:String}
+  AND Timestamp >= fromUnixTimestamp64Nano({lo_ns:Int64})
+  AND Timestamp < fromUnixTimestamp64Nano({hi_ns:Int64})
+GROUP BY name, kind
+ORDER BY name, kind
+"""
+
+# Sidecar CLIENT spans aggregated per minute (meshlens_edges_1m) are the call graph.
+_DEPENDENCIES = """
+SELECT caller AS parent, callee AS child, toInt64(sum(count)) AS calls
+FROM meshlens_edges_1m
+WHERE minute >= toStartOfMinute(fromUnixTimestamp64Milli({lo_ms:Int64}))
+  AND minute < fromUnixTimestamp64Milli({hi_ms:Int64})
+GROUP BY parent, child
+ORDER BY parent, child
+"""
+
+
+class _Params:
+    """Collects parameters under generated names so filter text never holds a value."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+
+    def add(self, value: Any, ch_type: str) -> str:
+        name = f"p{len(self.values)}"
+        self.values[name] = value
+        return f"{{{name}:{ch_type}}}"
+
+
+def _attribute_condition(flt: AttributeFilter, params: _Params) -> str:
+    key = params.add(flt.key, "String")
+    value = params.add(flt.value, "String")
+    maps = ["SpanAttributes"] + (["ResourceAttributes"] if flt.resource else [])
+    if flt.op in ("=", "!="):
+        # A missing key reads as '' in a Map, so `!=` also matches spans without the key.
+        parts = [f"{m}[{key}] = {value}" for m in maps]
+    else:
+        parts = [f"match({m}[{key}], {value})" for m in maps]
+    joined = " OR ".join(parts)
+    return f"NOT ({joined})" if flt.op in ("!=", "!~") else f"({joined})"
+
+
+def _span_conditions(query: TraceQuery, params: _Params) -> list[str]:
+    conds = [
+        f"Timestamp >= fromUnixTimestamp64Nano({params.add(query.start_ns, 'Int64')})",
+        f"Timestamp < fromUnixTimestamp64Nano({params.add(query.end_ns, 'Int64')})",
+    ]
+    if query.service is not None:
+        conds.insert(0, f"ServiceName = {params.add(query.service, 'String')}")
+    if query.operation is not None:
+        conds.insert(1, f"SpanName = {params.add(query.operation, 'String')}")
+    if query.span_kind is not None:
+        conds.append(f"SpanKind = {params.add(query.span_kind, 'String')}")
+    if query.status is not None:
+        conds.append(f"StatusCode = {params.add(query.status, 'String')}")
+    if query.min_span_duration_ns is not None:
+        conds.append(f"Duration >= {params.add(query.min_span_duration_ns, 'UInt64')}")
+    if query.max_span_duration_ns is not None:
+        conds.append(f"Duration <= {params.add(query.max_span_duration_ns, 'UInt64')}")
+    conds.extend(_attribute_condition(flt, params) for flt in query.attributes)
+    return conds
+
+
+def search_sql(query: TraceQuery) -> tuple[str, dict[str, Any]]:
+    """The search statement: newest matching traces first, `limit + 1` rows (one tells "more")."""
+    params = _Params()
+    match = " AND ".join(_span_conditions(query, params))
+    having: list[str] = []
+    inner_having = ""
+    if query.cursor is not None:
+        stamp = params.add(query.cursor.match_ns, "Int64")
+        trace = params.add(query.cursor.trace_id, "String")
+        having.append(f"(match_ns, trace_id) < ({stamp}, {trace})")
+        inner_having = f"(toUnixTimestamp64Nano(max(Timestamp)), TraceId) < ({stamp}, {trace})"
+    # Without trace-level filters the page is decided by matching spans alone: cut it early.
+    inner_limit = "" if query.has_trace_filter else f"LIMIT {query.limit + 1}"
+    inner = (
+        f"SELECT TraceId FROM otel_traces WHERE {match} GROUP BY TraceId"
+        + (f" HAVING {inner_having}" if inner_having else "")
+        + (f" ORDER BY max(Timestamp) DESC, TraceId DESC {inner_limit}" if inner_limit else "")
+    )
+    if query.min_trace_duration_ns is not None:
+        having.append(f"end_ns - start_ns >= {params.add(query.min_trace_duration_ns, 'Int64')}")
+    if query.max_trace_duration_ns is not None:
+        having.append(f"end_ns - start_ns <= {params.add(query.max_trace_duration_ns, 'Int64')}")
+    lo = params.add(query.start_ns - TRACE_SLACK_NS, "Int64")
+    hi = params.add(query.end_ns + TRACE_SLACK_NS, "Int64")
+    sql = f"""
+SELECT TraceId AS trace_id,
+    toUnixTimestamp64Nano(maxIf(Timestamp, {match})) AS match_ns,
+    toUnixTimestamp64Nano(min(Timestamp)) AS start_ns,
+    max(toUnixTimestamp64Nano(Timestamp) + toInt64(Duration)) AS end_ns,
+    toInt64(count()) AS span_count,
+    toInt64(countIf(StatusCode IN ('Error', 'STATUS_CODE_ERROR'))) AS error_count,
+    argMin(ServiceName, (ParentSpanId != '', Timestamp)) AS root_service,
+    argMin(SpanName, (ParentSpanId != '', Timestamp)) AS root_name,
+    arraySort(groupUniqArray(ServiceName)) AS services
+FROM otel_traces
+WHERE Timestamp >= fromUnixTimestamp64Nano({lo}) AND Timestamp < fromUnixTimestamp64Nano({hi})
+  AND TraceId IN ({inner})
+GROUP BY TraceId
+{"HAVING " + " AND ".join(having) if having else ""}
+ORDER BY match_ns DESC, trace_id DESC
+LIMIT {query.limit + 1}
+"""
+    return sql, params.values
+
+
+def _span(row: dict[str, Any]) -> SpanRecord:
+    events = tuple(
+        EventRecord(int(t), str(n), dict(a))
+        for t, n, a in zip(
+            row["event_ns"], row["event_names"], row["event_attributes"], strict=True
+        )
+    )
+    links = tuple(
+        LinkRecord(str(t), str(s), str(st), dict(a))
+        for t, s, st, a in zip(
+            row["link_trace_ids"],
+            row["link_span_ids"],
+            row["link_states"],
+            row["link_attributes"],
+            strict=True,
+        )
+    )
+    return SpanRecord(
+        trace_id=row["trace_id"],
+        span_id=row["span_id"],
+        parent_span_id=row["parent_span_id"],
+        trace_state=row["trace_state"],
+        name=row["name"],
+        kind=row["kind"],
+        service=row["service"],
+        resource=dict(row["resource"]),
+        scope_name=row["scope_name"],
+        scope_version=row["scope_version"],
+        attributes=dict(row["attributes"]),
+        start_ns=int(row["start_ns"]),
+        duration_ns=int(row["duration_ns"]),
+        status_code=row["status_code"],
+        status_message=row["status_message"],
+        events=events,
+        links=links,
+    )
+
+
+class TraceRepository:
+    """The trace SQL, run on one store."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def search(self, query: TraceQuery) -> tuple[list[TraceSummary], Cursor | None]:
+        sql, params = search_sql(query)
+        rows = await self._store.query(sql, params)
+        hits = [
+            TraceSummary(
+                trace_id=r["trace_id"],
+                match_ns=int(r["match_ns"]),
+                start_ns=int(r["start_ns"]),
+                end_ns=int(r["end_ns"]),
+                span_count=int(r["span_count"]),
+                error_count=int(r["error_count"]),
+                root_service=r["root_service"],
+                root_name=r["root_name"],
+                services=tuple(r["services"]),
+            )
+            for r in rows
+        ]
+        if len(hits) <= query.limit:
+            return hits, None
+        last = hits[query.limit - 1]
+        return hits[: query.limit], Cursor(last.match_ns, last.trace_id)
+
+    async def spans(
+        self, trace_ids: Sequence[str], *, lo_ns: int = 0, hi_ns: int = 2**62
+    ) -> list[SpanRecord]:
+        """Every span of these traces (ordered by trace, then start), optionally within [lo, hi)."""
+        if not trace_ids:
+            return []
+        params = {"ids": list(trace_ids), "lo_ns": lo_ns, "hi_ns": hi_ns}
+        return [_span(row) for row in await self._store.query(_BY_IDS, params)]
+
+    async def services(self, lo_ns: int, hi_ns: int) -> list[str]:
+        rows = await self._store.query(_SERVICES, {"lo_ns": lo_ns, "hi_ns": hi_ns})
+        return [r["service"] for r in rows]
+
+    async def operations(self, service: str, lo_ns: int, hi_ns: int) -> list[tuple[str, str]]:
+        params = {"service": service, "lo_ns": lo_ns, "hi_ns": hi_ns}
+        return [(r["name"], r["kind"]) for r in await self._store.query(_OPERATIONS, params)]
+
+    async def dependencies(self, lo_ms: int, hi_ms: int) -> list[tuple[str, str, int]]:
+        rows = await self._store.query(_DEPENDENCIES, {"lo_ms": lo_ms, "hi_ms": hi_ms})
+        return [(r["parent"], r["child"], int(r["calls"])) for r in rows]
+
+    async def check_regex(self, pattern: str) -> None:
+        """Compile `pattern` with the engine's own regex library (re2); StoreRejected if invalid."""
+        await self._store.query("SELECT match('', {pattern:String}) AS ok", {"pattern": pattern})
