@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sidecar.http import Endpoint
+from sidecar.layers.authz import AuthzConfig, AuthzRule
 from sidecar.layers.balance import BalanceConfig
 from sidecar.layers.breaker import BreakerConfig
 from sidecar.layers.budget import BudgetConfig
@@ -291,6 +292,40 @@ class InboundModel(_Model):
     max_request_body_buffer_bytes: int | None = Field(default=None, ge=0)  # None: top level's
 
 
+class MtlsModel(_Model):
+    mode: Literal["strict", "permissive", "off"] | None = None  # None: the --mtls flag's mode
+
+
+class AuthzRuleModel(_Model):
+    name: str = Field(pattern=_ROUTE_NAME, max_length=64)
+    action: Literal["allow", "deny", "audit"]
+    principals: list[Annotated[str, Field(min_length=1, pattern=r"^[^*]*\*?$")]] = []
+    methods: list[str] = []
+    paths: list[Annotated[str, Field(pattern=r"^/[^*]*\*?$|^\*$")]] = []
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, value: list[str]) -> list[str]:
+        out = [m.upper() for m in value]
+        bad = [m for m in out if not m.isalpha()]
+        if bad:
+            raise ValueError(f"not HTTP methods: {bad}")
+        return out
+
+
+class AuthzModel(_Model):
+    enforce: bool = True  # false: observe only (record would-deny, let it through)
+    rules: list[AuthzRuleModel] = []
+
+    @model_validator(mode="after")
+    def _unique(self) -> AuthzModel:
+        names = [r.name for r in self.rules]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"authz rule names must be unique: {dupes}")
+        return self
+
+
 class DocumentModel(_Model):
     version: str = "0"
     service: str = Field(default="", pattern=r"^$|" + _NAME)
@@ -302,6 +337,8 @@ class DocumentModel(_Model):
     upstreams: dict[Annotated[str, Field(pattern=_NAME, max_length=253)], UpstreamModel] = {}
     routes: list[RouteModel] = []
     inbound: InboundModel = InboundModel()
+    mtls: MtlsModel = MtlsModel()
+    authz: AuthzModel = AuthzModel()  # inbound authorization; no rules: allow everything
 
     @field_validator("version", mode="before")
     @classmethod
@@ -355,6 +392,8 @@ class SidecarConfig:
     ratelimit: RateLimitConfig | None
     max_request_body_buffer_bytes: int
     document: Mapping[str, Any] = field(compare=False, repr=False)
+    authz: AuthzConfig = field(default_factory=AuthzConfig)
+    mtls_mode: str | None = None  # None: keep the sidecar's start-up (--mtls) mode
 
     @property
     def outbound_policy(self) -> str:
@@ -576,7 +615,23 @@ def _to_config(m: DocumentModel) -> SidecarConfig:
         ratelimit=_ratelimit(m.ratelimit),
         max_request_body_buffer_bytes=buffer_bytes,
         document=m.model_dump(mode="json"),
+        authz=_authz(m.authz),
+        mtls_mode=m.mtls.mode,
     )
+
+
+def _authz(m: AuthzModel) -> AuthzConfig:
+    rules = tuple(
+        AuthzRule(
+            name=r.name,
+            action=r.action,
+            principals=tuple(r.principals),
+            methods=frozenset(r.methods),
+            paths=tuple(r.paths),
+        )
+        for r in m.rules
+    )
+    return AuthzConfig(rules=rules, enforce=m.enforce)
 
 
 class _Yaml12Loader(yaml.SafeLoader):
