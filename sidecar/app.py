@@ -10,14 +10,23 @@ import asyncio
 import logging
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sidecar.admin import AdminServer
-from sidecar.build import BuiltStack, build_inbound, build_outbound
+from sidecar.build import BuiltStack, build_inbound, build_outbound, static_endpoints
 from sidecar.codec import HttpServer, ServerConfig
-from sidecar.config import SidecarConfig, load_config
-from sidecar.control import ActiveStacks, ConfigControl
+from sidecar.config import SidecarConfig, load_config, parse_config
+from sidecar.control import ActiveStacks, ApplyResult, ConfigControl, ConfigUpdate
+from sidecar.cpclient import (
+    ControlPlaneClient,
+    ControlPlaneSync,
+    Registration,
+    WatchUpdate,
+    wait_synced,
+)
+from sidecar.discovery import DynamicEndpoints, LayeredEndpoints
 from sidecar.errors import NoRoute
 from sidecar.http import Endpoint, Request, Response
 from sidecar.stack import Handler
@@ -48,6 +57,14 @@ class SidecarOptions:
     instance: str = ""
     access_log: str | None = None
     telemetry_export_interval_s: float = 1.0
+    # control plane (--control-plane): endpoints and policies come from it instead of --config
+    bootstrap_token: str | None = field(default=None, repr=False)
+    namespace: str = "default"
+    state_dir: str | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+    initial_sync_s: float = 5.0
+    cp_watch_timeout_s: float = 30.0
+    cp_heartbeat_s: float = 2.0
 
     def __post_init__(self) -> None:
         if not self.service:
@@ -59,6 +76,8 @@ class SidecarOptions:
                 raise ValueError(f"{name} must be in 0..65535")
         if self.drain_timeout_s <= 0 or self.reload_interval_s <= 0:
             raise ValueError("drain_timeout_s and reload_interval_s must be > 0")
+        if self.control_plane_url and self.config_path:
+            raise ValueError("use either a control plane or a config file, not both")
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,12 +116,32 @@ class Sidecar:
         self._app_endpoint = Endpoint(
             options.app_host, options.app_port, service=options.service, instance=self.instance
         )
+        self.endpoints: DynamicEndpoints | None = None
+        self.cp: ControlPlaneSync | None = None
+        if options.control_plane_url:
+            self.endpoints = DynamicEndpoints()
+            self.cp = ControlPlaneSync(
+                ControlPlaneClient(
+                    options.control_plane_url,
+                    pool=self.upstream,
+                    bootstrap_token=options.bootstrap_token,
+                ),
+                Registration(options.service, self.instance, "", options.namespace),
+                apply=self._cp_apply,
+                running_version=self._running_version,
+                upstreams=self._document_upstreams,
+                watch_timeout_s=options.cp_watch_timeout_s,
+                heartbeat_interval_s=options.cp_heartbeat_s,
+            )
         self.control: ConfigControl[SidecarConfig] = ConfigControl(
             path=options.config_path,
             load=load_config,
             build=self._build,
+            parse=parse_config,
             interval_s=options.reload_interval_s,
             on_applied=self._applied,
+            on_endpoints=self.endpoints.update if self.endpoints is not None else None,
+            state_dir=Path(options.state_dir) if options.state_dir else None,
         )
         self._outbound_handler: Handler = _not_ready
         self._inbound_handler: Handler = _not_ready
@@ -124,8 +163,15 @@ class Sidecar:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> SidecarAddresses:
-        """Load the config (raising if invalid), start telemetry, listeners and admin."""
-        self.control.load_initial()
+        """Load the config (raising if invalid), start telemetry, listeners and admin.
+
+        With a control plane: start from the persisted last good config if there is one (else
+        defaults), register once the listeners are bound, and wait up to `initial_sync_s` for
+        the first push when nothing was persisted.
+        """
+        persisted = self.cp is not None and self.control.load_persisted()
+        if not persisted:
+            self.control.load_initial()
         await self.telemetry.start()
         await self.control.start()
         host, opts = self.options.listen_host, self.options
@@ -134,6 +180,21 @@ class Sidecar:
         admin = await self.admin.start(host, opts.admin_port)
         self.addresses = SidecarAddresses(admin=admin, outbound=outbound, inbound=inbound)
         self._own_ports = frozenset((admin[1], outbound[1]))
+        if self.cp is not None:
+            self.cp.registration = Registration(
+                self.options.service,
+                self.instance,
+                _advertised(host),
+                self.options.namespace,
+                ports={"inbound": inbound[1], "outbound": outbound[1], "admin": admin[1]},
+                labels=dict(self.options.labels),
+            )
+            self.cp.start()
+            if not persisted and not await wait_synced(self.cp, self.options.initial_sync_s):
+                logger.warning(
+                    "no config from the control plane yet; serving defaults",
+                    extra={"url": self.options.control_plane_url},
+                )
         self._ready = True
         logger.info("sidecar ready", extra={"addresses": self.addresses.describe()})
         return self.addresses
@@ -155,6 +216,8 @@ class Sidecar:
     async def drain(self) -> bool:
         """Stop accepting, finish in-flight requests (bounded), close idle connections."""
         self._ready = False
+        if self.cp is not None:
+            await self.cp.stop(deregister=True)  # leave callers' endpoint sets at once
         timeout = self.options.drain_timeout_s
         results = await asyncio.gather(self.outbound.drain(timeout), self.inbound.drain(timeout))
         logger.info("sidecar drained", extra={"clean": all(results)})
@@ -167,6 +230,8 @@ class Sidecar:
             await self._stopped.wait()
             return
         self._stopping = True
+        if self.cp is not None:
+            await self.cp.stop(deregister=False)
         await self.outbound.close()
         await self.inbound.close()
         await self.control.close()
@@ -177,19 +242,30 @@ class Sidecar:
 
     # -- config -> stacks -----------------------------------------------------------------
 
-    def _build(self, config: SidecarConfig | None, source: str) -> ActiveStacks:
+    def _build(
+        self, config: SidecarConfig | None, source: str, previous: ActiveStacks | None
+    ) -> ActiveStacks:
         telemetry = self.telemetry
+        endpoints = None
+        if self.endpoints is not None:
+            config = config if config is not None else parse_config({})
+            endpoints = LayeredEndpoints(self.endpoints, static_endpoints(config))
+        old_out = previous.outbound if previous is not None else None
+        old_in = previous.inbound if previous is not None else None
         outbound: BuiltStack = build_outbound(
             config,
             terminal=self._outbound_terminal,
+            endpoints=endpoints,
             outer=[telemetry.outbound_layer()],
             per_attempt=[telemetry.attempt_layer()],
+            previous=old_out if isinstance(old_out, BuiltStack) else None,
         )
         inbound: BuiltStack = build_inbound(
             config,
             terminal=self.upstream,
             outer=[telemetry.inbound_layer()],
             app=self._app_endpoint,
+            previous=old_in if isinstance(old_in, BuiltStack) else None,
         )
         return ActiveStacks(outbound, inbound, outbound.version, source)
 
@@ -203,6 +279,20 @@ class Sidecar:
         ):
             raise NoRoute(f"{endpoint.address} is this sidecar's own listener (request loop)")
         return await self.upstream(request)
+
+    def _cp_apply(self, update: WatchUpdate, new_version: bool) -> ApplyResult:
+        return self.control.apply_update(
+            ConfigUpdate(update.version, update.document, update.endpoints, "control-plane"),
+            policy=new_version,
+        )
+
+    def _running_version(self) -> int | None:
+        return self.control.good_version
+
+    def _document_upstreams(self) -> list[str]:
+        document = self.control.good_document
+        upstreams = document.get("upstreams") if document is not None else None
+        return sorted(str(name) for name in upstreams) if isinstance(upstreams, dict) else []
 
     def _applied(self, stacks: ActiveStacks) -> None:
         self._outbound_handler = stacks.outbound.handler
@@ -227,6 +317,7 @@ class Sidecar:
             "applied": self.control.applied,
             "rejected": self.control.rejected,
             "last_errors": list(self.control.last_errors),
+            "control_plane": self.cp.status() if self.cp is not None else None,
             "outbound": active.outbound.describe(),
             "inbound": active.inbound.describe(),
         }
@@ -250,6 +341,16 @@ class Sidecar:
             "upstream_pool": self.upstream.stats(),
             "telemetry": self.telemetry.stats(),
         }
+
+
+def _advertised(host: str) -> str:
+    """The address other sidecars reach this one at (a wildcard bind advertises the host's)."""
+    if host not in ("0.0.0.0", "::", ""):
+        return host
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
 
 
 async def _not_ready(request: Request) -> Response:

@@ -187,7 +187,7 @@ class ConfigControl(Generic[C]):
         interval_s: float = 1.0,
         retire_after_s: float = 30.0,
         on_applied: Callable[[ActiveStacks], None] | None = None,
-        on_endpoints: Callable[[Mapping[str, tuple[Endpoint, ...]]], None] | None = None,
+        on_endpoints: Callable[[Mapping[str, tuple[Endpoint, ...]]], object] | None = None,
         state_dir: Path | None = None,
     ) -> None:
         self._path = path
