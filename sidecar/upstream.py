@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import ssl
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -365,8 +366,10 @@ class UpstreamPool:
         *,
         clock: Clock = monotonic,
         connect: Connector | None = None,
+        tls: Callable[[], ssl.SSLContext | None] | None = None,
     ) -> None:
         self.config = config or UpstreamConfig()
+        self._tls = tls  # the current mesh client context (sidecar/tls.py), read per connect
         self._clock = clock
         self._connect_fn = connect
         self._idle: dict[tuple[str, int], deque[_Connection]] = {}
@@ -434,11 +437,23 @@ class UpstreamPool:
     async def _connect(self, endpoint: Endpoint, timeout_s: float) -> _Connection:
         key = (endpoint.host, endpoint.port)
         connect = self._connect_fn or asyncio.get_running_loop().create_connection
+        tls = self._mesh_tls(endpoint)
         try:
             async with asyncio.timeout(timeout_s):
-                _, conn = await connect(
-                    lambda: _Connection(self, key), endpoint.host, endpoint.port
-                )
+                if tls is None:
+                    _, conn = await connect(
+                        lambda: _Connection(self, key), endpoint.host, endpoint.port
+                    )
+                else:  # mesh mTLS always dials with the loop (an injected connector is plain)
+                    loop = asyncio.get_running_loop()
+                    _, conn = await loop.create_connection(
+                        lambda: _Connection(self, key),
+                        endpoint.host,
+                        endpoint.port,
+                        ssl=tls,
+                        server_hostname=endpoint.host,
+                        ssl_handshake_timeout=timeout_s,
+                    )
         except TimeoutError as exc:
             raise UpstreamConnectError(
                 f"connect to {endpoint.address} timed out after {timeout_s:g}s"
@@ -447,7 +462,18 @@ class UpstreamPool:
             why = os.strerror(exc.errno) if exc.errno else str(exc)
             raise UpstreamConnectError(f"connect to {endpoint.address} failed: {why}") from exc
         self.opened += 1
+        if tls is not None:
+            _check_identity(conn, endpoint)
         return conn
+
+    def _mesh_tls(self, endpoint: Endpoint) -> ssl.SSLContext | None:
+        """The client context for a mesh endpoint (one with an identity), else None (plaintext)."""
+        if not endpoint.identity or self._tls is None:
+            return None
+        context = self._tls()
+        if context is None:
+            raise UpstreamConnectError(f"no mesh certificate yet to reach {endpoint.identity}")
+        return context
 
     async def close(self) -> None:
         self._closed = True
@@ -522,6 +548,18 @@ class UpstreamPool:
             _pump(conn, body, chunked=False, half_close=True), name="upstream-tunnel"
         )
         return Response(status=101, headers=headers, body=tunnel)
+
+
+def _check_identity(conn: _Connection, endpoint: Endpoint) -> None:
+    """Refuse a TLS peer whose verified SPIFFE id is not the endpoint's expected identity."""
+    ssl_object = conn.transport.get_extra_info("ssl_object")
+    cert = ssl_object.getpeercert() if ssl_object is not None else None
+    uris = [v for k, v in (cert or {}).get("subjectAltName", ()) if k == "URI"]
+    if uris != [endpoint.identity]:
+        conn.abort()
+        raise UpstreamConnectError(
+            f"{endpoint.address} presented {uris or 'no URI SAN'}, expected {endpoint.identity}"
+        )
 
 
 def _serialise_head(request: Request, endpoint: Endpoint) -> tuple[bytes, bool, bool]:
