@@ -78,6 +78,10 @@ class SidecarOptions:
             raise ValueError("drain_timeout_s and reload_interval_s must be > 0")
         if self.control_plane_url and self.config_path:
             raise ValueError("use either a control plane or a config file, not both")
+        if self.control_plane_url and not self.control_plane_url.startswith("http://"):
+            raise ValueError(
+                f"control plane URL must be http://host:port: {self.control_plane_url}"
+            )
 
 
 @dataclass(frozen=True, slots=True)

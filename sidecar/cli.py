@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
 import signal
 import sys
 from typing import Any
@@ -25,7 +26,31 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--app-host", default="127.0.0.1", help="host of the local app")
     parser.add_argument("--config", default=None, help="policy file (YAML or JSON), hot-reloaded")
     parser.add_argument("--collector", default=None, help="OTLP/HTTP URL, e.g. http://host:4318")
-    parser.add_argument("--control-plane", default=None, help="control plane URL (reserved)")
+    parser.add_argument(
+        "--control-plane",
+        default=None,
+        help="control plane URL, e.g. http://127.0.0.1:8686 (instead of --config)",
+    )
+    parser.add_argument(
+        "--bootstrap-token",
+        default=None,
+        help="control-plane bootstrap token (default: env MESH_SIDECAR_BOOTSTRAP_TOKEN)",
+    )
+    parser.add_argument(
+        "--bootstrap-token-file", default=None, help="read the bootstrap token from this file"
+    )
+    parser.add_argument("--instance-id", default="", help="default: <hostname>-<pid>")
+    parser.add_argument("--namespace", default="default", help="namespace of this service")
+    parser.add_argument(
+        "--state-dir", default=None, help="where the last good control-plane config is kept"
+    )
+    parser.add_argument(
+        "--labels",
+        action="append",
+        default=[],
+        metavar="K=V[,K=V]",
+        help="instance labels registered with the control plane (e.g. version=v2); repeatable",
+    )
     parser.add_argument("--listen", default="127.0.0.1", help="address the listeners bind")
     parser.add_argument("--admin-port", type=int, default=15000)
     parser.add_argument("--outbound-port", type=int, default=15001)
@@ -35,9 +60,38 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(run=run)
 
 
+def _labels(entries: list[str]) -> tuple[tuple[str, str], ...]:
+    labels: dict[str, str] = {}
+    for entry in (e.strip() for text in entries for e in text.split(",")):
+        if not entry:
+            continue
+        key, eq, value = entry.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"--labels entry {entry!r} must be key=value")
+        labels[key.strip()] = value.strip()
+    return tuple(sorted(labels.items()))
+
+
+def _bootstrap_token(args: argparse.Namespace) -> str | None:
+    if args.bootstrap_token_file:
+        try:
+            with open(args.bootstrap_token_file, encoding="utf-8") as f:
+                return f.read().strip() or None
+        except OSError as exc:
+            raise ValueError(f"cannot read --bootstrap-token-file: {exc}") from exc
+    token = args.bootstrap_token or os.environ.get("MESH_SIDECAR_BOOTSTRAP_TOKEN")
+    return token or None
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point of `meshlens sidecar`; returns the exit code."""
     try:
+        token = _bootstrap_token(args)
+        if args.control_plane and token is None:
+            raise ValueError(
+                "--control-plane needs a bootstrap token (--bootstrap-token, "
+                "--bootstrap-token-file or MESH_SIDECAR_BOOTSTRAP_TOKEN)"
+            )
         options = SidecarOptions(
             service=args.service,
             app_port=args.app_port,
@@ -51,6 +105,11 @@ def run(args: argparse.Namespace) -> int:
             inbound_port=args.inbound_port,
             drain_timeout_s=args.drain_timeout,
             access_log=args.access_log,
+            instance=args.instance_id,
+            bootstrap_token=token,
+            namespace=args.namespace,
+            state_dir=args.state_dir,
+            labels=_labels(args.labels),
         )
     except ValueError as exc:
         print(f"meshlens sidecar: {exc}", file=sys.stderr)
