@@ -249,11 +249,16 @@ class AnalyticsComponent(HttpServerComponent):
         *,
         token_files: TokenFiles | None = None,
         out: TextIO = sys.stdout,
+        graceful_s: float = GRACEFUL_SHUTDOWN_S,
     ) -> None:
         from analytics.main import create_app
 
         super().__init__(
-            "analytics", create_app(settings, store=store), settings.http_host, settings.http_port
+            "analytics",
+            create_app(settings, store=store),
+            settings.http_host,
+            settings.http_port,
+            graceful_s=graceful_s,
         )
         self._token_files = token_files
         self._out = out
