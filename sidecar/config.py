@@ -73,6 +73,7 @@ class EndpointModel(_Model):
     port: int = Field(ge=1, le=65535)
     weight: int = Field(default=1, gt=0)
     labels: dict[str, str] = {}
+    identity: str = Field(default="", pattern=r"^$|^spiffe://[^/]+/.+$")  # set: speak mTLS to it
 
     @model_validator(mode="before")
     @classmethod
@@ -545,6 +546,7 @@ def _upstream(name: str, m: UpstreamModel) -> UpstreamSpec:
             instance=e.labels.get("instance", f"{e.host}:{e.port}"),
             weight=e.weight,
             labels=tuple(sorted(e.labels.items())),
+            identity=e.identity,
         )
         for e in m.endpoints
     )

@@ -8,7 +8,9 @@ carrying the SPIFFE URI SAN. Certificates rotate at half-life (minus jitter, wit
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
+import hashlib
 import json
 import logging
 import random as _random
@@ -24,6 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from sidecar.cpclient import ControlPlaneClient, ControlPlaneError, ControlPlaneUnavailable, Signer
 from sidecar.errors import ProxyError
 from sidecar.http import BodyStream, Endpoint, Request, RequestContext
 from sidecar.stack import Handler, Sleep
@@ -32,12 +35,14 @@ from sidecar.tls import Credentials
 __all__ = [
     "CertificateRequester",
     "ControlPlaneCertificates",
+    "CpClientCertificates",
     "IdentityError",
     "IdentityManager",
     "Issued",
     "build_csr",
     "generate_key",
     "load_credentials_files",
+    "signer_for",
     "spiffe_id",
 ]
 
@@ -155,6 +160,59 @@ async def _read_body(body: bytes | BodyStream, limit: int) -> bytes:
     raise IdentityError("control plane response did not end")
 
 
+class CpClientCertificates:
+    """`POST /certificates` through the control-plane client (bootstrap token or signed)."""
+
+    def __init__(self, client: ControlPlaneClient) -> None:
+        self._client = client
+
+    async def __call__(self, csr_pem: str) -> Issued:
+        try:
+            response = await self._client.call("POST", "/certificates", {"csr": csr_pem})
+            doc = response.json()
+        except (ControlPlaneError, ControlPlaneUnavailable) as exc:
+            raise IdentityError(f"certificate request failed: {exc}") from exc
+        except ValueError as exc:
+            raise IdentityError(f"control plane sent a malformed certificate: {exc}") from exc
+        return _issued(doc)
+
+
+def signer_for(credentials: Credentials, clock: Clock = time.time) -> Signer:
+    """Signs control-plane requests with the workload key (PROTOCOL.md "Credentials")."""
+    key = serialization.load_pem_private_key(credentials.key_pem.encode(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise IdentityError("only EC workload keys can sign control-plane requests")
+    leaf = x509.load_pem_x509_certificate(credentials.cert_chain_pem.encode())
+    cert_header = base64.b64encode(leaf.public_bytes(serialization.Encoding.DER)).decode()
+
+    def sign(method: str, target: str, body: bytes) -> tuple[tuple[str, str], ...]:
+        seconds = int(clock())
+        digest = hashlib.sha256(body).hexdigest()
+        message = f"meshlens-cp-v1\n{method.upper()}\n{target}\n{seconds}\n{digest}".encode()
+        signature = base64.b64encode(key.sign(message, ec.ECDSA(hashes.SHA256()))).decode()
+        return (
+            ("x-meshlens-client-cert", cert_header),
+            ("x-meshlens-signature", f"{seconds}.{signature}"),
+        )
+
+    return sign
+
+
+def _issued(doc: object) -> Issued:
+    if not isinstance(doc, dict):
+        raise IdentityError("control plane sent a malformed certificate: not an object")
+    try:
+        return Issued(
+            certificate_chain=tuple(doc["certificate_chain"]),
+            trust_bundle=tuple(doc["trust_bundle"]),
+            spiffe_id=str(doc["spiffe_id"]),
+            not_before=float(doc["not_before"]),
+            not_after=float(doc["not_after"]),
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise IdentityError(f"control plane sent a malformed certificate: {exc!r}") from exc
+
+
 class ControlPlaneCertificates:
     """`POST /certificates` with the bootstrap token, through the sidecar's own upstream pool."""
 
@@ -202,15 +260,9 @@ class ControlPlaneCertificates:
             )
         try:
             doc = json.loads(data)
-            return Issued(
-                certificate_chain=tuple(doc["certificate_chain"]),
-                trust_bundle=tuple(doc["trust_bundle"]),
-                spiffe_id=str(doc["spiffe_id"]),
-                not_before=float(doc["not_before"]),
-                not_after=float(doc["not_after"]),
-            )
-        except (ValueError, KeyError, TypeError) as exc:
+        except ValueError as exc:
             raise IdentityError(f"control plane sent a malformed certificate: {exc}") from exc
+        return _issued(doc)
 
 
 OnUpdate = Callable[[Credentials], None]
