@@ -13,7 +13,7 @@ import asyncio
 import dataclasses
 import random as _random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
@@ -154,8 +154,8 @@ def retry_layer(
     retry = _Retry(config, clock, sleep, random, wall_clock, budget)
 
     def wrap(inner: Handler) -> Handler:
-        async def handle(request: Request) -> Response:
-            return await retry.run(inner, request)
+        def handle(request: Request) -> Awaitable[Response]:
+            return retry.run(inner, request)  # no coroutine of our own: one await level less
 
         return handle
 
@@ -220,7 +220,10 @@ class _Retry:
             response: Response | None = None
             error: ProxyError | None = None
             try:
-                response = await self._try(inner, request)
+                if self.config.per_try_s is None:
+                    response = await inner(request)
+                else:
+                    response = await self._try(inner, request)
                 reason = _status_reason(self.config, response.status)
             except ProxyError as exc:
                 error = exc

@@ -7,7 +7,6 @@ retry layer, because an expired try is retried."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from dataclasses import dataclass
 
 from sidecar.errors import UpstreamTimeout
@@ -80,7 +79,16 @@ def timeout_layer(config: TimeoutConfig, *, clock: Clock = monotonic) -> Layer:
                         context.attributes["meshlens.timeout.caller_budget_ms"] = budget_s * 1e3
                     ms = str(max(0, int(budget_s * 1000.0)))
                     headers = with_header(request.headers, DEADLINE_HEADER, ms)
-                    request = dataclasses.replace(request, headers=headers)
+                    request = Request(  # not dataclasses.replace: that costs ~2 us per request
+                        request.method,
+                        request.target,
+                        headers,
+                        request.body,
+                        request.authority,
+                        request.scheme,
+                        request.version,
+                        context,
+                    )
             if budget_s is None:
                 return await inner(request)
             if budget_s <= 0:
@@ -89,16 +97,45 @@ def timeout_layer(config: TimeoutConfig, *, clock: Clock = monotonic) -> Layer:
             deadline = clock() + budget_s
             if context.deadline is None or deadline < context.deadline:
                 context.deadline = deadline
-            try:
-                async with asyncio.timeout(budget_s):
-                    return await inner(request)
-            except TimeoutError as exc:
-                context.attributes["meshlens.timeout.fired"] = "request"
-                raise UpstreamTimeout(after_s=budget_s) from exc
+            return await _bounded(inner, request, budget_s)
 
         return handle
 
     return wrap
+
+
+class _Timer:
+    """Cancels `task` when the budget runs out (what asyncio.timeout does, minus its two
+    coroutines per request)."""
+
+    __slots__ = ("fired", "task")
+
+    def __init__(self, task: asyncio.Task[object]) -> None:
+        self.task = task
+        self.fired = False
+
+    def __call__(self) -> None:
+        self.fired = True
+        self.task.cancel()
+
+
+async def _bounded(inner: Handler, request: Request, budget_s: float) -> Response:
+    task = asyncio.current_task()
+    if task is None:  # not in a task (no loop to cancel us): nothing can bound the wait
+        return await inner(request)
+    cancelling = task.cancelling()
+    timer = _Timer(task)
+    handle = asyncio.get_running_loop().call_later(budget_s, timer)
+    try:
+        return await inner(request)
+    except asyncio.CancelledError as exc:
+        # Ours only if we fired and no one else cancelled the task meanwhile (as asyncio.timeout).
+        if timer.fired and task.uncancel() <= cancelling:
+            request.context.attributes["meshlens.timeout.fired"] = "request"
+            raise UpstreamTimeout(after_s=budget_s) from exc
+        raise
+    finally:
+        handle.cancel()
 
 
 def _observe(inner: Handler, request_s: float | None, clock: Clock) -> Handler:
