@@ -65,7 +65,7 @@ def to_columns(spans: Iterable[ImportedSpan]) -> dict[str, list[Any]]:
     cols: dict[str, list[Any]] = {name: [] for name in _COLUMNS}
     for s in spans:
         resource = s.resource or {"service.name": s.service}
-        values = (
+        values: tuple[Any, ...] = (
             s.start_ns, s.trace_id, s.span_id, s.parent_span_id, "", s.name, s.kind, s.service,
             resource, s.scope_name, s.scope_version, s.attributes, s.duration_ns, s.status,
             s.status_message, [], [], [], [], [], [], [],

@@ -1,0 +1,26 @@
+"""Anomaly detection on per-minute RED series, and grouping of anomalies into incidents."""
+
+from __future__ import annotations
+
+from analytics.anomalies.detectors import (
+    Anomaly,
+    DetectorConfig,
+    Point,
+    detect_burn_rate,
+    detect_change_points,
+    detect_deviations,
+    detect_edge_changes,
+)
+from analytics.anomalies.incidents import Incident, group_incidents
+
+__all__ = [
+    "Anomaly",
+    "DetectorConfig",
+    "Incident",
+    "Point",
+    "detect_burn_rate",
+    "detect_change_points",
+    "detect_deviations",
+    "detect_edge_changes",
+    "group_incidents",
+]

@@ -1,0 +1,251 @@
+"""Detectors over per-minute series of one subject (an edge `a->b` or a service).
+
+- deviations: rate, error ratio and p99 latency per minute against a robust trailing baseline
+  (median / MAD of the previous `baseline_minutes`); when a day of history exists, the same
+  minutes one and more days earlier shift the expectation (daily seasonality, as SigNoz does).
+- change points: the split of the series with the largest level shift of a metric.
+- burn rate: multi-window SLO alerts (Google SRE workbook): 1 h and 5 m both above 14.4x,
+  or 6 h and 30 m both above 6x the error budget of `slo_target`.
+- new and vanished edges between a baseline period and the evaluated window.
+All are pure functions of their inputs (no clock): CPU-bound callers run them in a thread.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+__all__ = [
+    "Anomaly",
+    "DetectorConfig",
+    "Point",
+    "detect_burn_rate",
+    "detect_change_points",
+    "detect_deviations",
+    "detect_edge_changes",
+]
+
+_MAD_SCALE = 1.4826
+_DAY = timedelta(days=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    """RED of one subject in one minute."""
+
+    minute: datetime
+    requests: int
+    errors: int
+    p99_ms: float
+
+    @property
+    def error_ratio(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Anomaly:
+    """One finding: `signal` on `subject` from `start` to `end` (minute starts, inclusive)."""
+
+    subject: str
+    signal: str
+    start: datetime
+    end: datetime
+    observed: float
+    expected: float
+    score: float
+
+    @property
+    def services(self) -> tuple[str, ...]:
+        return tuple(self.subject.split("->"))
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorConfig:
+    """Thresholds (robust z, plus an absolute floor so tiny shifts never fire)."""
+
+    baseline_minutes: int = 60
+    min_baseline_points: int = 10
+    z_threshold: float = 5.0
+    latency_floor_ms: float = 5.0
+    latency_min_ratio: float = 1.5
+    error_ratio_floor: float = 0.05
+    min_errors: int = 3
+    rate_min_change: float = 0.5
+    min_requests: int = 5
+    slo_target: float = 0.999
+    change_min_segment: int = 5
+
+    def __post_init__(self) -> None:
+        if not 0 < self.slo_target < 1:
+            raise ValueError(f"slo_target must be in (0, 1), got {self.slo_target}")
+        if self.baseline_minutes < 2 or self.min_baseline_points < 2:
+            raise ValueError("baseline_minutes and min_baseline_points must be >= 2")
+        if self.change_min_segment < 2:
+            raise ValueError("change_min_segment must be >= 2")
+
+
+def _median_mad(values: Sequence[float]) -> tuple[float, float]:
+    median = statistics.median(values)
+    return median, _MAD_SCALE * statistics.median([abs(v - median) for v in values])
+
+
+def _seasonal_shift(
+    by_minute: Mapping[datetime, float], minute: datetime, trailing: Sequence[datetime]
+) -> float:
+    """Expected change from the trailing window to `minute`, seen on earlier days (else 0)."""
+    shifts = []
+    for days in range(1, 8):
+        back = _DAY * days
+        then = by_minute.get(minute - back)
+        before = [by_minute[m - back] for m in trailing if m - back in by_minute]
+        if then is not None and len(before) >= len(trailing) // 2 and before:
+            shifts.append(then - statistics.median(before))
+    return statistics.median(shifts) if len(shifts) >= 1 else 0.0
+
+
+def _metrics(p: Point) -> dict[str, float]:
+    return {"rate": float(p.requests), "error_ratio": p.error_ratio, "latency_p99": p.p99_ms}
+
+
+def _fires(cfg: DetectorConfig, signal: str, point: Point, value: float, expected: float,
+           z: float) -> bool:  # fmt: skip
+    if signal == "latency_p99":
+        return (z >= cfg.z_threshold and point.requests >= cfg.min_requests
+                and value - expected >= cfg.latency_floor_ms
+                and value >= cfg.latency_min_ratio * max(expected, 1e-9))  # fmt: skip
+    if signal == "error_ratio":
+        return (z >= cfg.z_threshold and point.errors >= cfg.min_errors
+                and value - expected >= cfg.error_ratio_floor)  # fmt: skip
+    change = abs(value - expected) / max(expected, 1.0)
+    return abs(z) >= cfg.z_threshold and change >= cfg.rate_min_change
+
+
+def detect_deviations(
+    subject: str, series: Sequence[Point], evaluate_from: datetime, cfg: DetectorConfig
+) -> list[Anomaly]:
+    """Minutes at or after `evaluate_from` deviating from their trailing baseline, merged into runs."""
+    points = sorted(series, key=lambda p: p.minute)
+    by_signal: dict[str, dict[datetime, float]] = {"rate": {}, "error_ratio": {}, "latency_p99": {}}
+    for p in points:
+        for name, value in _metrics(p).items():
+            by_signal[name][p.minute] = value
+    found: list[Anomaly] = []
+    for p in points:
+        if p.minute < evaluate_from:
+            continue
+        lo = p.minute - timedelta(minutes=cfg.baseline_minutes)
+        trailing = [q.minute for q in points if lo <= q.minute < p.minute]
+        if len(trailing) < cfg.min_baseline_points:
+            continue
+        for name, value in _metrics(p).items():
+            history = by_signal[name]
+            median, scale = _median_mad([history[m] for m in trailing])
+            expected = median + _seasonal_shift(history, p.minute, trailing)
+            if name == "error_ratio":  # binomial noise floor: few requests, noisy ratio
+                scale = max(scale, math.sqrt(max(expected, 0.001) / max(p.requests, 1)))
+            elif name == "rate":
+                scale = max(scale, math.sqrt(max(expected, 1.0)))
+            else:
+                scale = max(scale, 1.0)
+            z = (value - expected) / scale
+            if _fires(cfg, name, p, value, expected, z):
+                found.append(Anomaly(subject, name, p.minute, p.minute, value, expected, z))
+    return _merge_runs(found)
+
+
+def _merge_runs(found: list[Anomaly]) -> list[Anomaly]:
+    """Consecutive minutes of one signal become one anomaly (peak observed value and score)."""
+    merged: list[Anomaly] = []
+    for a in sorted(found, key=lambda a: (a.signal, a.start)):
+        last = merged[-1] if merged else None
+        if last and last.signal == a.signal and a.start - last.end <= timedelta(minutes=1):
+            peak = a if abs(a.score) > abs(last.score) else last
+            merged[-1] = Anomaly(a.subject, a.signal, last.start, a.end, peak.observed,
+                                 peak.expected, peak.score)  # fmt: skip
+        else:
+            merged.append(a)
+    return sorted(merged, key=lambda a: (a.start, a.signal))
+
+
+def detect_change_points(
+    subject: str, series: Sequence[Point], evaluate_from: datetime, cfg: DetectorConfig
+) -> list[Anomaly]:
+    """The strongest level shift per metric whose new level starts at or after `evaluate_from`."""
+    points = sorted(series, key=lambda p: p.minute)
+    n, k = len(points), cfg.change_min_segment
+    found = []
+    for name in ("error_ratio", "latency_p99"):
+        values = [_metrics(p)[name] for p in points]
+        best: tuple[float, int] | None = None
+        for split in range(k, n - k + 1):
+            if points[split].minute < evaluate_from:
+                continue
+            before, after = values[:split], values[split:]
+            median_b, mad_b = _median_mad(before)
+            median_a, mad_a = _median_mad(after)
+            floor = cfg.error_ratio_floor if name == "error_ratio" else cfg.latency_floor_ms
+            if abs(median_a - median_b) < floor:
+                continue
+            stat = abs(median_a - median_b) / max(mad_b, mad_a, floor / 2)
+            if best is None or stat > best[0]:
+                best = (stat, split)
+        if best is not None and best[0] >= cfg.z_threshold:
+            split = best[1]
+            after_m = statistics.median(values[split:])
+            before_m = statistics.median(values[:split])
+            found.append(Anomaly(subject, f"change_point_{name}", points[split].minute,
+                                 points[-1].minute, after_m, before_m, best[0]))  # fmt: skip
+    return found
+
+
+def _burn(points: Sequence[Point], end: datetime, minutes: int, budget: float) -> float:
+    lo = end - timedelta(minutes=minutes)
+    requests = sum(p.requests for p in points if lo < p.minute <= end)
+    errors = sum(p.errors for p in points if lo < p.minute <= end)
+    return (errors / requests) / budget if requests else 0.0
+
+
+def detect_burn_rate(
+    subject: str, series: Sequence[Point], evaluate_from: datetime, cfg: DetectorConfig
+) -> list[Anomaly]:
+    """Multi-window burn-rate alerts at each evaluated minute (fast: 1h/5m >14.4x, slow: 6h/30m >6x)."""
+    budget = 1.0 - cfg.slo_target
+    points = sorted(series, key=lambda p: p.minute)
+    found = []
+    for p in points:
+        if p.minute < evaluate_from:
+            continue
+        for signal, (long_m, short_m, factor) in {
+            "burn_rate_fast": (60, 5, 14.4),
+            "burn_rate_slow": (360, 30, 6.0),
+        }.items():
+            long_burn = _burn(points, p.minute, long_m, budget)
+            short_burn = _burn(points, p.minute, short_m, budget)
+            if long_burn > factor and short_burn > factor:
+                found.append(Anomaly(subject, signal, p.minute, p.minute, long_burn, factor,
+                                     min(long_burn, short_burn) / factor))  # fmt: skip
+    return _merge_runs(found)
+
+
+def detect_edge_changes(
+    baseline: Mapping[str, int], window: Mapping[str, int], start: datetime, end: datetime,
+    cfg: DetectorConfig,
+) -> list[Anomaly]:  # fmt: skip
+    """Edges with traffic now but none in the baseline (new), or the reverse (vanished).
+
+    Both need a baseline that saw traffic at all (an empty history says nothing)."""
+    if not any(baseline.values()):
+        return []
+    found = []
+    for edge, count in sorted(window.items()):
+        if count >= cfg.min_requests and baseline.get(edge, 0) == 0:
+            found.append(Anomaly(edge, "new_edge", start, end, float(count), 0.0, float(count)))
+    for edge, count in sorted(baseline.items()):
+        if count >= cfg.min_requests and window.get(edge, 0) == 0 and any(window.values()):
+            found.append(Anomaly(edge, "vanished_edge", start, end, 0.0, float(count),
+                                 float(count)))  # fmt: skip
+    return found
