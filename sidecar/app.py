@@ -12,7 +12,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sidecar.admin import AdminServer
 from sidecar.build import BuiltStack, build_inbound, build_outbound, static_endpoints
@@ -29,8 +29,24 @@ from sidecar.cpclient import (
 from sidecar.discovery import DynamicEndpoints, LayeredEndpoints
 from sidecar.errors import NoRoute
 from sidecar.http import Endpoint, Request, Response
+from sidecar.identity import (
+    CpClientCertificates,
+    IdentityManager,
+    load_credentials_files,
+    signer_for,
+    spiffe_id,
+)
+from sidecar.layers.authz import Authorizer, AuthzConfig, authz_layer
 from sidecar.stack import Handler
 from sidecar.telemetry import Telemetry, TelemetryConfig
+from sidecar.tls import (
+    MODES,
+    Credentials,
+    MtlsMode,
+    ProtocolFactory,
+    TlsContexts,
+    TlsListener,
+)
 from sidecar.upstream import UpstreamConfig, UpstreamPool
 
 __all__ = ["Sidecar", "SidecarAddresses", "SidecarOptions"]
@@ -65,6 +81,12 @@ class SidecarOptions:
     initial_sync_s: float = 5.0
     cp_watch_timeout_s: float = 30.0
     cp_heartbeat_s: float = 2.0
+    # mesh identity / mTLS (--mtls, --trust-domain, --cert/--key/--ca)
+    mtls: str = "off"
+    trust_domain: str = "cluster.local"
+    cert_file: str | None = None
+    key_file: str | None = None
+    ca_file: str | None = None
 
     def __post_init__(self) -> None:
         if not self.service:
@@ -78,6 +100,13 @@ class SidecarOptions:
             raise ValueError("drain_timeout_s and reload_interval_s must be > 0")
         if self.control_plane_url and self.config_path:
             raise ValueError("use either a control plane or a config file, not both")
+        if self.mtls not in MODES:
+            raise ValueError(f"mtls must be one of {', '.join(MODES)}, got {self.mtls!r}")
+        files = (self.cert_file, self.key_file, self.ca_file)
+        if any(files) and not all(files):
+            raise ValueError("--cert, --key and --ca go together")
+        if self.mtls != "off" and not all(files) and not self.control_plane_url:
+            raise ValueError(f"mtls {self.mtls} needs --cert/--key/--ca or a control plane")
         if self.control_plane_url and not self.control_plane_url.startswith("http://"):
             raise ValueError(
                 f"control plane URL must be http://host:port: {self.control_plane_url}"
@@ -107,7 +136,11 @@ class Sidecar:
     def __init__(self, options: SidecarOptions) -> None:
         self.options = options
         self.instance = options.instance or f"{socket.gethostname()}-{os.getpid()}"
-        self.upstream = UpstreamPool(UpstreamConfig())
+        self.tls = TlsContexts(cast(MtlsMode, options.mtls))
+        self.upstream = UpstreamPool(UpstreamConfig(), tls=self.tls.client)
+        self.identity: IdentityManager | None = None
+        self.authz = Authorizer(AuthzConfig())
+        self.tls_listener: TlsListener | None = None
         self.telemetry = Telemetry(
             TelemetryConfig(
                 service=options.service,
@@ -179,7 +212,9 @@ class Sidecar:
         await self.telemetry.start()
         await self.control.start()
         host, opts = self.options.listen_host, self.options
-        inbound = await self.inbound.start(host, opts.inbound_port)
+        await self._start_identity()
+        listen = self._listen_tls if opts.mtls != "off" else None
+        inbound = await self.inbound.start(host, opts.inbound_port, listen=listen)
         outbound = await self.outbound.start(host, opts.outbound_port)
         admin = await self.admin.start(host, opts.admin_port)
         self.addresses = SidecarAddresses(admin=admin, outbound=outbound, inbound=inbound)
@@ -239,6 +274,8 @@ class Sidecar:
         await self.outbound.close()
         await self.inbound.close()
         await self.control.close()
+        if self.identity is not None:
+            await self.identity.close()
         await self.upstream.close()
         await self.telemetry.shutdown()
         await self.admin.close()
@@ -264,10 +301,15 @@ class Sidecar:
             per_attempt=[telemetry.attempt_layer()],
             previous=old_out if isinstance(old_out, BuiltStack) else None,
         )
+        authz = config.authz if config is not None else AuthzConfig()
+        if config is not None and config.mtls_mode is not None:
+            self._set_mtls_mode(config.mtls_mode)
+        self.authz = Authorizer(authz)
         inbound: BuiltStack = build_inbound(
             config,
             terminal=self.upstream,
-            outer=[telemetry.inbound_layer()],
+            # authz answers its own 403 (rbac_denied), so it may sit outside proxy_errors
+            outer=[telemetry.inbound_layer(), authz_layer(authz, authorizer=self.authz)],
             app=self._app_endpoint,
             previous=old_in if isinstance(old_in, BuiltStack) else None,
         )
@@ -284,7 +326,39 @@ class Sidecar:
             raise NoRoute(f"{endpoint.address} is this sidecar's own listener (request loop)")
         return await self.upstream(request)
 
+    async def _listen_tls(self, factory: ProtocolFactory, host: str, port: int) -> TlsListener:
+        listen = TlsListener.listen(self.tls, trust_domain=self.options.trust_domain)
+        self.tls_listener = await listen(factory, host, port)
+        return self.tls_listener
+
+    def _set_mtls_mode(self, mode: str) -> None:
+        if mode != "off" and self.options.mtls == "off":
+            raise ValueError(
+                f"mtls.mode {mode} needs a sidecar started with --mtls and credentials"
+            )
+        if self.options.mtls != "off":
+            self.tls.set_mode(cast(MtlsMode, mode))
+
+    async def _start_identity(self) -> None:
+        """Credentials from --cert/--key/--ca, or a certificate from the control plane's CA."""
+        opts = self.options
+        if opts.cert_file and opts.key_file and opts.ca_file:
+            files = (Path(opts.cert_file), Path(opts.key_file), Path(opts.ca_file))
+            self.tls.update(load_credentials_files(*files))
+        elif self.cp is not None:
+            client = self.cp.client
+
+            def apply(credentials: Credentials) -> None:
+                self.tls.update(credentials)
+                client.signer = signer_for(credentials)
+
+            identity = spiffe_id(opts.trust_domain, opts.namespace, opts.service)
+            self.identity = IdentityManager(identity, CpClientCertificates(client), apply)
+            await self.identity.start()
+
     def _cp_apply(self, update: WatchUpdate, new_version: bool) -> ApplyResult:
+        if self.identity is not None and update.trust_bundle:
+            self.identity.update_trust_bundle(update.trust_bundle)
         return self.control.apply_update(
             ConfigUpdate(update.version, update.document, update.endpoints, "control-plane"),
             policy=new_version,
@@ -344,6 +418,19 @@ class Sidecar:
             "listeners": listeners,
             "upstream_pool": self.upstream.stats(),
             "telemetry": self.telemetry.stats(),
+            "mtls": self._mtls_stats(),
+            "authz": self.authz.stats(),
+        }
+
+    def _mtls_stats(self) -> dict[str, object]:
+        creds = self.tls.credentials
+        listener = self.tls_listener
+        return {
+            "mode": self.tls.mode,
+            "spiffe_id": creds.spiffe_id if creds is not None else None,
+            "not_after": creds.not_after if creds is not None else None,
+            "updates": self.tls.updates,
+            "refusals": dict(listener.refusals) if listener is not None else {},
         }
 
 

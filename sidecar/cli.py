@@ -12,6 +12,7 @@ from typing import Any
 
 from sidecar.app import Sidecar, SidecarOptions
 from sidecar.config import ConfigError
+from sidecar.identity import IdentityError
 
 __all__ = ["register", "run"]
 
@@ -51,6 +52,16 @@ def register(subparsers: Any) -> None:
         metavar="K=V[,K=V]",
         help="instance labels registered with the control plane (e.g. version=v2); repeatable",
     )
+    parser.add_argument(
+        "--mtls",
+        choices=("strict", "permissive", "off"),
+        default="off",
+        help="inbound mTLS: strict (TLS + client cert), permissive (also plaintext), off",
+    )
+    parser.add_argument("--trust-domain", default="cluster.local", help="SPIFFE trust domain")
+    parser.add_argument("--cert", default=None, help="PEM certificate chain (file mode)")
+    parser.add_argument("--key", default=None, help="PEM private key (file mode)")
+    parser.add_argument("--ca", default=None, help="PEM trust bundle (file mode)")
     parser.add_argument("--listen", default="127.0.0.1", help="address the listeners bind")
     parser.add_argument("--admin-port", type=int, default=15000)
     parser.add_argument("--outbound-port", type=int, default=15001)
@@ -110,6 +121,11 @@ def run(args: argparse.Namespace) -> int:
             namespace=args.namespace,
             state_dir=args.state_dir,
             labels=_labels(args.labels),
+            mtls=args.mtls,
+            trust_domain=args.trust_domain,
+            cert_file=args.cert,
+            key_file=args.key,
+            ca_file=args.ca,
         )
     except ValueError as exc:
         print(f"meshlens sidecar: {exc}", file=sys.stderr)
@@ -130,6 +146,10 @@ async def serve(options: SidecarOptions) -> int:
         print(f"meshlens sidecar: invalid config {options.config_path}:", file=sys.stderr)
         for error in exc.errors:
             print(f"  {error}", file=sys.stderr)
+        await sidecar.stop()
+        return 2
+    except IdentityError as exc:
+        print(f"meshlens sidecar: mesh identity: {exc}", file=sys.stderr)
         await sidecar.stop()
         return 2
     except OSError as exc:

@@ -296,11 +296,21 @@ class IdentityManager:
         self.failures = 0
         self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> Credentials:
-        """Get the first certificate (raising IdentityError) and start the rotation task."""
-        credentials = await self.rotate()
+    async def start(self) -> Credentials | None:
+        """Try to get the first certificate, then start the rotation task (which retries)."""
+        try:
+            await self.rotate()
+        except IdentityError as exc:
+            self.failures += 1
+            logger.warning("no certificate yet; retrying", extra={"error": str(exc)})
+            self._task = asyncio.get_running_loop().create_task(self._retry_then_run())
+            return None
         self._task = asyncio.get_running_loop().create_task(self._run(), name="identity-rotation")
-        return credentials
+        return self.credentials
+
+    async def _retry_then_run(self) -> None:
+        await self._sleep(self._retry_s)
+        await self._run()
 
     async def close(self) -> None:
         if self._task is not None:

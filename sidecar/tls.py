@@ -22,6 +22,7 @@ __all__ = [
     "MODES",
     "Credentials",
     "MtlsMode",
+    "ProtocolFactory",
     "TlsContexts",
     "TlsListener",
     "client_context",
@@ -137,7 +138,7 @@ class TlsContexts:
 
     def update(self, credentials: Credentials) -> None:
         """New contexts for `credentials`: new handshakes use them, live connections keep theirs."""
-        server = server_context(credentials, self.mode) if self.mode != "off" else None
+        server = server_context(credentials, _listener_mode(self.mode))
         client = client_context(credentials)
         self._server, self._client, self.credentials = server, client, credentials
         self.updates += 1
@@ -146,11 +147,27 @@ class TlsContexts:
             extra={"spiffe_id": credentials.spiffe_id, "not_after": credentials.not_after},
         )
 
+    def set_mode(self, mode: MtlsMode) -> None:
+        """Switch strict / permissive (/ off: plaintext and TLS without identity) for new conns."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode == self.mode:
+            return
+        if self.credentials is not None:
+            self._server = server_context(self.credentials, _listener_mode(mode))
+        self.mode = mode
+        logger.info("mtls mode changed", extra={"mode": mode})
+
     def server(self) -> ssl.SSLContext | None:
         return self._server
 
     def client(self) -> ssl.SSLContext | None:
         return self._client
+
+
+def _listener_mode(mode: MtlsMode) -> MtlsMode:
+    # A TLS listener switched to "off" still completes TLS handshakes, without requiring a cert.
+    return "strict" if mode == "strict" else "permissive"
 
 
 class _Gate(asyncio.Protocol):
@@ -186,8 +203,6 @@ class TlsListener(asyncio.AbstractServer):
         trust_domain: str,
         handshake_timeout_s: float = 10.0,
     ) -> None:
-        if contexts.mode == "off":
-            raise ValueError("TlsListener needs mode strict or permissive")
         self._contexts = contexts
         self._factory = factory
         self._trust_domain = trust_domain
