@@ -1,0 +1,145 @@
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from sidecar.control import ApplyResult
+from sidecar.cpclient import (
+    ControlPlaneClient,
+    ControlPlaneSync,
+    ControlPlaneUnavailable,
+    Registration,
+    WatchUpdate,
+    endpoints_from_watch,
+)
+from sidecar.http import Endpoint
+from sidecar.upstream import UpstreamPool
+from tests.fakes import RecordingSleep, SequenceRandom
+
+HEARTBEAT_S = 1000.0  # recognisable among the recorded sleeps
+
+
+async def refuse(factory: Callable[[], Any], host: str, port: int) -> tuple[Any, Any]:
+    """A connector for a network where the control plane is down."""
+    raise ConnectionRefusedError(111, "Connection refused")
+
+
+def test_watch_endpoints_use_the_inbound_port_and_drop_bad_entries() -> None:
+    table = endpoints_from_watch(
+        {
+            "api": [
+                {
+                    "instance": "api-1",
+                    "address": "10.0.0.1",
+                    "ports": {"admin": 15000, "inbound": 15006},
+                    "labels": {"version": "v2", "az": "a"},
+                },
+                {"instance": "api-2", "address": "10.0.0.2", "ports": {"http": 8080}},
+                {"instance": "api-3", "address": "10.0.0.3", "ports": {}},  # no port
+                {"instance": "api-4", "ports": {"inbound": 1}},  # no address
+                {"instance": "api-5", "address": "10.0.0.5", "ports": {"inbound": 70000}},
+            ],
+            "db": [],
+        }
+    )
+    assert table == {
+        "api": (
+            Endpoint(
+                "10.0.0.1",
+                15006,
+                service="api",
+                instance="api-1",
+                labels=(("az", "a"), ("version", "v2")),
+            ),
+            Endpoint("10.0.0.2", 8080, service="api", instance="api-2"),
+        ),
+        "db": (),
+    }
+
+
+def test_registration_body_follows_the_protocol() -> None:
+    reg = Registration(
+        "web", "web-1", "127.0.0.1", "shop", ports={"inbound": 15006}, labels={"version": "v1"}
+    )
+    assert reg.body(["api"], 4) == {
+        "namespace": "shop",
+        "service": "web",
+        "instance": "web-1",
+        "address": "127.0.0.1",
+        "ports": {"inbound": 15006},
+        "labels": {"version": "v1"},
+        "upstreams": ["api"],
+        "running_version": 4,
+    }
+
+
+@pytest.mark.parametrize("url", ["https://cp:8686", "cp:8686", "http://", "ftp://cp"])
+def test_the_client_accepts_only_plain_http_urls(url: str) -> None:
+    with pytest.raises(ValueError, match="http://host"):
+        ControlPlaneClient(url, pool=UpstreamPool())
+
+
+def test_backoff_is_exponential_capped_and_jittered() -> None:
+    client = ControlPlaneClient("http://127.0.0.1:1", pool=UpstreamPool())
+    sync = ControlPlaneSync(
+        client,
+        Registration("web", "web-1", "127.0.0.1"),
+        apply=lambda u, new: ApplyResult(True),
+        backoff_base_s=0.5,
+        backoff_max_s=4.0,
+        random=SequenceRandom([0.0, 0.999999]),
+    )
+    low = [sync.backoff_s(n) for n in (1, 2, 3, 4, 5)]  # random 0.0, 0.99.. alternating
+    assert low[0] == pytest.approx(0.25)  # ceiling 0.5, lowest jitter
+    assert low[1] == pytest.approx(1.0, rel=1e-5)  # ceiling 1.0, highest jitter
+    assert low[2] == pytest.approx(1.0)  # ceiling 2.0
+    assert low[3] == pytest.approx(4.0, rel=1e-5)  # ceiling 4.0
+    assert low[4] == pytest.approx(2.0)  # capped at 4.0
+    assert all(0 < d <= 4.0 for d in low)
+
+
+async def test_an_unreachable_control_plane_raises_unavailable() -> None:
+    pool = UpstreamPool(connect=refuse)
+    client = ControlPlaneClient("http://127.0.0.1:1", pool=pool, bootstrap_token="t" * 20)
+    with pytest.raises(ControlPlaneUnavailable, match="Connection refused"):
+        await client.request("GET", "/fleet")
+    await pool.close()
+
+
+async def test_the_watch_loop_backs_off_while_the_control_plane_is_down() -> None:
+    pool = UpstreamPool(connect=refuse)
+    client = ControlPlaneClient("http://127.0.0.1:1", pool=pool, bootstrap_token="t" * 20)
+    sleep = RecordingSleep()
+    applied: list[WatchUpdate] = []
+
+    def apply(update: WatchUpdate, new: bool) -> ApplyResult:
+        applied.append(update)
+        return ApplyResult(True)
+
+    sync = ControlPlaneSync(
+        client,
+        Registration("web", "web-1", "127.0.0.1"),
+        apply=apply,
+        heartbeat_interval_s=HEARTBEAT_S,
+        backoff_base_s=0.1,
+        backoff_max_s=0.8,
+        sleep=sleep,
+        random=SequenceRandom([0.5]),
+    )
+    sync.start()
+    for _ in range(1000):
+        if len([s for s in sleep.calls if s != HEARTBEAT_S]) >= 6:
+            break
+        await asyncio.sleep(0)
+    await sync.stop(deregister=True)  # never registered: nothing to deregister
+
+    backoffs = [s for s in sleep.calls if s != HEARTBEAT_S][:6]
+    assert backoffs == pytest.approx([0.075, 0.15, 0.3, 0.6, 0.6, 0.6])
+    assert not sync.connected and not sync.synced.is_set()
+    assert sync.last_error is not None and "Connection refused" in sync.last_error
+    assert sync.status()["registered"] is False
+    assert applied == []
+    await pool.close()
