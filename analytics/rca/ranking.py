@@ -103,7 +103,11 @@ def _summarise(spans: Sequence[SpanRow]) -> _Side:
     side = _Side(defaultdict(list), defaultdict(list), defaultdict(list), defaultdict(int),
                  defaultdict(int))  # fmt: skip
     failing_children: set[int] = set()
+    fan_out: dict[int, int] = defaultdict(int)
     for s in spans:
+        parent_of = index.get((s.trace_id, s.parent_span_id)) if s.parent_span_id else None
+        if parent_of is not None:
+            fan_out[parent_of] += 1
         if s.error and s.parent_span_id:
             parent = index.get((s.trace_id, s.parent_span_id))
             if parent is not None:
@@ -116,7 +120,9 @@ def _summarise(spans: Sequence[SpanRow]) -> _Side:
         if s.error and i not in failing_children:
             side.origins[s.service] += 1
         parent = index.get((s.trace_id, s.parent_span_id)) if s.parent_span_id else None
-        if parent is not None and spans[parent].service != s.service:
+        # Only a parent with this one child measures the call itself (a client span): with
+        # several children the difference is the parent's own work and its other calls.
+        if parent is not None and spans[parent].service != s.service and fan_out[parent] == 1:
             side.gaps[(spans[parent].service, s.service)].append(
                 spans[parent].duration_ns - s.duration_ns
             )
@@ -148,14 +154,16 @@ def rank_root_causes(
         if len(before) < min_samples or len(values) < min_samples:
             continue
         z = _robust_z(before, values)
+        change_ms = (statistics.median(values) - statistics.median(before)) / 1e6
+        total_ms = (
+            statistics.median(win.total_by_op[key]) - statistics.median(base.total_by_op[key])
+        ) / 1e6
+        if abs(total_ms - change_ms) > abs(inherited_ms[key[0]]):
+            inherited_ms[key[0]] = total_ms - change_ms
         if z > self_z[key[0]]:
             self_z[key[0]] = z
-            self_ms[key[0]] = (statistics.median(values) - statistics.median(before)) / 1e6
-            total = statistics.median(win.total_by_op[key]) - statistics.median(
-                base.total_by_op[key]
-            )
-            inherited_ms[key[0]] = total / 1e6 - self_ms[key[0]]
-            notes[key[0]].append(f"self time of {key[1]!r} +{self_ms[key[0]]:.1f} ms (z={z:.1f})")
+            self_ms[key[0]] = change_ms
+            notes[key[0]].append(f"self time of {key[1]!r} {change_ms:+.1f} ms (z={z:.1f})")
     gap_z: dict[str, float] = defaultdict(float)
     for edge, values in win.gaps.items():
         before = base.gaps.get(edge, [])
