@@ -13,6 +13,7 @@ from analytics.controlplane.errors import ControlPlaneError
 from analytics.controlplane.router import error_response
 from analytics.controlplane.router import router as controlplane_router
 from analytics.controlplane.service import ControlPlane
+from analytics.jaeger.router import router as jaeger_router
 from analytics.settings import Settings
 from analytics.traces.router import router as traces_router
 from collector.store import Store, open_store
@@ -55,4 +56,5 @@ def create_app(
     app.add_exception_handler(ControlPlaneError, error_response)
     app.include_router(controlplane_router)
     app.include_router(traces_router)
+    app.include_router(jaeger_router)
     return app
