@@ -180,25 +180,30 @@ def detect_change_points(
     found = []
     for name in ("error_ratio", "latency_p99"):
         values = [_metrics(p)[name] for p in points]
+        floor = cfg.error_ratio_floor if name == "error_ratio" else cfg.latency_floor_ms
+        # The split with the least total absolute deviation from each side's median (L1
+        # segmentation), then judged by its level shift against the sides' spread.
         best: tuple[float, int] | None = None
         for split in range(k, n - k + 1):
             if points[split].minute < evaluate_from:
                 continue
             before, after = values[:split], values[split:]
-            median_b, mad_b = _median_mad(before)
-            median_a, mad_a = _median_mad(after)
-            floor = cfg.error_ratio_floor if name == "error_ratio" else cfg.latency_floor_ms
-            if abs(median_a - median_b) < floor:
-                continue
-            stat = abs(median_a - median_b) / max(mad_b, mad_a, floor / 2)
-            if best is None or stat > best[0]:
-                best = (stat, split)
-        if best is not None and best[0] >= cfg.z_threshold:
-            split = best[1]
+            m_b, m_a = statistics.median(before), statistics.median(after)
+            cost = sum(abs(v - m_b) for v in before) + sum(abs(v - m_a) for v in after)
+            if best is None or cost < best[0]:
+                best = (cost, split)
+        if best is None:
+            continue
+        split = best[1]
+        median_b, mad_b = _median_mad(values[:split])
+        median_a, mad_a = _median_mad(values[split:])
+        shift = abs(median_a - median_b)
+        stat = shift / max(mad_b, mad_a, floor / 2)
+        if shift >= floor and stat >= cfg.z_threshold:
             after_m = statistics.median(values[split:])
             before_m = statistics.median(values[:split])
             found.append(Anomaly(subject, f"change_point_{name}", points[split].minute,
-                                 points[-1].minute, after_m, before_m, best[0]))  # fmt: skip
+                                 points[-1].minute, after_m, before_m, stat))  # fmt: skip
     return found
 
 

@@ -1,0 +1,110 @@
+"""Detectors on constructed per-minute series."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from analytics.anomalies import (
+    DetectorConfig,
+    Point,
+    detect_burn_rate,
+    detect_change_points,
+    detect_deviations,
+    detect_edge_changes,
+)
+
+T0 = datetime(2026, 3, 1, 0, 0, tzinfo=UTC)
+CFG = DetectorConfig()
+
+
+def _minute(i: int) -> datetime:
+    return T0 + timedelta(minutes=i)
+
+
+def _steady(n: int, *, requests: int = 100, errors: int = 0, p99: float = 20.0) -> list[Point]:
+    # A little deterministic noise so the MAD is not zero.
+    return [Point(_minute(i), requests + i % 5, errors, p99 + (i % 3)) for i in range(n)]
+
+
+def test_a_latency_spike_after_a_steady_hour_is_one_anomaly_spanning_its_minutes() -> None:
+    series = _steady(60) + [Point(_minute(60 + i), 100, 0, 200.0) for i in range(3)]
+
+    found = detect_deviations("web->db", series, _minute(60), CFG)
+
+    assert [(a.signal, a.start, a.end) for a in found] == [
+        ("latency_p99", _minute(60), _minute(62))
+    ]
+    assert found[0].expected == pytest.approx(21.0)
+    assert found[0].services == ("web", "db")
+
+
+def test_normal_noise_raises_nothing() -> None:
+    assert detect_deviations("web->db", _steady(90), _minute(60), CFG) == []
+
+
+def test_an_error_ratio_rise_fires_and_a_rate_drop_fires() -> None:
+    series = _steady(60) + [Point(_minute(60), 100, 30, 20.0), Point(_minute(61), 10, 0, 20.0)]
+
+    found = {a.signal: a for a in detect_deviations("db", series, _minute(60), CFG)}
+
+    assert found["error_ratio"].start == _minute(60)
+    assert found["error_ratio"].observed == pytest.approx(0.3)
+    assert found["rate"].start == _minute(61)
+
+
+def test_too_little_history_is_not_judged() -> None:
+    series = _steady(5) + [Point(_minute(5), 100, 0, 500.0)]
+    assert detect_deviations("db", series, _minute(5), CFG) == []
+
+
+def test_daily_seasonality_explains_a_recurring_peak() -> None:
+    day = 24 * 60
+    series = []
+    for i in range(day + 70):
+        peak = 60 <= i % day < 65  # every day at 01:00, five minutes of slower responses
+        series.append(Point(_minute(i), 100 + i % 5, 0, (300.0 if peak else 20.0) + i % 3))
+
+    found = detect_deviations("db", series, _minute(day + 60), CFG)
+
+    assert found == []
+
+
+def test_change_point_finds_the_level_shift() -> None:
+    series = _steady(20) + [Point(_minute(20 + i), 100, 0, 80.0 + i % 3) for i in range(20)]
+
+    found = detect_change_points("db", series, _minute(10), CFG)
+
+    assert [(a.signal, a.start) for a in found] == [("change_point_latency_p99", _minute(20))]
+    assert found[0].observed == pytest.approx(81.0)
+
+
+def test_burn_rate_fast_needs_both_windows_above_14_4x() -> None:
+    # SLO 99.9 %: budget 0.1 %. 3 % errors is a 30x burn over 5 m, but the 1 h window passes
+    # 14.4x only after about 29 bad minutes.
+    short = _steady(60) + [Point(_minute(60 + i), 100, 3, 20.0) for i in range(5)]
+    assert detect_burn_rate("db", short, _minute(60), CFG) == []
+
+    long = _steady(60) + [Point(_minute(60 + i), 100, 3, 20.0) for i in range(40)]
+    found = [a for a in detect_burn_rate("db", long, _minute(60), CFG) if a.signal == "burn_rate_fast"]
+
+    assert len(found) == 1
+    assert _minute(85) <= found[0].start <= _minute(90)
+    assert found[0].end == _minute(99)
+
+
+def test_new_and_vanished_edges() -> None:
+    found = detect_edge_changes(
+        {"a->b": 50, "a->c": 40}, {"a->b": 45, "a->d": 12}, _minute(0), _minute(10), CFG
+    )
+    assert sorted((a.signal, a.subject) for a in found) == [
+        ("new_edge", "a->d"),
+        ("vanished_edge", "a->c"),
+    ]
+    assert detect_edge_changes({}, {"a->d": 12}, _minute(0), _minute(10), CFG) == []
+
+
+def test_config_is_validated() -> None:
+    with pytest.raises(ValueError, match="slo_target"):
+        DetectorConfig(slo_target=1.0)
