@@ -9,6 +9,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from analytics.anomalies.router import router as incidents_router
+from analytics.callgraph.router import router as callgraph_router
 from analytics.controlplane.errors import ControlPlaneError
 from analytics.controlplane.router import error_response
 from analytics.controlplane.router import router as controlplane_router
@@ -57,4 +59,6 @@ def create_app(
     app.include_router(controlplane_router)
     app.include_router(traces_router)
     app.include_router(jaeger_router)
+    app.include_router(callgraph_router)
+    app.include_router(incidents_router)
     return app
