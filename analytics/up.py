@@ -30,6 +30,7 @@ from typing import Any, TextIO
 import uvicorn
 from fastapi import FastAPI
 
+from analytics.engine import AnalysisEngine
 from analytics.settings import ApiTokenSpec, BootstrapTokenSpec, Settings, hash_token
 from collector.store import Store
 
@@ -78,6 +79,7 @@ def up_components(args: argparse.Namespace, store: Store) -> list[Any]:
     )
     components: list[Any] = [
         AnalyticsComponent(settings, store, token_files=files),
+        AnalysisEngine(store),
     ]
     return components
 
