@@ -17,7 +17,7 @@ from typing import Any, cast
 from sidecar.admin import AdminServer
 from sidecar.build import BuiltStack, build_inbound, build_outbound, static_endpoints
 from sidecar.codec import HttpServer, ServerConfig
-from sidecar.config import SidecarConfig, load_config, parse_config
+from sidecar.config import ConfigError, SidecarConfig, load_config, parse_config
 from sidecar.control import ActiveStacks, ApplyResult, ConfigControl, ConfigUpdate
 from sidecar.cpclient import (
     ControlPlaneClient,
@@ -81,6 +81,7 @@ class SidecarOptions:
     initial_sync_s: float = 5.0
     cp_watch_timeout_s: float = 30.0
     cp_heartbeat_s: float = 2.0
+    cp_backoff_max_s: float = 5.0
     # mesh identity / mTLS (--mtls, --trust-domain, --cert/--key/--ca)
     mtls: str = "off"
     trust_domain: str = "cluster.local"
@@ -169,6 +170,7 @@ class Sidecar:
                 upstreams=self._document_upstreams,
                 watch_timeout_s=options.cp_watch_timeout_s,
                 heartbeat_interval_s=options.cp_heartbeat_s,
+                backoff_max_s=options.cp_backoff_max_s,
             )
         self.control: ConfigControl[SidecarConfig] = ConfigControl(
             path=options.config_path,
@@ -287,6 +289,8 @@ class Sidecar:
         self, config: SidecarConfig | None, source: str, previous: ActiveStacks | None
     ) -> ActiveStacks:
         telemetry = self.telemetry
+        if config is not None:
+            self._check_no_loop(config)
         endpoints = None
         if self.endpoints is not None:
             config = config if config is not None else parse_config({})
@@ -355,6 +359,18 @@ class Sidecar:
             identity = spiffe_id(opts.trust_domain, opts.namespace, opts.service)
             self.identity = IdentityManager(identity, CpClientCertificates(client), apply)
             await self.identity.start()
+
+    def _check_no_loop(self, config: SidecarConfig) -> None:
+        """A pushed endpoint may not be one of this sidecar's own listeners (a request loop);
+        only the sidecar knows its ports, so this is checked here and NACKed."""
+        errors = [
+            f"upstreams.{name}.endpoints: {e.address} is this sidecar's own listener"
+            for name, spec in config.upstreams.items()
+            for e in spec.endpoints
+            if e.port in self._own_ports and e.host in self._own_hosts
+        ]
+        if errors:
+            raise ConfigError(errors)
 
     def _cp_apply(self, update: WatchUpdate, new_version: bool) -> ApplyResult:
         if self.identity is not None and update.trust_bundle:
