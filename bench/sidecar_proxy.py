@@ -190,7 +190,7 @@ def start_sidecar(
     path.write_text(json.dumps(config))
     outbound, inbound = free_port(), free_port()
     args = [
-        sys.executable, "-m", "meshlens_cli", "--log-level", "WARNING", "sidecar",
+        sys.executable, "-m", "meshlens_cli", "--log-level=WARNING", "sidecar",
         "--service", service, "--app-port", str(app_port), "--config", str(path),
         "--collector", collector, "--admin-port", "0",
         "--outbound-port", str(outbound), "--inbound-port", str(inbound),

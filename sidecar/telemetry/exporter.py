@@ -11,12 +11,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from google.protobuf.message import DecodeError
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
-
 from sidecar.stack import Clock, Sleep, monotonic
 from sidecar.telemetry.metrics import Counter
-from sidecar.telemetry.otlp import TraceEncoder
+from sidecar.telemetry.otlp import TraceEncoder, rejected_spans
 from sidecar.telemetry.spans import SpanBuffer
 from sidecar.telemetry.transport import RetryPolicy, Transport, send_with_retry
 
@@ -202,11 +199,4 @@ class OtlpExporter:
 
 
 def _rejected_spans(body: bytes) -> int:
-    if not body:
-        return 0
-    response = trace_service_pb2.ExportTraceServiceResponse()
-    try:
-        response.ParseFromString(body)
-    except DecodeError:  # a non-protobuf 2xx body from a lenient server: nothing to learn
-        return 0
-    return int(response.partial_success.rejected_spans)
+    return rejected_spans(body) if body else 0

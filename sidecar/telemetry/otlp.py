@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from sidecar.http import AttrValue
 from sidecar.telemetry.spans import SpanRecord
 
-__all__ = ["TraceEncoder", "encode_key_values"]
+__all__ = ["TraceEncoder", "encode_key_values", "field", "rejected_spans"]
 
 _PACK_Q = struct.Struct("<Q").pack
 _PACK_I = struct.Struct("<I").pack
@@ -53,6 +53,11 @@ def _any_value(value: AttrValue) -> bytes:
     if isinstance(value, float):
         return b"\x21" + _PACK_D(value)
     return _field(b"\x0a", str(value).encode())
+
+
+def field(tag: bytes, payload: bytes) -> bytes:
+    """A length-delimited protobuf field: `tag` (one or more bytes), length, payload."""
+    return tag + _varint(len(payload)) + payload
 
 
 def _key_value(key: str, value: AttrValue) -> bytes:
@@ -136,3 +141,59 @@ class TraceEncoder:
             parts.append(_field(b"\x7a", status))
         parts += (b"\x85\x01", _PACK_I(flags))
         return b"".join(parts)
+
+
+class _Malformed(Exception):
+    pass
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise _Malformed
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _fields(data: bytes) -> Iterable[tuple[int, int, int | bytes]]:
+    """(field number, wire type, value) of each field of one message; raises _Malformed."""
+    pos = 0
+    while pos < len(data):
+        key, pos = _read_varint(data, pos)
+        number, wire = key >> 3, key & 7
+        value: int | bytes
+        if wire == 0:
+            value, pos = _read_varint(data, pos)
+        elif wire == 1 or wire == 5:
+            size = 8 if wire == 1 else 4
+            value, pos = int.from_bytes(data[pos : pos + size], "little"), pos + size
+        elif wire == 2:
+            size, pos = _read_varint(data, pos)
+            value, pos = data[pos : pos + size], pos + size
+        else:
+            raise _Malformed
+        if pos > len(data) or number == 0:
+            raise _Malformed
+        yield number, wire, value
+
+
+def rejected_spans(body: bytes) -> int:
+    """`partial_success.rejected_spans` of an ExportTraceServiceResponse; 0 if absent or the body
+    is not protobuf (a lenient server's 2xx text: nothing to learn)."""
+    rejected = 0
+    try:
+        for number, wire, value in _fields(body):
+            if number == 1 and wire == 2 and isinstance(value, bytes):  # partial_success
+                for inner, inner_wire, count in _fields(value):
+                    if inner == 1 and inner_wire == 0 and isinstance(count, int):
+                        rejected = count  # int64: the last value of a field wins
+    except _Malformed:
+        return 0
+    if rejected >= 1 << 63:
+        rejected -= 1 << 64
+    return max(rejected, 0)

@@ -45,3 +45,25 @@ def test_series_cap() -> None:
     durations.record_server(("GET", "http", 200, "", "", "1.1"), 0.1)
     durations.record_server(("GET", "http", 404, "", "", "1.1"), 0.1)
     assert len(durations) == 1 and overflow == ["http.server.request.duration"]
+
+
+def test_hand_encoding_matches_the_generated_protobuf_classes() -> None:
+    durations = HttpDurations(start_ns=7, max_series=10, on_overflow=lambda _: None)
+    durations.record_client(("GET", "orders", 8080, 503, "503", "1.1"), 0.02)
+    durations.record_server(("GET", "http", 200, "", "", "1.1"), 0.5)
+    encoded = durations.encode((("service.name", "web"), ("pid", 12)), now_ns=9)
+    decoded = ExportMetricsServiceRequest()
+    decoded.ParseFromString(encoded)
+    (rm,) = decoded.resource_metrics
+    assert rm.scope_metrics[0].scope.name == "meshlens.sidecar"
+    points = {m.name: m.histogram.data_points[0] for m in rm.scope_metrics[0].metrics}
+    server = points["http.server.request.duration"]
+    assert {kv.key for kv in server.attributes} == {
+        "http.request.method",
+        "url.scheme",
+        "http.response.status_code",
+        "network.protocol.version",
+    }
+    assert server.min == server.max == 0.5 and server.HasField("sum")
+    # re-serialising the decoded message gives the same bytes: no unknown or misplaced fields
+    assert decoded.SerializeToString() == encoded

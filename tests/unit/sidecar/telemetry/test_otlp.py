@@ -113,3 +113,20 @@ def test_empty_batch_is_a_valid_request() -> None:
     request = _decode(TraceEncoder(RESOURCE).encode([]))
     assert len(request.resource_spans) == 1
     assert len(request.resource_spans[0].scope_spans[0].spans) == 0
+
+
+def test_rejected_spans_reads_partial_success_and_ignores_junk() -> None:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceResponse,
+    )
+
+    from sidecar.telemetry.otlp import rejected_spans
+
+    response = ExportTraceServiceResponse()
+    response.partial_success.rejected_spans = 300
+    response.partial_success.error_message = "too old"
+    assert rejected_spans(response.SerializeToString()) == 300
+    assert rejected_spans(ExportTraceServiceResponse().SerializeToString()) == 0
+    assert rejected_spans(b"ok\n") == 0  # a lenient server's text body
+    assert rejected_spans(b"\x0a\x05\x08") == 0  # truncated
+    assert rejected_spans(b"\x0a\x02\x08\xff") == 0  # varint cut short
