@@ -31,6 +31,11 @@ UP_MODULES = ("analytics.up",)
 def register(subparsers: Any) -> None:
     collector = subparsers.add_parser("collector", help="run the OTLP collector")
     collector.add_argument("--store", required=True, help="chdb://PATH or http(s)://.../db")
+    collector.add_argument(
+        "--cluster",
+        default=None,
+        help="ClickHouse cluster name: ON CLUSTER DDL, Replicated + Distributed tables",
+    )
     _add_collector_arguments(collector, default_spool=None)
     collector.set_defaults(run=_run_collector)
 
@@ -73,7 +78,11 @@ def _settings(args: argparse.Namespace, spool: Path) -> CollectorSettings:
 
 def _run_collector(args: argparse.Namespace) -> int:
     spool = Path(args.spool) if args.spool else Path(".meshlens") / "spool"
-    return _run(args.store, lambda store: [CollectorComponent(_settings(args, spool), store)])
+    return _run(
+        args.store,
+        lambda store: [CollectorComponent(_settings(args, spool), store)],
+        cluster=args.cluster,
+    )
 
 
 def _run_up(args: argparse.Namespace) -> int:
@@ -90,9 +99,9 @@ def _run_up(args: argparse.Namespace) -> int:
     return _run(f"chdb://{data / 'clickhouse'}", components)
 
 
-def _run(url: str, build: Any) -> int:
+def _run(url: str, build: Any, cluster: str | None = None) -> int:
     try:
-        store = open_store(url)
+        store = open_store(url, cluster=cluster)
     except (ValueError, StoreError) as exc:
         print(f"error: cannot open store {url}: {exc}", file=sys.stderr)
         return 2
