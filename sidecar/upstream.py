@@ -89,7 +89,7 @@ class _ResponseBody(ByteStream):
 class _Connection(asyncio.Protocol):
     """One upstream connection; runs one exchange at a time."""
 
-    def __init__(self, pool: UpstreamPool, key: tuple[str, int]) -> None:
+    def __init__(self, pool: UpstreamPool, key: tuple[str, int, str]) -> None:
         self.pool = pool
         self.key = key
         self.high_water = pool.config.high_water_bytes
@@ -372,7 +372,9 @@ class UpstreamPool:
         self._tls = tls  # the current mesh client context (sidecar/tls.py), read per connect
         self._clock = clock
         self._connect_fn = connect
-        self._idle: dict[tuple[str, int], deque[_Connection]] = {}
+        # keyed by (host, port, expected identity): an mTLS connection is only reused for the
+        # identity it was verified against
+        self._idle: dict[tuple[str, int, str], deque[_Connection]] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._closed = False
         self.opened = 0
@@ -398,7 +400,7 @@ class UpstreamPool:
     # -- pool -----------------------------------------------------------------------------
 
     def _take_idle(self, endpoint: Endpoint) -> _Connection | None:
-        idle = self._idle.get((endpoint.host, endpoint.port))
+        idle = self._idle.get((endpoint.host, endpoint.port, endpoint.identity))
         if not idle:
             return None
         oldest_ok = self._clock() - self.config.idle_expiry_s
@@ -435,7 +437,7 @@ class UpstreamPool:
                 idle.popleft().close()
 
     async def _connect(self, endpoint: Endpoint, timeout_s: float) -> _Connection:
-        key = (endpoint.host, endpoint.port)
+        key = (endpoint.host, endpoint.port, endpoint.identity)
         connect = self._connect_fn or asyncio.get_running_loop().create_connection
         tls = self._mesh_tls(endpoint)
         try:
@@ -491,7 +493,7 @@ class UpstreamPool:
             "connections_opened": self.opened,
             "connections_reused": self.reused,
             "stale_retries": self.stale_retries,
-            "idle": {f"{h}:{p}": len(q) for (h, p), q in self._idle.items() if q},
+            "idle": {f"{h}:{p}": len(q) for (h, p, _), q in self._idle.items() if q},
         }
 
     # -- one exchange ---------------------------------------------------------------------

@@ -1,0 +1,247 @@
+"""mTLS between sidecars on loopback with certificates from the real CA code: who is refused,
+permissive mode, SPIFFE identity checks on the outbound side, rotation under continuous load."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from sidecar.app import Sidecar
+from sidecar.http import Endpoint, Request, RequestContext
+from sidecar.identity import IdentityManager
+from sidecar.tls import TlsContexts
+from sidecar.upstream import UpstreamConfig, UpstreamPool
+from tests.integration.conftest import ScriptedUpstream, eventually
+from tests.integration.pki import (
+    Pki,
+    anonymous_client,
+    client_with,
+    expired_clock,
+    refused,
+    tls_get,
+)
+
+MakeSidecar = Callable[..., Awaitable[Sidecar]]
+
+
+async def _strict_server(
+    pki: Pki, tmp_path: Path, sidecars: MakeSidecar, upstream: ScriptedUpstream, **extra: Any
+) -> Sidecar:
+    cert, key, ca = pki.write(pki.issue("server"), tmp_path / "server")
+    return await sidecars(
+        "server",
+        upstream.port,
+        mtls=extra.pop("mtls", "strict"),
+        trust_domain=pki.trust_domain,
+        cert_file=cert,
+        key_file=key,
+        ca_file=ca,
+        **extra,
+    )
+
+
+async def test_strict_inbound_accepts_a_mesh_client_and_records_its_identity(
+    tmp_path: Path, sidecars: MakeSidecar, upstream: ScriptedUpstream
+) -> None:
+    pki = Pki(tmp_path / "ca")
+    server = await _strict_server(pki, tmp_path, sidecars, upstream)
+    assert server.addresses is not None
+    client = client_with(pki.issue("client"), pki.bundle)
+
+    status, _, body = await tls_get(server.addresses.inbound, client, "/hello")
+
+    assert status == 200 and b'"/hello"' in body
+    stats: Any = server.stats_doc()
+    assert stats["mtls"]["mode"] == "strict"
+    assert stats["mtls"]["spiffe_id"] == "spiffe://example.org/ns/default/sa/server"
+
+
+async def test_strict_inbound_refuses_plaintext_no_cert_other_ca_expired_and_foreign_identity(
+    tmp_path: Path, sidecars: MakeSidecar, upstream: ScriptedUpstream
+) -> None:
+    pki = Pki(tmp_path / "ca")
+    other = Pki(tmp_path / "other-ca")
+    server = await _strict_server(pki, tmp_path, sidecars, upstream)
+    assert server.addresses is not None
+    address = server.addresses.inbound
+
+    assert await refused(address, None)  # plaintext HTTP
+    assert await refused(address, anonymous_client(pki.bundle))  # TLS, no certificate
+    assert await refused(address, client_with(other.issue("client"), pki.bundle))
+    assert await refused(address, client_with(pki.issue("client", clock=expired_clock), pki.bundle))
+    foreign = pki.issue("client", trust_domain="evil.example")  # right CA, wrong trust domain
+    assert await refused(address, client_with(foreign, pki.bundle))
+    # and a good client still gets through afterwards
+    ok = client_with(pki.issue("client"), pki.bundle)
+    assert (await tls_get(address, ok))[0] == 200
+    assert upstream.seen and len(upstream.seen) == 1
+    refusals: Any = server.stats_doc()["mtls"]
+    assert refusals["refusals"]["plaintext"] == 1
+    assert refusals["refusals"]["foreign_trust_domain"] == 1
+    assert refusals["refusals"]["handshake_failed"] >= 1
+
+
+async def test_permissive_inbound_accepts_plaintext_and_tls(
+    tmp_path: Path, sidecars: MakeSidecar, upstream: ScriptedUpstream
+) -> None:
+    pki = Pki(tmp_path / "ca")
+    server = await _strict_server(pki, tmp_path, sidecars, upstream, mtls="permissive")
+    assert server.addresses is not None
+    address = server.addresses.inbound
+
+    assert (await tls_get(address, None))[0] == 200
+    assert (await tls_get(address, anonymous_client(pki.bundle)))[0] == 200
+    assert (await tls_get(address, client_with(pki.issue("client"), pki.bundle)))[0] == 200
+    other = Pki(tmp_path / "other-ca")
+    assert await refused(address, client_with(other.issue("client"), pki.bundle))
+
+
+async def test_outbound_sidecar_speaks_mtls_and_checks_the_server_identity(
+    tmp_path: Path, sidecars: MakeSidecar, upstream: ScriptedUpstream
+) -> None:
+    pki = Pki(tmp_path / "ca")
+    server = await _strict_server(pki, tmp_path, sidecars, upstream)
+    assert server.addresses is not None
+    host, port = server.addresses.inbound
+    good = "spiffe://example.org/ns/default/sa/server"
+    wrong = "spiffe://example.org/ns/default/sa/impostor"
+    config = {
+        "upstreams": {
+            "server": {"endpoints": [{"host": host, "port": port, "identity": good}]},
+            "wrongid": {"endpoints": [{"host": host, "port": port, "identity": wrong}]},
+            "plain": {"endpoints": [{"host": host, "port": port}]},
+        }
+    }
+    cert, key, ca = pki.write(pki.issue("client"), tmp_path / "client")
+    client = await sidecars(
+        "client",
+        1,
+        config=config,
+        trust_domain="example.org",
+        cert_file=cert,
+        key_file=key,
+        ca_file=ca,
+    )
+    assert client.addresses is not None
+    out = client.addresses.outbound
+
+    async def call(service: str) -> tuple[int, dict[str, str], bytes]:
+        reader, writer = await asyncio.open_connection(*out)
+        try:
+            writer.write(
+                f"GET /x HTTP/1.1\r\nhost: {service}\r\nconnection: close\r\n\r\n".encode()
+            )
+            from tests.integration.conftest import read_response
+
+            return await read_response(reader)
+        finally:
+            writer.close()
+
+    status, _, _ = await call("server")
+    assert status == 200
+    status, headers, body = await call("wrongid")
+    assert status == 503 and headers["x-meshlens-error"] == "connect_failure"
+    assert b"expected spiffe://example.org/ns/default/sa/impostor" in body
+    status, _, _ = await call("plain")  # no identity: plaintext, which strict refuses
+    assert status >= 500
+
+
+class _Ticks:
+    """An injected clock + sleep: each `tick()` lets one rotation sleep end (time jumps ahead)."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+        self._wakes: asyncio.Queue[None] = asyncio.Queue()
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        await self._wakes.get()
+        self.now += seconds
+
+    def tick(self) -> None:
+        self._wakes.put_nowait(None)
+
+
+async def test_rotation_under_continuous_load_fails_no_request(
+    tmp_path: Path, sidecars: MakeSidecar, upstream: ScriptedUpstream
+) -> None:
+    pki = Pki(tmp_path / "ca")
+    server = await _strict_server(pki, tmp_path, sidecars, upstream)
+    assert server.addresses is not None
+    host, port = server.addresses.inbound
+    first = pki.issue("server")
+    server_ticks, client_ticks = _Ticks(first.not_before), _Ticks(first.not_before)
+    server_identity = IdentityManager(
+        first.spiffe_id,
+        pki.requester,
+        server.tls.update,
+        clock=server_ticks.clock,
+        sleep=server_ticks.sleep,
+    )
+    client_tls = TlsContexts("off")
+    client_identity = IdentityManager(
+        "spiffe://example.org/ns/default/sa/client",
+        pki.requester,
+        client_tls.update,
+        clock=client_ticks.clock,
+        sleep=client_ticks.sleep,
+    )
+    await server_identity.start()
+    await client_identity.start()
+    pool = UpstreamPool(UpstreamConfig(), tls=client_tls.client)  # long-lived connections
+    endpoint = Endpoint(host, port, service="server", identity=first.spiffe_id)
+    results: list[int] = []
+    stop = asyncio.Event()
+
+    async def worker() -> None:
+        for i in range(1000):  # bounded; the test stops the workers after the rotations
+            if stop.is_set():
+                return
+            # every 25th request on a new connection: handshakes keep happening during rotations
+            fresh = UpstreamPool(UpstreamConfig(), tls=client_tls.client) if i % 25 == 0 else None
+            context = RequestContext(endpoint=endpoint)
+            try:
+                response = await (fresh or pool)(Request("GET", "/load", context=context))
+                body = response.body
+                if not isinstance(body, bytes):
+                    while await body.read():
+                        pass
+            finally:
+                if fresh is not None:
+                    await fresh.close()
+            handshakes[0] += fresh is not None
+            results.append(response.status)
+
+    handshakes = [0]
+    handshakes_at: list[int] = []
+    workers = [asyncio.create_task(worker()) for _ in range(5)]
+    try:
+        for rotation in range(1, 6):
+            want = rotation * 300
+            await eventually(lambda: len(results) >= want, timeout_s=30.0)  # noqa: B023
+            server_ticks.tick()
+            client_ticks.tick()
+            await eventually(
+                lambda: min(server_identity.rotations, client_identity.rotations) > want // 300,  # noqa: B023
+            )
+            handshakes_at.append(handshakes[0])
+        await eventually(lambda: len(results) >= 2000, timeout_s=30.0)
+    finally:
+        stop.set()
+        await asyncio.gather(*workers)
+        await server_identity.close()
+        await client_identity.close()
+        await pool.close()
+
+    assert len(results) >= 2000
+    assert set(results) == {200}
+    assert server_identity.rotations == 6 and client_identity.rotations == 6
+    # new handshakes (with the rotated certificates) after every rotation
+    marks = [*handshakes_at, handshakes[0]]
+    assert all(after > before for before, after in itertools.pairwise(marks))
+    assert pool.opened == 5  # and the long-lived connections kept serving across rotations
