@@ -349,6 +349,10 @@ class ControlPlaneSync:
         self._random = random
         self._tasks: list[asyncio.Task[None]] = []
         self._registered = False
+        # After (re-)registering, ask for the full state once and answer it with the result
+        # for that version: a restarted control plane learns what this sidecar runs.
+        self._resync = False
+        self._result: ApplyResult | None = None  # of `version`
         self._register_lock = asyncio.Lock()
         self.version: int | None = None  # last version received (applied or rejected)
         self.revision: str | None = None
@@ -406,6 +410,7 @@ class ControlPlaneSync:
                 self.registration, self._upstreams(), self._running_version()
             )
             self._registered = True
+            self._resync = True
             logger.info(
                 "registered with the control plane",
                 extra={"instance": self.registration.instance, "url": self.client.url},
@@ -431,8 +436,8 @@ class ControlPlaneSync:
                 update = await self.client.watch(
                     self.registration.service,
                     self.registration.instance,
-                    self.version,
-                    self.revision,
+                    None if self._resync else self.version,
+                    None if self._resync else self.revision,
                     self._watch_timeout_s,
                 )
                 if not self.connected:
@@ -462,11 +467,16 @@ class ControlPlaneSync:
         await self._sleep(self.backoff_s(failures))
 
     async def _handle(self, update: WatchUpdate) -> None:
-        new_version = update.version != self.version
+        resync, self._resync = self._resync, False
+        new_version = update.version != self.version or self._result is None
         result = self._apply(update, new_version)
         self.updates += 1
         self.revision = update.revision
         if new_version:
+            self._result = result
+        if new_version or resync:
+            assert self._result is not None
+            result = self._result
             self.version = update.version
             await self.client.ack(
                 self.registration.instance,
