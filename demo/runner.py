@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 from demo.faults import FaultInjector, FaultSpec
 from demo.loadgen import LoadGenerator, Progress
-from demo.mesh import Mesh
+from demo.mesh import NAMESPACE, ControlPlane, Mesh
 from demo.scenarios import Scenario, demo_schedule
 from demo.supervisor import UpProcess
 from demo.topology import Topology, get_topology
@@ -81,7 +81,8 @@ async def run(options: RunOptions, stop: asyncio.Event, out: TextIO = sys.stdout
     console = _Console(out)
     started_ns = time.time_ns()
     http_port = options.http_port if importlib.util.find_spec("analytics.up") else None
-    up = UpProcess(options.data_dir, http_port, work / "logs")
+    services = [f"{NAMESPACE}/{s.name}" for s in topology.services]
+    up = UpProcess(options.data_dir, http_port, work / "logs", bootstrap_services=services)
     console.announce(f"starting meshlens up (data {options.data_dir}) ...")
     await up.start()
     mesh: Mesh | None = None
@@ -91,7 +92,12 @@ async def run(options: RunOptions, stop: asyncio.Event, out: TextIO = sys.stdout
     try:
         for name, address in up.addresses.items():
             console.announce(f"{name} listening on {address}")
-        mesh = Mesh(topology, work, up.collector_url, seed=seed)
+        control_plane = _control_plane(options.data_dir, up)
+        if control_plane is None:
+            console.announce("no control plane in `meshlens up`: sidecars use static policy files")
+        else:
+            console.announce(f"control plane at {control_plane.url}: sidecars register and watch")
+        mesh = Mesh(topology, work, up.collector_url, seed=seed, control_plane=control_plane)
         count = len(mesh.instances)
         console.announce(f"starting {topology.name}: {count} instances, each app + sidecar ...")
         await mesh.start()
@@ -178,6 +184,16 @@ def _print_intro(
         console.announce(
             f"scenario {scenario.name} seed {scenario.seed}, {scenario.duration_s:.0f} s"
         )
+
+
+def _control_plane(data_dir: Path, up: UpProcess) -> ControlPlane | None:
+    """The control plane `up` serves, if any, with the operator token it generated."""
+    url = up.addresses.get("analytics http")
+    token_file = data_dir / "tokens" / "operator.token"
+    if url is None or not token_file.exists():
+        return None  # no analytics, or operator tokens configured by env (not ours to read)
+    token = token_file.read_text(encoding="utf-8").strip()
+    return ControlPlane(url, token, data_dir / "tokens" / "bootstrap")
 
 
 def _default_truth_path(work: Path, scenario: Scenario | None, seed: int) -> Path:

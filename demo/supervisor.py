@@ -16,13 +16,11 @@ import re
 import signal
 import socket
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from demo.topology import Topology
-
-__all__ = ["Child", "Instance", "UpProcess", "free_ports", "sidecar_config"]
+__all__ = ["Child", "Instance", "UpProcess", "free_ports"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +59,8 @@ class Child:
         self.log_path = log_path
         self._ready_re = re.compile(ready)
         self.ready_match: re.Match[str] | None = None
-        self.lines: list[str] = []
+        self.lines: list[str] = []  # the last 50 lines (for errors)
+        self.printed: list[str] = []  # the first 200 lines that are not JSON logs
         self.proc: asyncio.subprocess.Process | None = None
         self._ready = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
@@ -88,7 +87,9 @@ class Child:
                 text = line.decode(errors="replace")
                 log.write(text)
                 log.flush()
-                self.lines = ([*self.lines, text.rstrip()])[-50:]
+                self.lines = [*self.lines, text.rstrip()][-50:]
+                if not text.startswith("{") and len(self.printed) < 200:
+                    self.printed.append(text.rstrip())
                 if self.ready_match is None and (match := self._ready_re.search(text)):
                     self.ready_match = match
                     self._ready.set()
@@ -152,10 +153,18 @@ def _cli(*args: str) -> list[str]:
 class UpProcess:
     """`meshlens up --data DIR` as a child; knows the collector's OTLP/HTTP URL once ready."""
 
-    def __init__(self, data_dir: Path, http_port: int | None, log_dir: Path) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        http_port: int | None,
+        log_dir: Path,
+        bootstrap_services: Sequence[str] = (),
+    ) -> None:
         argv = _cli("up", "--data", str(data_dir), "--otlp-http-port", "0", "--otlp-grpc-port", "0")
-        if http_port is not None:
+        if http_port is not None:  # analytics (and its control plane) are part of `up`
             argv += ["--http-port", str(http_port)]
+            if bootstrap_services:
+                argv += ["--bootstrap-services", ",".join(bootstrap_services)]
         self.child = Child("up", argv, log_dir / "up.log", r"^meshlens ready")
         self.collector_url = ""
         self.addresses: dict[str, str] = {}
@@ -163,8 +172,8 @@ class UpProcess:
     async def start(self) -> None:
         await self.child.start()
         await self.child.wait_ready()
-        for line in self.child.lines:
-            if match := re.match(r"^(\S+) listening on (\S+)", line):
+        for line in self.child.printed:
+            if match := re.match(r"^(.+?) listening on (\S+)$", line):
                 self.addresses[match.group(1)] = match.group(2)
         if "otlp-http" not in self.addresses:
             raise RuntimeError(f"meshlens up printed no otlp-http address: {self.addresses}")
@@ -187,46 +196,3 @@ class Instance:
     app: Child
     sidecar: Child
     config_path: Path
-
-
-def sidecar_config(
-    topology: Topology,
-    service: str,
-    inbound: dict[str, list[tuple[str, int]]],
-    aborts: dict[str, tuple[int, float]],
-    version: int,
-) -> dict[str, Any]:
-    """The policy document of `service`'s sidecar: one upstream per callee, its instances' inbound
-    ports as endpoints; a callee in `aborts` gets a route with the sidecar fault layer's abort."""
-    upstreams: dict[str, Any] = {}
-    routes: list[dict[str, Any]] = []
-    for callee in topology.callees(service):
-        upstreams[callee] = {
-            "endpoints": [
-                {"host": "127.0.0.1", "port": port, "labels": {"instance": name}}
-                for name, port in inbound[callee]
-            ],
-            "lb": "peak_ewma",
-            "outlier": {
-                "consecutive_gateway_failures": 3,
-                "base_ejection_s": 10,
-                "max_ejection_percent": 50,
-            },
-        }
-        if callee in aborts:
-            status, percent = aborts[callee]
-            routes.append(
-                {
-                    "name": f"{callee}-fault",
-                    "match": {"hosts": [callee]},
-                    "destinations": [{"upstream": callee}],
-                    "fault": {"abort": {"status": status, "percent": percent}},
-                }
-            )
-    return {
-        "version": f"demo-{version}",
-        "service": service,
-        "outbound_policy": "registry_only",
-        "upstreams": upstreams,
-        "routes": routes,
-    }
