@@ -149,6 +149,8 @@ class Sidecar:
                 collector_url=options.collector_url,
                 access_log=options.access_log,
                 export_interval_s=options.telemetry_export_interval_s,
+                namespace=options.namespace,
+                principal=_principal(options),
             )
         )
         self._app_endpoint = Endpoint(
@@ -448,6 +450,13 @@ class Sidecar:
             "updates": self.tls.updates,
             "refusals": dict(listener.refusals) if listener is not None else {},
         }
+
+
+def _principal(options: SidecarOptions) -> str:
+    """Our SPIFFE id for telemetry labels when we hold mesh credentials, else ""."""
+    if not (options.cert_file or options.control_plane_url):
+        return ""
+    return spiffe_id(options.trust_domain, options.namespace, options.service)
 
 
 def _advertised(host: str) -> str:

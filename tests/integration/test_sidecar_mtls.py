@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,8 @@ async def test_strict_inbound_accepts_a_mesh_client_and_records_its_identity(
     tmp_path: Path, sidecars: MakeSidecar, upstream: ScriptedUpstream
 ) -> None:
     pki = Pki(tmp_path / "ca")
-    server = await _strict_server(pki, tmp_path, sidecars, upstream)
+    access_log = tmp_path / "access.log"
+    server = await _strict_server(pki, tmp_path, sidecars, upstream, access_log=str(access_log))
     assert server.addresses is not None
     client = client_with(pki.issue("client"), pki.bundle)
 
@@ -57,6 +59,9 @@ async def test_strict_inbound_accepts_a_mesh_client_and_records_its_identity(
     stats: Any = server.stats_doc()
     assert stats["mtls"]["mode"] == "strict"
     assert stats["mtls"]["spiffe_id"] == "spiffe://example.org/ns/default/sa/server"
+    await server.stop()  # flushes the access log
+    entries = [json.loads(line) for line in access_log.read_text().splitlines()]
+    assert [e["peer_identity"] for e in entries] == ["spiffe://example.org/ns/default/sa/client"]
 
 
 async def test_strict_inbound_refuses_plaintext_no_cert_other_ca_expired_and_foreign_identity(
