@@ -4,12 +4,16 @@ permissive mode, SPIFFE identity checks on the outbound side, rotation under con
 from __future__ import annotations
 
 import asyncio
+import io
 import itertools
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from analytics.settings import BootstrapTokenSpec, Settings
+from analytics.up import AnalyticsComponent
+from collector.store import Store
 from sidecar.app import Sidecar
 from sidecar.http import Endpoint, Request, RequestContext
 from sidecar.identity import IdentityManager
@@ -250,3 +254,56 @@ async def test_rotation_under_continuous_load_fails_no_request(
     marks = [*handshakes_at, handshakes[0]]
     assert all(after > before for before, after in itertools.pairwise(marks))
     assert pool.opened == 5  # and the long-lived connections kept serving across rotations
+
+
+async def test_sidecars_get_certificates_from_the_real_control_plane_and_a_forged_token_does_not(
+    tmp_path: Path, sidecars: MakeSidecar, upstream: ScriptedUpstream, store: Store
+) -> None:
+    tokens = {"server": "server-token-0123456789ab", "client": "client-token-0123456789ab"}
+    settings = Settings(
+        store_url=store.url,
+        data_dir=tmp_path / "cp",
+        http_port=0,
+        trust_domain="example.org",
+        bootstrap_tokens=tuple(
+            BootstrapTokenSpec.parse(f"default/{svc}:{tok}") for svc, tok in tokens.items()
+        ),
+        watch_timeout_s=2.0,
+    )
+    plane = AnalyticsComponent(settings, store, graceful_s=0.5, out=io.StringIO())
+    await plane.start()
+    try:
+        cp = f"http://127.0.0.1:{plane.port}"
+        common: dict[str, Any] = {"control_plane_url": cp, "trust_domain": "example.org"}
+        server = await sidecars(
+            "server", upstream.port, mtls="strict", bootstrap_token=tokens["server"], **common
+        )
+        client = await sidecars("client", 1, bootstrap_token=tokens["client"], **common)
+        forged = await sidecars(
+            "server",
+            upstream.port,
+            mtls="strict",
+            bootstrap_token="forged-token-0123456789",
+            initial_sync_s=0.2,  # it will never sync
+            **common,
+        )
+        assert server.addresses is not None and forged.addresses is not None
+        assert server.tls.credentials is not None
+        assert server.tls.credentials.spiffe_id == "spiffe://example.org/ns/default/sa/server"
+        client_context = client.tls.client()
+        assert client_context is not None
+
+        # mTLS between two sidecars whose certificates came from the control plane's CA
+        assert (await tls_get(server.addresses.inbound, client_context, "/cp"))[0] == 200
+        # the forged token got nothing: no certificate, and its strict listener admits no one
+        assert forged.tls.credentials is None
+        assert forged.identity is not None and forged.identity.failures >= 1
+        assert await refused(forged.addresses.inbound, client_context)
+        # renewal is signed with the current certificate (no bearer token needed any more)
+        assert server.identity is not None
+        renewed = await server.identity.rotate()
+        assert renewed.spiffe_id == server.tls.credentials.spiffe_id
+        assert server.identity.rotations == 2
+        assert (await tls_get(server.addresses.inbound, client_context, "/cp"))[0] == 200
+    finally:
+        await plane.shutdown()
