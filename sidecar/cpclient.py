@@ -342,6 +342,7 @@ class ControlPlaneSync:
         self._running_version = running_version
         self._upstreams = upstreams
         self._watch_timeout_s = watch_timeout_s
+        self._heartbeat_configured_s = heartbeat_interval_s
         self._heartbeat_s = heartbeat_interval_s
         self._backoff_base_s = backoff_base_s
         self._backoff_max_s = backoff_max_s
@@ -406,9 +407,13 @@ class ControlPlaneSync:
         async with self._register_lock:
             if self._registered:
                 return
-            await self.client.register(
+            view = await self.client.register(
                 self.registration, self._upstreams(), self._running_version()
             )
+            lease = view.get("lease_ttl_s")
+            if isinstance(lease, int | float) and lease > 0:
+                # PROTOCOL.md: heartbeat every lease_ttl_s / 3
+                self._heartbeat_s = min(self._heartbeat_configured_s, lease / 3)
             self._registered = True
             self._resync = True
             logger.info(
