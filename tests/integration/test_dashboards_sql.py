@@ -10,12 +10,17 @@ inserted with store.insert, so the exporter tables' views fill the per-minute ag
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from analytics.anomalies.detectors import Anomaly
+from analytics.anomalies.repository import IncidentRepository
+from analytics.rca.ranking import Candidate
 from collector.store import Rows, Store, open_store
 from dashboards.catalog import Query, load_dashboards, queries
 from dashboards.macros import TimeRange, expand
@@ -127,6 +132,26 @@ def _shop_traces() -> list[_Trace]:
     return traces
 
 
+def _incident() -> dict[str, Any]:
+    """An incident record as the analysis engine writes it (AnalyzedIncident.record())."""
+    start = dt.datetime.fromtimestamp(T0_S + 60, dt.UTC)
+    end = start + dt.timedelta(minutes=3)
+    anomaly = Anomaly("checkout->payment", "error_ratio", start, end, 0.14, 0.002, 9.5)
+    causes = [
+        Candidate("payment", 0.91, 0.4, 1.5, 0.0, 0.2, 6.1, 6, 84, ("errors start in payment",)),
+        Candidate("checkout", 0.22, 0.1, 0.3, 1.2, 0.0, 0.3, 0, 84, ("inherits payment errors",)),
+    ]
+    return {
+        "id": "inc-1",
+        "start": start,
+        "end": end,
+        "summary": "error ratio up on checkout->payment",
+        "services": ["checkout", "payment"],
+        "anomalies": [{**asdict(anomaly), "start": start.isoformat(), "end": end.isoformat()}],
+        "root_causes": [asdict(c) for c in causes],
+    }
+
+
 def _variables(trace_id: str) -> dict[str, Any]:
     return {"service": sorted(SERVICES), "min_duration_ms": "0", "trace_id": trace_id}
 
@@ -139,8 +164,12 @@ async def _run_all(data: Path) -> Results:
     store: Store = open_store(f"chdb://{data}")
     try:
         await store.migrate()
-        for trace in traces:  # one block per trace, as the collector's batches would be
-            await store.insert("otel_traces", trace_columns(trace.spans))
+        for batch in range(3):  # a few blocks: the aggregates must merge rows across blocks
+            spans = [span for trace in traces[batch::3] for span in trace.spans]
+            await store.insert("otel_traces", trace_columns(spans))
+        incidents = IncidentRepository(store)
+        await incidents.ensure_table()
+        await incidents.upsert([_incident()], dt.datetime.fromtimestamp(T0_S + 300, dt.UTC))
         variables = _variables(traces[3].trace_id)
         results = {}
         for dashboard in load_dashboards():
@@ -280,3 +309,17 @@ def test_variables_list_the_services(results: dict[str, Any]) -> None:
     for query, rows in variables:
         values = {next(iter(row.values())) for row in rows}
         assert SERVICES <= values, query.key
+
+
+def test_incident_tables_show_the_ranked_root_causes(results: Results) -> None:
+    [(_, incidents, _)] = [r for r in results.values() if r[0].panel_title == "Incidents"]
+    [incident] = incidents
+    assert incident["top_root_cause"] == "payment"
+    assert incident["ranking"] == "payment > checkout"
+    assert incident["duration_min"] == 3 and incident["anomalies"] == 1
+    [(_, causes, _)] = [r for r in results.values() if r[0].panel_title == "Root-cause candidates"]
+    assert [c["service"] for c in causes] == ["payment", "checkout"]
+    assert causes[0]["error_origins"] == 6 and causes[0]["evidence"] == "errors start in payment"
+    [(_, anomalies, _)] = [r for r in results.values() if r[0].panel_title == "Anomalies"]
+    assert anomalies[0]["subject"] == "checkout->payment"
+    assert anomalies[0]["observed"] == pytest.approx(0.14)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from analytics.anomalies.repository import TABLE as INCIDENTS_TABLE
 from collector.schema import SchemaOptions
 from collector.schema.migrations import MIGRATIONS
 from dashboards.catalog import DASHBOARD_DIR, dashboard_files, load_dashboards, queries
@@ -17,8 +18,10 @@ DASHBOARDS = load_dashboards()
 
 
 def _schema_tables() -> set[str]:
+    """Tables the store's migrations create, plus the analysis engine's incidents table."""
     ddl = "\n".join(s for m in MIGRATIONS for s in m.statements(SchemaOptions()))
-    return set(re.findall(r"CREATE (?:TABLE|MATERIALIZED VIEW) IF NOT EXISTS `\w+`\.`(\w+)`", ddl))
+    tables = re.findall(r"CREATE (?:TABLE|MATERIALIZED VIEW) IF NOT EXISTS `\w+`\.`(\w+)`", ddl)
+    return {*tables, INCIDENTS_TABLE}
 
 
 def test_each_file_is_one_dashboard_with_a_unique_stable_uid() -> None:
@@ -70,7 +73,7 @@ def test_queries_read_only_tables_the_schema_creates() -> None:
     assert {"otel_traces", "meshlens_edges_1m"} <= tables
     for dashboard in DASHBOARDS:
         for query in queries(dashboard):
-            used = set(re.findall(r'(?:FROM|JOIN)\s+"?(\w+)"?', query.sql))
+            used = set(re.findall(r'(?:\bFROM|(?<!ARRAY )\bJOIN)\s+"?(\w+)"?', query.sql))
             assert used and used <= tables, (query.key, used - tables)
 
 
