@@ -216,24 +216,61 @@ def measure(
     return result
 
 
-def report(results: list[Result]) -> None:
+def report(results: list[Result]) -> str:
+    """The results table (also returned as text for bench/results/sidecar_proxy.md)."""
     direct = results[0]
     nginx = next(r for r in results if r.name.startswith("nginx"))
-    print(
-        f"{'scenario':<28}{'req/s':>9}{'x nginx':>9}{'p50 ms':>9}{'p99 ms':>9}"
+    lines = [
+        f"{'scenario':<31}{'req/s':>9}{'x nginx':>9}{'p50 ms':>9}{'p99 ms':>9}"
         f"{'+p50 ms':>9}{'CPU us/req':>12}{'RSS MB':>8}{'non-2xx':>9}"
-    )
+    ]
     for r in results:
         cpu = f"{r.cpu_us:.0f}" if r.cpu_us is not None else "-"
         rss = f"{r.rss_mb:.0f}" if r.rss_mb is not None else "-"
-        print(
-            f"{r.name:<28}{r.rps:>9.0f}{r.rps / nginx.rps:>9.2f}{r.p50_ms:>9.2f}"
+        lines.append(
+            f"{r.name:<31}{r.rps:>9.0f}{r.rps / nginx.rps:>9.2f}{r.p50_ms:>9.2f}"
             f"{r.p99_ms:>9.2f}{r.p50_ms - direct.p50_ms:>9.2f}{cpu:>12}{rss:>8}{r.errors:>9}"
         )
-    print(
-        "goals: one hop >= 0.50x nginx req/s, <= 100 us CPU/request, RSS <= 40 MB "
-        "(CPU is the proxy processes only; the pair sums both sidecars)"
+    one = next((r for r in results if r.name.startswith("sidecar (")), None)
+    if one is not None:
+        nginx_added = max(nginx.p50_ms - direct.p50_ms, 1e-3)
+        checks = [
+            (
+                "one hop >= 0.50x nginx req/s",
+                f"{one.rps / nginx.rps:.2f}x",
+                one.rps >= 0.5 * nginx.rps,
+            ),
+            (
+                "added p50 <= 2x nginx's added p50",
+                f"{(one.p50_ms - direct.p50_ms) / nginx_added:.1f}x",
+                one.p50_ms - direct.p50_ms <= 2 * nginx_added,
+            ),
+            ("<= 100 us CPU/request", f"{one.cpu_us:.0f} us", (one.cpu_us or 0) <= 100),
+            ("RSS <= 40 MB under load", f"{one.rss_mb:.0f} MB", (one.rss_mb or 0) <= 40),
+        ]
+        lines.append("goals (one sidecar, full telemetry exported):")
+        for goal, value, met in checks:
+            lines.append(f"  {goal:<36}{value:>10}  {'met' if met else 'NOT met'}")
+    lines.append(
+        "CPU and RSS are the proxy processes only (the pair sums CPU of both sidecars); "
+        "ratios are against nginx from this same run"
     )
+    text = "\n".join(lines)
+    print(text)
+    return text
+
+
+def write_results(text: str, args: argparse.Namespace) -> Path:
+    """Keep the table of this run in bench/results/sidecar_proxy.md (gitignored)."""
+    path = REPO / "bench" / "results" / "sidecar_proxy.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    path.write_text(
+        f"# bench/sidecar_proxy.py ({when})\n\n"
+        f"wrk, {args.connections} connections, {args.duration} s per scenario, "
+        f"{os.cpu_count()} CPUs\n\n```\n{text}\n```\n"
+    )
+    return path
 
 
 def main() -> int:
@@ -279,7 +316,7 @@ def main() -> int:
                     "sidecar (outbound)", f"http://127.0.0.1:{one_out}/", args, "app", [one_pid]
                 ),
                 measure(
-                    "sidecar pair (out+in)",
+                    "sidecar pair HTTP/1.1 (out+in)",
                     f"http://127.0.0.1:{client_out}/",
                     args,
                     "app",
@@ -288,7 +325,8 @@ def main() -> int:
             ]
         finally:
             procs.stop_all()
-    report(results)
+    text = report(results)
+    print(f"written to {write_results(text, args)}")
     return 0
 
 
