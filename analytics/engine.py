@@ -72,20 +72,24 @@ def _series(points: Sequence[EdgePoint]) -> dict[str, list[Point]]:
     incoming: dict[tuple[str, datetime], list[EdgePoint]] = defaultdict(list)
     for p in points:
         s = p.stats
-        edges[f"{p.caller}->{p.callee}"].append(Point(p.minute, s.requests, s.errors, s.p99_ms))
+        edges[f"{p.caller}->{p.callee}"].append(
+            Point(p.minute, s.requests, s.errors, s.p99_ms or 0.0)
+        )
         incoming[(p.callee, p.minute)].append(p)
     services: dict[str, list[Point]] = defaultdict(list)
     for (service, minute), group in sorted(incoming.items(), key=lambda kv: kv[0][1]):
         services[service].append(
-            Point(minute, sum(g.stats.requests for g in group), sum(g.stats.errors for g in group),
-                  max(g.stats.p99_ms for g in group))  # fmt: skip
+            Point(
+                minute,
+                sum(g.stats.requests for g in group),
+                sum(g.stats.errors for g in group),
+                max(g.stats.p99_ms or 0.0 for g in group),
+            )
         )
     return {**edges, **services}
 
 
-def detect(
-    points: Sequence[EdgePoint], window: TimeWindow, cfg: DetectorConfig
-) -> list[Anomaly]:
+def detect(points: Sequence[EdgePoint], window: TimeWindow, cfg: DetectorConfig) -> list[Anomaly]:
     """Every detector over the per-minute points (CPU-bound; run it in a thread)."""
     found: list[Anomaly] = []
     for subject, series in sorted(_series(points).items()):

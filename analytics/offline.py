@@ -68,18 +68,30 @@ def run_import(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 
 
 def _text(found: list[AnalyzedIncident], window: TimeWindow, out: TextIO) -> None:
-    print(f"{len(found)} incident(s) between {window.start:%Y-%m-%d %H:%M} and "
-          f"{window.end:%Y-%m-%d %H:%M} UTC", file=out)  # fmt: skip
+    print(
+        f"{len(found)} incident(s) between {window.start:%Y-%m-%d %H:%M} and "
+        f"{window.end:%Y-%m-%d %H:%M} UTC",
+        file=out,
+    )
     for item in found:
         inc = item.incident
-        print(f"\nincident {inc.id}  {inc.start:%H:%M} - "
-              f"{inc.end + timedelta(minutes=1):%H:%M}  {inc.summary}", file=out)  # fmt: skip
+        print(
+            f"\nincident {inc.id}  {inc.start:%H:%M} - "
+            f"{inc.end + timedelta(minutes=1):%H:%M}  {inc.summary}",
+            file=out,
+        )
         for a in inc.anomalies[:8]:
-            print(f"  anomaly {a.signal:<24} {a.subject:<40} observed={a.observed:.4g} "
-                  f"expected={a.expected:.4g} score={a.score:.1f}", file=out)  # fmt: skip
+            print(
+                f"  anomaly {a.signal:<24} {a.subject:<40} observed={a.observed:.4g} "
+                f"expected={a.expected:.4g} score={a.score:.1f}",
+                file=out,
+            )
         for rank, c in enumerate(item.candidates, start=1):
-            print(f"  #{rank} {c.service:<32} score={c.score:.1f} self_z={c.self_time_z:.1f} "
-                  f"gap_z={c.edge_gap_z:.1f} error_origin_z={c.error_origin_z:.1f}", file=out)  # fmt: skip
+            print(
+                f"  #{rank} {c.service:<32} score={c.score:.1f} self_z={c.self_time_z:.1f} "
+                f"gap_z={c.edge_gap_z:.1f} error_origin_z={c.error_origin_z:.1f}",
+                file=out,
+            )
             for note in c.evidence:
                 print(f"       {note}", file=out)
 

@@ -111,15 +111,22 @@ def _metrics(p: Point) -> dict[str, float]:
     return {"rate": float(p.requests), "error_ratio": p.error_ratio, "latency_p99": p.p99_ms}
 
 
-def _fires(cfg: DetectorConfig, signal: str, point: Point, value: float, expected: float,
-           z: float) -> bool:  # fmt: skip
+def _fires(
+    cfg: DetectorConfig, signal: str, point: Point, value: float, expected: float, z: float
+) -> bool:
     if signal == "latency_p99":
-        return (z >= cfg.z_threshold and point.requests >= cfg.min_requests
-                and value - expected >= cfg.latency_floor_ms
-                and value >= cfg.latency_min_ratio * max(expected, 1e-9))  # fmt: skip
+        return (
+            z >= cfg.z_threshold
+            and point.requests >= cfg.min_requests
+            and value - expected >= cfg.latency_floor_ms
+            and value >= cfg.latency_min_ratio * max(expected, 1e-9)
+        )
     if signal == "error_ratio":
-        return (z >= cfg.z_threshold and point.errors >= cfg.min_errors
-                and value - expected >= cfg.error_ratio_floor)  # fmt: skip
+        return (
+            z >= cfg.z_threshold
+            and point.errors >= cfg.min_errors
+            and value - expected >= cfg.error_ratio_floor
+        )
     change = abs(value - expected) / max(expected, 1.0)
     return abs(z) >= cfg.z_threshold and change >= cfg.rate_min_change
 
@@ -127,7 +134,7 @@ def _fires(cfg: DetectorConfig, signal: str, point: Point, value: float, expecte
 def detect_deviations(
     subject: str, series: Sequence[Point], evaluate_from: datetime, cfg: DetectorConfig
 ) -> list[Anomaly]:
-    """Minutes at or after `evaluate_from` deviating from their trailing baseline, merged into runs."""
+    """Minutes from `evaluate_from` on that deviate from their trailing baseline, as runs."""
     points = sorted(series, key=lambda p: p.minute)
     by_signal: dict[str, dict[datetime, float]] = {"rate": {}, "error_ratio": {}, "latency_p99": {}}
     for p in points:
@@ -164,8 +171,9 @@ def _merge_runs(found: list[Anomaly]) -> list[Anomaly]:
         last = merged[-1] if merged else None
         if last and last.signal == a.signal and a.start - last.end <= timedelta(minutes=1):
             peak = a if abs(a.score) > abs(last.score) else last
-            merged[-1] = Anomaly(a.subject, a.signal, last.start, a.end, peak.observed,
-                                 peak.expected, peak.score)  # fmt: skip
+            merged[-1] = Anomaly(
+                a.subject, a.signal, last.start, a.end, peak.observed, peak.expected, peak.score
+            )
         else:
             merged.append(a)
     return sorted(merged, key=lambda a: (a.start, a.signal))
@@ -202,8 +210,17 @@ def detect_change_points(
         if shift >= floor and stat >= cfg.z_threshold:
             after_m = statistics.median(values[split:])
             before_m = statistics.median(values[:split])
-            found.append(Anomaly(subject, f"change_point_{name}", points[split].minute,
-                                 points[-1].minute, after_m, before_m, stat))  # fmt: skip
+            found.append(
+                Anomaly(
+                    subject,
+                    f"change_point_{name}",
+                    points[split].minute,
+                    points[-1].minute,
+                    after_m,
+                    before_m,
+                    stat,
+                )
+            )
     return found
 
 
@@ -217,7 +234,7 @@ def _burn(points: Sequence[Point], end: datetime, minutes: int, budget: float) -
 def detect_burn_rate(
     subject: str, series: Sequence[Point], evaluate_from: datetime, cfg: DetectorConfig
 ) -> list[Anomaly]:
-    """Multi-window burn-rate alerts at each evaluated minute (fast: 1h/5m >14.4x, slow: 6h/30m >6x)."""
+    """Multi-window burn-rate alerts per minute (fast: 1h+5m > 14.4x, slow: 6h+30m > 6x)."""
     budget = 1.0 - cfg.slo_target
     points = sorted(series, key=lambda p: p.minute)
     found = []
@@ -231,15 +248,27 @@ def detect_burn_rate(
             long_burn = _burn(points, p.minute, long_m, budget)
             short_burn = _burn(points, p.minute, short_m, budget)
             if long_burn > factor and short_burn > factor:
-                found.append(Anomaly(subject, signal, p.minute, p.minute, long_burn, factor,
-                                     min(long_burn, short_burn) / factor))  # fmt: skip
+                found.append(
+                    Anomaly(
+                        subject,
+                        signal,
+                        p.minute,
+                        p.minute,
+                        long_burn,
+                        factor,
+                        min(long_burn, short_burn) / factor,
+                    )
+                )
     return _merge_runs(found)
 
 
 def detect_edge_changes(
-    baseline: Mapping[str, int], window: Mapping[str, int], start: datetime, end: datetime,
+    baseline: Mapping[str, int],
+    window: Mapping[str, int],
+    start: datetime,
+    end: datetime,
     cfg: DetectorConfig,
-) -> list[Anomaly]:  # fmt: skip
+) -> list[Anomaly]:
     """Edges with traffic now but none in the baseline (new), or the reverse (vanished).
 
     Both need a baseline that saw traffic at all (an empty history says nothing)."""
@@ -251,6 +280,7 @@ def detect_edge_changes(
             found.append(Anomaly(edge, "new_edge", start, end, float(count), 0.0, float(count)))
     for edge, count in sorted(baseline.items()):
         if count >= cfg.min_requests and window.get(edge, 0) == 0 and any(window.values()):
-            found.append(Anomaly(edge, "vanished_edge", start, end, 0.0, float(count),
-                                 float(count)))  # fmt: skip
+            found.append(
+                Anomaly(edge, "vanished_edge", start, end, 0.0, float(count), float(count))
+            )
     return found

@@ -28,7 +28,9 @@ class Incident:
     @property
     def summary(self) -> str:
         signals = sorted({a.signal for a in self.anomalies})
-        return f"{len(self.anomalies)} anomalies ({', '.join(signals)}) on {', '.join(self.services)}"
+        return (
+            f"{len(self.anomalies)} anomalies ({', '.join(signals)}) on {', '.join(self.services)}"
+        )
 
 
 def _incident_id(first: Anomaly) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 
 from collector.store import Rows, Store
 
-__all__ = ["IncidentRepository", "TABLE"]
+__all__ = ["TABLE", "IncidentRepository"]
 
 TABLE = "meshlens_incidents"
 
@@ -32,8 +32,10 @@ PARTITION BY toYYYYMM(start)
 ORDER BY id
 """
 
-_COLUMNS = "id, toUnixTimestamp64Milli(start) AS start_ms, toUnixTimestamp64Milli(end) AS end_ms, " \
+_COLUMNS = (
+    "id, toUnixTimestamp64Milli(start) AS start_ms, toUnixTimestamp64Milli(end) AS end_ms, "
     "toUnixTimestamp64Milli(updated_at) AS updated_ms, summary, services, anomalies, root_causes"
+)
 
 _LIST = f"""
 SELECT {_COLUMNS} FROM {TABLE} FINAL
@@ -62,7 +64,7 @@ class IncidentRepository:
         await self._store.command(_DDL)
 
     async def upsert(self, records: Sequence[dict[str, Any]], updated_at: datetime) -> None:
-        """Write incidents (dicts with id, start, end, summary, services, anomalies, root_causes)."""
+        """Write incident records (as `AnalyzedIncident.record()` returns them)."""
         if not records:
             return
         await self._store.insert(

@@ -52,16 +52,20 @@ async def get_map(
     start: From = None,
     end: To = None,
     source: Source = "auto",
+    route_percentiles: bool = False,
 ) -> ServiceMapOut:
     window = window_from_query(request, start, end)
-    graph = await service_map(_store(request), window, source)
+    graph = await service_map(_store(request), window, source, route_percentiles=route_percentiles)
     return ServiceMapOut(
         start=window.start,
         end=window.end,
         source=graph.source,
         nodes=[
-            NodeOut(service=n.service, virtual=n.virtual,
-                    server=StatsOut(**asdict(n.server)) if n.server else None)  # fmt: skip
+            NodeOut(
+                service=n.service,
+                virtual=n.virtual,
+                server=StatsOut(**asdict(n.server)) if n.server else None,
+            )
             for n in graph.nodes
         ],
         edges=[
@@ -92,8 +96,9 @@ async def get_edge_series(
         start=window.start,
         end=window.end,
         points=[
-            EdgePointOut(minute=p.minute, caller=p.caller, callee=p.callee,
-                         stats=StatsOut(**asdict(p.stats)))  # fmt: skip
+            EdgePointOut(
+                minute=p.minute, caller=p.caller, callee=p.callee, stats=StatsOut(**asdict(p.stats))
+            )
             for p in points
         ],
     )

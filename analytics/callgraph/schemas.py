@@ -7,7 +7,15 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-__all__ = ["EdgeOut", "EdgePointOut", "EdgeSeriesOut", "NodeOut", "RouteOut", "ServiceMapOut", "StatsOut"]
+__all__ = [
+    "EdgeOut",
+    "EdgePointOut",
+    "EdgeSeriesOut",
+    "NodeOut",
+    "RouteOut",
+    "ServiceMapOut",
+    "StatsOut",
+]
 
 
 class StatsOut(BaseModel):
@@ -16,9 +24,9 @@ class StatsOut(BaseModel):
     rate_per_s: float
     error_ratio: float
     mean_ms: float
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
+    p50_ms: float | None
+    p90_ms: float | None
+    p99_ms: float | None
 
 
 class RouteOut(BaseModel):

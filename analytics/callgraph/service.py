@@ -78,14 +78,14 @@ class Stats:
     rate_per_s: float
     error_ratio: float
     mean_ms: float
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
+    p50_ms: float | None
+    p90_ms: float | None
+    p99_ms: float | None
 
 
 def _stats(row: Mapping[str, Any], seconds: float) -> Stats:
     requests, errors = int(row["requests"]), int(row["errors"])
-    q = [float(x) / 1e6 for x in (row.get("q") or [0.0, 0.0, 0.0])]
+    q: list[float | None] = [float(x) / 1e6 for x in row.get("q") or []] or [None, None, None]
     return Stats(
         requests=requests,
         errors=errors,
@@ -125,20 +125,6 @@ class ServiceMap:
     edges: tuple[Edge, ...]
 
 
-def _merge(parts: list[tuple[str, Stats]], seconds: float) -> Stats:
-    """Totals over routes; percentiles are the request-weighted mean (an approximation)."""
-    requests = sum(s.requests for _, s in parts)
-    errors = sum(s.errors for _, s in parts)
-    weight = max(requests, 1)
-
-    def avg(name: str) -> float:
-        return float(sum(getattr(s, name) * s.requests for _, s in parts) / weight)
-
-    return Stats(requests, errors, requests / max(seconds, 1.0),
-                 errors / requests if requests else 0.0,
-                 avg("mean_ms"), avg("p50_ms"), avg("p90_ms"), avg("p99_ms"))  # fmt: skip
-
-
 async def _source(repo: CallGraphRepository, window: TimeWindow, source: Source) -> bool:
     """True when raw spans are to be read."""
     if source == "auto":
@@ -146,18 +132,25 @@ async def _source(repo: CallGraphRepository, window: TimeWindow, source: Source)
     return source == "spans"
 
 
-async def service_map(store: Store, window: TimeWindow, source: Source = "auto") -> ServiceMap:
-    """The map of `window`: from aggregates when any exist for it, else from raw spans."""
+async def service_map(
+    store: Store, window: TimeWindow, source: Source = "auto", *, route_percentiles: bool = False
+) -> ServiceMap:
+    """The map of `window`: from aggregates when any exist for it, else from raw spans.
+
+    Edges carry percentiles; their routes carry them only with `route_percentiles` (slower).
+    """
     repo = CallGraphRepository(store)
     raw = await _source(repo, window, source)
+    start, end, seconds = window.start, window.end, window.seconds
     by_edge: dict[tuple[str, str], list[tuple[str, Stats]]] = defaultdict(list)
-    for row in await repo.edges(window.start, window.end, raw=raw):
-        by_edge[(row["caller"], row["callee"])].append(
-            (row["route"], _stats(row, window.seconds))
-        )
+    for row in await repo.edges(start, end, raw=raw, by_route=True, quantiles=route_percentiles):
+        by_edge[(row["caller"], row["callee"])].append((row["route"], _stats(row, seconds)))
+    totals = await repo.edges(start, end, raw=raw, by_route=False, quantiles=True)
     edges = tuple(
-        Edge(caller, callee, _merge(parts, window.seconds), tuple(parts))
-        for (caller, callee), parts in sorted(by_edge.items())
+        Edge(
+            r["caller"], r["callee"], _stats(r, seconds), tuple(by_edge[(r["caller"], r["callee"])])
+        )
+        for r in totals
     )
     servers = {
         row["service"]: _stats(row, window.seconds)
@@ -193,8 +186,10 @@ async def edge_series(
     rows = await repo.series(window.start, window.end, raw=raw, caller=caller, callee=callee)
     return [
         EdgePoint(
-            datetime.fromtimestamp(int(r["minute_s"]), UTC), r["caller"], r["callee"],
+            datetime.fromtimestamp(int(r["minute_s"]), UTC),
+            r["caller"],
+            r["callee"],
             _stats(r, 60.0),
-        )  # fmt: skip
+        )
         for r in rows
     ]

@@ -17,4 +17,11 @@ from analytics.importers.columns import (
     to_columns,
 )
 
-__all__ = ["FORMATS", "ImportFormatError", "ImportedSpan", "import_file", "read_spans", "to_columns"]
+__all__ = [
+    "FORMATS",
+    "ImportFormatError",
+    "ImportedSpan",
+    "import_file",
+    "read_spans",
+    "to_columns",
+]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import itertools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,7 +12,14 @@ from typing import Any
 
 from collector.store import Store
 
-__all__ = ["FORMATS", "ImportFormatError", "ImportedSpan", "import_file", "read_spans", "to_columns"]
+__all__ = [
+    "FORMATS",
+    "ImportFormatError",
+    "ImportedSpan",
+    "import_file",
+    "read_spans",
+    "to_columns",
+]
 
 _BATCH_ROWS = 50_000
 
@@ -66,10 +75,29 @@ def to_columns(spans: Iterable[ImportedSpan]) -> dict[str, list[Any]]:
     for s in spans:
         resource = s.resource or {"service.name": s.service}
         values: tuple[Any, ...] = (
-            s.start_ns, s.trace_id, s.span_id, s.parent_span_id, "", s.name, s.kind, s.service,
-            resource, s.scope_name, s.scope_version, s.attributes, s.duration_ns, s.status,
-            s.status_message, [], [], [], [], [], [], [],
-        )  # fmt: skip
+            s.start_ns,
+            s.trace_id,
+            s.span_id,
+            s.parent_span_id,
+            "",
+            s.name,
+            s.kind,
+            s.service,
+            resource,
+            s.scope_name,
+            s.scope_version,
+            s.attributes,
+            s.duration_ns,
+            s.status,
+            s.status_message,
+            [],
+            [],
+            [],
+            [],
+            [],
+            [],
+            [],
+        )
         for column, value in zip(cols.values(), values, strict=True):
             column.append(value)
     return cols
@@ -98,19 +126,30 @@ def read_spans(path: str | Path, fmt: str) -> Iterator[ImportedSpan]:
     return _readers()[fmt](file)
 
 
+def _digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:24]
+
+
+def _next_batch(spans: Iterator[ImportedSpan]) -> list[ImportedSpan]:
+    return list(itertools.islice(spans, _BATCH_ROWS))
+
+
 async def import_file(store: Store, path: str | Path, fmt: str) -> int:
     """Insert every span of `path` into otel_traces in batches; returns the number of spans.
 
-    Each batch carries a dedup token derived from the file content, so importing the same file
-    twice writes it once.
+    Parsing runs in a worker thread. Each batch carries a dedup token derived from the file
+    content, so importing the same file twice writes it once.
     """
-    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:24] if Path(path).is_file() else ""
-    total, batch_no, batch = 0, 0, []
-    for span in read_spans(path, fmt):
-        batch.append(span)
-        if len(batch) >= _BATCH_ROWS:
-            total += await store.insert("otel_traces", to_columns(batch), dedup_token=f"import-{digest}-{batch_no}")
-            batch_no, batch = batch_no + 1, []
-    if batch:
-        total += await store.insert("otel_traces", to_columns(batch), dedup_token=f"import-{digest}-{batch_no}")
+    file = Path(path)
+    spans = read_spans(file, fmt)
+    digest = await asyncio.to_thread(_digest, file)
+    total, batch_no = 0, 0
+    while batch := await asyncio.to_thread(_next_batch, spans):
+        token = f"import-{digest}-{batch_no}"
+        total += await store.insert("otel_traces", to_columns(batch), dedup_token=token)
+        batch_no += 1
     return total

@@ -64,7 +64,9 @@ def read(path: Path) -> Iterator[ImportedSpan]:
             if not row:
                 continue
             if len(row) < len(header):
-                raise ImportFormatError(path, line, f"expected {len(header)} fields, got {len(row)}")
+                raise ImportFormatError(
+                    path, line, f"expected {len(header)} fields, got {len(row)}"
+                )
             trace, span, parent, pod, op, start_s, end_s, dur_s = (row[i] for i in index)
             if not trace or not span:
                 raise ImportFormatError(path, line, "TraceID and SpanID must not be empty")

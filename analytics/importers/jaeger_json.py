@@ -15,8 +15,13 @@ from analytics.importers.columns import ImportedSpan, ImportFormatError
 
 __all__ = ["read"]
 
-_KINDS = {"server": "Server", "client": "Client", "producer": "Producer",
-          "consumer": "Consumer", "internal": "Internal"}  # fmt: skip
+_KINDS = {
+    "server": "Server",
+    "client": "Client",
+    "producer": "Producer",
+    "consumer": "Consumer",
+    "internal": "Internal",
+}
 
 
 def _tags(items: Any) -> dict[str, str]:

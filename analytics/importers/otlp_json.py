@@ -51,7 +51,9 @@ def _spans(request: Mapping[str, Any]) -> Iterator[ImportedSpan]:
     for resource_spans in request.get("resourceSpans") or []:
         resource = _attributes((resource_spans.get("resource") or {}).get("attributes"))
         service = resource.get("service.name", "")
-        scopes = resource_spans.get("scopeSpans") or resource_spans.get("instrumentationLibrarySpans")
+        scopes = resource_spans.get("scopeSpans") or resource_spans.get(
+            "instrumentationLibrarySpans"
+        )
         for scope_spans in scopes or []:
             scope = scope_spans.get("scope") or scope_spans.get("instrumentationLibrary") or {}
             for span in scope_spans.get("spans") or []:

@@ -100,8 +100,9 @@ class _Side:
 
 def _summarise(spans: Sequence[SpanRow]) -> _Side:
     selfs, index = _self_times(spans)
-    side = _Side(defaultdict(list), defaultdict(list), defaultdict(list), defaultdict(int),
-                 defaultdict(int))  # fmt: skip
+    side = _Side(
+        defaultdict(list), defaultdict(list), defaultdict(list), defaultdict(int), defaultdict(int)
+    )
     failing_children: set[int] = set()
     fan_out: dict[int, int] = defaultdict(int)
     for s in spans:
@@ -200,4 +201,3 @@ def rank_root_causes(
         )
     candidates.sort(key=lambda c: (-c.score, c.service))
     return candidates
-

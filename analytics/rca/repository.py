@@ -44,7 +44,15 @@ async def load_spans(
         _SPANS, {"start": start, "end": end, "modulus": modulus, "limit": max_spans}
     )
     return [
-        SpanRow(r["trace_id"], r["span_id"], r["parent_span_id"], r["service"], r["name"],
-                int(r["start_ns"]), int(r["duration_ns"]), bool(r["error"]))  # fmt: skip
+        SpanRow(
+            r["trace_id"],
+            r["span_id"],
+            r["parent_span_id"],
+            r["service"],
+            r["name"],
+            int(r["start_ns"]),
+            int(r["duration_ns"]),
+            bool(r["error"]),
+        )
         for r in rows
     ]

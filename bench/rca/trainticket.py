@@ -28,8 +28,16 @@ Ranker = Callable[[Sequence[SpanRow], Sequence[SpanRow]], list[str]]
 
 def _rows(path: Path) -> list[SpanRow]:
     return [
-        SpanRow(s.trace_id, s.span_id, s.parent_span_id, s.service, s.name, s.start_ns,
-                s.duration_ns, s.status == "Error")  # fmt: skip
+        SpanRow(
+            s.trace_id,
+            s.span_id,
+            s.parent_span_id,
+            s.service,
+            s.name,
+            s.start_ns,
+            s.duration_ns,
+            s.status == "Error",
+        )
         for s in read_spans(path, "csv")
     ]
 
@@ -96,7 +104,9 @@ RANKERS: dict[str, Ranker] = {
 
 def evaluate(dataset: Path = DATASET, *, verbose: bool = True) -> dict[str, tuple[int, int, int]]:
     """{ranker: (top1 hits, top3 hits, cases)}; prints one line per case when verbose."""
-    cases = [json.loads(line) for line in (dataset / "cases.jsonl").read_text().splitlines() if line]
+    cases = [
+        json.loads(line) for line in (dataset / "cases.jsonl").read_text().splitlines() if line
+    ]
     hits = {name: [0, 0] for name in RANKERS}
     for case in cases:
         baseline, window = load_case(case, dataset)

@@ -14,8 +14,16 @@ T0 = datetime(2026, 2, 2, 10, 0, tzinfo=UTC)
 MS = 1_000_000
 
 
-def mesh_spans(minutes: int, *, slow_from: int, slow_minutes: int = 5, per_minute: int = 12,
-               db_ms: int = 4, slow_db_ms: int = 120, failing: bool = False) -> list[Span]:  # fmt: skip
+def mesh_spans(
+    minutes: int,
+    *,
+    slow_from: int,
+    slow_minutes: int = 5,
+    per_minute: int = 12,
+    db_ms: int = 4,
+    slow_db_ms: int = 120,
+    failing: bool = False,
+) -> list[Span]:
     """Traces every 5 s; db answers in `slow_db_ms` (and errors if `failing`) while slow."""
     spans: list[Span] = []
     base_ns = int(T0.timestamp()) * 1_000_000_000
@@ -31,18 +39,58 @@ def mesh_spans(minutes: int, *, slow_from: int, slow_minutes: int = 5, per_minut
             ids = [f"{n:012x}{k:04x}" for k in range(4)]
             api_total = db + 6
             spans += [
-                Span("web", "GET", trace, ids[0], start, (api_total + 2) * MS, kind="Client",
-                     status=status, attributes={"meshlens.upstream": "api",
-                     "meshlens.route": "home", "http.response.status_code": code}),
-                Span("api", "GET /home", trace, ids[1], start + MS, api_total * MS,
-                     parent_span_id=ids[0], status=status),
-                Span("api", "GET", trace, ids[2], start + 2 * MS + 2 * MS, (db + 1) * MS,
-                     kind="Client", parent_span_id=ids[1], status=status,
-                     attributes={"meshlens.upstream": "db", "meshlens.route": "query",
-                                 "http.response.status_code": code}),
-                Span("db", "SELECT", trace, ids[3], start + 4 * MS, db * MS,
-                     parent_span_id=ids[2], status=status),
-            ]  # fmt: skip
+                Span(
+                    "web",
+                    "GET",
+                    trace,
+                    ids[0],
+                    start,
+                    (api_total + 2) * MS,
+                    kind="Client",
+                    status=status,
+                    attributes={
+                        "meshlens.upstream": "api",
+                        "meshlens.route": "home",
+                        "http.response.status_code": code,
+                    },
+                ),
+                Span(
+                    "api",
+                    "GET /home",
+                    trace,
+                    ids[1],
+                    start + MS,
+                    api_total * MS,
+                    parent_span_id=ids[0],
+                    status=status,
+                ),
+                Span(
+                    "api",
+                    "GET",
+                    trace,
+                    ids[2],
+                    start + 2 * MS + 2 * MS,
+                    (db + 1) * MS,
+                    kind="Client",
+                    parent_span_id=ids[1],
+                    status=status,
+                    attributes={
+                        "meshlens.upstream": "db",
+                        "meshlens.route": "query",
+                        "http.response.status_code": code,
+                    },
+                ),
+                Span(
+                    "db",
+                    "SELECT",
+                    trace,
+                    ids[3],
+                    start + 4 * MS,
+                    db * MS,
+                    parent_span_id=ids[2],
+                    status=status,
+                ),
+            ]
     return spans
 
 

@@ -77,8 +77,12 @@ async def test_engine_run_stores_incidents_served_by_the_api(store: Store, tmp_p
             )
             series = await client.get(
                 "/api/v1/edges/series",
-                params={"caller": "api", "callee": "db", "from": minute(60).isoformat(),
-                        "to": minute(65).isoformat()},  # fmt: skip
+                params={
+                    "caller": "api",
+                    "callee": "db",
+                    "from": minute(60).isoformat(),
+                    "to": minute(65).isoformat(),
+                },
                 headers=VIEWER,
             )
     assert listed.status_code == 200

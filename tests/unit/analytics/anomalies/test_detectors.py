@@ -45,7 +45,7 @@ def test_normal_noise_raises_nothing() -> None:
 
 
 def test_an_error_ratio_rise_fires_and_a_rate_drop_fires() -> None:
-    series = _steady(60) + [Point(_minute(60), 100, 30, 20.0), Point(_minute(61), 10, 0, 20.0)]
+    series = [*_steady(60), Point(_minute(60), 100, 30, 20.0), Point(_minute(61), 10, 0, 20.0)]
 
     found = {a.signal: a for a in detect_deviations("db", series, _minute(60), CFG)}
 
@@ -55,7 +55,7 @@ def test_an_error_ratio_rise_fires_and_a_rate_drop_fires() -> None:
 
 
 def test_too_little_history_is_not_judged() -> None:
-    series = _steady(5) + [Point(_minute(5), 100, 0, 500.0)]
+    series = [*_steady(5), Point(_minute(5), 100, 0, 500.0)]
     assert detect_deviations("db", series, _minute(5), CFG) == []
 
 
@@ -87,7 +87,9 @@ def test_burn_rate_fast_needs_both_windows_above_14_4x() -> None:
     assert detect_burn_rate("db", short, _minute(60), CFG) == []
 
     long = _steady(60) + [Point(_minute(60 + i), 100, 3, 20.0) for i in range(40)]
-    found = [a for a in detect_burn_rate("db", long, _minute(60), CFG) if a.signal == "burn_rate_fast"]
+    found = [
+        a for a in detect_burn_rate("db", long, _minute(60), CFG) if a.signal == "burn_rate_fast"
+    ]
 
     assert len(found) == 1
     assert _minute(85) <= found[0].start <= _minute(90)

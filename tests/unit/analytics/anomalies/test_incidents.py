@@ -12,13 +12,19 @@ T0 = datetime(2026, 3, 1, tzinfo=UTC)
 
 
 def _a(subject: str, start: int, end: int, signal: str = "latency_p99") -> Anomaly:
-    return Anomaly(subject, signal, T0 + timedelta(minutes=start), T0 + timedelta(minutes=end),
-                   1.0, 0.0, 9.0)  # fmt: skip
+    return Anomaly(
+        subject, signal, T0 + timedelta(minutes=start), T0 + timedelta(minutes=end), 1.0, 0.0, 9.0
+    )
 
 
 def test_overlapping_and_near_anomalies_form_one_incident_and_far_ones_another() -> None:
     incidents = group_incidents(
-        [_a("web->db", 0, 3), _a("db", 2, 4, "error_ratio"), _a("api->cache", 6, 6), _a("x", 20, 21)]
+        [
+            _a("web->db", 0, 3),
+            _a("db", 2, 4, "error_ratio"),
+            _a("api->cache", 6, 6),
+            _a("x", 20, 21),
+        ]
     )
 
     assert [(i.start, i.end) for i in incidents] == [

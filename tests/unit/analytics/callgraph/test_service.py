@@ -15,14 +15,30 @@ NS = int(T0.timestamp()) * 1_000_000_000
 WINDOW = TimeWindow(T0, T0 + timedelta(minutes=10))
 
 
-def _client(caller: str, callee: str, i: int, *, route: str = "r", status: int = 200,
-            ms: int = 10, minute: int = 0) -> Span:  # fmt: skip
+def _client(
+    caller: str,
+    callee: str,
+    i: int,
+    *,
+    route: str = "r",
+    status: int = 200,
+    ms: int = 10,
+    minute: int = 0,
+) -> Span:
     return Span(
-        service=caller, name="GET", kind="Client", trace_id=f"{i:032x}", span_id=f"{i:016x}",
-        start_ns=NS + minute * 60_000_000_000 + i, duration_ns=ms * 1_000_000,
-        attributes={"meshlens.upstream": callee, "meshlens.route": route,
-                    "http.response.status_code": str(status)},
-    )  # fmt: skip
+        service=caller,
+        name="GET",
+        kind="Client",
+        trace_id=f"{i:032x}",
+        span_id=f"{i:016x}",
+        start_ns=NS + minute * 60_000_000_000 + i,
+        duration_ns=ms * 1_000_000,
+        attributes={
+            "meshlens.upstream": callee,
+            "meshlens.route": route,
+            "http.response.status_code": str(status),
+        },
+    )
 
 
 async def test_fan_out_map_has_each_edge_with_red_and_routes(store: Store) -> None:
@@ -40,6 +56,11 @@ async def test_fan_out_map_has_each_edge_with_red_and_routes(store: Store) -> No
     assert orders.stats.requests == 6 and orders.stats.errors == 2
     assert orders.stats.error_ratio == pytest.approx(2 / 6)
     assert [r for r, _ in orders.routes] == ["list", "put"]
+    assert [s.requests for _, s in orders.routes] == [4, 2]
+    assert orders.routes[0][1].p50_ms is None  # route percentiles are opt-in
+    detailed = await service_map(store, WINDOW, route_percentiles=True)
+    routes = dict(next(e for e in detailed.edges if e.callee == "orders").routes)
+    assert routes["list"].p50_ms == pytest.approx(20.0)
     assert edges[("web", "users")].stats.p50_ms == pytest.approx(10.0)
     assert edges[("web", "users")].stats.rate_per_s == pytest.approx(10 / 600)
     nodes = {n.service: n.virtual for n in graph.nodes}
@@ -53,11 +74,27 @@ async def test_raw_spans_give_edges_when_no_sidecar_aggregates(store: Store) -> 
         trace = f"{i + 1:032x}"
         spans += [
             Span("front", "GET /", trace, f"{i:08x}aaaaaaaa", NS + i, 30_000_000, kind="Server"),
-            Span("front", "HTTP GET", trace, f"{i:08x}bbbbbbbb", NS + i + 1, 20_000_000,
-                 kind="Client", parent_span_id=f"{i:08x}aaaaaaaa"),  # fmt: skip
-            Span("db", "query", trace, f"{i:08x}cccccccc", NS + i + 2, 15_000_000,
-                 parent_span_id=f"{i:08x}bbbbbbbb", status="Error" if i == 0 else "Unset"),
-        ]  # fmt: skip
+            Span(
+                "front",
+                "HTTP GET",
+                trace,
+                f"{i:08x}bbbbbbbb",
+                NS + i + 1,
+                20_000_000,
+                kind="Client",
+                parent_span_id=f"{i:08x}aaaaaaaa",
+            ),
+            Span(
+                "db",
+                "query",
+                trace,
+                f"{i:08x}cccccccc",
+                NS + i + 2,
+                15_000_000,
+                parent_span_id=f"{i:08x}bbbbbbbb",
+                status="Error" if i == 0 else "Unset",
+            ),
+        ]
     await store.insert("otel_traces", trace_columns(spans))
 
     graph = await service_map(store, WINDOW)

@@ -10,7 +10,9 @@ import pytest
 from analytics.importers import ImportFormatError, read_spans, to_columns
 from analytics.importers.csv_traces import service_of_pod
 
-HEADER = "TraceID,SpanID,ParentID,PodName,OperationName,StartTimeUnixNano,EndTimeUnixNano,Duration\n"
+HEADER = (
+    "TraceID,SpanID,ParentID,PodName,OperationName,StartTimeUnixNano,EndTimeUnixNano,Duration\n"
+)
 ROWS = (
     "t1,s1,root,ts-gateway-service-6f6cfc45b-h5m2n,/*,1000000000,1300000000,300000\n"
     "t1,s2,s1,ts-gateway-service-6f6cfc45b-h5m2n,HTTP POST,1010000000,1290000000,280000\n"
@@ -55,9 +57,9 @@ def test_a_bad_number_names_the_line(tmp_path: Path) -> None:
 
 
 def test_a_missing_column_and_a_short_line_are_reported(tmp_path: Path) -> None:
-    with pytest.raises(ImportFormatError, match="lacks column.*PodName"):
+    with pytest.raises(ImportFormatError, match=r"lacks column.*PodName"):
         list(read_spans(_write(tmp_path, "TraceID,SpanID,ParentID\n"), "csv"))
-    with pytest.raises(ImportFormatError, match=":2: expected 8 fields, got 3"):
+    with pytest.raises(ImportFormatError, match=r":2: expected 8 fields, got 3"):
         list(read_spans(_write(tmp_path, HEADER + "a,b,c\n"), "csv"))
 
 

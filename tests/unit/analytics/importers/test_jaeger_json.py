@@ -10,21 +10,41 @@ import pytest
 from analytics.importers import ImportFormatError, read_spans
 
 TRACE = {
-    "data": [{
-        "traceID": "abc",
-        "spans": [
-            {"traceID": "abc", "spanID": "1", "operationName": "GET /", "references": [],
-             "startTime": 1000, "duration": 500, "processID": "p1",
-             "tags": [{"key": "span.kind", "value": "server"}]},
-            {"traceID": "abc", "spanID": "2", "operationName": "query",
-             "references": [{"refType": "CHILD_OF", "traceID": "abc", "spanID": "1"}],
-             "startTime": 1100, "duration": 200, "processID": "p2",
-             "tags": [{"key": "span.kind", "value": "client"}, {"key": "error", "value": True}]},
-        ],
-        "processes": {"p1": {"serviceName": "web", "tags": []},
-                      "p2": {"serviceName": "db", "tags": [{"key": "host", "value": "h1"}]}},
-    }]
-}  # fmt: skip
+    "data": [
+        {
+            "traceID": "abc",
+            "spans": [
+                {
+                    "traceID": "abc",
+                    "spanID": "1",
+                    "operationName": "GET /",
+                    "references": [],
+                    "startTime": 1000,
+                    "duration": 500,
+                    "processID": "p1",
+                    "tags": [{"key": "span.kind", "value": "server"}],
+                },
+                {
+                    "traceID": "abc",
+                    "spanID": "2",
+                    "operationName": "query",
+                    "references": [{"refType": "CHILD_OF", "traceID": "abc", "spanID": "1"}],
+                    "startTime": 1100,
+                    "duration": 200,
+                    "processID": "p2",
+                    "tags": [
+                        {"key": "span.kind", "value": "client"},
+                        {"key": "error", "value": True},
+                    ],
+                },
+            ],
+            "processes": {
+                "p1": {"serviceName": "web", "tags": []},
+                "p2": {"serviceName": "db", "tags": [{"key": "host", "value": "h1"}]},
+            },
+        }
+    ]
+}
 
 
 def test_jaeger_spans_map_to_otel_rows(tmp_path: Path) -> None:
@@ -34,7 +54,12 @@ def test_jaeger_spans_map_to_otel_rows(tmp_path: Path) -> None:
     web, db = list(read_spans(path, "jaeger-json"))
 
     assert web.trace_id == "abc".rjust(32, "0") and web.kind == "Server"
-    assert (db.service, db.kind, db.status, db.parent_span_id) == ("db", "Client", "Error", "1".rjust(16, "0"))
+    assert (db.service, db.kind, db.status, db.parent_span_id) == (
+        "db",
+        "Client",
+        "Error",
+        "1".rjust(16, "0"),
+    )
     assert (db.start_ns, db.duration_ns) == (1_100_000, 200_000)
     assert db.resource == {"service.name": "db", "host": "h1"}
 

@@ -10,21 +10,33 @@ import pytest
 from analytics.importers import ImportFormatError, read_spans
 
 REQUEST = {
-    "resourceSpans": [{
-        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "web"}}]},
-        "scopeSpans": [{
-            "scope": {"name": "lib", "version": "1.0"},
-            "spans": [{
-                "traceId": "5B8EFFF798038103D269B633813FC60C", "spanId": "EEE19B7EC3C1B174",
-                "parentSpanId": "", "name": "GET /", "kind": 2,
-                "startTimeUnixNano": "1544712660000000000", "endTimeUnixNano": "1544712661000000000",
-                "attributes": [{"key": "http.response.status_code", "value": {"intValue": "503"}},
-                               {"key": "retry", "value": {"boolValue": True}}],
-                "status": {"code": "STATUS_CODE_ERROR", "message": "boom"},
-            }],
-        }],
-    }]
-}  # fmt: skip
+    "resourceSpans": [
+        {
+            "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "web"}}]},
+            "scopeSpans": [
+                {
+                    "scope": {"name": "lib", "version": "1.0"},
+                    "spans": [
+                        {
+                            "traceId": "5B8EFFF798038103D269B633813FC60C",
+                            "spanId": "EEE19B7EC3C1B174",
+                            "parentSpanId": "",
+                            "name": "GET /",
+                            "kind": 2,
+                            "startTimeUnixNano": "1544712660000000000",
+                            "endTimeUnixNano": "1544712661000000000",
+                            "attributes": [
+                                {"key": "http.response.status_code", "value": {"intValue": "503"}},
+                                {"key": "retry", "value": {"boolValue": True}},
+                            ],
+                            "status": {"code": "STATUS_CODE_ERROR", "message": "boom"},
+                        }
+                    ],
+                }
+            ],
+        }
+    ]
+}
 
 
 def test_a_request_becomes_spans_with_exporter_values(tmp_path: Path) -> None:
@@ -34,7 +46,12 @@ def test_a_request_becomes_spans_with_exporter_values(tmp_path: Path) -> None:
     [span] = list(read_spans(path, "otlp-json"))
 
     assert span.trace_id == "5b8efff798038103d269b633813fc60c"
-    assert (span.service, span.kind, span.status, span.status_message) == ("web", "Server", "Error", "boom")
+    assert (span.service, span.kind, span.status, span.status_message) == (
+        "web",
+        "Server",
+        "Error",
+        "boom",
+    )
     assert span.duration_ns == 1_000_000_000
     assert span.attributes == {"http.response.status_code": "503", "retry": "true"}
     assert (span.scope_name, span.scope_version) == ("lib", "1.0")

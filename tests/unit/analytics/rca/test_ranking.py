@@ -25,7 +25,10 @@ def _call_tree(
         rows += sub
         cursor += sub[0].duration_ns
     duration = cursor - start + self_ms * MS - self_ms * MS // 2
-    return [SpanRow(trace, span_id, parent, service, f"{service}.op", start, duration, error), *rows]
+    return [
+        SpanRow(trace, span_id, parent, service, f"{service}.op", start, duration, error),
+        *rows,
+    ]
 
 
 def _traces(shape: object, count: int, jitter: bool = True) -> list[SpanRow]:
@@ -38,7 +41,12 @@ def _traces(shape: object, count: int, jitter: bool = True) -> list[SpanRow]:
 
 def test_a_slow_leaf_is_ranked_above_the_callers_that_inherit_its_latency() -> None:
     def shape(slow: int) -> object:
-        return lambda j: ("front", 2 + j, False, [("api", 3 + j, False, [("db", slow + j, False, [])])])
+        return lambda j: (
+            "front",
+            2 + j,
+            False,
+            [("api", 3 + j, False, [("db", slow + j, False, [])])],
+        )
 
     ranked = rank_root_causes(_traces(shape(5), 40), _traces(shape(80), 20))
 
@@ -65,10 +73,15 @@ def test_an_erroring_middle_service_is_the_error_origin_not_its_caller() -> None
 def test_a_shared_dependency_slowing_both_callers_is_ranked_first() -> None:
     def tree(cache_ms: int) -> object:
         def build(j: int) -> object:
-            return ("gateway", 1 + j, False, [
-                ("search", 2 + j, False, [("cache", cache_ms + j, False, [])]),
-                ("profile", 2 + j, False, [("cache", cache_ms + j, False, [])]),
-            ])  # fmt: skip
+            return (
+                "gateway",
+                1 + j,
+                False,
+                [
+                    ("search", 2 + j, False, [("cache", cache_ms + j, False, [])]),
+                    ("profile", 2 + j, False, [("cache", cache_ms + j, False, [])]),
+                ],
+            )
 
         return build
 
@@ -81,10 +94,17 @@ def test_a_shared_dependency_slowing_both_callers_is_ranked_first() -> None:
 def test_in_a_fan_out_only_the_slow_branch_is_blamed() -> None:
     def tree(slow_ms: int) -> object:
         def build(j: int) -> object:
-            return ("bff", 2 + j, False, [
-                ("users", 3 + j, False, []), ("orders", 3 + j, False, []),
-                ("prices", slow_ms + j, False, []), ("stock", 3 + j, False, []),
-            ])  # fmt: skip
+            return (
+                "bff",
+                2 + j,
+                False,
+                [
+                    ("users", 3 + j, False, []),
+                    ("orders", 3 + j, False, []),
+                    ("prices", slow_ms + j, False, []),
+                    ("stock", 3 + j, False, []),
+                ],
+            )
 
         return build
 
@@ -103,10 +123,16 @@ def test_a_delayed_network_shows_as_call_gaps_around_the_delayed_service() -> No
             jitter = i % 3
             callee_ms = 5 + jitter
             rows += [
-                SpanRow(trace, "a" * 16, "", "front", "GET", start,
-                        (callee_ms + gap_ms + 2) * MS),  # fmt: skip
-                SpanRow(trace, "b" * 16, "a" * 16, "pay", "charge",
-                        start + (1 + gap_ms // 2) * MS, callee_ms * MS),  # fmt: skip
+                SpanRow(trace, "a" * 16, "", "front", "GET", start, (callee_ms + gap_ms + 2) * MS),
+                SpanRow(
+                    trace,
+                    "b" * 16,
+                    "a" * 16,
+                    "pay",
+                    "charge",
+                    start + (1 + gap_ms // 2) * MS,
+                    callee_ms * MS,
+                ),
             ]
         return rows
 

@@ -1,0 +1,66 @@
+"""Root-cause evaluation on our own fault corpus: runs recorded by the demo scenario runner.
+
+Record cases first (each run writes spans to its store and labels to a ground-truth JSON):
+    meshlens demo --scenario shop/latency/<service> --data D --ground-truth D/truth.json
+then evaluate every fault of every run:
+    python bench/rca/demo_corpus.py D1 D2 ...      (each D holds clickhouse/ and truth.json)
+Baseline = spans from load start to the fault's start; window = the fault's span of time. The
+rankers are the same as in trainticket.py (meshlens and the naive baselines).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from analytics.rca.repository import load_spans
+from bench.rca.trainticket import RANKERS
+from collector.store import open_store
+
+
+def _at(ns: int) -> datetime:
+    return datetime.fromtimestamp(ns / 1e9, UTC)
+
+
+async def _evaluate(run_dir: Path, hits: dict[str, list[int]]) -> None:
+    truth = json.loads((run_dir / "truth.json").read_text())
+    store = open_store(f"chdb://{run_dir / 'clickhouse'}")
+    try:
+        for fault in truth["faults"]:
+            baseline = await load_spans(
+                store, _at(truth["load_started_ns"]), _at(fault["start_ns"])
+            )
+            window = await load_spans(store, _at(fault["start_ns"]), _at(fault["end_ns"]))
+            line = [f"{run_dir.name} {fault['kind']:<12} {fault['service']:<16}"]
+            for name, ranker in RANKERS.items():
+                order = ranker(baseline, window)
+                rank = order.index(fault["service"]) + 1 if fault["service"] in order else 0
+                hits[name][0] += rank == 1
+                hits[name][1] += 0 < rank <= 3
+                line.append(f"{name}=#{rank or '-'}")
+            hits["_cases"][0] += 1
+            print("  ".join(line), flush=True)
+    finally:
+        await store.close()
+
+
+def main(argv: list[str]) -> int:
+    if not argv:
+        print(__doc__)
+        return 0
+    hits: dict[str, list[int]] = {name: [0, 0] for name in RANKERS} | {"_cases": [0, 0]}
+    for run_dir in argv:
+        asyncio.run(_evaluate(Path(run_dir), hits))
+    n = max(hits.pop("_cases")[0], 1)
+    for name, (top1, top3) in hits.items():
+        print(f"{name:<12} top-1 {top1 / n:6.1%}  top-3 {top3 / n:6.1%}  ({n} faults)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
