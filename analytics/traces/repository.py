@@ -126,40 +126,68 @@ def _span_conditions(query: TraceQuery, params: _Params) -> list[str]:
     return conds
 
 
-def search_sql(query: TraceQuery) -> tuple[str, dict[str, Any]]:
-    """The search statement: newest matching traces first, `limit + 1` rows (one tells "more")."""
-    params = _Params()
-    match = " AND ".join(_span_conditions(query, params))
-    having: list[str] = []
-    inner_having = ""
-    if query.cursor is not None:
-        stamp = params.add(query.cursor.match_ns, "Int64")
-        trace = params.add(query.cursor.trace_id, "String")
-        having.append(f"(match_ns, trace_id) < ({stamp}, {trace})")
-        inner_having = f"(toUnixTimestamp64Nano(max(Timestamp)), TraceId) < ({stamp}, {trace})"
-    # Without trace-level filters the page is decided by matching spans alone: cut it early.
-    inner_limit = "" if query.has_trace_filter else f"LIMIT {query.limit + 1}"
-    inner = (
-        f"SELECT TraceId FROM otel_traces WHERE {match} GROUP BY TraceId"
-        + (f" HAVING {inner_having}" if inner_having else "")
-        + (f" ORDER BY max(Timestamp) DESC, TraceId DESC {inner_limit}" if inner_limit else "")
-    )
-    if query.min_trace_duration_ns is not None:
-        having.append(f"end_ns - start_ns >= {params.add(query.min_trace_duration_ns, 'Int64')}")
-    if query.max_trace_duration_ns is not None:
-        having.append(f"end_ns - start_ns <= {params.add(query.max_trace_duration_ns, 'Int64')}")
-    lo = params.add(query.start_ns - TRACE_SLACK_NS, "Int64")
-    hi = params.add(query.end_ns + TRACE_SLACK_NS, "Int64")
-    sql = f"""
-SELECT TraceId AS trace_id,
-    toUnixTimestamp64Nano(maxIf(Timestamp, {match})) AS match_ns,
+_SUMMARY = """
     toUnixTimestamp64Nano(min(Timestamp)) AS start_ns,
     max(toUnixTimestamp64Nano(Timestamp) + toInt64(Duration)) AS end_ns,
     toInt64(count()) AS span_count,
     toInt64(countIf(StatusCode IN ('Error', 'STATUS_CODE_ERROR'))) AS error_count,
     argMin(ServiceName, (ParentSpanId != '', Timestamp)) AS root_service,
     argMin(SpanName, (ParentSpanId != '', Timestamp)) AS root_name,
-    arraySort(groupUniqArray(ServiceName)) AS services
+    arraySort(groupUniqArray(ServiceName)) AS services"""
+
+# Summaries of known hits: the literal id set lets the TraceId bloom filter skip granules, and
+# the window is the hits' own match times +- slack, not the whole searched range.
+_SUMMARIES = f"""
+SELECT TraceId AS trace_id,{_SUMMARY}
+FROM otel_traces
+WHERE TraceId IN {{ids:Array(String)}}
+  AND Timestamp >= fromUnixTimestamp64Nano({{lo_ns:Int64}})
+  AND Timestamp < fromUnixTimestamp64Nano({{hi_ns:Int64}})
+GROUP BY TraceId
+"""
+
+
+def _cursor_condition(query: TraceQuery, params: _Params, stamp_expr: str, id_expr: str) -> str:
+    if query.cursor is None:
+        return ""
+    stamp = params.add(query.cursor.match_ns, "Int64")
+    trace = params.add(query.cursor.trace_id, "String")
+    return f"({stamp_expr}, {id_expr}) < ({stamp}, {trace})"
+
+
+def matches_sql(query: TraceQuery) -> tuple[str, dict[str, Any]]:
+    """Newest `limit + 1` traces with a matching span (one extra tells "more"), with match times."""
+    params = _Params()
+    match = " AND ".join(_span_conditions(query, params))
+    after = _cursor_condition(query, params, "match_ns", "trace_id")
+    sql = f"""
+SELECT TraceId AS trace_id, toUnixTimestamp64Nano(max(Timestamp)) AS match_ns
+FROM otel_traces
+WHERE {match}
+GROUP BY TraceId
+{"HAVING " + after if after else ""}
+ORDER BY match_ns DESC, trace_id DESC
+LIMIT {query.limit + 1}
+"""
+    return sql, params.values
+
+
+def search_sql(query: TraceQuery) -> tuple[str, dict[str, Any]]:
+    """One statement for searches with trace-level filters: summarise every hit, then filter."""
+    params = _Params()
+    match = " AND ".join(_span_conditions(query, params))
+    inner = f"SELECT TraceId FROM otel_traces WHERE {match}"
+    having = [_cursor_condition(query, params, "match_ns", "trace_id")]
+    if query.min_trace_duration_ns is not None:
+        having.append(f"end_ns - start_ns >= {params.add(query.min_trace_duration_ns, 'Int64')}")
+    if query.max_trace_duration_ns is not None:
+        having.append(f"end_ns - start_ns <= {params.add(query.max_trace_duration_ns, 'Int64')}")
+    having = [h for h in having if h]
+    lo = params.add(query.start_ns - TRACE_SLACK_NS, "Int64")
+    hi = params.add(query.end_ns + TRACE_SLACK_NS, "Int64")
+    sql = f"""
+SELECT TraceId AS trace_id,
+    toUnixTimestamp64Nano(maxIf(Timestamp, {match})) AS match_ns,{_SUMMARY}
 FROM otel_traces
 WHERE Timestamp >= fromUnixTimestamp64Nano({lo}) AND Timestamp < fromUnixTimestamp64Nano({hi})
   AND TraceId IN ({inner})
@@ -169,6 +197,20 @@ ORDER BY match_ns DESC, trace_id DESC
 LIMIT {query.limit + 1}
 """
     return sql, params.values
+
+
+def _summary(row: dict[str, Any], match_ns: int) -> TraceSummary:
+    return TraceSummary(
+        trace_id=row["trace_id"],
+        match_ns=match_ns,
+        start_ns=int(row["start_ns"]),
+        end_ns=int(row["end_ns"]),
+        span_count=int(row["span_count"]),
+        error_count=int(row["error_count"]),
+        root_service=row["root_service"],
+        root_name=row["root_name"],
+        services=tuple(row["services"]),
+    )
 
 
 def _span(row: dict[str, Any]) -> SpanRecord:
@@ -216,26 +258,30 @@ class TraceRepository:
         self._store = store
 
     async def search(self, query: TraceQuery) -> tuple[list[TraceSummary], Cursor | None]:
-        sql, params = search_sql(query)
-        rows = await self._store.query(sql, params)
-        hits = [
-            TraceSummary(
-                trace_id=r["trace_id"],
-                match_ns=int(r["match_ns"]),
-                start_ns=int(r["start_ns"]),
-                end_ns=int(r["end_ns"]),
-                span_count=int(r["span_count"]),
-                error_count=int(r["error_count"]),
-                root_service=r["root_service"],
-                root_name=r["root_name"],
-                services=tuple(r["services"]),
-            )
-            for r in rows
-        ]
+        if query.has_trace_filter:
+            sql, params = search_sql(query)
+            rows = await self._store.query(sql, params)
+            hits = [_summary(r, int(r["match_ns"])) for r in rows]
+        else:
+            hits = await self._matched(query)
         if len(hits) <= query.limit:
             return hits, None
         last = hits[query.limit - 1]
         return hits[: query.limit], Cursor(last.match_ns, last.trace_id)
+
+    async def _matched(self, query: TraceQuery) -> list[TraceSummary]:
+        # Two short statements: the hits, then their summaries (see _SUMMARIES).
+        sql, params = matches_sql(query)
+        matches = {r["trace_id"]: int(r["match_ns"]) for r in await self._store.query(sql, params)}
+        if not matches:
+            return []
+        window = {
+            "ids": list(matches),
+            "lo_ns": min(matches.values()) - TRACE_SLACK_NS,
+            "hi_ns": max(matches.values()) + TRACE_SLACK_NS,
+        }
+        rows = {r["trace_id"]: r for r in await self._store.query(_SUMMARIES, window)}
+        return [_summary(rows[t], m) for t, m in matches.items() if t in rows]
 
     async def spans(
         self, trace_ids: Sequence[str], *, lo_ns: int = 0, hi_ns: int = 2**62
