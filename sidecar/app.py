@@ -339,8 +339,8 @@ class Sidecar:
 
     def _set_mtls_mode(self, mode: str) -> None:
         if mode != "off" and self.options.mtls == "off":
-            raise ValueError(
-                f"mtls.mode {mode} needs a sidecar started with --mtls and credentials"
+            raise ConfigError(
+                [f"mtls.mode: {mode} needs a sidecar started with --mtls and credentials"]
             )
         if self.options.mtls != "off":
             self.tls.set_mode(cast(MtlsMode, mode))

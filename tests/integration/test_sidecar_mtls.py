@@ -19,7 +19,7 @@ from sidecar.http import Endpoint, Request, RequestContext
 from sidecar.identity import IdentityManager
 from sidecar.tls import TlsContexts
 from sidecar.upstream import UpstreamConfig, UpstreamPool
-from tests.integration.conftest import ScriptedUpstream, eventually
+from tests.integration.conftest import ScriptedUpstream, eventually, write_json
 from tests.integration.pki import (
     Pki,
     anonymous_client,
@@ -307,3 +307,34 @@ async def test_sidecars_get_certificates_from_the_real_control_plane_and_a_forge
         assert (await tls_get(server.addresses.inbound, client_context, "/cp"))[0] == 200
     finally:
         await plane.shutdown()
+
+
+async def test_the_policy_document_switches_strict_to_permissive_live(
+    tmp_path: Path, sidecars: MakeSidecar, upstream: ScriptedUpstream
+) -> None:
+    pki = Pki(tmp_path / "ca")
+    doc = {"version": "1", "mtls": {"mode": "strict"}}
+    server = await _strict_server(pki, tmp_path, sidecars, upstream, config=doc)
+    assert server.addresses is not None and server.options.config_path is not None
+    config = Path(server.options.config_path)
+    address = server.addresses.inbound
+    assert await refused(address, None)
+
+    write_json(config, {"version": "2", "mtls": {"mode": "permissive"}})
+    await eventually(lambda: server.tls.mode == "permissive")
+
+    assert (await tls_get(address, None))[0] == 200
+
+
+async def test_a_plain_sidecar_rejects_a_document_asking_for_mtls(
+    tmp_path: Path, sidecars: MakeSidecar, upstream: ScriptedUpstream
+) -> None:
+    plain = await sidecars("plain", upstream.port, config={"version": "1"})
+    assert plain.options.config_path is not None
+    config = Path(plain.options.config_path)
+    write_json(config, {"version": "2", "mtls": {"mode": "strict"}})
+
+    await eventually(lambda: plain.control.rejected == 1)
+
+    assert plain.control.active.version == "1"
+    assert "mtls.mode" in " ".join(plain.control.last_errors)
