@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -24,8 +27,10 @@ from analytics.rca.ranking import Candidate
 from collector.store import Rows, Store, open_store
 from dashboards.catalog import Query, load_dashboards, queries
 from dashboards.macros import TimeRange, expand
+from demo.topology import SHOP
 from tests.conftest import Event, Span, trace_columns
 
+REPO = Path(__file__).resolve().parents[2]
 T0_S = 29_916_667 * 60  # 2026-11-18 11:07 UTC, a whole minute
 JOURNEYS = 42
 CALLS = {
@@ -323,3 +328,44 @@ def test_incident_tables_show_the_ranked_root_causes(results: Results) -> None:
     [(_, anomalies, _)] = [r for r in results.values() if r[0].panel_title == "Anomalies"]
     assert anomalies[0]["subject"] == "checkout->payment"
     assert anomalies[0]["observed"] == pytest.approx(0.14)
+
+
+async def test_every_panel_returns_rows_on_a_real_demo_run(tmp_path: Path) -> None:
+    """The demo's scenario runner (real apps, sidecars, collector) fills the store instead."""
+    data, truth_path = tmp_path / "data", tmp_path / "truth.json"
+    argv = [
+        sys.executable, "-m", "meshlens_cli", "demo", "--scenario", "error-burst",
+        "--seed", "3", "--duration", "8", "--rate", "10", "--data", str(data),
+        "--ground-truth", str(truth_path), "--http-port", "0",
+    ]  # fmt: skip
+    run = await asyncio.to_thread(
+        subprocess.run, argv, cwd=REPO, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    truth = json.loads(truth_path.read_text())
+    window = TimeRange(truth["started_ns"] / 1e9 - 60, truth["ended_ns"] / 1e9 + 120, 60)
+    store = open_store(f"chdb://{data / 'clickhouse'}")
+    try:
+        [widest] = await store.query(
+            "SELECT TraceId FROM otel_traces GROUP BY TraceId ORDER BY uniqExact(ServiceName) DESC"
+            ", TraceId LIMIT 1"
+        )
+        variables = {
+            "service": [s.name for s in SHOP.services],
+            "min_duration_ms": "0",
+            "trace_id": widest["TraceId"],
+        }
+        empty = []
+        for dashboard in load_dashboards():
+            for query in queries(dashboard):
+                rows = await store.query(expand(query.sql, window, variables))
+                if not rows:
+                    empty.append(query.key)
+                if query.ref_id == "edges":
+                    assert {(r["source"], r["target"]) for r in rows} == set(SHOP.edges())
+                if query.panel_type == "traces":
+                    assert len({r["serviceName"] for r in rows}) >= 4
+    finally:
+        await store.close()
+    # Incidents need minutes of baseline; every other panel has data after an 8 s run.
+    assert [key for key in empty if not key.startswith("meshlens-incidents/")] == []
