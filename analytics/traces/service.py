@@ -45,8 +45,12 @@ class TraceService:
     async def search_spans(self, query: TraceQuery) -> list[list[SpanRecord]]:
         """The spans of each trace `search` finds (same order): for APIs returning whole traces."""
         page = await self.search(query)
+        if not page.traces:
+            return []
         ids = [hit.trace_id for hit in page.traces]
-        grouped = await self.traces(ids)
+        lo = min(hit.start_ns for hit in page.traces)
+        hi = max(hit.end_ns for hit in page.traces) + 1
+        grouped = await self.traces(ids, lo_ns=lo, hi_ns=hi)
         return [grouped[i] for i in ids if i in grouped]
 
     async def traces(
