@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
+from tests.unit.analytics.controlplane.helpers import OPERATOR_TOKEN
 from tests.unit.analytics.traces.helpers import (
     MS,
     NOW,
-    OPERATOR_TOKEN,
     T0,
     TRACE_A,
     TRACE_B,
