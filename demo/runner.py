@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import itertools
 import json
 import shutil
 import sys
@@ -48,6 +49,7 @@ class RunOptions:
 
 
 _CLEAR_LINE = "\r\x1b[K"
+_MAX_FAULTS = 10_000  # the interactive cycle is bounded (days at the default pace)
 
 
 class _Console:
@@ -156,7 +158,7 @@ async def _one_fault(spec: FaultSpec, injector: FaultInjector, console: _Console
 async def _cycle(
     cycle: list[FaultSpec], gap_s: float, injector: FaultInjector, console: _Console
 ) -> None:
-    for spec in (cycle * 1000)[: 1000 if cycle else 0]:  # bounded: ~1000 faults is many hours
+    for spec in itertools.islice(itertools.cycle(cycle), _MAX_FAULTS):
         await asyncio.sleep(gap_s)
         await _inject(spec, injector, console)
 
