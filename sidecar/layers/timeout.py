@@ -43,13 +43,12 @@ class TimeoutConfig:
             )
 
 
-def _caller_budget(request: Request, request_s: float | None) -> float | None:
-    """Our budget, shortened by the caller's x-meshlens-timeout-ms when that is smaller."""
-    value = header_value(request.headers, DEADLINE_HEADER)
-    if value is None or not value.isdigit():
+def _budget(theirs: str | None, request_s: float | None) -> float | None:
+    """Our budget, shortened by the caller's x-meshlens-timeout-ms (`theirs`) when smaller."""
+    if theirs is None or not theirs.isdigit():
         return request_s
-    theirs = int(value) / 1000.0
-    return theirs if request_s is None or theirs < request_s else request_s
+    budget_s = int(theirs) / 1000.0
+    return budget_s if request_s is None or budget_s < request_s else request_s
 
 
 def timeout_layer(config: TimeoutConfig, *, clock: Clock = monotonic) -> Layer:
@@ -73,12 +72,16 @@ def timeout_layer(config: TimeoutConfig, *, clock: Clock = monotonic) -> Layer:
                 context.idle_timeout_s = idle_s
             budget_s = request_s
             if propagate:
-                budget_s = _caller_budget(request, request_s)
+                theirs = header_value(request.headers, DEADLINE_HEADER)
+                budget_s = _budget(theirs, request_s)
                 if budget_s is not None:
                     if budget_s != request_s:
                         context.attributes["meshlens.timeout.caller_budget_ms"] = budget_s * 1e3
                     ms = str(max(0, int(budget_s * 1000.0)))
-                    headers = with_header(request.headers, DEADLINE_HEADER, ms)
+                    if theirs is None:  # nothing to replace: append (no rebuild of the tuple)
+                        headers = (*request.headers, (DEADLINE_HEADER, ms))
+                    else:
+                        headers = with_header(request.headers, DEADLINE_HEADER, ms)
                     request = Request(  # not dataclasses.replace: that costs ~2 us per request
                         request.method,
                         request.target,
@@ -97,7 +100,23 @@ def timeout_layer(config: TimeoutConfig, *, clock: Clock = monotonic) -> Layer:
             deadline = clock() + budget_s
             if context.deadline is None or deadline < context.deadline:
                 context.deadline = deadline
-            return await _bounded(inner, request, budget_s)
+            # What asyncio.timeout does, without its Timeout object and two coroutines.
+            task = asyncio.current_task()
+            if task is None:  # not in a task (no loop to cancel us): nothing can bound the wait
+                return await inner(request)
+            cancelling = task.cancelling()
+            timer = _Timer(task)
+            handle = asyncio.get_running_loop().call_later(budget_s, timer)
+            try:
+                return await inner(request)
+            except asyncio.CancelledError as exc:
+                # Ours only if we fired and no one else cancelled the task meanwhile.
+                if timer.fired and task.uncancel() <= cancelling:
+                    context.attributes["meshlens.timeout.fired"] = "request"
+                    raise UpstreamTimeout(after_s=budget_s) from exc
+                raise
+            finally:
+                handle.cancel()
 
         return handle
 
@@ -105,8 +124,7 @@ def timeout_layer(config: TimeoutConfig, *, clock: Clock = monotonic) -> Layer:
 
 
 class _Timer:
-    """Cancels `task` when the budget runs out (what asyncio.timeout does, minus its two
-    coroutines per request)."""
+    """Cancels `task` when the request's budget runs out."""
 
     __slots__ = ("fired", "task")
 
@@ -117,25 +135,6 @@ class _Timer:
     def __call__(self) -> None:
         self.fired = True
         self.task.cancel()
-
-
-async def _bounded(inner: Handler, request: Request, budget_s: float) -> Response:
-    task = asyncio.current_task()
-    if task is None:  # not in a task (no loop to cancel us): nothing can bound the wait
-        return await inner(request)
-    cancelling = task.cancelling()
-    timer = _Timer(task)
-    handle = asyncio.get_running_loop().call_later(budget_s, timer)
-    try:
-        return await inner(request)
-    except asyncio.CancelledError as exc:
-        # Ours only if we fired and no one else cancelled the task meanwhile (as asyncio.timeout).
-        if timer.fired and task.uncancel() <= cancelling:
-            request.context.attributes["meshlens.timeout.fired"] = "request"
-            raise UpstreamTimeout(after_s=budget_s) from exc
-        raise
-    finally:
-        handle.cancel()
 
 
 def _observe(inner: Handler, request_s: float | None, clock: Clock) -> Handler:

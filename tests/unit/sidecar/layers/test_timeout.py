@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from sidecar.errors import UpstreamTimeout
+from sidecar.http import Response
 from sidecar.layers.timeout import DEADLINE_HEADER, TimeoutConfig, timeout_layer
 from sidecar.stack import compose
-from tests.fakes import HANG, ManualClock, ScriptedUpstream, make_request
+from tests.fakes import HANG, Call, ManualClock, ScriptedUpstream, make_request
 
 
 async def test_request_timeout_raises_upstream_timeout() -> None:
@@ -60,7 +63,7 @@ def test_per_try_must_not_exceed_request() -> None:
         TimeoutConfig(request_s=0)
 
 
-def _deadline_header(call) -> str | None:
+def _deadline_header(call: Call) -> str | None:
     return dict(call.headers).get(DEADLINE_HEADER)
 
 
@@ -121,3 +124,26 @@ async def test_propagation_can_be_turned_off() -> None:
 
     assert _deadline_header(upstream.seen[0]) == "5"  # passed on untouched
     assert request.context.deadline == 11.0  # and not honoured
+
+
+async def test_a_cancel_from_outside_stays_a_cancel() -> None:
+    handler = compose([timeout_layer(TimeoutConfig(request_s=30.0))], ScriptedUpstream([HANG]))
+    request = make_request()
+
+    async def call() -> Response:
+        return await handler(request)
+
+    task = asyncio.create_task(call())
+    for _ in range(5):  # let it reach the hanging upstream
+        await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert "meshlens.timeout.fired" not in request.context.attributes
+
+
+async def test_the_timer_is_cancelled_when_the_response_arrives() -> None:
+    handler = compose([timeout_layer(TimeoutConfig(request_s=0.01))], ScriptedUpstream())
+    response = await handler(make_request())
+    await asyncio.sleep(0.03)  # past the budget: a leftover timer would cancel this task
+    assert response.status == 200
