@@ -7,7 +7,7 @@ A fixed method with no fitted parameters; every score is a robust z (median / MA
   connection setup). It is charged to both endpoints: a delayed pod slows every edge it is on.
 - error origin: a failing span none of whose children failed is where an error started;
   callers that only pass it on are not origins.
-score = max(self z, 0) + sum of positive edge-gap z + max(error-origin z, 0).
+score = max(self z, 0) + mean positive edge-gap z over the service's edges + max(origin z, 0).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import statistics
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 __all__ = ["Candidate", "SpanRow", "rank_root_causes"]
 
@@ -140,9 +141,17 @@ def _origin_z(base: _Side, window: _Side, service: str) -> float:
 
 
 def rank_root_causes(
-    baseline: Sequence[SpanRow], window: Sequence[SpanRow], *, min_samples: int = 5
+    baseline: Sequence[SpanRow],
+    window: Sequence[SpanRow],
+    *,
+    min_samples: int = 5,
+    edge_gap: Literal["mean", "sum"] = "mean",
 ) -> list[Candidate]:
-    """Services of `window` ranked most-likely-first. CPU-bound: call it off the event loop."""
+    """Services of `window` ranked most-likely-first. CPU-bound: call it off the event loop.
+
+    `edge_gap` folds a service's edge-gap z-scores: the mean over the edges it is on (default:
+    a delayed service has all its edges slow, a neighbour only the one edge to it) or the sum.
+    """
     if min_samples < 1:
         raise ValueError(f"min_samples must be >= 1, got {min_samples}")
     base, win = _summarise(baseline), _summarise(window)
@@ -166,11 +175,14 @@ def rank_root_causes(
             self_ms[key[0]] = change_ms
             notes[key[0]].append(f"self time of {key[1]!r} {change_ms:+.1f} ms (z={z:.1f})")
     gap_z: dict[str, float] = defaultdict(float)
+    gap_n: dict[str, int] = defaultdict(int)
     for edge, values in win.gaps.items():
         before = base.gaps.get(edge, [])
         if len(before) < min_samples or len(values) < min_samples:
             continue
         z = _robust_z(before, values)
+        for service in edge:
+            gap_n[service] += 1
         if z > 0:
             for service in edge:
                 gap_z[service] += z
@@ -184,7 +196,8 @@ def rank_root_causes(
             notes[service].append(
                 f"{win.origins[service]} error(s) originate here (z={origin:.1f})"
             )
-        score = max(self_z[service], 0.0) + gap_z[service] + max(origin, 0.0)
+        gap = gap_z[service] / max(gap_n[service], 1) if edge_gap == "mean" else gap_z[service]
+        score = max(self_z[service], 0.0) + gap + max(origin, 0.0)
         candidates.append(
             Candidate(
                 service=service,
@@ -192,7 +205,7 @@ def rank_root_causes(
                 self_time_z=round(self_z[service], 3),
                 self_time_change_ms=round(self_ms[service], 3),
                 inherited_change_ms=round(inherited_ms[service], 3),
-                edge_gap_z=round(gap_z[service], 3),
+                edge_gap_z=round(gap, 3),
                 error_origin_z=round(origin, 3),
                 error_origins=win.origins.get(service, 0),
                 spans=win.spans[service],
