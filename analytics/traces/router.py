@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -41,6 +41,7 @@ router = APIRouter(prefix="/api/v1", tags=["traces"])
 
 SEARCH_WINDOW_NS = 3600 * 10**9
 LIST_WINDOW_NS = 7 * 24 * 3600 * 10**9
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def get_trace_service(request: Request) -> TraceService:
@@ -71,11 +72,17 @@ def translate_errors() -> Iterator[None]:
         raise Unavailable(f"the trace store is unavailable: {exc}") from exc
 
 
+def _ns(moment: datetime) -> int:
+    # A time without a zone is UTC (the store's zone), never the server's local time.
+    aware = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    return (aware - _EPOCH) // timedelta(microseconds=1) * 1000
+
+
 def _window(
     start: datetime | None, end: datetime | None, now: float, default_ns: int
 ) -> tuple[int, int]:
-    end_ns = int(end.timestamp() * 1e9) if end is not None else int(now * 1e9)
-    start_ns = int(start.timestamp() * 1e9) if start is not None else end_ns - default_ns
+    end_ns = _ns(end) if end is not None else int(now * 1e9)
+    start_ns = _ns(start) if start is not None else end_ns - default_ns
     if end_ns <= start_ns:
         raise InvalidQuery("end must be after start")
     return start_ns, end_ns
@@ -151,8 +158,8 @@ async def get_trace(
     """Every span of one trace, in start order (404 if none is stored)."""
     with translate_errors():
         tid = normalize_trace_id(trace_id)
-        lo = int(start.timestamp() * 1e9) if start is not None else 0
-        hi = int(end.timestamp() * 1e9) if end is not None else 2**62
+        lo = _ns(start) if start is not None else 0
+        hi = _ns(end) if end is not None else 2**62
         spans = await traces.trace(tid, lo_ns=lo, hi_ns=hi)
     return TraceOut(trace_id=tid, spans=[span_out(s) for s in spans])
 

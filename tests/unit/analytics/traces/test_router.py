@@ -235,3 +235,8 @@ async def test_openapi_documents_the_trace_routes(api: Api) -> None:
     for path in ("/api/v1/traces", "/api/v1/traces/{trace_id}", "/api/v1/services"):
         assert path in paths
     assert (await api.client.get("/docs")).status_code == 200
+
+
+async def test_times_without_a_zone_are_utc(api: Api) -> None:
+    naive = {"start": "2026-05-28T20:27:00", "end": "2026-05-28T20:28:00"}  # T0 + 20 s .. + 80 s
+    assert ids(await search(api, **naive)) == [TRACE_B]
