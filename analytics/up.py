@@ -31,7 +31,13 @@ import uvicorn
 from fastapi import FastAPI
 
 from analytics.engine import AnalysisEngine
-from analytics.settings import ApiTokenSpec, BootstrapTokenSpec, Settings, hash_token
+from analytics.settings import (
+    ApiTokenSpec,
+    BootstrapTokenSpec,
+    Settings,
+    SettingsError,
+    hash_token,
+)
 from collector.store import Store
 
 __all__ = [
@@ -67,7 +73,11 @@ def add_up_arguments(parser: argparse.ArgumentParser) -> None:
 def up_components(args: argparse.Namespace, store: Store) -> list[Any]:
     """The analytics components of `meshlens up`, started in list order after the collector."""
     data = Path(args.data).resolve()
-    base = Settings.from_env()
+    try:
+        base = Settings.from_env()
+    except SettingsError as exc:
+        print(f"meshlens up: invalid analytics settings: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     services: list[tuple[str, str]] = getattr(args, "bootstrap_services", [])
     settings, files = ensure_tokens(base, data, services)
     settings = dataclasses.replace(

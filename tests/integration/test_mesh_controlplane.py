@@ -177,9 +177,10 @@ async def test_policies_and_endpoints_reach_every_sidecar_without_dropping_reque
 
         # a new version arrives while slow requests are in flight: none is dropped
         for app in back_apps:
-            app.default = Step(delay_s=0.6)
+            app.default = Step(delay_s=2.0)
+        seen = sum(len(app.seen) for app in back_apps)
         in_flight = [asyncio.create_task(get(session, front, "back")) for _ in range(6)]
-        await asyncio.sleep(0.2)
+        await eventually(lambda: sum(len(app.seen) for app in back_apps) == seen + 6)
         v2 = {
             **FRONT_V1,
             "routes": [
@@ -194,6 +195,7 @@ async def test_policies_and_endpoints_reach_every_sidecar_without_dropping_reque
         back_v1 = {"service": "back", "inbound": {"timeout": {"request_s": 7}}}
         assert await plane.put_policy("back", back_v1) == 1
         await until(lambda: in_sync(plane, {"front-1", "back-1", "back-2"}))
+        assert not any(task.done() for task in in_flight)  # swapped under them
         results = await asyncio.gather(*in_flight)
         assert [status for status, _ in results] == [200] * 6
         assert front.control.active.version == "2"
