@@ -460,6 +460,11 @@ class ControlPlaneSync:
                 self._registered = False  # it may have lost us while away: register again
                 failures += 1
                 await self._failed(exc, failures)
+            except Exception as exc:
+                # The loop owns the sidecar's link to the control plane: never let it die.
+                logger.exception("control-plane watch loop error")
+                failures += 1
+                await self._failed(exc, failures)
 
     async def _failed(self, exc: Exception, failures: int) -> None:
         if self.connected or failures == 1:
@@ -474,7 +479,11 @@ class ControlPlaneSync:
     async def _handle(self, update: WatchUpdate) -> None:
         resync, self._resync = self._resync, False
         new_version = update.version != self.version or self._result is None
-        result = self._apply(update, new_version)
+        try:
+            result = self._apply(update, new_version)
+        except Exception as exc:
+            logger.exception("applying a control-plane update failed")
+            result = ApplyResult(False, (f"sidecar failed to apply the update: {exc!r}",))
         self.updates += 1
         self.revision = update.revision
         if new_version:
