@@ -72,7 +72,7 @@ def encode_key_values(tag: bytes, items: Iterable[tuple[str, AttrValue]]) -> byt
 class TraceEncoder:
     """Encodes span batches of one resource (this sidecar) into ExportTraceServiceRequest bytes."""
 
-    __slots__ = ("_attr_cache", "_block_cache", "_name_cache", "_resource", "_scope")
+    __slots__ = ("_attr_cache", "_name_cache", "_resource", "_scope")
 
     def __init__(
         self,
@@ -87,11 +87,6 @@ class TraceEncoder:
             scope += _field(b"\x12", scope_version.encode())
         self._scope = _field(b"\x0a", scope)
         self._attr_cache: dict[tuple[str, AttrValue, type], bytes] = {}
-        # Whole attribute sets repeat even more than single values (same route, upstream,
-        # endpoint and status): one lookup per span instead of one per attribute.
-        self._block_cache: dict[
-            tuple[tuple[tuple[str, AttrValue], ...], tuple[type, ...]], bytes
-        ] = {}
         self._name_cache: dict[str, bytes] = {}
 
     def encode(self, spans: Iterable[SpanRecord]) -> bytes:
@@ -109,19 +104,6 @@ class TraceEncoder:
                 self._attr_cache.clear()  # high-cardinality values (paths) must not grow it
             encoded = _field(b"\x4a", _key_value(key, value))
             self._attr_cache[cache_key] = encoded
-        return encoded
-
-    def _attributes(self, attributes: dict[str, AttrValue]) -> bytes:
-        # True == 1 == 1.0 as dict keys but they encode differently, so the value types are part
-        # of the key (as in _attr).
-        key = (tuple(attributes.items()), tuple(map(type, attributes.values())))
-        cache = self._block_cache
-        encoded = cache.get(key)
-        if encoded is None:
-            if len(cache) >= _CACHE_LIMIT:
-                cache.clear()  # high-cardinality values (paths) must not grow it
-            attr = self._attr
-            encoded = cache[key] = b"".join([attr(k, v) for k, v in attributes.items()])
         return encoded
 
     def _name(self, name: str) -> bytes:
@@ -150,7 +132,8 @@ class TraceEncoder:
             b"\x41",
             _PACK_Q(span.end_ns),
         )
-        parts.append(self._attributes(span.attributes))
+        attr = self._attr
+        parts += [attr(k, v) for k, v in span.attributes.items()]
         if span.status or span.status_message:
             status = b"\x18" + _SMALL_VARINTS[span.status]
             if span.status_message:
