@@ -1,4 +1,10 @@
-"""HTTP layer of incidents: GET /api/v1/incidents?from&to and GET /api/v1/incidents/{id}."""
+"""HTTP layer of incidents: GET /api/v1/incidents?from&to and GET /api/v1/incidents/{id}.
+
+An incident: `{id, start, end, updated_at, summary, services, anomalies: [{subject, signal,
+start, end, observed, expected, score}], root_causes: [{service, score, self_time_z,
+self_time_change_ms, inherited_change_ms, edge_gap_z, error_origin_z, error_origins, spans,
+evidence}]}`, best candidate first. The list holds incidents overlapping [from, to).
+"""
 
 from __future__ import annotations
 

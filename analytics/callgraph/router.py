@@ -1,4 +1,13 @@
-"""HTTP layer of the service map: GET /api/v1/services/map and GET /api/v1/edges/series."""
+"""HTTP layer of the service map: GET /api/v1/services/map and GET /api/v1/edges/series.
+
+Both take `from` / `to` (ISO 8601, unix seconds, `now`, `now-15m`; default: the last hour) and
+`source` (`auto`: aggregates when the window has any, else raw spans; `aggregates`; `spans`).
+Map: `{start, end, source, nodes: [{service, virtual, server: stats|null}], edges: [{caller,
+callee, stats, routes: [{route, stats}]}]}`; stats = requests, errors, rate_per_s,
+error_ratio, mean_ms, p50_ms, p90_ms, p99_ms (route percentiles are null unless
+`route_percentiles=true`). Series (`caller`, `callee` required): `{start, end, points:
+[{minute, caller, callee, stats}]}`. Readers need a viewer or operator token.
+"""
 
 from __future__ import annotations
 

@@ -72,6 +72,11 @@ def test_imported_csv_is_mapped_and_analyzed(tmp_path: Path) -> None:
     assert incidents[0]["start"].startswith("2026-01-01 00:35")
     assert "front->pay" in {a["subject"] for a in incidents[0]["anomalies"]}
     assert incidents[0]["root_causes"][0]["service"] == "pay"
+    text = _meshlens(
+        "analyze", "--from", "2026-01-01T00:30:00Z", "--to", "2026-01-01T00:40:00Z", "--data", data
+    )
+    assert "1 incident(s)" in text.stdout
+    assert "#1 pay" in text.stdout
 
 
 def test_a_bad_file_fails_with_the_line_named(tmp_path: Path) -> None:
