@@ -258,7 +258,13 @@ class TlsListener(asyncio.AbstractServer):
     async def _accept_loop(self) -> None:
         assert self._loop is not None and self._sock is not None
         while True:
-            conn, _ = await self._loop.sock_accept(self._sock)
+            try:
+                conn, _ = await self._loop.sock_accept(self._sock)
+            except OSError as exc:  # e.g. EMFILE: keep listening once descriptors free up
+                self.refused("accept_failed")
+                logger.warning("inbound accept failed", extra={"error": str(exc)})
+                await asyncio.sleep(0.1)
+                continue
             task = self._loop.create_task(self._serve(conn))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
