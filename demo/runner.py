@@ -85,21 +85,14 @@ async def run(options: RunOptions, stop: asyncio.Event, out: TextIO = sys.stdout
     http_port = options.http_port if importlib.util.find_spec("analytics.up") else None
     services = [f"{NAMESPACE}/{s.name}" for s in topology.services]
     up = UpProcess(options.data_dir, http_port, work / "logs", bootstrap_services=services)
-    console.announce(f"starting meshlens up (data {options.data_dir}) ...")
-    await up.start()
     mesh: Mesh | None = None
     injector: FaultInjector | None = None
     load: LoadGenerator | None = None
     load_started_ns = 0
     try:
-        for name, address in up.addresses.items():
-            console.announce(f"{name} listening on {address}")
-        control_plane = _control_plane(options.data_dir, up)
-        if control_plane is None:
-            console.announce("no control plane in `meshlens up`: sidecars use static policy files")
-        else:
-            console.announce(f"control plane at {control_plane.url}: sidecars register and watch")
-        mesh = Mesh(topology, work, up.collector_url, seed=seed, control_plane=control_plane)
+        console.announce(f"starting meshlens up (data {options.data_dir}) ...")
+        await up.start()
+        mesh = _make_mesh(options.data_dir, topology, seed, work, up, console)
         count = len(mesh.instances)
         console.announce(f"starting {topology.name}: {count} instances, each app + sidecar ...")
         await mesh.start()
@@ -169,6 +162,21 @@ async def _inject(spec: FaultSpec, injector: FaultInjector, console: _Console) -
         await injector.inject(spec)
     finally:
         console.note = ""
+
+
+def _make_mesh(
+    data_dir: Path, topology: Topology, seed: int, work: Path, up: UpProcess, console: _Console
+) -> Mesh:
+    for name, address in up.addresses.items():
+        console.announce(f"{name} listening on {address}")
+    control_plane = _control_plane(data_dir, up)
+    if control_plane is None:
+        console.announce("no control plane in `meshlens up`: sidecars use static policy files")
+    else:
+        console.announce(f"control plane at {control_plane.url}: sidecars register and watch")
+        token_file = data_dir / "tokens" / "operator.token"
+        console.announce(f"operator token (UI and API login) in {token_file}")
+    return Mesh(topology, work, up.collector_url, seed=seed, control_plane=control_plane)
 
 
 def _print_intro(
