@@ -67,7 +67,12 @@ def grafana_api(url: str, token: str, timeout_s: float = 10.0) -> _Api:
         raise ValueError(f"bad Grafana URL {redacted_url(url)!r}: expected http(s)://host[:port]")
     if not token:
         raise ValueError("a Grafana service-account token is required")
-    from grafana_client.api import GrafanaApi
+    try:
+        from grafana_client.api import GrafanaApi
+    except ImportError as exc:
+        raise GrafanaApiError(
+            "grafana-client is not installed: pip install 'grafana-client>=5.1'"
+        ) from exc
 
     api: _Api = GrafanaApi.from_url(url, credential=token, timeout=timeout_s)
     return api
