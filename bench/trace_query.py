@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/trace_query.py [--spans 1000000] [--data DIR] [--repeat 50]
 
+With --data DIR holding at least --spans spans already, only the queries are timed again.
+
 Generates realistic sidecar traces (8 spans each: SERVER/CLIENT hops through 4 of 12 services,
 3 attributes, 2 resource attributes, 2% errors) over 24 hours, vectorised into Arrow batches of
 1 M spans, inserted with `store.insert` (the trace-id lookup and edge/service views run: they are
@@ -238,12 +240,17 @@ async def main(argv: list[str] | None = None) -> int:
         store = open_store(f"chdb://{Path(args.data or scratch) / 'ch'}")
         try:
             await store.migrate()
-            insert_s, ids = await fill(store, args.spans)
-            total = (await store.query("SELECT toInt64(count()) AS n FROM otel_traces"))[0]["n"]
-            rate = total / insert_s
-            print(
-                f"{total} spans inserted in {insert_s:.1f}s ({rate:,.0f} spans/s, views attached)"
-            )
+            count = "SELECT toInt64(count()) AS n FROM otel_traces"
+            if args.data and (await store.query(count))[0]["n"] >= args.spans:
+                # A kept --data directory: time the queries again without inserting.
+                sample = "SELECT TraceId FROM otel_traces_trace_id_ts ORDER BY cityHash64(TraceId)"
+                ids = [r["TraceId"] for r in await store.query(sample + " LIMIT 20")]
+                print(f"reusing {(await store.query(count))[0]['n']} spans in {args.data}")
+            else:
+                insert_s, ids = await fill(store, args.spans)
+                total = (await store.query(count))[0]["n"]
+                rate = total / insert_s
+                print(f"{total} spans inserted in {insert_s:.1f}s ({rate:,.0f} spans/s, views on)")
             await report(TraceService(store), store, ids, args.repeat)
         finally:
             await store.close()
