@@ -27,8 +27,8 @@ COMMANDS: dict[str, str] = {
 
 def _modules_for(argv: Sequence[str]) -> list[str]:
     """The modules to import: the chosen command's, or every one (for help and errors)."""
-    command = next((a for a in argv if not a.startswith("-")), None)
-    if command in COMMANDS:
+    command = next((a for a in argv if a in COMMANDS), None)
+    if command is not None:
         return [COMMANDS[command]]
     return list(dict.fromkeys(COMMANDS.values()))
 
