@@ -42,6 +42,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--fault-duration", type=_positive, default=20.0, help="seconds per fault")
     parser.add_argument("--no-faults", action="store_true", help="load only")
     parser.add_argument(
+        "--mtls",
+        choices=("off", "permissive"),
+        default="off",
+        help="sidecars' inbound mTLS mode (certificates from the control plane)",
+    )
+    parser.add_argument(
         "--list-scenarios", action="store_true", help="print the evaluation cases and exit"
     )
     parser.set_defaults(run=_run)
@@ -76,6 +82,7 @@ def _run(args: argparse.Namespace) -> int:
             fault_gap_s=args.fault_gap,
             fault_s=args.fault_duration,
             faults=not args.no_faults,
+            mtls=args.mtls,
         )
     except (ValueError, KeyError) as exc:
         print(f"meshlens demo: {exc}", file=sys.stderr)

@@ -49,7 +49,11 @@ class Mesh:
         collector_url: str,
         seed: int = 0,
         control_plane: ControlPlane | None = None,
+        mtls: str = "off",
     ) -> None:
+        if mtls != "off" and control_plane is None:
+            raise ValueError("mTLS in the demo needs the control plane (it issues certificates)")
+        self.mtls = mtls
         self.topology = topology
         self.collector_url = collector_url
         self.control_plane = control_plane
@@ -104,7 +108,7 @@ class Mesh:
         return [
             "--control-plane", cp.url, "--bootstrap-token-file", str(cp.token_file(service)),
             "--namespace", NAMESPACE, "--instance-id", name, "--labels", f"instance={name}",
-            "--state-dir", str(self._work / "state" / name),
+            "--state-dir", str(self._work / "state" / name), "--mtls", self.mtls,
         ]  # fmt: skip
 
     def _app_argv(self, service: str, name: str, port: int) -> list[str]:

@@ -42,6 +42,7 @@ class RunOptions:
     fault_gap_s: float = 20.0
     fault_s: float = 20.0
     faults: bool = True
+    mtls: str = "off"  # the sidecars' --mtls; needs the control plane (it issues certificates)
 
     def __post_init__(self) -> None:
         if self.fault_gap_s <= 0 or self.fault_s <= 0:
@@ -92,7 +93,7 @@ async def run(options: RunOptions, stop: asyncio.Event, out: TextIO = sys.stdout
     try:
         console.announce(f"starting meshlens up (data {options.data_dir}) ...")
         await up.start()
-        mesh = _make_mesh(options.data_dir, topology, seed, work, up, console)
+        mesh = _make_mesh(options, topology, seed, work, up, console)
         count = len(mesh.instances)
         console.announce(f"starting {topology.name}: {count} instances, each app + sidecar ...")
         await mesh.start()
@@ -165,8 +166,9 @@ async def _inject(spec: FaultSpec, injector: FaultInjector, console: _Console) -
 
 
 def _make_mesh(
-    data_dir: Path, topology: Topology, seed: int, work: Path, up: UpProcess, console: _Console
+    options: RunOptions, topology: Topology, seed: int, work: Path, up: UpProcess, console: _Console
 ) -> Mesh:
+    data_dir = options.data_dir
     for name, address in up.addresses.items():
         console.announce(f"{name} listening on {address}")
     control_plane = _control_plane(data_dir, up)
@@ -176,7 +178,10 @@ def _make_mesh(
         console.announce(f"control plane at {control_plane.url}: sidecars register and watch")
         token_file = data_dir / "tokens" / "operator.token"
         console.announce(f"operator token (UI and API login) in {token_file}")
-    return Mesh(topology, work, up.collector_url, seed=seed, control_plane=control_plane)
+    mtls = options.mtls if control_plane is not None else "off"
+    if mtls != "off":
+        console.announce(f"sidecars: --mtls {mtls}, certificates from the control plane")
+    return Mesh(topology, work, up.collector_url, seed=seed, control_plane=control_plane, mtls=mtls)
 
 
 def _print_intro(
