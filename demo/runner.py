@@ -240,6 +240,7 @@ def ground_truth(
         "ended_ns": ended_ns,
         "services": {s.name: list(s.instance_ids()) for s in topology.services},
         "edges": sorted([a, b] for a, b in topology.edges()),
+        "policies_via": ("control-plane" if mesh.control_plane else "files") if mesh else None,
         "faults": [r.to_json() for r in injector.records] if injector else [],
         "journeys": {
             name: {"total": c[0], "failed": c[1]}

@@ -48,6 +48,7 @@ async def test_short_crash_scenario_fills_the_store_with_the_whole_service_map(
     assert fault["kind"] == "crash" and fault["instances"] == ["catalog-2"]
     assert truth["load_started_ns"] < fault["start_ns"] < fault["end_ns"] < truth["ended_ns"]
     assert sorted(map(tuple, truth["edges"])) == sorted(SHOP.edges())
+    assert truth["policies_via"] == "control-plane"
     journeys = truth["journeys"]
     assert sum(j["total"] for j in journeys.values()) > 50
 
