@@ -32,7 +32,7 @@ from analytics.anomalies.repository import IncidentRepository
 from analytics.callgraph import EdgePoint, TimeWindow, edge_series
 from analytics.rca import Candidate, rank_root_causes
 from analytics.rca.repository import load_spans
-from collector.store import Store, StoreError
+from collector.store import Store
 
 __all__ = ["AnalysisEngine", "AnalyzedIncident", "analyze", "detect"]
 
@@ -185,8 +185,9 @@ class AnalysisEngine:
                 found = await self.run_once()
                 if found:
                     logger.info("analysis found incidents", extra={"incidents": len(found)})
-            except (StoreError, ValueError):
-                # A store outage must not end the loop: the next run re-analyzes the window.
+            except Exception:
+                # Task boundary: a store outage or one bad window must not end the analysis;
+                # the next run re-analyzes the whole lookback, so nothing is lost.
                 self.failures += 1
                 logger.exception("analysis run failed", extra={"failures": self.failures})
             await asyncio.sleep(self._interval_s)

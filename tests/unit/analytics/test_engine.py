@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import httpx
@@ -97,3 +98,19 @@ async def test_engine_run_stores_incidents_served_by_the_api(store: Store, tmp_p
     assert {n["service"] for n in body["nodes"]} == {"web", "api", "db"}
     points = series.json()["points"]
     assert len(points) == 5 and points[-1]["stats"]["p99_ms"] > 100
+
+
+async def test_a_failing_run_is_counted_and_the_loop_keeps_its_owner(store: Store) -> None:
+    await store.command("DROP TABLE meshlens_edges_1m_mv")
+    await store.command("DROP TABLE meshlens_edges_1m")
+    engine = AnalysisEngine(store, interval_s=3600, wall_clock=lambda: minute(70).timestamp())
+    await engine.start()
+    try:
+        for _ in range(200):  # bounded wait for the first run (it fails on the missing table)
+            if engine.failures:
+                break
+            await asyncio.sleep(0.02)
+        assert engine.failures == 1 and engine.runs == 0
+    finally:
+        await engine.shutdown()
+    await engine.shutdown()  # idempotent
