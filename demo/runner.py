@@ -193,6 +193,7 @@ def _print_intro(
     ui = next((a for n, a in up.addresses.items() if "otlp" not in n), None)
     if ui is not None:
         console.announce(f"open {ui} : the service map, traces, anomalies and root causes")
+        console.announce(f"API: {ui}/api/v1/services/map, Jaeger: {ui}/jaeger (bearer token)")
     else:
         console.announce("no analytics in `meshlens up` yet: spans go to the store only")
     if scenario is not None:
