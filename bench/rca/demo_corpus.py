@@ -1,9 +1,10 @@
 """Root-cause evaluation on our own fault corpus: runs recorded by the demo scenario runner.
 
 Record cases first (each run writes spans to its store and labels to a ground-truth JSON):
-    meshlens demo --scenario shop/latency/<service> --data D --ground-truth D/truth.json
-then evaluate every fault of every run:
-    python bench/rca/demo_corpus.py D1 D2 ...      (each D holds clickhouse/ and truth.json)
+    python bench/rca/demo_corpus.py --record DIR shop/latency/payment shop/abort/cart ...
+(runs `meshlens demo --scenario S --data DIR/<S> --ground-truth DIR/<S>/truth.json`, about
+50 s each; `meshlens demo --list-scenarios` lists them), then evaluate every fault of every run:
+    python bench/rca/demo_corpus.py DIR/*      (each run directory holds clickhouse/, truth.json)
 Baseline = spans from load start to the fault's start; window = the fault's span of time. The
 rankers are the same as in trainticket.py (meshlens and the naive baselines).
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,10 +51,41 @@ async def _evaluate(run_dir: Path, hits: dict[str, list[int]]) -> None:
         await store.close()
 
 
+def record(into: Path, scenarios: list[str]) -> int:
+    """Run each demo scenario into its own data directory; returns the number that failed."""
+    failed = 0
+    for scenario in scenarios:
+        run_dir = into / scenario.replace("/", "-")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        command = [
+            sys.executable,
+            "-m",
+            "meshlens_cli",
+            "--log-level",
+            "WARNING",
+            "demo",
+            "--scenario",
+            scenario,
+            "--data",
+            str(run_dir),
+            "--ground-truth",
+            str(run_dir / "truth.json"),
+            "--http-port",
+            "0",
+        ]
+        with (run_dir / "demo.log").open("w") as log:
+            code = subprocess.run(command, stdout=log, stderr=log, timeout=600, check=False)
+        print(f"{scenario}: exit {code.returncode}", flush=True)
+        failed += code.returncode != 0
+    return failed
+
+
 def main(argv: list[str]) -> int:
     if not argv:
         print(__doc__)
         return 0
+    if argv[0] == "--record":
+        return 1 if len(argv) < 3 else min(record(Path(argv[1]), argv[2:]), 1)
     hits: dict[str, list[int]] = {name: [0, 0] for name in RANKERS} | {"_cases": [0, 0]}
     for run_dir in argv:
         asyncio.run(_evaluate(Path(run_dir), hits))
