@@ -224,11 +224,15 @@ def detect_change_points(
     return found
 
 
-def _burn(points: Sequence[Point], end: datetime, minutes: int, budget: float) -> float:
+def _burn(
+    points: Sequence[Point], end: datetime, minutes: int, budget: float, min_errors: int
+) -> float:
+    """Error ratio over the window in units of the budget; 0 below `min_errors` errors (at low
+    traffic a single failed request would otherwise burn the budget "fast")."""
     lo = end - timedelta(minutes=minutes)
     requests = sum(p.requests for p in points if lo < p.minute <= end)
     errors = sum(p.errors for p in points if lo < p.minute <= end)
-    return (errors / requests) / budget if requests else 0.0
+    return (errors / requests) / budget if requests and errors >= min_errors else 0.0
 
 
 def detect_burn_rate(
@@ -245,8 +249,8 @@ def detect_burn_rate(
             "burn_rate_fast": (60, 5, 14.4),
             "burn_rate_slow": (360, 30, 6.0),
         }.items():
-            long_burn = _burn(points, p.minute, long_m, budget)
-            short_burn = _burn(points, p.minute, short_m, budget)
+            long_burn = _burn(points, p.minute, long_m, budget, cfg.min_errors)
+            short_burn = _burn(points, p.minute, short_m, budget, cfg.min_errors)
             if long_burn > factor and short_burn > factor:
                 found.append(
                     Anomaly(

@@ -96,6 +96,11 @@ def test_burn_rate_fast_needs_both_windows_above_14_4x() -> None:
     assert found[0].end == _minute(99)
 
 
+def test_one_failed_request_at_low_traffic_does_not_burn_the_budget() -> None:
+    series = [Point(_minute(i), 20, 0, 20.0) for i in range(10)] + [Point(_minute(10), 20, 1, 20.0)]
+    assert detect_burn_rate("db", series, _minute(10), CFG) == []
+
+
 def test_new_and_vanished_edges() -> None:
     found = detect_edge_changes(
         {"a->b": 50, "a->c": 40}, {"a->b": 45, "a->d": 12}, _minute(0), _minute(10), CFG
