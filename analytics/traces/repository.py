@@ -8,6 +8,7 @@ first so (ServiceName, SpanName, toDateTime(Timestamp)) narrows the scan; trace 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from analytics.traces.query import (
@@ -26,6 +27,9 @@ __all__ = ["TraceRepository"]
 # Spans of a hit trace that start this long before/after the searched window still count for its
 # extent; wider costs more rows read for every hit.
 TRACE_SLACK_NS = 300 * 1_000_000_000
+# Searches with trace-level bounds examine at most FILTER_ROUNDS * FILTER_DEPTH hits per page.
+FILTER_DEPTH = 2000
+FILTER_ROUNDS = 5
 
 _SPAN_COLUMNS = """
     TraceId AS trace_id, SpanId AS span_id, ParentSpanId AS parent_span_id,
@@ -155,8 +159,8 @@ def _cursor_condition(query: TraceQuery, params: _Params, stamp_expr: str, id_ex
     return f"({stamp_expr}, {id_expr}) < ({stamp}, {trace})"
 
 
-def matches_sql(query: TraceQuery) -> tuple[str, dict[str, Any]]:
-    """Newest `limit + 1` traces with a matching span (one extra tells "more"), with match times."""
+def matches_sql(query: TraceQuery, depth: int | None = None) -> tuple[str, dict[str, Any]]:
+    """Newest `depth` (default `limit + 1`: one extra tells "more") traces with a matching span."""
     params = _Params()
     match = " AND ".join(_span_conditions(query, params))
     after = _cursor_condition(query, params, "match_ns", "trace_id")
@@ -167,34 +171,7 @@ WHERE {match}
 GROUP BY TraceId
 {"HAVING " + after if after else ""}
 ORDER BY match_ns DESC, trace_id DESC
-LIMIT {query.limit + 1}
-"""
-    return sql, params.values
-
-
-def search_sql(query: TraceQuery) -> tuple[str, dict[str, Any]]:
-    """One statement for searches with trace-level filters: summarise every hit, then filter."""
-    params = _Params()
-    match = " AND ".join(_span_conditions(query, params))
-    inner = f"SELECT TraceId FROM otel_traces WHERE {match}"
-    having = [_cursor_condition(query, params, "match_ns", "trace_id")]
-    if query.min_trace_duration_ns is not None:
-        having.append(f"end_ns - start_ns >= {params.add(query.min_trace_duration_ns, 'Int64')}")
-    if query.max_trace_duration_ns is not None:
-        having.append(f"end_ns - start_ns <= {params.add(query.max_trace_duration_ns, 'Int64')}")
-    having = [h for h in having if h]
-    lo = params.add(query.start_ns - TRACE_SLACK_NS, "Int64")
-    hi = params.add(query.end_ns + TRACE_SLACK_NS, "Int64")
-    sql = f"""
-SELECT TraceId AS trace_id,
-    toUnixTimestamp64Nano(maxIf(Timestamp, {match})) AS match_ns,{_SUMMARY}
-FROM otel_traces
-WHERE Timestamp >= fromUnixTimestamp64Nano({lo}) AND Timestamp < fromUnixTimestamp64Nano({hi})
-  AND TraceId IN ({inner})
-GROUP BY TraceId
-{"HAVING " + " AND ".join(having) if having else ""}
-ORDER BY match_ns DESC, trace_id DESC
-LIMIT {query.limit + 1}
+LIMIT {query.limit + 1 if depth is None else depth}
 """
     return sql, params.values
 
@@ -259,20 +236,19 @@ class TraceRepository:
 
     async def search(self, query: TraceQuery) -> tuple[list[TraceSummary], Cursor | None]:
         if query.has_trace_filter:
-            sql, params = search_sql(query)
-            rows = await self._store.query(sql, params)
-            hits = [_summary(r, int(r["match_ns"])) for r in rows]
-        else:
-            hits = await self._matched(query)
+            return await self._filtered(query)
+        hits = await self._summaries(await self._matches(query, query.limit + 1))
         if len(hits) <= query.limit:
             return hits, None
         last = hits[query.limit - 1]
         return hits[: query.limit], Cursor(last.match_ns, last.trace_id)
 
-    async def _matched(self, query: TraceQuery) -> list[TraceSummary]:
-        # Two short statements: the hits, then their summaries (see _SUMMARIES).
-        sql, params = matches_sql(query)
-        matches = {r["trace_id"]: int(r["match_ns"]) for r in await self._store.query(sql, params)}
+    async def _matches(self, query: TraceQuery, depth: int) -> dict[str, int]:
+        sql, params = matches_sql(query, depth)
+        return {r["trace_id"]: int(r["match_ns"]) for r in await self._store.query(sql, params)}
+
+    async def _summaries(self, matches: dict[str, int]) -> list[TraceSummary]:
+        """Summaries of hits in match order (see _SUMMARIES)."""
         if not matches:
             return []
         window = {
@@ -282,6 +258,28 @@ class TraceRepository:
         }
         rows = {r["trace_id"]: r for r in await self._store.query(_SUMMARIES, window)}
         return [_summary(rows[t], m) for t, m in matches.items() if t in rows]
+
+    async def _filtered(self, query: TraceQuery) -> tuple[list[TraceSummary], Cursor | None]:
+        """Trace-level bounds: examine hits newest first in rounds of FILTER_DEPTH, keep those
+        within bounds. After FILTER_ROUNDS rounds the page may be short; its cursor then points
+        after the last trace examined, so the next page continues without skipping any."""
+        low = query.min_trace_duration_ns or 0
+        high = query.max_trace_duration_ns if query.max_trace_duration_ns is not None else 2**63
+        kept: list[TraceSummary] = []
+        cursor = query.cursor
+        for _ in range(FILTER_ROUNDS):
+            matches = await self._matches(replace(query, cursor=cursor), FILTER_DEPTH)
+            for hit in await self._summaries(matches):
+                if low <= hit.duration_ns <= high:
+                    kept.append(hit)
+                if len(kept) > query.limit:
+                    last = kept[query.limit - 1]
+                    return kept[: query.limit], Cursor(last.match_ns, last.trace_id)
+            if len(matches) < FILTER_DEPTH:
+                return kept, None
+            tail = next(reversed(matches))
+            cursor = Cursor(matches[tail], tail)
+        return kept, cursor
 
     async def spans(
         self, trace_ids: Sequence[str], *, lo_ns: int = 0, hi_ns: int = 2**62
