@@ -6,7 +6,8 @@ A fixed method with no fitted parameters; every score is a robust z (median / MA
 - edge gap: caller span minus callee span across a service boundary (network, queueing,
   connection setup). It is charged to both endpoints: a delayed pod slows every edge it is on.
 - error origin: a failing span none of whose children failed is where an error started;
-  callers that only pass it on are not origins.
+  callers that only pass it on are not origins. A client span with a known callee and no
+  child span counts for the callee (the sidecar knows whom it called).
 score = max(self z, 0) + mean positive edge-gap z over the service's edges + max(origin z, 0).
 """
 
@@ -37,6 +38,7 @@ class SpanRow:
     start_ns: int
     duration_ns: int
     error: bool = False
+    peer: str = ""  # the callee a CLIENT span names (meshlens.upstream / server.address)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,12 +117,15 @@ def _summarise(spans: Sequence[SpanRow]) -> _Side:
             if parent is not None:
                 failing_children.add(parent)
     for i, s in enumerate(spans):
-        key = (s.service, s.name)
+        # A call with a known callee and no span under it (callee not instrumented, its span
+        # sampled away, or the call failed before reaching it) is evidence about the callee.
+        owner = s.peer if s.peer and i not in fan_out else s.service
+        key = (owner, s.name if owner == s.service else f"{s.name} <- {s.service}")
         side.self_by_op[key].append(selfs[i])
         side.total_by_op[key].append(s.duration_ns)
-        side.spans[s.service] += 1
+        side.spans[owner] += 1
         if s.error and i not in failing_children:
-            side.origins[s.service] += 1
+            side.origins[owner] += 1
         parent = index.get((s.trace_id, s.parent_span_id)) if s.parent_span_id else None
         # Only a parent with this one child measures the call itself (a client span): with
         # several children the difference is the parent's own work and its other calls.

@@ -18,7 +18,10 @@ SELECT TraceId AS trace_id, SpanId AS span_id, ParentSpanId AS parent_span_id,
        ServiceName AS service, SpanName AS name,
        toUnixTimestamp64Nano(Timestamp) AS start_ns, Duration AS duration_ns,
        StatusCode IN ('Error', 'STATUS_CODE_ERROR')
-         OR toUInt16OrZero(SpanAttributes['http.response.status_code']) >= 500 AS error
+         OR toUInt16OrZero(SpanAttributes['http.response.status_code']) >= 500 AS error,
+       if(SpanKind IN ('Client', 'SPAN_KIND_CLIENT'),
+          if(SpanAttributes['meshlens.upstream'] != '', SpanAttributes['meshlens.upstream'],
+             SpanAttributes['server.address']), '') AS peer
 FROM otel_traces
 WHERE Timestamp >= {start:DateTime64(9)} AND Timestamp < {end:DateTime64(9)}
   AND cityHash64(TraceId) % {modulus:UInt64} = 0
@@ -53,6 +56,7 @@ async def load_spans(
             int(r["start_ns"]),
             int(r["duration_ns"]),
             bool(r["error"]),
+            r["peer"],
         )
         for r in rows
     ]

@@ -88,7 +88,8 @@ def main(argv: list[str]) -> int:
         return 1 if len(argv) < 3 else min(record(Path(argv[1]), argv[2:]), 1)
     hits: dict[str, list[int]] = {name: [0, 0] for name in RANKERS} | {"_cases": [0, 0]}
     for run_dir in argv:
-        asyncio.run(_evaluate(Path(run_dir), hits))
+        if (Path(run_dir) / "truth.json").is_file():  # skip logs and other files a glob catches
+            asyncio.run(_evaluate(Path(run_dir), hits))
     n = max(hits.pop("_cases")[0], 1)
     for name, (top1, top3) in hits.items():
         print(f"{name:<12} top-1 {top1 / n:6.1%}  top-3 {top3 / n:6.1%}  ({n} faults)")

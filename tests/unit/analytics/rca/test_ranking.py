@@ -146,3 +146,30 @@ def test_a_delayed_network_shows_as_call_gaps_around_the_delayed_service() -> No
 def test_min_samples_must_be_positive() -> None:
     with pytest.raises(ValueError, match="min_samples"):
         rank_root_causes([], [], min_samples=0)
+
+
+def test_a_failed_call_that_never_reached_the_callee_blames_the_callee() -> None:
+    def calls(failing: bool) -> list[SpanRow]:
+        rows = []
+        for i in range(30):
+            trace = f"{next(_ids):032x}"
+            start = i * 1000 * MS
+            error = failing and i % 2 == 0
+            rows += [
+                SpanRow(trace, "a" * 16, "", "web", "GET /", start, 10 * MS, error),
+                # The caller's sidecar span names the callee; a failed call has no child.
+                SpanRow(
+                    trace, "b" * 16, "a" * 16, "web", "GET", start + MS, 5 * MS, error, peer="stock"
+                ),
+            ]
+            if not error:
+                rows.append(
+                    SpanRow(trace, "c" * 16, "b" * 16, "stock", "GET /n", start + 2 * MS, 3 * MS)
+                )
+        return rows
+
+    ranked = rank_root_causes(calls(False), calls(True))
+
+    assert ranked[0].service == "stock"
+    assert ranked[0].error_origins == 15
+    assert next(c for c in ranked if c.service == "web").error_origins == 0
