@@ -4,6 +4,8 @@ set -euo pipefail
 need=()
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+# Headless browser for the UI tests (tests/ui, driven by Playwright; never `playwright install`).
+[ -x /usr/bin/chromium ] || need+=(chromium fonts-dejavu-core)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   echo "missing system packages: ${need[*]} (run as root or install them)" >&2
