@@ -81,6 +81,8 @@ class RequestContext:
     request_id: str = ""
     downstream_addr: str = ""
     peer_identity: str = ""  # verified SPIFFE id of the caller (inbound, mTLS)
+    original_dst: str = ""  # "ip:port" before an iptables REDIRECT (transparent capture)
+    captured_authority: str = ""  # the app's own authority when capture routed by original_dst
     route: str = ""
     upstream: str = ""  # the service (cluster) the request goes to
     endpoint: Endpoint | None = None  # chosen by the balancer, per attempt
