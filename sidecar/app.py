@@ -16,6 +16,7 @@ from typing import Any, cast
 
 from sidecar.admin import AdminServer
 from sidecar.build import BuiltStack, build_inbound, build_outbound, static_endpoints
+from sidecar.capture import EndpointIndex, original_dst_layer, restore_authority
 from sidecar.codec import HttpServer, ServerConfig
 from sidecar.config import ConfigError, SidecarConfig, load_config, parse_config
 from sidecar.control import ActiveStacks, ApplyResult, ConfigControl, ConfigUpdate
@@ -37,7 +38,7 @@ from sidecar.identity import (
     spiffe_id,
 )
 from sidecar.layers.authz import Authorizer, AuthzConfig, authz_layer
-from sidecar.stack import Handler
+from sidecar.stack import Handler, Layer
 from sidecar.telemetry import Telemetry, TelemetryConfig
 from sidecar.tls import (
     MODES,
@@ -88,6 +89,8 @@ class SidecarOptions:
     cert_file: str | None = None
     key_file: str | None = None
     ca_file: str | None = None
+    # transparent capture (--capture): route by SO_ORIGINAL_DST of redirected connections
+    capture: bool = False
 
     def __post_init__(self) -> None:
         if not self.service:
@@ -187,7 +190,8 @@ class Sidecar:
         self._outbound_handler: Handler = _not_ready
         self._inbound_handler: Handler = _not_ready
         self.outbound = HttpServer(
-            ServerConfig(direction="outbound"), lambda: self._outbound_handler
+            ServerConfig(direction="outbound", original_dst=options.capture),
+            lambda: self._outbound_handler,
         )
         self.inbound = HttpServer(ServerConfig(direction="inbound"), lambda: self._inbound_handler)
         self.admin = AdminServer(self)
@@ -303,7 +307,7 @@ class Sidecar:
             config,
             terminal=self._outbound_terminal,
             endpoints=endpoints,
-            outer=[telemetry.outbound_layer()],
+            outer=[telemetry.outbound_layer(), *self._capture_layers(config)],
             per_attempt=[telemetry.attempt_layer()],
             previous=old_out if isinstance(old_out, BuiltStack) else None,
         )
@@ -330,7 +334,14 @@ class Sidecar:
             and endpoint.host in self._own_hosts
         ):
             raise NoRoute(f"{endpoint.address} is this sidecar's own listener (request loop)")
-        return await self.upstream(request)
+        return await self.upstream(restore_authority(request))
+
+    def _capture_layers(self, config: SidecarConfig | None) -> list[Layer]:
+        """With --capture: route redirected connections by their original destination."""
+        if not self.options.capture:
+            return []
+        static = {name: spec.endpoints for name, spec in config.upstreams.items()} if config else {}
+        return [original_dst_layer(EndpointIndex(static, self.endpoints))]
 
     async def _listen_tls(self, factory: ProtocolFactory, host: str, port: int) -> TlsListener:
         listen = TlsListener.listen(self.tls, trust_domain=self.options.trust_domain)

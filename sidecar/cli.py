@@ -7,10 +7,12 @@ import asyncio
 import gc
 import os
 import signal
+import subprocess
 import sys
 from typing import Any
 
 from sidecar.app import Sidecar, SidecarOptions
+from sidecar.capture import CaptureConfig, CaptureError, CaptureSession
 from sidecar.config import ConfigError
 from sidecar.identity import IdentityError
 
@@ -68,6 +70,24 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--inbound-port", type=int, default=15006)
     parser.add_argument("--drain-timeout", type=float, default=10.0, help="seconds (SIGTERM)")
     parser.add_argument("--access-log", default=None, help='"-" for stdout or a file path')
+    parser.add_argument(
+        "--capture",
+        action="store_true",
+        help="transparent capture (root, Linux): iptables nat rules steer the app's outbound TCP "
+        "to --outbound-port and traffic for --app-port to --inbound-port; removed on exit",
+    )
+    parser.add_argument(
+        "--capture-exclude-ports",
+        default="",
+        metavar="P[,P]",
+        help="destination ports never captured (e.g. 22,4317)",
+    )
+    parser.add_argument(
+        "--capture-uid",
+        type=int,
+        default=1337,
+        help="uid the sidecar switches to after installing the rules; its traffic is not captured",
+    )
     parser.set_defaults(run=run)
 
 
@@ -92,6 +112,24 @@ def _bootstrap_token(args: argparse.Namespace) -> str | None:
             raise ValueError(f"cannot read --bootstrap-token-file: {exc}") from exc
     token = args.bootstrap_token or os.environ.get("MESH_SIDECAR_BOOTSTRAP_TOKEN")
     return token or None
+
+
+def _capture_config(args: argparse.Namespace) -> CaptureConfig | None:
+    if not getattr(args, "capture", False):
+        return None
+    if args.outbound_port == 0 or args.inbound_port == 0:
+        raise ValueError("--capture needs fixed --outbound-port and --inbound-port (not 0)")
+    try:
+        excluded = tuple(int(p) for p in args.capture_exclude_ports.split(",") if p.strip())
+    except ValueError as exc:
+        raise ValueError(f"--capture-exclude-ports must be port numbers: {exc}") from exc
+    return CaptureConfig(
+        inbound_ports=(args.app_port,),
+        outbound_port=args.outbound_port,
+        inbound_port=args.inbound_port,
+        exclude_ports=excluded,
+        uid=args.capture_uid,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -126,19 +164,42 @@ def run(args: argparse.Namespace) -> int:
             cert_file=args.cert,
             key_file=args.key,
             ca_file=args.ca,
+            capture=bool(getattr(args, "capture", False)),
         )
+        capture = _capture_config(args)
     except ValueError as exc:
         print(f"meshlens sidecar: {exc}", file=sys.stderr)
         return 2
     try:
         import uvloop
     except ImportError:  # not on every platform; asyncio's loop works, just slower
-        return asyncio.run(serve(options))
-    return int(uvloop.run(serve(options)))
+        return asyncio.run(serve(options, capture))
+    return int(uvloop.run(serve(options, capture)))
 
 
-async def serve(options: SidecarOptions) -> int:
-    """Start, print the addresses, run until drained by SIGTERM/SIGINT or POST /drain."""
+async def serve(options: SidecarOptions, capture: CaptureConfig | None = None) -> int:
+    """Start, print the addresses, run until drained by SIGTERM/SIGINT or POST /drain.
+
+    With `capture`, the iptables rules go in first and the process continues as the capture uid
+    (so its own connections are not captured); the rules are removed however it ends.
+    """
+    if capture is None:
+        return await _serve(options)
+    session = CaptureSession(capture)
+    try:
+        session.install()
+        session.drop_privileges()
+    except (CaptureError, OSError, subprocess.SubprocessError) as exc:
+        session.remove()
+        print(f"meshlens sidecar: --capture: {exc}", file=sys.stderr)
+        return 1
+    try:
+        return await _serve(options)
+    finally:
+        session.remove()
+
+
+async def _serve(options: SidecarOptions) -> int:
     sidecar = Sidecar(options)
     try:
         addresses = await sidecar.start()

@@ -18,6 +18,7 @@ from typing import Any
 
 import httptools
 
+from sidecar.capture import original_dst
 from sidecar.errors import BadRequest, DownstreamError, HeadersTooLarge, ProxyError
 from sidecar.http import Body, BodyStream, Request, RequestContext, Response
 from sidecar.layers.proxy_errors import error_response
@@ -72,6 +73,7 @@ class ServerConfig:
     body_timeout_s: float = 60.0  # max gap between request body chunks / write stalls
     forwarded_for: bool = True
     high_water_bytes: int = 256 * 1024
+    original_dst: bool = False  # read SO_ORIGINAL_DST per connection (transparent capture)
 
     def __post_init__(self) -> None:
         if self.direction not in ("outbound", "inbound"):
@@ -372,6 +374,7 @@ class _ServerProtocol(asyncio.Protocol):
         self._queue_paused = False
         self._reading_paused = False
         self._peer = ""
+        self._original_dst = ""
         self.peer_identity = ""  # verified SPIFFE id of the caller, set by the mTLS listener
         self.busy = False
         self.last_active = self._loop.time()
@@ -382,6 +385,8 @@ class _ServerProtocol(asyncio.Protocol):
         self._transport = transport  # uvloop's transports are not asyncio.Transport subclasses
         peer = transport.get_extra_info("peername")
         self._peer = str(peer[0]) if isinstance(peer, tuple) else ""
+        if self._config.original_dst:
+            self._original_dst = original_dst(transport.get_extra_info("socket"))
         transport.set_write_buffer_limits(high=self._config.high_water_bytes)
         self._server.connections.add(self)
         if self._server.draining:
@@ -729,6 +734,7 @@ class _ServerProtocol(asyncio.Protocol):
             request_id=p.request_id,
             downstream_addr=self._peer,
             peer_identity=self.peer_identity,
+            original_dst=self._original_dst,
         )
         request = Request(
             method=p.method,
