@@ -15,6 +15,7 @@ __all__ = [
     "TableSpec",
     "ViewSpec",
     "quote_ident",
+    "render_drop_view",
     "render_table",
     "render_view",
 ]
@@ -141,3 +142,8 @@ def render_view(spec: ViewSpec, options: SchemaOptions) -> list[str]:
         f"CREATE MATERIALIZED VIEW IF NOT EXISTS {options.qualified(spec.name)}"
         f"{options.on_cluster}\nTO {target}\nAS {spec.select.strip().replace('{source}', source)}"
     ]
+
+
+def render_drop_view(name: str, options: SchemaOptions) -> list[str]:
+    """DROP VIEW IF EXISTS: a view's SELECT cannot be altered in place, only replaced."""
+    return [f"DROP VIEW IF EXISTS {options.qualified(name)}{options.on_cluster} SYNC"]

@@ -75,10 +75,15 @@ def _v2(options: SchemaOptions) -> list[str]:
     return [*meshlens_edges_1m.statements(options), *meshlens_services_1m.statements(options)]
 
 
+def _v4(options: SchemaOptions) -> list[str]:
+    return [*meshlens_edges_1m.v4_statements(options), *meshlens_services_1m.v4_statements(options)]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "OTel exporter tables: traces, trace-id lookup, metrics (v0.160+)", _v1),
     Migration(2, "meshlens per-minute edge and service aggregates", _v2),
     Migration(3, "OTel exporter otel_logs (v0.151+, plus TimestampTime)", otel_logs.statements),
+    Migration(4, "edge and service aggregates from sidecar spans only", _v4),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

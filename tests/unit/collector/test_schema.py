@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import uuid
 from datetime import UTC, datetime
 
@@ -215,6 +216,7 @@ def _odd(
     *,
     name: str = "GET",
     status: str = "Unset",
+    scope: str = "meshlens.sidecar",
 ) -> Span:
     return Span(
         service=service,
@@ -226,6 +228,7 @@ def _odd(
         kind=kind,
         status=status,
         attributes=attributes,
+        scope_name=scope,
     )
 
 
@@ -263,6 +266,9 @@ def _edge_spans() -> list[Span]:
             "orders", "Server", "c", {"meshlens.route": "list", "http.response.status_code": "200"}
         ),
         _odd("orders", "Server", "d", {}, name="GET /health", status="Error"),
+        # The applications' own spans of the same calls (OTel SDK, demo scope): not counted again.
+        _odd("web", "Client", "e", {"server.address": "orders"}, scope="meshlens.demo"),
+        _odd("orders", "Server", "f", {"http.route": "/list"}, name="GET /list", scope="x"),
     ]
     return spans
 
@@ -323,6 +329,43 @@ async def test_edge_routes_and_services_queries(store: Store) -> None:
         {"minute": _WINDOW["start"], "n": 50},
         {"minute": datetime.fromtimestamp(MINUTE + 60, UTC), "n": 50},
     ]
+
+
+async def test_version_4_views_count_sidecar_spans_once_where_version_2_counted_app_spans_too(
+    store_url: str,
+) -> None:
+    database = f"v4_{uuid.uuid4().hex[:8]}"
+    store = open_test_store(store_url, database=database)
+    window = {"start": _WINDOW["start"], "end": _WINDOW["end"]}
+    edges = "SELECT toUInt64(sum(count)) AS n FROM meshlens_edges_1m"
+    services = "SELECT toUInt64(sum(count)) AS n FROM meshlens_services_1m"
+    try:
+        await migrate(store, SchemaOptions(database=database), migrations=MIGRATIONS[:3])
+        await store.insert("otel_traces", trace_columns(_edge_spans()), dedup_token="a")
+        before = (await store.query(edges))[0]["n"], (await store.query(services))[0]["n"]
+        await store.command("TRUNCATE TABLE meshlens_edges_1m")
+        await store.command("TRUNCATE TABLE meshlens_services_1m")
+        assert await store.migrate() == LATEST_VERSION
+        await store.insert("otel_traces", trace_columns(_edge_spans()), dedup_token="b")
+        after = (await store.query(edges))[0]["n"], (await store.query(services))[0]["n"]
+        callees = await store.query(EDGES_OVER_WINDOW, window)
+        await store.command(f"DROP DATABASE `{database}`")
+    finally:
+        await store.close()
+
+    assert before == (102, 3)  # the demo app's CLIENT and SERVER spans counted as well
+    assert after == (101, 2)
+    assert [(e["caller"], e["callee"]) for e in callees] == [
+        ("web", "cdn.example"),
+        ("web", "orders"),
+    ]
+
+
+def test_sidecar_scope_is_the_one_sidecar_spans_are_written_with() -> None:
+    from collector.schema.meshlens_edges_1m import SIDECAR_SCOPE
+    from sidecar.telemetry.otlp import TraceEncoder
+
+    assert inspect.signature(TraceEncoder).parameters["scope_name"].default == SIDECAR_SCOPE
 
 
 async def test_migrate_applies_only_the_missing_versions(store_url: str) -> None:
