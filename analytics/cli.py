@@ -3,7 +3,8 @@
 Settings come from `Settings.from_env()` (MESH_ANALYTICS_*), with the flags overriding the store
 URL, host and port. The app runs under uvicorn in this process's event loop with a graceful
 shutdown deadline; SIGINT/SIGTERM stop it cleanly. It prints `analytics http listening on URL`
-and `meshlens ready` once it accepts connections.
+and `meshlens ready` once it accepts connections. It runs the components `meshlens up` runs for
+analytics (`analytics.up.analytics_components`: the HTTP app and the analysis engine).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
 
-    from analytics.up import AnalyticsComponent
+    from analytics.up import analytics_components
     from collector.app import run_components, serve
     from collector.store import StoreError, open_store
 
@@ -77,8 +78,8 @@ def run(args: argparse.Namespace) -> int:
     async def main(stop: Any) -> None:
         try:
             await store.migrate()
-            component = AnalyticsComponent(settings, store, graceful_s=args.graceful_shutdown)
-            await run_components([component], stop)
+            components = analytics_components(settings, store, graceful_s=args.graceful_shutdown)
+            await run_components(components, stop)
         finally:
             await store.close()
 

@@ -1,7 +1,8 @@
 """The analytics parts of `meshlens up`, and the HTTP server that `meshlens analytics` also runs.
 
-`up_components(args, store)` returns the components `meshlens up` starts after the collector; to
-add one, append it to the list in `up_components` (one line) and its flags in `add_up_arguments`.
+`up_components(args, store)` returns the components `meshlens up` starts after the collector;
+`meshlens analytics` runs the same list: to add one, append it in `analytics_components` (one
+line) and its flags in `add_up_arguments`.
 
 Tokens for `up` (the choice, documented): when no operator API token is configured through
 `MESH_ANALYTICS_API_TOKENS`, `up` generates one on first start and keeps it in
@@ -45,6 +46,7 @@ __all__ = [
     "HttpServerComponent",
     "TokenFiles",
     "add_up_arguments",
+    "analytics_components",
     "ensure_tokens",
     "up_components",
 ]
@@ -87,8 +89,19 @@ def up_components(args: argparse.Namespace, store: Store) -> list[Any]:
         http_host=args.host,
         http_port=args.http_port,
     )
+    return analytics_components(settings, store, token_files=files)
+
+
+def analytics_components(
+    settings: Settings,
+    store: Store,
+    *,
+    token_files: TokenFiles | None = None,
+    graceful_s: float = GRACEFUL_SHUTDOWN_S,
+) -> list[Any]:
+    """The analytics service's components, for `meshlens up` and `meshlens analytics` alike."""
     components: list[Any] = [
-        AnalyticsComponent(settings, store, token_files=files),
+        AnalyticsComponent(settings, store, token_files=token_files, graceful_s=graceful_s),
         AnalysisEngine(store),
     ]
     return components

@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.conftest import open_test_store
 from tests.integration.conftest import REPO
 
 API = "/api/v1/controlplane"
@@ -103,6 +104,14 @@ async def test_analytics_serves_the_control_plane_and_stops_cleanly(
     assert (await call(base, "GET", "/fleet", "wrong-token-0123456789"))[0] == 403
 
     assert await proc.stop(signal.SIGTERM) == 0
+    # The analysis engine ran as in `meshlens up` (its start creates the incidents table; no
+    # request here touched the incidents API, which would create it too).
+    store = open_test_store(f"chdb://{tmp_path / 'ch'}")
+    try:
+        tables = await store.query("SELECT name FROM system.tables WHERE database = 'default'")
+    finally:
+        await store.close()
+    assert "meshlens_incidents" in {t["name"] for t in tables}
 
 
 async def test_analytics_rejects_bad_settings(start: Start) -> None:
