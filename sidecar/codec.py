@@ -94,6 +94,7 @@ class _Pending:
         "complete",
         "error",
         "expect_continue",
+        "h2_settings",
         "headers",
         "keep_alive",
         "method",
@@ -116,6 +117,7 @@ class _Pending:
         self.complete = False
         self.error: ProxyError | None = None
         self.request_id = ""
+        self.h2_settings = ""  # HTTP2-Settings of an `Upgrade: h2c` request
 
 
 # (protocol factory, host, port) -> a started server with `sockets` (see HttpServer.start)
@@ -128,7 +130,7 @@ class HttpServer:
     def __init__(self, config: ServerConfig, handler: Callable[[], Handler]) -> None:
         self.config = config
         self.current_handler = handler
-        self.connections: set[_ServerProtocol] = set()
+        self.connections: set[Any] = set()  # _ServerProtocol | h2server.H2ServerConnection
         self.draining = False
         self.requests_total = 0
         self._server: asyncio.AbstractServer | None = None
@@ -376,6 +378,7 @@ class _ServerProtocol(asyncio.Protocol):
         self._peer = ""
         self._original_dst = ""
         self.peer_identity = ""  # verified SPIFFE id of the caller, set by the mTLS listener
+        self._seen_data = False
         self.busy = False
         self.last_active = self._loop.time()
 
@@ -430,10 +433,16 @@ class _ServerProtocol(asyncio.Protocol):
             return
         if self._closing:
             return
+        if not self._seen_data:
+            self._seen_data = True
+            if data.startswith(b"PRI * HTTP/2"):  # HTTP/2 client preface: h2c or TLS with ALPN h2
+                self._hand_over_h2(data)
+                return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
-            self._start_tunnel(data[int(upgrade.args[0]) :])
+            if not self._upgrade_h2c(data[int(upgrade.args[0]) :]):
+                self._start_tunnel(data[int(upgrade.args[0]) :])
             return
         except httptools.HttpParserError as exc:
             self._reject(self._reject_error or BadRequest(f"malformed request: {exc}"))
@@ -563,6 +572,10 @@ class _ServerProtocol(asyncio.Protocol):
             forwarded = f"{forwarded}, {self._peer}" if forwarded else self._peer
         if forwarded:
             out.append(("x-forwarded-for", forwarded))
+        if p.upgrade and upgrade.strip().lower() == "h2c" and not transfer_encoding:
+            settings = [v for k, v in out if k == "http2-settings"]
+            if len(settings) == 1 and content_length in (None, "0"):
+                p.h2_settings = settings[0]  # the codec switches to HTTP/2 (sidecar/h2server.py)
         if p.upgrade:
             out.append(("connection", "upgrade"))
             out.append(("upgrade", upgrade))
@@ -632,6 +645,53 @@ class _ServerProtocol(asyncio.Protocol):
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def _hand_over_h2(self, data: bytes) -> None:
+        from sidecar.h2server import H2ServerConnection  # codec is imported by h2server
+
+        self._server.connections.discard(self)
+        conn = H2ServerConnection(
+            self._server, self._transport, peer=self._peer, peer_identity=self.peer_identity
+        )
+        self._server.connections.add(conn)
+        conn.start(data)
+
+    def _upgrade_h2c(self, rest: bytes) -> bool:
+        """Switch to HTTP/2 for a lone bodiless `Upgrade: h2c` request (RFC 7540 3.2)."""
+        p = self._queue[-1] if self._queue else None
+        if p is None or not p.h2_settings or len(self._queue) != 1:
+            return False
+        if self.busy:
+            return False
+        from sidecar.h2server import H2ServerConnection
+
+        if self._task is not None:  # it has not taken `p` yet (not busy): it is ours to stop
+            self._task.cancel()
+            self._task = None
+        self._queue.clear()
+        self._current = None
+        drop = {"connection", "upgrade", "http2-settings"}
+        request = Request(
+            method=p.method,
+            target=p.target,
+            headers=tuple((k, v) for k, v in p.headers if k not in drop),
+            body=b"",
+            authority=p.authority,
+            version="2",
+            context=RequestContext(
+                direction=self._config.direction,
+                request_id=p.request_id,
+                downstream_addr=self._peer,
+                peer_identity=self.peer_identity,
+            ),
+        )
+        self._server.connections.discard(self)
+        conn = H2ServerConnection(
+            self._server, self._transport, peer=self._peer, peer_identity=self.peer_identity
+        )
+        self._server.connections.add(conn)
+        conn.start_upgrade(p.h2_settings, request, rest)
+        return True
 
     def _start_tunnel(self, rest: bytes) -> None:
         p = self._current

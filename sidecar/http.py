@@ -21,6 +21,7 @@ __all__ = [
     "Request",
     "RequestContext",
     "Response",
+    "Trailers",
     "header_value",
     "with_header",
     "without_headers",
@@ -123,14 +124,45 @@ class Request:
         return isinstance(self.body, bytes)
 
 
+class Trailers:
+    """Trailer fields (HTTP/2, gRPC) that follow a body; the producer sets them at its end.
+
+    A one-shot holder like a `BodyStream`: `fields` is () until `set()`, and is final once
+    the body's `read()` has returned b"". Layers that rebuild a Response keep the same holder.
+    """
+
+    __slots__ = ("_fields", "_set")
+
+    def __init__(self, fields: Headers | None = None) -> None:
+        self._fields: Headers = fields or ()
+        self._set = fields is not None
+
+    @property
+    def fields(self) -> Headers:
+        return self._fields
+
+    @property
+    def received(self) -> bool:
+        """True once the producer has set the trailers (possibly empty)."""
+        return self._set
+
+    def set(self, fields: Headers) -> None:
+        self._fields = fields
+        self._set = True
+
+    def __repr__(self) -> str:
+        return f"Trailers({self._fields!r})"
+
+
 @dataclass(frozen=True, slots=True)
 class Response:
-    """An HTTP response as the layers see it."""
+    """An HTTP response as the layers see it (`trailers` only when the protocol carries them)."""
 
     status: int
     headers: Headers = ()
     body: Body = b""
     reason: str = ""
+    trailers: Trailers | None = None
 
     def __post_init__(self) -> None:
         if not 100 <= self.status <= 999:

@@ -50,7 +50,8 @@ def _observe(response: Response, error: str, end: _EndFn) -> Response:
     def on_end(nbytes: int, stream_error: str) -> None:
         end(Done(status, error or stream_error, nbytes))
 
-    return Response(status, response.headers, ObservedBody(body, on_end), response.reason)
+    observed = ObservedBody(body, on_end)
+    return Response(status, response.headers, observed, response.reason, response.trailers)
 
 
 def _own_error(ctx: RequestContext) -> str:
