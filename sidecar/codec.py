@@ -137,7 +137,7 @@ class HttpServer:
         self._sweeper: asyncio.Task[None] | None = None
         self._all_closed = asyncio.Event()
 
-    def connection_closed(self, conn: _ServerProtocol) -> None:
+    def connection_closed(self, conn: Any) -> None:
         self.connections.discard(conn)
         if not self.connections:
             self._all_closed.set()
