@@ -4,6 +4,9 @@ set -euo pipefail
 need=()
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+# transparent capture test (tests/integration/test_sidecar_capture.py): netns, veth, nat rules
+command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || need+=(iptables)
+command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || need+=(iproute2)
 # Headless browser for the UI tests (tests/ui, driven by Playwright; never `playwright install`).
 [ -x /usr/bin/chromium ] || need+=(chromium fonts-dejavu-core)
 [ ${#need[@]} -eq 0 ] && exit 0

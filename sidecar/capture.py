@@ -7,17 +7,20 @@ Rules (IPv4, nat table, our own chains so install/removal never touches anyone e
     MESHLENS_INBOUND -p tcp --dport <app port> -j MESHLENS_IN_REDIRECT   (one per inbound port)
     MESHLENS_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006
     OUTPUT -p tcp -j MESHLENS_OUTPUT
-    MESHLENS_OUTPUT -m owner --uid-owner <uid> -j RETURN   (the sidecar's own traffic)
+    MESHLENS_OUTPUT -m owner --uid-owner <uid> -j RETURN   (the sidecar's own traffic,
+    MESHLENS_OUTPUT -m owner --gid-owner <gid> -j RETURN    by user or by group)
     MESHLENS_OUTPUT -o lo -j RETURN / -d 127.0.0.1/32 -j RETURN   (loopback: sidecar -> app)
     MESHLENS_OUTPUT -p tcp --dport <excluded> -j RETURN
     MESHLENS_OUTPUT -j MESHLENS_REDIRECT
     MESHLENS_REDIRECT -p tcp -j REDIRECT --to-ports 15001
 
-The sidecar's own connections are exempted by uid (Istio's 1337, linkerd's 2102), not by a
+The sidecar's own connections are exempted by socket owner (Istio's uid/gid 1337), not by a
 firewall mark: a mark would have to be set on every socket the sidecar opens (upstream pool,
-OTLP exporter, control-plane client), while the uid covers all of them at once. A root sidecar
-installs the rules, then switches its effective uid to the capture uid (the saved uid stays 0,
-so it can switch back to remove the rules on exit); see `CaptureSession`.
+OTLP exporter, control-plane client), while the owner covers all of them at once. A sidecar run
+as the capture uid (rules installed by someone else) is exempt by uid. A root sidecar installs
+the rules itself and then switches its effective *gid* to the capture gid: sockets carry the
+creator's fsgid, so they are exempt, while the process keeps root's uid and capabilities (to
+read root-only files lazily and to remove the rules on exit). See `CaptureSession`.
 """
 
 from __future__ import annotations
@@ -75,16 +78,16 @@ class CaptureConfig:
     inbound_port: int = 15006
     exclude_ports: tuple[int, ...] = ()  # destination ports never redirected (either way)
     uid: int = 1337  # the sidecar's own traffic (by socket owner) is never redirected
+    gid: int = 1337
 
     def __post_init__(self) -> None:
         ports = (*self.inbound_ports, *self.exclude_ports, self.outbound_port, self.inbound_port)
         bad = [p for p in ports if not 0 < p < 65536]
         if bad:
             raise ValueError(f"capture ports must be in 1..65535, got {bad}")
-        if self.uid < 0:
-            raise ValueError(f"capture uid must be >= 0, got {self.uid}")
-        if self.uid == 0:
-            raise ValueError("capture uid 0 would exempt every root process; use a dedicated uid")
+        if self.uid <= 0 or self.gid <= 0:
+            # 0 would exempt every root process (and a negative id is no id)
+            raise ValueError(f"capture uid/gid must be > 0, got {self.uid}/{self.gid}")
 
 
 def install_commands(config: CaptureConfig) -> list[list[str]]:
@@ -100,6 +103,7 @@ def install_commands(config: CaptureConfig) -> list[list[str]]:
     for port in sorted(set(config.inbound_ports) - excluded):
         cmds.append(["-A", INBOUND, "-p", "tcp", "--dport", str(port), "-j", IN_REDIRECT])
     cmds.append(["-A", OUTPUT, "-m", "owner", "--uid-owner", str(config.uid), "-j", "RETURN"])
+    cmds.append(["-A", OUTPUT, "-m", "owner", "--gid-owner", str(config.gid), "-j", "RETURN"])
     cmds.append(["-A", OUTPUT, "-o", "lo", "-j", "RETURN"])
     cmds.append(["-A", OUTPUT, "-d", "127.0.0.1/32", "-j", "RETURN"])
     for port in sorted(excluded):
@@ -137,15 +141,15 @@ def _remove_all(run: Run) -> None:
 class CaptureSession:
     """Installs the rules (replacing any left by a crashed sidecar) and removes them again.
 
-    `drop_privileges()` switches the effective uid to the capture uid once the rules are in;
-    `remove()` switches back to root first. Both are no-ops when not applicable.
+    `exempt_self()` switches the effective gid to the capture gid once the rules are in, so
+    every socket the process opens afterwards is exempt; `remove()` switches it back.
     """
 
     def __init__(self, config: CaptureConfig, *, run: Run = _iptables) -> None:
         self.config = config
         self._run = run
         self.installed = False
-        self._dropped = False
+        self._saved_gid: int | None = None
 
     def install(self) -> None:
         """Idempotent: clears our chains first. Raises CaptureError listing the failing rule."""
@@ -165,16 +169,17 @@ class CaptureSession:
             extra={"inbound_ports": self.config.inbound_ports, "uid": self.config.uid},
         )
 
-    def drop_privileges(self) -> None:
-        """Run as the capture uid from now on (saved uid root), so our sockets are exempt."""
-        if os.geteuid() == 0 and not self._dropped:
-            os.seteuid(self.config.uid)
-            self._dropped = True
+    def exempt_self(self) -> None:
+        """Open sockets as the capture gid from now on (unless already running as the uid)."""
+        if os.geteuid() != self.config.uid and self._saved_gid is None:
+            self._saved_gid = os.getegid()
+            os.setegid(self.config.gid)
 
     def remove(self) -> None:
-        if self._dropped:
-            os.seteuid(0)
-            self._dropped = False
+        """Remove the rules (if this session installed them) and restore the effective gid."""
+        if self._saved_gid is not None:
+            os.setegid(self._saved_gid)
+            self._saved_gid = None
         if self.installed:
             _remove_all(self._run)
             self.installed = False

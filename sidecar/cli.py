@@ -86,7 +86,13 @@ def register(subparsers: Any) -> None:
         "--capture-uid",
         type=int,
         default=1337,
-        help="uid the sidecar switches to after installing the rules; its traffic is not captured",
+        help="traffic of sockets owned by this uid is not captured (a sidecar run as it)",
+    )
+    parser.add_argument(
+        "--capture-gid",
+        type=int,
+        default=1337,
+        help="nor of this gid; a root sidecar switches its effective gid to it after install",
     )
     parser.set_defaults(run=run)
 
@@ -129,6 +135,7 @@ def _capture_config(args: argparse.Namespace) -> CaptureConfig | None:
         inbound_port=args.inbound_port,
         exclude_ports=excluded,
         uid=args.capture_uid,
+        gid=args.capture_gid,
     )
 
 
@@ -180,15 +187,15 @@ def run(args: argparse.Namespace) -> int:
 async def serve(options: SidecarOptions, capture: CaptureConfig | None = None) -> int:
     """Start, print the addresses, run until drained by SIGTERM/SIGINT or POST /drain.
 
-    With `capture`, the iptables rules go in first and the process continues as the capture uid
-    (so its own connections are not captured); the rules are removed however it ends.
+    With `capture`, the iptables rules go in first and the process continues with the capture
+    gid (so its own connections are not captured); the rules are removed however it ends.
     """
     if capture is None:
         return await _serve(options)
     session = CaptureSession(capture)
     try:
         session.install()
-        session.drop_privileges()
+        session.exempt_self()
     except (CaptureError, OSError, subprocess.SubprocessError) as exc:
         session.remove()
         print(f"meshlens sidecar: --capture: {exc}", file=sys.stderr)
