@@ -37,7 +37,7 @@ from sidecar.identity import (
     signer_for,
     spiffe_id,
 )
-from sidecar.layers.authz import Authorizer, AuthzConfig, authz_layer
+from sidecar.layers.authz import Authorizer, AuthzConfig
 from sidecar.stack import Handler, Layer
 from sidecar.telemetry import Telemetry, TelemetryConfig
 from sidecar.tls import (
@@ -318,10 +318,10 @@ class Sidecar:
         inbound: BuiltStack = build_inbound(
             config,
             terminal=self.upstream,
-            # authz answers its own 403 (rbac_denied), so it may sit outside proxy_errors
-            outer=[telemetry.inbound_layer(), authz_layer(authz, authorizer=self.authz)],
+            outer=[telemetry.inbound_layer()],  # authz: inside, after the rate limit
             app=self._app_endpoint,
             previous=old_in if isinstance(old_in, BuiltStack) else None,
+            authorizer=self.authz,
         )
         return ActiveStacks(outbound, inbound, outbound.version, source)
 

@@ -17,6 +17,7 @@ from typing import Any
 from sidecar.config import RouteSpec, SidecarConfig, UpstreamSpec, config_to_dict, parse_config
 from sidecar.discovery import EndpointSource, StaticEndpoints
 from sidecar.http import Endpoint, Request, Response
+from sidecar.layers.authz import Authorizer, authz_layer
 from sidecar.layers.balance import Balancer, balance_layer
 from sidecar.layers.breaker import Breaker, breaker_layer
 from sidecar.layers.budget import BudgetConfig, RetryBudget
@@ -306,8 +307,13 @@ def build_inbound(
     sleep: Sleep = asyncio.sleep,
     random: Random = _random.random,
     previous: BuiltStack | None = None,
+    authorizer: Authorizer | None = None,
 ) -> BuiltStack:
-    """The inbound stack (caller -> local app); `app`, if given, becomes context.endpoint."""
+    """The inbound stack (caller -> local app); `app`, if given, becomes context.endpoint.
+
+    Authorization follows the rate limit (sidecar/stack.py); `authorizer`, if given, is the one
+    evaluating config.authz (its decision counts are the caller's to report).
+    """
     config = config if config is not None else parse_config({})
     inbound = config.inbound
     old = previous._state if previous is not None else None
@@ -317,6 +323,7 @@ def build_inbound(
     if inbound.ratelimit is not None:
         limiter = policies.limiter(_GLOBAL, inbound.ratelimit)
         layers.append(ratelimit_layer(inbound.ratelimit, limiter=limiter))
+    layers.append(authz_layer(config.authz, authorizer=authorizer))
     layers.extend(policies.route("inbound", None, inbound.timeout, inbound.retry))
     if app is not None:
         layers.append(_app_layer(app, config.service))
@@ -333,7 +340,7 @@ def build_inbound(
         "direction": "inbound",
         "version": config.version,
         "service": config.service,
-        "order": ["outer", "proxy_errors", "ratelimit", "timeout", "retry", "terminal"],
+        "order": ["outer", "proxy_errors", "ratelimit", "authz", "timeout", "retry", "terminal"],
         "config": config_to_dict(config),
     }
     return BuiltStack(handler, config.version, description, stats, _State(policies))

@@ -1,18 +1,32 @@
 """Handler and Layer types, composition, and the canonical layer order of the sidecar.
 
-Order, outermost first, with the reason for each position:
+Order, outermost first, with the reason for each position (sidecar/build.py builds exactly this).
+Outbound (app -> upstream services):
   1. telemetry       - sees every request, including ones the proxy itself rejects
+     (capture)       - with --capture: the original destination picks the upstream
   2. proxy_errors    - the single place a ProxyError becomes a marked response
-  3. ratelimit       - shed load before spending any routing or upstream work
-  4. authz           - (inbound) refuse callers before touching the app
-  5. routing         - picks the route; everything below is built per route
-  6. fault           - injected delay/abort behaves like the upstream misbehaving
-  7. timeout         - the request deadline covers every retry attempt
-  8. retry           - re-enters balancing so each attempt may pick another endpoint
-  9. attempt span    - (telemetry) one client span per attempt, with its number
- 10. balance         - chooses the endpoint for this attempt
- 11. breaker         - per-endpoint limits and outlier detection see each attempt
- 12. upstream        - the terminal handler: pooled connections (+ mTLS client)
+  3. ratelimit       - (sidecar-wide) shed load before spending any routing or upstream work
+  4. routing         - picks the route; everything below is built per route
+  5. fallback        - (per route) answers for the route when everything below failed
+  6. ratelimit       - (per route) a route's own budget, after routing has named it
+  7. fault           - injected delay/abort behaves like the upstream misbehaving
+  8. timeout         - one deadline covering every retry attempt; it honours the caller's
+                       x-meshlens-timeout-ms and forwards the remaining budget (deadline
+                       propagation; off on the passthrough route: outside the mesh)
+  9. retry           - re-enters balancing so each attempt may pick another endpoint
+ 10. attempt span    - (telemetry) one client span per attempt, with its number
+ 11. balance         - chooses the endpoint for this attempt
+ 12. breaker         - per-endpoint connection/request limits see each attempt
+ 13. outlier         - ejects endpoints on consecutive 5xx, success rate or latency
+ 14. upstream        - the terminal handler: pooled connections (+ mTLS client)
+Inbound (caller -> local app):
+  1. telemetry       - the server span, including calls the sidecar refuses
+  2. jwt             - verifies a bearer token (its own 401) so authz can match the claims
+  3. proxy_errors    - as outbound
+  4. ratelimit       - shed load before authorization or the app spend any work
+  5. authz           - refuse callers (403 rbac_denied) before touching the app
+  6. timeout, retry  - the inbound route's deadline and retries towards the local app
+  7. upstream        - the local app
 """
 
 from __future__ import annotations

@@ -229,3 +229,23 @@ async def test_deadline_header_goes_to_mesh_services_but_not_outside() -> None:
 
     assert header_value(upstream.seen[0].headers, "x-meshlens-timeout-ms") == "15000"
     assert header_value(upstream.seen[1].headers, "x-meshlens-timeout-ms") is None
+
+
+async def test_inbound_authz_sits_after_the_rate_limit_and_refuses_named_callers() -> None:
+    doc = {
+        "service": "reviews",
+        "inbound": {"ratelimit": {"rps": 1, "burst": 2}},
+        "authz": {"rules": [{"name": "no-batch", "action": "deny", "principals": ["spiffe://example.org/ns/jobs/*"]}]},
+    }
+    upstream = ScriptedUpstream()
+    stack = build_inbound(parse_config(doc), terminal=upstream, clock=ManualClock())
+    batch = "spiffe://example.org/ns/jobs/sa/batch"
+
+    denied = await stack.handler(make_request(peer_identity=batch))
+    allowed = await stack.handler(make_request(peer_identity="spiffe://example.org/ns/a/sa/web"))
+    # The denied call spent a token: the rate limit sheds load before authorization runs.
+    limited = await stack.handler(make_request(peer_identity=batch))
+
+    assert [denied.status, allowed.status, limited.status] == [403, 200, 429]
+    assert upstream.calls == 1
+    assert stack.describe()["order"][2:4] == ["ratelimit", "authz"]
