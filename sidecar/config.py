@@ -18,11 +18,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sidecar.http import Endpoint
+from sidecar.jwks import ALGORITHMS, JwksConfig
 from sidecar.layers.authz import AuthzConfig, AuthzRule
 from sidecar.layers.balance import BalanceConfig
 from sidecar.layers.breaker import BreakerConfig
 from sidecar.layers.budget import BudgetConfig
+from sidecar.layers.fallback import DEFAULT_ON, TRIGGERS, FallbackConfig, FallbackResponse
 from sidecar.layers.fault import FaultConfig
+from sidecar.layers.jwt import JwtConfig, JwtProvider, JwtRule, TokenSource
 from sidecar.layers.outlier import LatencyConfig, OutlierConfig, SuccessRateConfig
 from sidecar.layers.ratelimit import RateLimitConfig
 from sidecar.layers.retry import RetryConfig
@@ -132,6 +135,7 @@ class UpstreamModel(_Model):
     connect_timeout_s: PositiveS = 1.0  # Linkerd outbound connect timeout
     limits: LimitsModel = LimitsModel()
     outlier: OutlierModel | None = OutlierModel()
+    protocol: Literal["http1", "h2", "grpc", "auto"] = "auto"  # auto: what the caller spoke
 
 
 class HeaderMatchModel(_Model):
@@ -205,6 +209,9 @@ class BudgetModel(_Model):
 
 
 RetryOn = Literal["connect-failure", "reset", "5xx", "gateway-error"]
+GrpcRetryOn = Literal[
+    "cancelled", "unknown", "resource-exhausted", "aborted", "internal", "unavailable"
+]
 
 
 class RetryModel(_Model):
@@ -217,6 +224,7 @@ class RetryModel(_Model):
     budget: BudgetModel | None = BudgetModel()
     retry_after_max_s: float = Field(default=10.0, ge=0)
     enforce: bool = True
+    grpc_on: list[GrpcRetryOn] = ["unavailable"]  # never deadline-exceeded
 
     @model_validator(mode="before")
     @classmethod
@@ -276,6 +284,24 @@ class FaultModel(_Model):
     enforce: bool = True
 
 
+class FallbackResponseModel(_Model):
+    status: int = Field(default=200, ge=200, le=599)
+    headers: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9-]+$")], str] = {}
+    body: str = ""
+
+
+class FallbackModel(_Model):
+    on: list[Literal[tuple(sorted(TRIGGERS))]] = sorted(DEFAULT_ON)  # type: ignore[valid-type]
+    response: FallbackResponseModel | None = None  # answer directly, or
+    upstream: str | None = None  # send the request to this upstream instead
+
+    @model_validator(mode="after")
+    def _one(self) -> FallbackModel:
+        if (self.response is None) == (self.upstream is None):
+            raise ValueError("a fallback needs exactly one of response or upstream")
+        return self
+
+
 class RouteModel(_Model):
     name: str = Field(pattern=_ROUTE_NAME, max_length=64)
     match: MatchModel = MatchModel()
@@ -284,6 +310,7 @@ class RouteModel(_Model):
     retry: RetryModel | None = None
     ratelimit: RateLimitModel | None = None
     fault: FaultModel | None = None
+    fallback: FallbackModel | None = None  # when the upstream cannot take the request
 
 
 class InboundModel(_Model):
@@ -291,6 +318,7 @@ class InboundModel(_Model):
     ratelimit: RateLimitModel | None = None
     retry: RetryModel | None = None  # towards the local app (e.g. on reset, like Istio)
     max_request_body_buffer_bytes: int | None = Field(default=None, ge=0)  # None: top level's
+    app_protocol: Literal["http1", "h2", "grpc", "auto"] = "auto"  # to the local app
 
 
 class MtlsModel(_Model):
@@ -303,6 +331,7 @@ class AuthzRuleModel(_Model):
     principals: list[Annotated[str, Field(min_length=1, pattern=r"^[^*]*\*?$")]] = []
     methods: list[str] = []
     paths: list[Annotated[str, Field(pattern=r"^/[^*]*\*?$|^\*$")]] = []
+    claims: dict[str, str] = {}  # verified JWT claims that must hold, e.g. {role: admin}
 
     @field_validator("methods")
     @classmethod
@@ -327,6 +356,84 @@ class AuthzModel(_Model):
         return self
 
 
+class JwksModel(_Model):
+    url: str = ""  # http://host[:port]/path, fetched through the sidecar's upstream pool
+    file: str = ""  # re-read when it changes
+    inline: str = ""  # the JWKS JSON itself
+    cache_s: PositiveS = 600.0  # Envoy remote_jwks cache_duration
+    timeout_s: PositiveS = 2.0
+    min_refetch_interval_s: float = Field(default=10.0, ge=0)  # unknown kid: refetch at most
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if value and not re.match(r"^http://[^/?#]+", value):
+            raise ValueError(f"must be an http://host[:port]/path URL, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _one(self) -> JwksModel:
+        if sum(bool(v) for v in (self.url, self.file, self.inline)) != 1:
+            raise ValueError("jwks needs exactly one of url, file, inline")
+        return self
+
+
+class TokenSourceModel(_Model):
+    header: str = ""  # e.g. authorization (with prefix "Bearer ")
+    prefix: str = ""
+    param: str = ""  # a query parameter, e.g. access_token
+
+    @model_validator(mode="after")
+    def _one(self) -> TokenSourceModel:
+        if bool(self.header) == bool(self.param):
+            raise ValueError("a token source is either a header or a param")
+        return self
+
+
+class ClaimHeaderModel(_Model):
+    claim: str = Field(min_length=1)
+    header: str = Field(pattern=r"^[A-Za-z0-9-]+$")
+
+
+class JwtProviderModel(_Model):
+    name: str = Field(pattern=_ROUTE_NAME, max_length=64)
+    issuer: str = Field(min_length=1)
+    audiences: list[str] = []  # empty: aud not checked
+    jwks: JwksModel
+    algorithms: list[Literal[tuple(sorted(ALGORITHMS))]] = sorted(ALGORITHMS)  # type: ignore[valid-type]
+    sources: list[TokenSourceModel] = [TokenSourceModel(header="authorization", prefix="Bearer ")]
+    forward: bool = False  # Envoy default: strip the token
+    forward_payload_header: str = Field(default="", pattern=r"^$|^[A-Za-z0-9-]+$")
+    claim_to_headers: list[ClaimHeaderModel] = []
+    clock_skew_s: float = Field(default=60.0, ge=0)  # Envoy clock_skew_seconds
+    require_expiration: bool = False
+
+
+class JwtRuleModel(_Model):
+    path_prefix: str = Field(default="/", pattern=r"^/")
+    methods: list[str] = []
+    requires: Literal["required", "allow_missing", "allow_missing_or_failed", "none"] = "required"
+    providers: list[str] = []  # empty: any provider
+
+
+class JwtModel(_Model):
+    enforce: bool = True  # false: observe only (record would-deny, let it through)
+    providers: list[JwtProviderModel] = []
+    rules: list[JwtRuleModel] = []  # first match wins; none matches: default_requires
+    default_requires: Literal["required", "allow_missing", "allow_missing_or_failed", "none"] = (
+        "required"
+    )
+
+    @model_validator(mode="after")
+    def _names(self) -> JwtModel:
+        names = [p.name for p in self.providers]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        unknown = sorted({n for r in self.rules for n in r.providers} - set(names))
+        if dupes or unknown:
+            raise ValueError(f"duplicate providers {dupes}, rules name unknown providers {unknown}")
+        return self
+
+
 class DocumentModel(_Model):
     version: str = "0"
     service: str = Field(default="", pattern=r"^$|" + _NAME)
@@ -340,6 +447,7 @@ class DocumentModel(_Model):
     inbound: InboundModel = InboundModel()
     mtls: MtlsModel = MtlsModel()
     authz: AuthzModel = AuthzModel()  # inbound authorization; no rules: allow everything
+    jwt: JwtModel = JwtModel()  # inbound end-user authentication; no providers: off
 
     @field_validator("version", mode="before")
     @classmethod
@@ -356,6 +464,7 @@ class UpstreamSpec:
     balance: BalanceConfig
     limits: BreakerConfig
     outlier: OutlierConfig | None
+    protocol: str = "auto"  # http1 | h2 | grpc | auto (sidecar/h2upstream.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,6 +476,7 @@ class RouteSpec:
     retry: RetryConfig | None
     ratelimit: RateLimitConfig | None
     fault: FaultConfig | None
+    fallback: FallbackConfig | None = None
 
     @property
     def name(self) -> str:
@@ -378,6 +488,7 @@ class InboundSpec:
     timeout: TimeoutConfig
     ratelimit: RateLimitConfig | None
     retry: RetryConfig | None
+    app_protocol: str = "auto"  # http1 | h2 | grpc | auto
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,6 +506,7 @@ class SidecarConfig:
     document: Mapping[str, Any] = field(compare=False, repr=False)
     authz: AuthzConfig = field(default_factory=AuthzConfig)
     mtls_mode: str | None = None  # None: keep the sidecar's start-up (--mtls) mode
+    jwt: JwtConfig = field(default_factory=JwtConfig)
 
     @property
     def outbound_policy(self) -> str:
@@ -442,6 +554,10 @@ def _cross_errors(doc: Mapping[str, Any]) -> list[str]:
                     f"routes[{i}].name: duplicate route name {name!r} (routes[{seen[name]}])"
                 )
             seen.setdefault(name, i)
+        fallback = route.get("fallback")
+        target = fallback.get("upstream") if isinstance(fallback, Mapping) else None
+        if isinstance(target, str) and target not in upstreams:
+            errors.append(f"routes[{i}].fallback.upstream: unknown upstream {target!r}")
         destinations = route.get("destinations")
         for j, dest in enumerate(destinations if isinstance(destinations, list) else []):
             target = dest.get("upstream") if isinstance(dest, Mapping) else None
@@ -497,6 +613,7 @@ def _retry(m: RetryModel | None, per_try_s: float | None, buffer_bytes: int) -> 
         per_try_s=per_try_s,
         max_buffer_bytes=buffer_bytes,
         enforce=m.enforce,
+        grpc_on=frozenset(m.grpc_on),
     )
 
 
@@ -552,6 +669,7 @@ def _upstream(name: str, m: UpstreamModel) -> UpstreamSpec:
     )
     limits = m.limits
     return UpstreamSpec(
+        protocol=m.protocol,
         name=name,
         endpoints=endpoints,
         balance=BalanceConfig(
@@ -591,7 +709,19 @@ def _route(m: RouteModel, buffer_bytes: int) -> RouteSpec:
         retry=_retry(m.retry, _per_try(m.timeout), buffer_bytes),
         ratelimit=_ratelimit(m.ratelimit),
         fault=_fault(m.fault),
+        fallback=_fallback(m.fallback),
     )
+
+
+def _fallback(m: FallbackModel | None) -> FallbackConfig | None:
+    if m is None:
+        return None
+    response = None
+    if m.response is not None:
+        r = m.response
+        headers = tuple((k.lower(), v) for k, v in r.headers.items())
+        response = FallbackResponse(r.status, headers, r.body.encode())
+    return FallbackConfig(on=frozenset(m.on), response=response, upstream=m.upstream or "")
 
 
 def _to_config(m: DocumentModel) -> SidecarConfig:
@@ -613,13 +743,51 @@ def _to_config(m: DocumentModel) -> SidecarConfig:
             timeout=_timeout(m.inbound.timeout),
             ratelimit=_ratelimit(m.inbound.ratelimit),
             retry=_retry(m.inbound.retry, _per_try(m.inbound.timeout), inbound_buffer),
+            app_protocol=m.inbound.app_protocol,
         ),
         ratelimit=_ratelimit(m.ratelimit),
         max_request_body_buffer_bytes=buffer_bytes,
         document=m.model_dump(mode="json"),
         authz=_authz(m.authz),
         mtls_mode=m.mtls.mode,
+        jwt=_jwt(m.jwt),
     )
+
+
+def _jwt(m: JwtModel) -> JwtConfig:
+    providers = tuple(
+        JwtProvider(
+            name=p.name,
+            issuer=p.issuer,
+            jwks=JwksConfig(
+                url=p.jwks.url,
+                file=p.jwks.file,
+                inline=p.jwks.inline,
+                cache_s=p.jwks.cache_s,
+                timeout_s=p.jwks.timeout_s,
+                min_refetch_interval_s=p.jwks.min_refetch_interval_s,
+            ),
+            audiences=frozenset(p.audiences),
+            algorithms=frozenset(p.algorithms),
+            sources=tuple(TokenSource(s.header.lower(), s.prefix, s.param) for s in p.sources),
+            forward=p.forward,
+            forward_payload_header=p.forward_payload_header.lower(),
+            claim_to_headers=tuple((c.claim, c.header.lower()) for c in p.claim_to_headers),
+            clock_skew_s=p.clock_skew_s,
+            require_expiration=p.require_expiration,
+        )
+        for p in m.providers
+    )
+    rules = tuple(
+        JwtRule(
+            path_prefix=r.path_prefix,
+            methods=frozenset(x.upper() for x in r.methods),
+            requires=r.requires,
+            providers=tuple(r.providers),
+        )
+        for r in m.rules
+    )
+    return JwtConfig(providers, rules, default_requires=m.default_requires, enforce=m.enforce)
 
 
 def _authz(m: AuthzModel) -> AuthzConfig:
@@ -630,6 +798,7 @@ def _authz(m: AuthzModel) -> AuthzConfig:
             principals=tuple(r.principals),
             methods=frozenset(r.methods),
             paths=tuple(r.paths),
+            claims=tuple(sorted(r.claims.items())),
         )
         for r in m.rules
     )

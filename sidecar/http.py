@@ -82,6 +82,8 @@ class RequestContext:
     request_id: str = ""
     downstream_addr: str = ""
     peer_identity: str = ""  # verified SPIFFE id of the caller (inbound, mTLS)
+    subject: str = ""  # verified end-user JWT `sub` (inbound, layers/jwt.py)
+    claims: dict[str, object] = field(default_factory=dict)  # verified JWT claims, for authz
     original_dst: str = ""  # "ip:port" before an iptables REDIRECT (transparent capture)
     captured_authority: str = ""  # the app's own authority when capture routed by original_dst
     route: str = ""

@@ -1,13 +1,16 @@
 """Inbound authorization: allow / deny / audit rules on the caller's identity, method and path.
 
-Deny rules win; then, if any allow rule exists, a request no allow rule matches is denied; audit
-rules only record. With no rules every request is allowed. `enforce: false` records what would
-have been denied and lets it through. Denials answer 403 with `x-meshlens-error: rbac_denied`.
+Rules may also require verified end-user JWT claims (`claims: {role: admin}`, set by
+layers/jwt.py). Deny rules win; then, if any allow rule exists, a request no allow rule matches
+is denied; audit rules only record. With no rules every request is allowed. `enforce: false`
+records what would have been denied and lets it through. Denials answer 403 with
+`x-meshlens-error: rbac_denied`.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -34,6 +37,24 @@ def _matches(pattern: str, value: str) -> bool:
     return value == pattern
 
 
+def _claim_has(claims: Mapping[str, object] | None, name: str, want: str) -> bool:
+    """The claim at dotted path `name` equals `want` (a list claim: contains it)."""
+    value: object = claims
+    for part in name.split("."):
+        if not isinstance(value, Mapping):
+            return False
+        value = value.get(part)
+    if isinstance(value, list):
+        return any(_claim_equals(v, want) for v in value)
+    return _claim_equals(value, want)
+
+
+def _claim_equals(value: object, want: str) -> bool:
+    if isinstance(value, bool):
+        return want == ("true" if value else "false")
+    return isinstance(value, str | int | float) and str(value) == want
+
+
 @dataclass(frozen=True, slots=True)
 class AuthzRule:
     """One rule; an empty field matches anything (principals: also an unauthenticated caller)."""
@@ -43,6 +64,7 @@ class AuthzRule:
     principals: tuple[str, ...] = ()
     methods: frozenset[str] = frozenset()
     paths: tuple[str, ...] = ()
+    claims: tuple[tuple[str, str], ...] = ()  # JWT claims (dotted path, value); all must hold
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -56,8 +78,12 @@ class AuthzRule:
             if method != method.upper() or not method.isalpha():
                 raise ValueError(f"method {method!r} must be an upper-case HTTP method")
 
-    def matches(self, principal: str, method: str, path: str) -> bool:
+    def matches(
+        self, principal: str, method: str, path: str, claims: Mapping[str, object] | None = None
+    ) -> bool:
         if self.methods and method not in self.methods:
+            return False
+        if self.claims and not all(_claim_has(claims, n, v) for n, v in self.claims):
             return False
         if self.principals and not any(_matches(p, principal) for p in self.principals):
             return False
@@ -93,14 +119,16 @@ class Authorizer:
         self._allow = tuple(r for r in rules if r.action == "allow")
         self._audit = tuple(r for r in rules if r.action == "audit")
 
-    def decide(self, principal: str, method: str, path: str) -> Decision:
-        audited = tuple(r.name for r in self._audit if r.matches(principal, method, path))
+    def decide(
+        self, principal: str, method: str, path: str, claims: Mapping[str, object] | None = None
+    ) -> Decision:
+        audited = tuple(r.name for r in self._audit if r.matches(principal, method, path, claims))
         for rule in self._deny:
-            if rule.matches(principal, method, path):
+            if rule.matches(principal, method, path, claims):
                 return Decision(False, rule.name, audited)
         if self._allow:
             for rule in self._allow:
-                if rule.matches(principal, method, path):
+                if rule.matches(principal, method, path, claims):
                     return Decision(True, rule.name, audited)
             return Decision(False, "no_allow_match", audited)
         return Decision(True, "", audited)
@@ -131,7 +159,7 @@ def authz_layer(config: AuthzConfig, *, authorizer: Authorizer | None = None) ->
         async def handle(request: Request) -> Response:
             context = request.context
             principal = context.peer_identity
-            decision = auth.decide(principal, request.method, request.path)
+            decision = auth.decide(principal, request.method, request.path, context.claims)
             if decision.audited:
                 context.attributes["meshlens.authz.audit"] = ",".join(decision.audited)
                 auth.count("audited")
