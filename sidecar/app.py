@@ -37,7 +37,9 @@ from sidecar.identity import (
     signer_for,
     spiffe_id,
 )
+from sidecar.jwks import pool_fetch
 from sidecar.layers.authz import Authorizer, AuthzConfig
+from sidecar.layers.jwt import Authenticator, JwtConfig, jwt_layer
 from sidecar.stack import Handler, Layer
 from sidecar.telemetry import Telemetry, TelemetryConfig
 from sidecar.tls import (
@@ -144,6 +146,7 @@ class Sidecar:
         self.upstream = UpstreamPool(UpstreamConfig(), tls=self.tls.client)
         self.identity: IdentityManager | None = None
         self.authz = Authorizer(AuthzConfig())
+        self.jwt = Authenticator(JwtConfig())
         self.tls_listener: TlsListener | None = None
         self.telemetry = Telemetry(
             TelemetryConfig(
@@ -315,10 +318,14 @@ class Sidecar:
         if config is not None and config.mtls_mode is not None:
             self._set_mtls_mode(config.mtls_mode)
         self.authz = Authorizer(authz)
+        jwt = config.jwt if config is not None else JwtConfig()
+        self.jwt = Authenticator(jwt, fetch=pool_fetch(self.upstream), previous=self.jwt)
         inbound: BuiltStack = build_inbound(
             config,
             terminal=self.upstream,
-            outer=[telemetry.inbound_layer()],  # authz: inside, after the rate limit
+            # jwt answers its own 401 and goes first: authz (inside build_inbound, after the
+            # rate limit) matches the claims it verified
+            outer=[telemetry.inbound_layer(), jwt_layer(jwt, authenticator=self.jwt)],
             app=self._app_endpoint,
             previous=old_in if isinstance(old_in, BuiltStack) else None,
             authorizer=self.authz,
@@ -449,6 +456,7 @@ class Sidecar:
             "telemetry": self.telemetry.stats(),
             "mtls": self._mtls_stats(),
             "authz": self.authz.stats(),
+            "jwt": self.jwt.stats(),
         }
 
     def _mtls_stats(self) -> dict[str, object]:
@@ -497,5 +505,22 @@ def _core_metrics(sidecar: Sidecar) -> str:
         "# HELP meshlens_sidecar_upstream_connections_opened_total Upstream connections opened.",
         "# TYPE meshlens_sidecar_upstream_connections_opened_total counter",
         f"meshlens_sidecar_upstream_connections_opened_total {sidecar.upstream.opened}",
+        *_fallback_metrics(sidecar),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _fallback_metrics(sidecar: Sidecar) -> list[str]:
+    """Per-route fallbacks taken (layers/fallback.py), labelled by route and trigger reason."""
+    lines = [
+        "# HELP meshlens_sidecar_fallbacks_total Requests answered by a route's fallback.",
+        "# TYPE meshlens_sidecar_fallbacks_total counter",
+    ]
+    routes: Any = sidecar.control.active.outbound.stats().get("routes") or {}
+    for route, entry in sorted(routes.items()):
+        taken = entry.get("fallback", {}).get("taken", {}) if isinstance(entry, dict) else {}
+        for reason, count in sorted(taken.items()):
+            lines.append(
+                f'meshlens_sidecar_fallbacks_total{{route="{route}",reason="{reason}"}} {count}'
+            )
+    return lines

@@ -2,8 +2,9 @@
 
 Everything is built up front, once per version (per-route stacks, per-upstream balancers, breakers
 and outlier detectors); the per-request path only runs handlers. Order (sidecar/stack.py):
-outer (telemetry) -> proxy_errors -> ratelimit -> routing -> per route: ratelimit, fault, timeout,
-retry -> per_attempt (attempt span) -> balance -> breaker -> outlier -> terminal (upstream).
+outer (telemetry) -> proxy_errors -> ratelimit -> routing -> per route: fallback, ratelimit,
+fault, timeout, retry -> per_attempt (attempt span) -> balance -> breaker -> outlier -> terminal
+(upstream).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from sidecar.layers.authz import Authorizer, authz_layer
 from sidecar.layers.balance import Balancer, balance_layer
 from sidecar.layers.breaker import Breaker, breaker_layer
 from sidecar.layers.budget import BudgetConfig, RetryBudget
+from sidecar.layers.fallback import FallbackConfig, FallbackStats, fallback_layer
 from sidecar.layers.fault import fault_layer
 from sidecar.layers.outlier import OutlierDetector, outlier_layer
 from sidecar.layers.proxy_errors import proxy_errors_layer
@@ -163,6 +165,7 @@ class _Policies:
         self.stats: dict[str, dict[str, Any]] = {}
         self.budgets: dict[str, RetryBudget] = {}
         self.limiters: dict[str, RateLimiter] = {}
+        self.fallbacks: dict[str, tuple[FallbackConfig, FallbackStats]] = {}
         self._previous = previous
 
     def limiter(self, name: str, config: RateLimitConfig) -> RateLimiter:
@@ -201,6 +204,25 @@ class _Policies:
         self.stats[name] = entry
         return layers
 
+    def fallback(self, spec: RouteSpec, route: Sequence[Layer], tail: Sequence[Layer]) -> Layer:
+        """The route's layers, wrapped in its fallback (if any); a fallback upstream gets the
+        route's timeout and the per-attempt tail (balance, breaker, outlier) of its own."""
+        if spec.fallback is None:
+            return _chain(route)
+        config = spec.fallback
+        old = self._previous.fallbacks.get(spec.name) if self._previous else None
+        stats = old[1] if old is not None and old[0] == config else FallbackStats()
+        self.fallbacks[spec.name] = (config, stats)
+        self.stats[spec.name]["fallback"] = stats.snapshot
+        service_layers = [timeout_layer(spec.timeout, clock=self.clock), *tail]
+
+        def wrap(terminal: Handler) -> Handler:
+            service = compose(service_layers, terminal) if config.upstream else None
+            layer = fallback_layer(config, service=service, stats=stats)
+            return compose([layer, *route], terminal)
+
+        return wrap
+
     def snapshot(self) -> dict[str, Any]:
         return {name: {k: f() for k, f in entry.items()} for name, entry in self.stats.items()}
 
@@ -232,7 +254,9 @@ def build_outbound(
     policies = _Policies(clock, sleep, random, old.policies if old else None)
     tail = [*per_attempt, *upstreams.layers(clock)]
     routes = {
-        spec.name: _chain([*policies.route(spec.name, spec, spec.timeout, spec.retry), *tail])
+        spec.name: policies.fallback(
+            spec, [*policies.route(spec.name, spec, spec.timeout, spec.retry), *tail], tail
+        )
         for spec in config.routes
     }
     default_retry = RetryConfig(max_buffer_bytes=config.max_request_body_buffer_bytes)
@@ -272,7 +296,7 @@ def build_outbound(
             "proxy_errors",
             "ratelimit",
             "routing",
-            "route: ratelimit, fault, timeout, retry",
+            "route: fallback, ratelimit, fault, timeout, retry",
             "per_attempt",
             "balance",
             "breaker",
