@@ -1,6 +1,8 @@
 """Detectors over per-minute series of one subject (an edge `a->b` or a service).
 
-- deviations: rate, error ratio and p99 latency per minute against a robust trailing baseline
+- deviations: rate, error ratio and p99 latency (and median latency when the points carry it:
+  at low traffic a p99 is nearly the maximum and too noisy to see a shift every request pays)
+  per minute against a robust trailing baseline
   (median / MAD of the previous `baseline_minutes`); when a day of history exists, the same
   minutes one and more days earlier shift the expectation (daily seasonality, as SigNoz does).
 - change points: the split of the series with the largest level shift of a metric.
@@ -34,12 +36,13 @@ _DAY = timedelta(days=1)
 
 @dataclass(frozen=True, slots=True)
 class Point:
-    """RED of one subject in one minute."""
+    """RED of one subject in one minute (`p50_ms` optional: None leaves the median signal off)."""
 
     minute: datetime
     requests: int
     errors: int
     p99_ms: float
+    p50_ms: float | None = None
 
     @property
     def error_ratio(self) -> float:
@@ -108,13 +111,19 @@ def _seasonal_shift(
 
 
 def _metrics(p: Point) -> dict[str, float]:
-    return {"rate": float(p.requests), "error_ratio": p.error_ratio, "latency_p99": p.p99_ms}
+    out = {"rate": float(p.requests), "error_ratio": p.error_ratio, "latency_p99": p.p99_ms}
+    if p.p50_ms is not None:
+        out["latency_p50"] = p.p50_ms
+    return out
+
+
+_LATENCY = ("latency_p99", "latency_p50")
 
 
 def _fires(
     cfg: DetectorConfig, signal: str, point: Point, value: float, expected: float, z: float
 ) -> bool:
-    if signal == "latency_p99":
+    if signal in _LATENCY:
         return (
             z >= cfg.z_threshold
             and point.requests >= cfg.min_requests
@@ -136,10 +145,10 @@ def detect_deviations(
 ) -> list[Anomaly]:
     """Minutes from `evaluate_from` on that deviate from their trailing baseline, as runs."""
     points = sorted(series, key=lambda p: p.minute)
-    by_signal: dict[str, dict[datetime, float]] = {"rate": {}, "error_ratio": {}, "latency_p99": {}}
+    by_signal: dict[str, dict[datetime, float]] = {}
     for p in points:
         for name, value in _metrics(p).items():
-            by_signal[name][p.minute] = value
+            by_signal.setdefault(name, {})[p.minute] = value
     found: list[Anomaly] = []
     for p in points:
         if p.minute < evaluate_from:
@@ -150,7 +159,10 @@ def detect_deviations(
             continue
         for name, value in _metrics(p).items():
             history = by_signal[name]
-            median, scale = _median_mad([history[m] for m in trailing])
+            known = [history[m] for m in trailing if m in history]
+            if len(known) < cfg.min_baseline_points:
+                continue
+            median, scale = _median_mad(known)
             expected = median + _seasonal_shift(history, p.minute, trailing)
             if name == "error_ratio":  # binomial noise floor: few requests, noisy ratio
                 scale = max(scale, math.sqrt(max(expected, 0.001) / max(p.requests, 1)))
@@ -186,7 +198,10 @@ def detect_change_points(
     points = sorted(series, key=lambda p: p.minute)
     n, k = len(points), cfg.change_min_segment
     found = []
-    for name in ("error_ratio", "latency_p99"):
+    signals = ["error_ratio", "latency_p99"]
+    if points and all(p.p50_ms is not None for p in points):
+        signals.append("latency_p50")
+    for name in signals:
         values = [_metrics(p)[name] for p in points]
         floor = cfg.error_ratio_floor if name == "error_ratio" else cfg.latency_floor_ms
         # The split with the least total absolute deviation from each side's median (L1

@@ -64,14 +64,20 @@ def meshlens_sum_gaps(baseline: Sequence[SpanRow], window: Sequence[SpanRow]) ->
     return [c.service for c in rank_root_causes(baseline, window, edge_gap="sum")]
 
 
+def _owner(r: SpanRow) -> str:
+    """Whose RED a span is: a client span naming its callee counts for the callee (as the service
+    map and dashboards show a service's latency and errors seen by its callers)."""
+    return r.peer or r.service
+
+
 def latency_z(baseline: Sequence[SpanRow], window: Sequence[SpanRow]) -> list[str]:
     """Naive: the service with the largest robust z of an operation's median duration."""
     before: dict[tuple[str, str], list[int]] = defaultdict(list)
     after: dict[tuple[str, str], list[int]] = defaultdict(list)
     for r in baseline:
-        before[(r.service, r.name)].append(r.duration_ns)
+        before[(_owner(r), r.name)].append(r.duration_ns)
     for r in window:
-        after[(r.service, r.name)].append(r.duration_ns)
+        after[(_owner(r), r.name)].append(r.duration_ns)
     best: dict[str, float] = defaultdict(float)
     for key, values in after.items():
         b = before.get(key, [])
@@ -90,8 +96,8 @@ def error_rise(baseline: Sequence[SpanRow], window: Sequence[SpanRow]) -> list[s
         total: dict[str, int] = defaultdict(int)
         errors: dict[str, int] = defaultdict(int)
         for r in rows:
-            total[r.service] += 1
-            errors[r.service] += r.error
+            total[_owner(r)] += 1
+            errors[_owner(r)] += r.error
         return {s: errors[s] / total[s] for s in total}
 
     b, w = rates(baseline), rates(window)
