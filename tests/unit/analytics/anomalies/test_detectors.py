@@ -115,3 +115,41 @@ def test_new_and_vanished_edges() -> None:
 def test_config_is_validated() -> None:
     with pytest.raises(ValueError, match="slo_target"):
         DetectorConfig(slo_target=1.0)
+
+
+def _noisy_p99(n: int, *, p50: float) -> list[Point]:
+    # p99 of a few requests jumps around (nearly the maximum); the median is steady.
+    return [
+        Point(_minute(i), 20, 0, (15.0, 40.0, 22.0, 31.0)[i % 4], p50 + i % 2) for i in range(n)
+    ]
+
+
+def test_median_latency_shift_fires_where_the_noisy_p99_cannot() -> None:
+    series = _noisy_p99(20, p50=10.0) + [
+        Point(_minute(20 + i), 20, 0, 60.0, 50.0) for i in range(3)
+    ]
+    found = detect_deviations("catalog", series, _minute(20), CFG)
+    signals = {a.signal for a in found}
+    assert "latency_p50" in signals
+    assert "latency_p99" not in signals  # 60 ms is within the p99's own spread
+    p50 = next(a for a in found if a.signal == "latency_p50")
+    assert (p50.start, p50.end, p50.observed) == (_minute(20), _minute(22), 50.0)
+
+
+def test_median_signal_is_off_without_p50_and_for_steady_series() -> None:
+    without = [Point(p.minute, p.requests, p.errors, p.p99_ms) for p in _noisy_p99(23, p50=10.0)]
+    assert detect_deviations("catalog", without, _minute(20), CFG) == []
+    steady = _noisy_p99(30, p50=10.0)
+    assert detect_deviations("catalog", steady, _minute(20), CFG) == []
+    assert detect_change_points("catalog", steady, _minute(10), CFG) == []
+
+
+def test_change_point_on_median_latency_only_when_every_point_has_it() -> None:
+    series = _noisy_p99(15, p50=10.0) + [
+        Point(_minute(15 + i), 20, 0, (15.0, 40.0, 22.0, 31.0)[i % 4], 50.0 + i % 2)
+        for i in range(10)
+    ]
+    found = detect_change_points("catalog", series, _minute(10), CFG)
+    assert [(a.signal, a.start) for a in found] == [("change_point_latency_p50", _minute(15))]
+    partial = [*series[:-1], Point(_minute(24), 20, 0, 22.0)]
+    assert detect_change_points("catalog", partial, _minute(10), CFG) == []
