@@ -1,0 +1,353 @@
+"""Suggestion rules: one function per family (timeout, retry, outlier, concurrency, removal).
+
+Each takes one edge's statistics (analytics/tuning/stats.py) and the caller's current route
+policy and returns a `Suggestion`, a `Refusal` (the rule looked and said no, with why) or None.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from analytics.tuning.stats import IDEMPOTENT, EdgeKey, EdgeStats
+
+__all__ = [
+    "MIN_LATENCY_SAMPLES",
+    "Refusal",
+    "RoutePolicy",
+    "Suggestion",
+    "suggest_concurrency",
+    "suggest_outlier",
+    "suggest_removal",
+    "suggest_retry",
+    "suggest_timeout",
+]
+
+MIN_LATENCY_SAMPLES = 200
+_DAY_S = 86_400.0
+_BACKOFF_MAX_MS = 250.0
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePolicy:
+    """The caller's current policy for an edge's route (defaults when it has none)."""
+
+    request_s: float | None = 15.0
+    per_try_s: float | None = None
+    attempts: int = 1
+    budget_ratio: float | None = None  # None: no retry or an unbudgeted one
+    outlier: Mapping[str, Any] | None = None
+
+    @property
+    def try_s(self) -> float | None:
+        return self.per_try_s or self.request_s
+
+
+@dataclass(frozen=True, slots=True)
+class Suggestion:
+    """A proposed change to the caller's document for one edge, with evidence and confidence.
+
+    `target` is "route" (the change merges into the route of `edge.route`) or "upstream"
+    (into `upstreams[edge.upstream]`); a None value in `change` removes that key.
+    """
+
+    kind: str
+    edge: EdgeKey
+    target: str
+    change: Mapping[str, Any]
+    evidence: Mapping[str, Any]
+    confidence: float
+    summary: str
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.confidence <= 1.0:
+            raise ValueError(f"confidence must be in [0, 1], got {self.confidence}")
+        if self.target not in ("route", "upstream", "none"):
+            raise ValueError(f"unknown target {self.target!r}")
+
+    @property
+    def fingerprint(self) -> str:
+        """Same edge, kind and change: the same suggestion (evidence may move)."""
+        key = [self.edge.caller, self.edge.upstream, self.edge.route, self.kind, self.change]
+        blob = json.dumps(key, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A rule that declined to suggest, and why (shown so an operator can see it was checked)."""
+
+    kind: str
+    edge: EdgeKey
+    reason: str
+    evidence: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _confidence(samples: int, needed: int) -> float:
+    return round(min(1.0, math.log1p(samples) / math.log1p(needed * 10)), 2)
+
+
+def _nice_ms(value_ms: float) -> float:
+    """Round up to two significant digits (timeouts read better as 120 ms than 117.3 ms)."""
+    if value_ms <= 0:
+        return 1.0
+    digits = 10 ** max(0, math.floor(math.log10(value_ms)) - 1)
+    return float(math.ceil(value_ms / digits) * digits)
+
+
+def _window(s: EdgeStats) -> dict[str, Any]:
+    return {"window_s": s.window_s, "requests": s.requests, "attempts": s.attempts}
+
+
+def suggest_timeout(
+    s: EdgeStats, current: RoutePolicy, *, parent_budget_ms: float | None = None
+) -> Suggestion | Refusal | None:
+    """Per-try timeout at max(1.2 x p99.9, 2 x p99) of successful tries; never below p99.9 and
+    never above what the caller's own caller leaves it (`parent_budget_ms`)."""
+    n = len(s.ok_latency_ms)
+    if n < MIN_LATENCY_SAMPLES:
+        return Refusal("timeout", s.edge, f"only {n} successful tries (need {MIN_LATENCY_SAMPLES})")
+    p99, p999 = s.p(0.99), s.p(0.999)
+    try_ms = _nice_ms(max(1.2 * p999, 2.0 * p99, 5.0))
+    attempts = max(1, current.attempts)
+    evidence = {**_window(s), "p50_ms": s.p(0.5), "p99_ms": p99, "p999_ms": p999}
+    if parent_budget_ms is not None:
+        evidence["parent_budget_ms"] = parent_budget_ms
+        fit_ms = (parent_budget_ms - _BACKOFF_MAX_MS * (attempts - 1)) / attempts
+        if fit_ms < p999:
+            return Refusal(
+                "timeout",
+                s.edge,
+                f"the caller's own budget leaves {fit_ms:.0f} ms per try, below the healthy "
+                f"p99.9 of {p999:.0f} ms: raise the parent's timeout or cut retries here",
+                evidence,
+            )
+        try_ms = min(try_ms, math.floor(fit_ms))
+    total_ms = try_ms * attempts + _BACKOFF_MAX_MS * (attempts - 1)
+    change: dict[str, Any] = {"request_s": round(total_ms / 1000, 3)}
+    change["per_try_s"] = round(try_ms / 1000, 3) if attempts > 1 else None
+    now_s = current.try_s
+    if now_s is not None and abs(now_s * 1000 - try_ms) <= 0.2 * try_ms:
+        return None  # already about right
+    evidence["current_try_s"] = now_s
+    return Suggestion(
+        "timeout",
+        s.edge,
+        "route",
+        {"timeout": change},
+        evidence,
+        _confidence(n, MIN_LATENCY_SAMPLES),
+        f"{s.edge.label()}: per-try timeout {try_ms:.0f} ms (healthy p99.9 {p999:.0f} ms, "
+        f"p99 {p99:.0f} ms) instead of {_fmt_s(now_s)}",
+    )
+
+
+def _fmt_s(value: float | None) -> str:
+    return "none" if value is None else f"{value * 1000:.0f} ms"
+
+
+def _retry_refusal(s: EdgeStats, allow_non_idempotent: bool) -> str | None:
+    if s.failures < 5:
+        return f"only {s.failures} failed tries in the window"
+    share = s.transient_failures / s.failures
+    if share < 0.7:
+        return f"only {share:.0%} of failures are transient (connect errors, 502/503/504)"
+    unsafe = sorted(s.methods - IDEMPOTENT)
+    if unsafe and not allow_non_idempotent:
+        return f"{', '.join(unsafe)} is not idempotent (opt in with allow_non_idempotent)"
+    if s.error_rate > 0.5:
+        return f"{s.error_rate:.0%} of tries fail: retries would multiply load, not fix it"
+    if s.failure_buckets < 3 or s.busiest_failure_bucket > 0.5 * s.failures:
+        return "failures are bunched in time (an outage, not transient noise)"
+    failing = {e: f for e, f in s.endpoint_failures.items() if f}
+    if len(s.endpoint_attempts) > 1 and max(failing.values()) > 0.8 * s.failures:
+        worst = max(failing, key=lambda e: failing[e])
+        return f"{worst} has most failures: outlier ejection fits better than retries"
+    return None
+
+
+def suggest_retry(
+    s: EdgeStats,
+    current: RoutePolicy,
+    *,
+    allow_non_idempotent: bool = False,
+    per_try_s: float | None = None,
+) -> Suggestion | Refusal | None:
+    """Retries for transient, spread-out failures of idempotent calls, with a tight budget."""
+    why = _retry_refusal(s, allow_non_idempotent)
+    evidence: dict[str, Any] = {
+        **_window(s),
+        "failures": s.failures,
+        "transient_failures": s.transient_failures,
+        "failure_buckets_10s": s.failure_buckets,
+        "endpoints_failing": sum(1 for f in s.endpoint_failures.values() if f),
+        "methods": sorted(s.methods),
+    }
+    if why is not None:
+        return Refusal("retry", s.edge, why, evidence)
+    p = s.transient_failures / s.attempts
+    attempts = 2
+    while attempts < 3 and p**attempts > max(p / 100, 1e-4):
+        attempts += 1
+    ratio = round(min(0.2, max(0.05, 3 * p)), 3)
+    evidence.update({"transient_rate": round(p, 5), "expected_residual": round(p**attempts, 6)})
+    if current.attempts == attempts and current.budget_ratio == ratio:
+        return None
+    retry: dict[str, Any] = {
+        "attempts": attempts,
+        "on": ["connect-failure", "reset", "gateway-error"],
+        "budget": {"ratio": ratio, "min_per_s": 1.0, "window_s": 10.0},
+        "backoff_base_ms": 25.0,
+        "backoff_max_ms": _BACKOFF_MAX_MS,
+    }
+    if allow_non_idempotent and s.methods - IDEMPOTENT:
+        retry["allow_non_idempotent"] = True
+    change: dict[str, Any] = {"retry": retry}
+    if per_try_s is not None:
+        total = per_try_s * attempts + _BACKOFF_MAX_MS / 1000 * (attempts - 1)
+        change["timeout"] = {"per_try_s": per_try_s, "request_s": round(total, 3)}
+    return Suggestion(
+        "retry",
+        s.edge,
+        "route",
+        change,
+        evidence,
+        _confidence(s.failures, 20),
+        f"{s.edge.label()}: {attempts} attempts with a {ratio:.0%} budget "
+        f"({s.transient_failures} transient failures in {s.attempts} tries, spread over "
+        f"{s.failure_buckets} 10 s buckets)",
+    )
+
+
+def _consecutive_threshold(error_rate: float, rps: float) -> int:
+    """Smallest k with (trials per day) x e^k < 1: a healthy endpoint trips < once a day."""
+    trials = max(rps * _DAY_S, 1.0)
+    if error_rate <= 0:
+        return 5
+    k = math.ceil(math.log(1 / trials) / math.log(min(error_rate, 0.99)))
+    return max(3, min(50, k))
+
+
+def suggest_outlier(s: EdgeStats, current: RoutePolicy) -> Suggestion | Refusal | None:
+    """Ejection thresholds from the healthy endpoints' error rate, plus latency ejection when
+    one endpoint is much slower than its peers."""
+    eps = {e: n for e, n in s.endpoint_attempts.items() if n >= 20}
+    if not eps:
+        return Refusal("outlier", s.edge, "no endpoint has 20 tries in the window")
+    rates = sorted(s.endpoint_failures.get(e, 0) / n for e, n in eps.items())
+    healthy = rates[(len(rates) - 1) // 2]  # the median endpoint's error rate
+    per_ep_rps = s.attempts / max(len(s.endpoint_attempts), 1) / s.window_s
+    k = _consecutive_threshold(healthy, per_ep_rps)
+    window_n = max(per_ep_rps * 10.0, 1.0)
+    z = 3.7  # a 10 s window below the threshold < once in 8640 windows
+    threshold = 1 - healthy - z * math.sqrt(max(healthy * (1 - healthy), 1e-4) / window_n)
+    outlier: dict[str, Any] = {
+        "consecutive_5xx": k,
+        "success_rate": {
+            "window_s": 10.0,
+            "min_requests": max(5, int(window_n / 2)),
+            "threshold": round(min(0.95, max(0.5, threshold)), 3),
+        },
+    }
+    evidence: dict[str, Any] = {
+        **_window(s),
+        "healthy_error_rate": round(healthy, 5),
+        "per_endpoint_rps": round(per_ep_rps, 2),
+        "endpoint_error_rates": {
+            e: round(s.endpoint_failures.get(e, 0) / n, 4) for e, n in eps.items()
+        },
+    }
+    means = {e: s.endpoint_mean_ms[e] for e in eps}
+    if len(means) >= 3:
+        slow = max(means, key=lambda e: means[e])
+        peers = sorted(v for e, v in means.items() if e != slow)
+        median = peers[len(peers) // 2]
+        if median > 0 and means[slow] > 2 * median:
+            factor = round(max(1.5, min(3.0, means[slow] / median / 1.5)), 1)
+            outlier["latency"] = {"factor": factor, "min_requests": 20, "min_latency_ms": 10.0}
+            evidence.update({"slow_endpoint": slow, "slow_mean_ms": round(means[slow], 1)})
+            evidence["peer_median_ms"] = round(median, 1)
+    now = current.outlier
+    if now is not None and all(now.get(key) == value for key, value in outlier.items()):
+        return None
+    return Suggestion(
+        "outlier",
+        s.edge,
+        "upstream",
+        {"outlier": outlier},
+        evidence,
+        _confidence(sum(eps.values()), 100),
+        f"{s.edge.upstream}: eject after {k} consecutive 5xx or success rate below "
+        f"{outlier['success_rate']['threshold']:.0%} (healthy error rate {healthy:.2%})"
+        + ("; latency ejection of slow endpoints" if "latency" in outlier else ""),
+    )
+
+
+def suggest_concurrency(s: EdgeStats) -> Suggestion | Refusal | None:
+    """A concurrency limit at the throughput-vs-latency knee (Little's law per second)."""
+    per_s: dict[int, list[float]] = defaultdict(list)
+    for c in s.calls:
+        per_s[int(c.first.start_s)].append(c.duration_ms)
+    if len(per_s) < 20:
+        return Refusal("concurrency", s.edge, f"only {len(per_s)} seconds with traffic (need 20)")
+    # (throughput /s, concurrency by Little's law, mean latency ms) per second
+    points = sorted(
+        (len(v), len(v) * (sum(v) / len(v)) / 1000, sum(v) / len(v)) for v in per_s.values()
+    )
+    # Baseline: the median latency of the lightest-loaded third (every second tied with it).
+    light = sorted(p[2] for p in points if p[0] <= points[len(points) // 3][0])
+    base_ms = light[len(light) // 2]
+    median_rps = points[len(points) // 2][0]
+    under = [c for rps, c, lat in points if lat <= 1.5 * base_ms]
+    over = [c for rps, c, lat in points if lat > 1.5 * base_ms and rps >= median_rps]
+    evidence = {**_window(s), "baseline_latency_ms": round(base_ms, 1), "seconds": len(points)}
+    if len(over) < 3 or not under:
+        return Refusal("concurrency", s.edge, "latency never rose with load: no knee", evidence)
+    knee = max(under)
+    limit = max(4, math.ceil(knee * 1.2))
+    evidence.update({"knee_concurrency": round(knee, 1), "saturated_seconds": len(over)})
+    return Suggestion(
+        "concurrency",
+        s.edge,
+        "upstream",
+        {"limits": {"max_connections": limit, "max_requests": 2 * limit, "pending_timeout_s": 1.0}},
+        evidence,
+        _confidence(len(over), 10),
+        f"{s.edge.upstream}: at most {limit} concurrent requests (latency climbs past "
+        f"{knee:.1f} in flight; baseline {base_ms:.0f} ms)",
+    )
+
+
+def suggest_removal(s: EdgeStats, current: RoutePolicy) -> Suggestion | Refusal | None:
+    """Remove retries that never help (retries fail again) or never fire."""
+    if current.attempts <= 1 or s.requests < 100:
+        return None
+    evidence = {**_window(s), "retries": s.retries, "retry_successes": s.retry_successes}
+    if s.retries >= 20 and s.retry_successes < 0.1 * s.retries:
+        share = s.retries / max(s.requests, 1)
+        return Suggestion(
+            "remove_retry",
+            s.edge,
+            "route",
+            {"retry": None},
+            evidence,
+            _confidence(s.retries, 20),
+            f"{s.edge.label()}: retries hurt: {s.retry_successes} of {s.retries} retries "
+            f"succeeded while adding {share:.1%} load",
+        )
+    if s.retries == 0 and s.failures == 0 and s.requests >= 1000:
+        return Suggestion(
+            "remove_retry",
+            s.edge,
+            "route",
+            {"retry": None},
+            evidence,
+            0.3,
+            f"{s.edge.label()}: the retry policy never fired in {s.requests} calls",
+        )
+    return None
