@@ -18,6 +18,7 @@ from analytics.controlplane.service import ControlPlane
 from analytics.jaeger.router import router as jaeger_router
 from analytics.settings import Settings
 from analytics.traces.router import router as traces_router
+from analytics.tuning.router import router as tuning_router
 from collector.store import Store, open_store
 
 __all__ = ["create_app"]
@@ -61,4 +62,5 @@ def create_app(
     app.include_router(jaeger_router)
     app.include_router(callgraph_router)
     app.include_router(incidents_router)
+    app.include_router(tuning_router)
     return app

@@ -39,6 +39,7 @@ from analytics.settings import (
     SettingsError,
     hash_token,
 )
+from analytics.tuning.engine import TuningEngine
 from collector.store import Store
 
 __all__ = [
@@ -103,6 +104,7 @@ def analytics_components(
     components: list[Any] = [
         AnalyticsComponent(settings, store, token_files=token_files, graceful_s=graceful_s),
         AnalysisEngine(store),
+        TuningEngine(store),
     ]
     return components
 
