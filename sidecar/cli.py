@@ -125,6 +125,9 @@ def _capture_config(args: argparse.Namespace) -> CaptureConfig | None:
         return None
     if args.outbound_port == 0 or args.inbound_port == 0:
         raise ValueError("--capture needs fixed --outbound-port and --inbound-port (not 0)")
+    if args.listen.startswith("127.") or args.listen in ("localhost", "::1"):
+        # PREROUTING's REDIRECT sends inbound traffic to the receiving interface's address
+        raise ValueError("--capture needs --listen 0.0.0.0 (or this host's address)")
     try:
         excluded = tuple(int(p) for p in args.capture_exclude_ports.split(",") if p.strip())
     except ValueError as exc:

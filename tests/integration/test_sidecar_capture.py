@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -121,11 +122,11 @@ async def procs() -> AsyncIterator[_Procs]:
         await running.close()
 
 
-def _sidecar(ns: str, service: str, collector: str) -> list[str]:
+def _sidecar(ns: str, service: str, collector: str, *extra: str) -> list[str]:
     return _in(ns, sys.executable, "-m", "meshlens_cli", "--log-level", "WARNING", "sidecar",
                "--service", service, "--app-port", str(APP_PORT), "--listen", "0.0.0.0",
                "--collector", collector,
-               "--capture", "--capture-uid", "1337", "--capture-gid", "1337")  # fmt: skip
+               "--capture", "--capture-uid", "1337", "--capture-gid", "1337", *extra)  # fmt: skip
 
 
 def _nat_rules(ns: str) -> str:
@@ -154,7 +155,12 @@ async def test_unmodified_client_and_server_are_captured_through_both_sidecars(
         "Serving HTTP",
     )
     await procs.start(_sidecar(ns_b, "server", f"http://127.0.0.1:{OTLP_PORT}"), "ready:")
-    await procs.start(_sidecar(ns_a, "client", f"http://{ip_b}:{OTLP_PORT}"), "ready:")
+    # host A's sidecar knows the server's endpoint: a call to that address is a call to "server"
+    config = tmp_path / "client.json"
+    config.write_text(json.dumps({"upstreams": {"server": {"endpoints": [f"{ip_b}:{APP_PORT}"]}}}))
+    await procs.start(
+        _sidecar(ns_a, "client", f"http://{ip_b}:{OTLP_PORT}", "--config", str(config)), "ready:"
+    )
     sidecar_b, sidecar_a = procs.procs[-2], procs.procs[-1]
     for ns in (ns_a, ns_b):
         assert all(f"-N {chain}" in _nat_rules(ns) for chain in CHAINS)
@@ -165,6 +171,9 @@ async def test_unmodified_client_and_server_are_captured_through_both_sidecars(
                "-w", "%{http_code}", url)  # fmt: skip
     for _ in range(3):
         assert await asyncio.to_thread(_check, curl) == "200"
+    # an address no service owns (the collector's port) is passed through to where it was going
+    other = [*curl[:-1], f"http://{ip_b}:{OTLP_PORT}/"]
+    assert await asyncio.to_thread(_check, other) == "404"
 
     assert await _stop(sidecar_a) == 0
     assert await _stop(sidecar_b) == 0
@@ -180,16 +189,23 @@ async def test_unmodified_client_and_server_are_captured_through_both_sidecars(
         rows = await store.query(
             "SELECT ServiceName, SpanKind, SpanAttributes['server.address'] AS address, "
             "SpanAttributes['http.response.status_code'] AS status, TraceId, "
-            "SpanAttributes['meshlens.capture.original_dst'] AS original_dst "
+            "SpanAttributes['meshlens.capture.original_dst'] AS original_dst, "
+            "SpanAttributes['meshlens.upstream'] AS upstream, "
+            "SpanAttributes['meshlens.route'] AS route "
             "FROM otel_traces ORDER BY Timestamp"
         )
     finally:
         await store.close()
     client = [r for r in rows if r["ServiceName"] == "client" and r["SpanKind"] == "Client"]
     server = [r for r in rows if r["ServiceName"] == "server" and r["SpanKind"] == "Server"]
-    assert len(client) == 3, rows
+    mapped, passed = client[:3], client[3:]
     assert len(server) == 3, rows
-    assert {r["status"] for r in client + server} == {"200"}
-    assert {r["original_dst"] for r in client} == {f"{ip_b}:{APP_PORT}"}
+    assert {r["status"] for r in mapped + server} == {"200"}
+    assert {(r["original_dst"], r["upstream"], r["route"]) for r in mapped} == {
+        (f"{ip_b}:{APP_PORT}", "server", "default")
+    }
+    assert [(r["original_dst"], r["route"], r["status"]) for r in passed] == [
+        (f"{ip_b}:{OTLP_PORT}", "passthrough", "404")
+    ]
     # one trace per call, seen by both sidecars: the caller's sidecar propagated its context
-    assert {r["TraceId"] for r in client} == {r["TraceId"] for r in server}
+    assert {r["TraceId"] for r in mapped} == {r["TraceId"] for r in server}

@@ -321,7 +321,8 @@ async def test_the_layer_leaves_requests_without_original_dst_untouched() -> Non
 def _args(*extra: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     cli.register(parser.add_subparsers())
-    return parser.parse_args(["sidecar", "--service", "web", "--app-port", "8080", *extra])
+    argv = ["sidecar", "--service", "web", "--app-port", "8080", "--listen", "0.0.0.0"]
+    return parser.parse_args([*argv, *extra])
 
 
 def test_capture_flags_become_a_capture_config() -> None:
@@ -341,6 +342,7 @@ def test_capture_flags_become_a_capture_config() -> None:
         (["--outbound-port", "0"], "fixed --outbound-port"),
         (["--capture-exclude-ports", "ssh"], "must be port numbers"),
         (["--capture-uid", "0"], "uid/gid must be > 0"),
+        (["--listen", "127.0.0.1"], "needs --listen 0.0.0.0"),
     ],
 )
 def test_bad_capture_flags_are_clear_errors(
