@@ -19,6 +19,7 @@ from analytics.jaeger.router import router as jaeger_router
 from analytics.settings import Settings
 from analytics.traces.router import router as traces_router
 from analytics.tuning.router import router as tuning_router
+from analytics.ui.router import router as ui_router
 from collector.store import Store, open_store
 
 __all__ = ["create_app"]
@@ -63,4 +64,5 @@ def create_app(
     app.include_router(callgraph_router)
     app.include_router(incidents_router)
     app.include_router(tuning_router)
+    app.include_router(ui_router)
     return app

@@ -1,0 +1,1 @@
+"""The web UI: static pages served by the analytics app, talking to its REST API."""
