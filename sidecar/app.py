@@ -21,6 +21,8 @@ from sidecar.codec import HttpServer, ServerConfig
 from sidecar.config import ConfigError, SidecarConfig, load_config, parse_config
 from sidecar.control import ActiveStacks, ApplyResult, ConfigControl, ConfigUpdate
 from sidecar.cpclient import (
+    TLS_MODE_LABEL,
+    TLS_MODE_MESH,
     ControlPlaneClient,
     ControlPlaneSync,
     Registration,
@@ -171,6 +173,7 @@ class Sidecar:
                     options.control_plane_url,
                     pool=self.upstream,
                     bootstrap_token=options.bootstrap_token,
+                    mtls=options.mtls != "off",
                 ),
                 Registration(options.service, self.instance, "", options.namespace),
                 apply=self._cp_apply,
@@ -237,7 +240,7 @@ class Sidecar:
                 _advertised(host),
                 self.options.namespace,
                 ports={"inbound": inbound[1], "outbound": outbound[1], "admin": admin[1]},
-                labels=dict(self.options.labels),
+                labels=_registered_labels(self.options),
             )
             self.cp.start()
             if not persisted and not await wait_synced(self.cp, self.options.initial_sync_s):
@@ -469,6 +472,15 @@ class Sidecar:
             "updates": self.tls.updates,
             "refusals": dict(listener.refusals) if listener is not None else {},
         }
+
+
+def _registered_labels(options: SidecarOptions) -> dict[str, str]:
+    """The labels registered with the control plane; an mTLS listener is announced (callers
+    holding credentials then use mTLS to it, sidecar/cpclient.py)."""
+    labels = dict(options.labels)
+    if options.mtls != "off":
+        labels[TLS_MODE_LABEL] = TLS_MODE_MESH
+    return labels
 
 
 def _principal(options: SidecarOptions) -> str:

@@ -31,6 +31,8 @@ from sidecar.upstream import UpstreamPool
 
 __all__ = [
     "API_PREFIX",
+    "TLS_MODE_LABEL",
+    "TLS_MODE_MESH",
     "ApplyResult",
     "ControlPlaneClient",
     "ControlPlaneError",
@@ -47,6 +49,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1/controlplane"
+# Istio's auto-mTLS label: a sidecar that accepts mTLS (--mtls permissive|strict) registers it,
+# and callers holding credentials use mTLS only towards endpoints carrying it.
+TLS_MODE_LABEL = "security.istio.io/tlsMode"
+TLS_MODE_MESH = "istio"
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 
 # (method, target as sent, body) -> credential headers; replaces the bearer token once the
@@ -127,8 +133,15 @@ def _port_of(ports: Mapping[str, Any]) -> int | None:
     return None
 
 
-def endpoints_from_watch(raw: Mapping[str, Any]) -> dict[str, tuple[Endpoint, ...]]:
-    """Watch `endpoints` ({upstream: [{instance, address, ports, labels}]}) as Endpoint tuples."""
+def endpoints_from_watch(
+    raw: Mapping[str, Any], *, mtls: bool = False
+) -> dict[str, tuple[Endpoint, ...]]:
+    """Watch `endpoints` ({upstream: [{instance, address, ports, labels, identity}]}) as Endpoints.
+
+    With `mtls` (this sidecar holds mesh credentials), an endpoint labelled as an mTLS workload
+    (TLS_MODE_LABEL) keeps its SPIFFE `identity`, so the pool reaches it over mTLS and verifies
+    that id; otherwise identity stays "" and the call is plaintext (permissive peers accept it).
+    """
     table: dict[str, tuple[Endpoint, ...]] = {}
     for service, entries in raw.items():
         out: list[Endpoint] = []
@@ -138,6 +151,7 @@ def endpoints_from_watch(raw: Mapping[str, Any]) -> dict[str, tuple[Endpoint, ..
                 if port is None:
                     raise ValueError("no port")
                 labels = entry.get("labels") or {}
+                mesh = mtls and labels.get(TLS_MODE_LABEL) == TLS_MODE_MESH
                 out.append(
                     Endpoint(
                         str(entry["address"]),
@@ -145,6 +159,7 @@ def endpoints_from_watch(raw: Mapping[str, Any]) -> dict[str, tuple[Endpoint, ..
                         service=service,
                         instance=str(entry.get("instance", "")),
                         labels=tuple(sorted((str(k), str(v)) for k, v in labels.items())),
+                        identity=str(entry.get("identity") or "") if mesh else "",
                     )
                 )
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -166,7 +181,9 @@ class ControlPlaneClient:
         pool: UpstreamPool,
         bootstrap_token: str | None = None,
         timeout_s: float = 5.0,
+        mtls: bool = False,
     ) -> None:
+        """`mtls`: this sidecar holds mesh credentials (watch endpoints keep their identity)."""
         parts = urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"control plane URL must be http://host[:port], got {url!r}")
@@ -179,6 +196,7 @@ class ControlPlaneClient:
         self._pool = pool
         self._token = bootstrap_token
         self._timeout_s = timeout_s
+        self._mtls = mtls
         self.signer: Signer | None = None  # set once a workload certificate is held
 
     async def request(
@@ -290,7 +308,7 @@ class ControlPlaneClient:
                 service=str(doc["service"]),
                 version=int(doc["version"]),
                 document=document if isinstance(document, dict) else None,
-                endpoints=endpoints_from_watch(doc.get("endpoints") or {}),
+                endpoints=endpoints_from_watch(doc.get("endpoints") or {}, mtls=self._mtls),
                 revision=str(doc["revision"]),
                 nonce=str(doc["nonce"]),
                 trust_bundle=tuple(doc.get("trust_bundle") or ()),

@@ -512,20 +512,29 @@ def _request_headers(request: Request, endpoint: Endpoint, tls: bool) -> list[tu
     return out
 
 
-def protocol_terminal(http1: Handler, h2: Handler, protocol: str = "auto") -> Handler:
+def protocol_terminal(
+    http1: Handler, h2: Handler, protocol: str | Callable[[Request], str] = "auto"
+) -> Handler:
     """The terminal choosing the upstream protocol: `auto` speaks what the downstream spoke.
 
-    gRPC (content-type application/grpc) always goes over HTTP/2, which it requires.
+    `protocol` is fixed or read per request (e.g. from the upstream's config); gRPC
+    (content-type application/grpc) always goes over HTTP/2, which it requires.
     """
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {sorted(PROTOCOLS)}, got {protocol!r}")
-    if protocol in ("h2", "grpc"):
-        return h2
-    if protocol == "http1":
-        return http1
+    if isinstance(protocol, str):
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {sorted(PROTOCOLS)}, got {protocol!r}")
+        if protocol in ("h2", "grpc"):
+            return h2
+        fixed = protocol
+        choose: Callable[[Request], str] = lambda request: fixed  # noqa: E731
+    else:
+        choose = protocol
 
     def handle(request: Request) -> Awaitable[Response]:
-        if request.version == "2" or _is_grpc(request):
+        chosen = choose(request)
+        if chosen in ("h2", "grpc") or _is_grpc(request):
+            return h2(request)
+        if chosen == "auto" and request.version == "2":
             return h2(request)
         return http1(request)
 

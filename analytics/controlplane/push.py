@@ -80,7 +80,10 @@ class PushHub:
         names = set(state.registration.upstreams)
         if policy is not None:
             names.update(upstreams_of(policy.document))
-        endpoints = {name: self._registry.endpoints(name) for name in sorted(names)}
+        domain = self._ca.trust_domain
+        endpoints = {
+            name: self._registry.endpoints(name, trust_domain=domain) for name in sorted(names)
+        }
         material = {
             "endpoints": {name: [asdict(e) for e in eps] for name, eps in endpoints.items()},
             "bundle": [root.fingerprint for root in self._ca.roots()],

@@ -59,6 +59,9 @@ class Endpoint:
     address: str
     ports: Mapping[str, int]
     labels: Mapping[str, str]
+    # The workload's SPIFFE id (spiffe://<trust-domain>/ns/<ns>/sa/<service>), the identity a
+    # caller verifies over mTLS; "" when no trust domain was given.
+    identity: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,9 +85,16 @@ class InstanceState:
     acked_at: float | None = None
     nack: Nack | None = None
 
-    def endpoint(self) -> Endpoint:
+    def endpoint(self, trust_domain: str = "") -> Endpoint:
         reg = self.registration
-        return Endpoint(reg.instance, reg.address, dict(reg.ports), dict(reg.labels))
+        identity = f"spiffe://{trust_domain}/ns/{reg.namespace}/sa/{reg.service}"
+        return Endpoint(
+            reg.instance,
+            reg.address,
+            dict(reg.ports),
+            dict(reg.labels),
+            identity if trust_domain else "",
+        )
 
 
 class Registry:
@@ -184,5 +194,6 @@ class Registry:
         ]
         return sorted(live, key=lambda s: (s.registration.service, s.registration.instance))
 
-    def endpoints(self, service: str) -> list[Endpoint]:
-        return [s.endpoint() for s in self.instances(service)]
+    def endpoints(self, service: str, *, trust_domain: str = "") -> list[Endpoint]:
+        """Live endpoints of `service`; with `trust_domain`, each carries its SPIFFE id."""
+        return [s.endpoint(trust_domain) for s in self.instances(service)]

@@ -206,7 +206,8 @@ async def fleet(
 async def endpoints(
     service: ServiceName, principal: ReaderDep, plane: ControlPlaneDep
 ) -> list[EndpointOut]:
-    return [EndpointOut(**asdict(e)) for e in plane.registry.endpoints(service)]
+    listed = plane.registry.endpoints(service, trust_domain=plane.ca.trust_domain)
+    return [EndpointOut(**asdict(e)) for e in listed]
 
 
 @router.get("/policies")

@@ -75,6 +75,7 @@ class EndpointOut(BaseModel):
     address: str
     ports: dict[str, int]
     labels: dict[str, str]
+    identity: str = ""  # spiffe://<trust-domain>/ns/<ns>/sa/<service>
 
 
 class WatchOut(BaseModel):

@@ -29,9 +29,25 @@ from sidecar.http import Request, Response, header_value
 from sidecar.layers.budget import BudgetConfig, RetryBudget
 from sidecar.stack import Clock, Handler, Layer, Sleep, monotonic
 
-__all__ = ["CONDITIONS", "IDEMPOTENT_METHODS", "RetryConfig", "parse_retry_after", "retry_layer"]
+__all__ = [
+    "CONDITIONS",
+    "GRPC_RETRY_CODES",
+    "IDEMPOTENT_METHODS",
+    "RetryConfig",
+    "parse_retry_after",
+    "retry_layer",
+]
 
 CONDITIONS = frozenset({"connect-failure", "reset", "5xx", "gateway-error"})
+# gRPC statuses a route may retry on (never deadline-exceeded: the caller's time is up)
+GRPC_RETRY_CODES = {
+    "cancelled": 1,
+    "unknown": 2,
+    "resource-exhausted": 8,
+    "aborted": 10,
+    "internal": 13,
+    "unavailable": 14,
+}
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 _GATEWAY = frozenset({502, 503, 504})
 DEFAULT_BUDGET = BudgetConfig()
@@ -52,6 +68,7 @@ class RetryConfig:
     per_try_s: float | None = None  # from the route's timeout section
     max_buffer_bytes: int = 65_536  # Linkerd: bodies > 64 KiB are never retried
     enforce: bool = True  # False: record meshlens.retry.would_retry, never retry
+    grpc_on: frozenset[str] = frozenset({"unavailable"})  # grpc-status names (GRPC_RETRY_CODES)
 
     def __post_init__(self) -> None:
         if not 1 <= self.attempts <= 10:
@@ -69,6 +86,9 @@ class RetryConfig:
             raise ValueError(f"per_try_s must be > 0, got {self.per_try_s}")
         if self.max_buffer_bytes < 0:
             raise ValueError(f"max_buffer_bytes must be >= 0, got {self.max_buffer_bytes}")
+        if self.grpc_on - GRPC_RETRY_CODES.keys():
+            bad = sorted(self.grpc_on - GRPC_RETRY_CODES.keys())
+            raise ValueError(f"grpc_on: {bad} not retriable (allowed {sorted(GRPC_RETRY_CODES)})")
 
 
 def parse_retry_after(value: str, now_wall: float) -> float | None:
@@ -92,6 +112,20 @@ def _status_reason(config: RetryConfig, status: int) -> str | None:
         return "gateway-error"
     if status >= 500 and "5xx" in config.on:
         return "5xx"
+    return None
+
+
+def _grpc_reason(config: RetryConfig, response: Response) -> str | None:
+    """`grpc-<name>` for a retriable grpc-status in a Trailers-Only head or received trailers."""
+    if not config.grpc_on:
+        return None
+    code = header_value(response.headers, "grpc-status")
+    trailers = response.trailers
+    if code is None and trailers is not None and trailers.received:
+        code = header_value(trailers.fields, "grpc-status")
+    for name in config.grpc_on:
+        if code is not None and code.strip() == str(GRPC_RETRY_CODES[name]):
+            return f"grpc-{name}"
     return None
 
 
@@ -224,7 +258,9 @@ class _Retry:
                     response = await inner(request)
                 else:
                     response = await self._try(inner, request)
-                reason = _status_reason(self.config, response.status)
+                reason = _status_reason(self.config, response.status) or _grpc_reason(
+                    self.config, response
+                )
             except ProxyError as exc:
                 error = exc
                 reason = _error_reason(self.config, exc)
@@ -255,8 +291,11 @@ class _Retry:
         if blocked is not None:
             if blocked == "single_attempt":
                 return None
-            # a connect failure never sent the request, so any method may go again
-            if blocked != "non_idempotent" or reason != "connect-failure":
+            # a connect failure never sent the request, so any method may go again; gRPC (all
+            # POST) names its retriable statuses per route, like gRPC's own retry policy
+            if blocked != "non_idempotent" or not (
+                reason == "connect-failure" or reason.startswith("grpc-")
+            ):
                 attrs["meshlens.retry.skipped"] = blocked
                 return None
         if attempt >= config.attempts:

@@ -143,3 +143,22 @@ async def test_the_watch_loop_backs_off_while_the_control_plane_is_down() -> Non
     assert sync.status()["registered"] is False
     assert applied == []
     await pool.close()
+
+
+def test_watch_endpoints_keep_their_identity_only_for_an_mtls_caller_and_mtls_peers() -> None:
+    spiffe = "spiffe://mesh.test/ns/shop/sa/api"
+    mesh = {"security.istio.io/tlsMode": "istio"}
+    raw = {
+        "api": [
+            {"instance": "a", "address": "10.0.0.1", "ports": {"inbound": 1}, "labels": mesh,
+             "identity": spiffe},
+            # a plaintext-only peer (--mtls off): never TLS, even from an mTLS caller
+            {"instance": "b", "address": "10.0.0.2", "ports": {"inbound": 1}, "identity": spiffe},
+        ]
+    }  # fmt: skip
+
+    with_mtls = endpoints_from_watch(raw, mtls=True)["api"]
+    without = endpoints_from_watch(raw)["api"]
+
+    assert [e.identity for e in with_mtls] == [spiffe, ""]
+    assert [e.identity for e in without] == ["", ""]

@@ -184,6 +184,10 @@ async def test_endpoints_of_upstreams_are_pushed_and_dead_instances_leave(harnes
     )
     first = (await watch(harness)).json()
     assert [e["instance"] for e in first["endpoints"]["payments"]] == ["payments-1", "payments-2"]
+    # Each endpoint names the SPIFFE id a caller verifies over mTLS.
+    assert {e["identity"] for e in first["endpoints"]["payments"]} == {
+        "spiffe://mesh.test/ns/default/sa/payments"
+    }
 
     harness.clock.advance(4.0)
     beat = await harness.client.post(f"{API}/instances/payments-1/heartbeat", headers=PAYMENTS)

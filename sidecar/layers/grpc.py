@@ -1,0 +1,180 @@
+"""gRPC awareness: grpc-timeout as the request deadline (bounded here, propagated per attempt),
+and grpc-status / grpc-message from headers (Trailers-Only) or trailers onto the span attributes.
+
+Only requests with `content-type: application/grpc*` are touched; everything else passes through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from sidecar.errors import UpstreamTimeout
+from sidecar.http import BodyStream, Request, Response, header_value, with_header
+from sidecar.stack import Clock, Handler, Layer, monotonic
+
+__all__ = [
+    "GRPC_CODES",
+    "STATUS_ATTR",
+    "format_timeout",
+    "grpc_attempt_layer",
+    "grpc_layer",
+    "grpc_status",
+    "is_grpc",
+    "parse_timeout",
+]
+
+STATUS_ATTR = "rpc.grpc.status_code"  # OTel semantic convention (rpc spans)
+MESSAGE_ATTR = "meshlens.grpc.message"
+GRPC_CODES = {
+    "ok": 0,
+    "cancelled": 1,
+    "unknown": 2,
+    "invalid-argument": 3,
+    "deadline-exceeded": 4,
+    "not-found": 5,
+    "already-exists": 6,
+    "permission-denied": 7,
+    "resource-exhausted": 8,
+    "failed-precondition": 9,
+    "aborted": 10,
+    "out-of-range": 11,
+    "unimplemented": 12,
+    "internal": 13,
+    "unavailable": 14,
+    "data-loss": 15,
+    "unauthenticated": 16,
+}
+_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+
+
+def is_grpc(request: Request) -> bool:
+    value = header_value(request.headers, "content-type")
+    return value is not None and value.startswith("application/grpc")
+
+
+def parse_timeout(value: str) -> float | None:
+    """Seconds from a grpc-timeout value (1-8 digits and a unit, e.g. `250m`), None if invalid."""
+    value = value.strip()
+    digits, unit = value[:-1], value[-1:]
+    if not digits.isdigit() or len(digits) > 8 or unit not in _UNITS:
+        return None
+    return int(digits) * _UNITS[unit]
+
+
+def format_timeout(seconds: float) -> str:
+    """A grpc-timeout value for `seconds` (the finest unit that fits in 8 digits)."""
+    seconds = max(0.0, seconds)
+    for unit, scale in (("u", 1e-6), ("m", 1e-3), ("S", 1.0), ("M", 60.0)):
+        amount = int(seconds / scale)
+        if amount < 100_000_000:
+            return f"{amount}{unit}"
+    return f"{min(99_999_999, int(seconds / 3600))}H"
+
+
+def grpc_status(response: Response) -> tuple[int, str] | None:
+    """(grpc-status, grpc-message) from a Trailers-Only head or the received trailers."""
+    headers = response.headers
+    code = header_value(headers, "grpc-status")
+    if code is None and response.trailers is not None and response.trailers.received:
+        headers = response.trailers.fields
+        code = header_value(headers, "grpc-status")
+    if code is None or not code.strip().isdigit():
+        return None
+    return int(code), header_value(headers, "grpc-message") or ""
+
+
+class _StatusBody:
+    """Passes a streamed body through; when it ends, records the gRPC status from trailers."""
+
+    __slots__ = ("_body", "_on_end", "_response")
+
+    def __init__(self, body: BodyStream, response: Response, on_end: Callable[[], None]):
+        self._body = body
+        self._response = response
+        self._on_end = on_end
+
+    @property
+    def length(self) -> int | None:
+        return self._body.length
+
+    async def read(self) -> bytes:
+        chunk = await self._body.read()
+        if not chunk:
+            self._on_end()
+        return chunk
+
+
+def _record(request: Request, response: Response) -> Response:
+    """Put the gRPC status on the context now, or when a streamed body has ended."""
+    attrs = request.context.attributes
+
+    def record() -> None:
+        status = grpc_status(response)
+        if status is not None:
+            attrs[STATUS_ATTR] = status[0]
+            if status[1]:
+                attrs[MESSAGE_ATTR] = status[1][:200]
+
+    body = response.body
+    if isinstance(body, bytes) or header_value(response.headers, "grpc-status") is not None:
+        record()
+        return response
+    wrapped = _StatusBody(body, response, record)
+    return Response(response.status, response.headers, wrapped, response.reason, response.trailers)
+
+
+def grpc_layer(*, clock: Clock = monotonic) -> Layer:
+    """Outer (per request): honour grpc-timeout as the deadline; record the final gRPC status."""
+
+    def wrap(inner: Handler) -> Handler:
+        async def handle(request: Request) -> Response:
+            if not is_grpc(request):
+                return await inner(request)
+            context = request.context
+            context.attributes["rpc.system"] = "grpc"
+            value = header_value(request.headers, "grpc-timeout")
+            timeout_s = parse_timeout(value) if value is not None else None
+            if timeout_s is None:
+                return _record(request, await inner(request))
+            deadline = clock() + timeout_s
+            if context.deadline is None or deadline < context.deadline:
+                context.deadline = deadline
+            try:
+                async with asyncio.timeout(timeout_s):
+                    response = await inner(request)
+            except TimeoutError as exc:
+                context.attributes["meshlens.timeout.fired"] = "grpc_timeout"
+                raise UpstreamTimeout(after_s=timeout_s) from exc
+            return _record(request, response)
+
+        return handle
+
+    return wrap
+
+
+def grpc_attempt_layer(*, clock: Clock = monotonic) -> Layer:
+    """Per attempt: forward the remaining deadline as grpc-timeout; record this try's status."""
+
+    def wrap(inner: Handler) -> Handler:
+        async def handle(request: Request) -> Response:
+            if not is_grpc(request):
+                return await inner(request)
+            deadline = request.context.deadline
+            if deadline is not None:
+                remaining = format_timeout(deadline - clock())
+                request = Request(
+                    request.method,
+                    request.target,
+                    with_header(request.headers, "grpc-timeout", remaining),
+                    request.body,
+                    request.authority,
+                    request.scheme,
+                    request.version,
+                    request.context,
+                )
+            return _record(request, await inner(request))
+
+        return handle
+
+    return wrap
