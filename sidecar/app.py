@@ -31,6 +31,7 @@ from sidecar.cpclient import (
 )
 from sidecar.discovery import DynamicEndpoints, LayeredEndpoints
 from sidecar.errors import NoRoute
+from sidecar.h2upstream import H2Pool, protocol_terminal
 from sidecar.http import Endpoint, Request, Response
 from sidecar.identity import (
     CpClientCertificates,
@@ -41,6 +42,7 @@ from sidecar.identity import (
 )
 from sidecar.jwks import pool_fetch
 from sidecar.layers.authz import Authorizer, AuthzConfig
+from sidecar.layers.grpc import grpc_attempt_layer, grpc_layer
 from sidecar.layers.jwt import Authenticator, JwtConfig, jwt_layer
 from sidecar.stack import Handler, Layer
 from sidecar.telemetry import Telemetry, TelemetryConfig
@@ -146,6 +148,13 @@ class Sidecar:
         self.instance = options.instance or f"{socket.gethostname()}-{os.getpid()}"
         self.tls = TlsContexts(cast(MtlsMode, options.mtls))
         self.upstream = UpstreamPool(UpstreamConfig(), tls=self.tls.client)
+        self.h2_upstream = H2Pool(tls=self.tls.client)
+        self._protocols: dict[str, str] = {}  # upstream name -> its configured protocol
+        self._terminal = protocol_terminal(
+            self.upstream,
+            self.h2_upstream,
+            lambda r: self._protocols.get(r.context.upstream, "auto"),
+        )
         self.identity: IdentityManager | None = None
         self.authz = Authorizer(AuthzConfig())
         self.jwt = Authenticator(JwtConfig())
@@ -291,6 +300,7 @@ class Sidecar:
         if self.identity is not None:
             await self.identity.close()
         await self.upstream.close()
+        await self.h2_upstream.close()
         await self.telemetry.shutdown()
         await self.admin.close()
         self._stopped.set()
@@ -307,14 +317,16 @@ class Sidecar:
         if self.endpoints is not None:
             config = config if config is not None else parse_config({})
             endpoints = LayeredEndpoints(self.endpoints, static_endpoints(config))
+        if config is not None:
+            self._protocols = {name: u.protocol for name, u in config.upstreams.items()}
         old_out = previous.outbound if previous is not None else None
         old_in = previous.inbound if previous is not None else None
         outbound: BuiltStack = build_outbound(
             config,
             terminal=self._outbound_terminal,
             endpoints=endpoints,
-            outer=[telemetry.outbound_layer(), *self._capture_layers(config)],
-            per_attempt=[telemetry.attempt_layer()],
+            outer=[telemetry.outbound_layer(), *self._capture_layers(config), grpc_layer()],
+            per_attempt=[telemetry.attempt_layer(), grpc_attempt_layer()],
             previous=old_out if isinstance(old_out, BuiltStack) else None,
         )
         authz = config.authz if config is not None else AuthzConfig()
@@ -325,10 +337,12 @@ class Sidecar:
         self.jwt = Authenticator(jwt, fetch=pool_fetch(self.upstream), previous=self.jwt)
         inbound: BuiltStack = build_inbound(
             config,
-            terminal=self.upstream,
+            terminal=protocol_terminal(
+                self.upstream, self.h2_upstream, config.inbound.app_protocol if config else "auto"
+            ),
             # jwt answers its own 401 and goes first: authz (inside build_inbound, after the
             # rate limit) matches the claims it verified
-            outer=[telemetry.inbound_layer(), jwt_layer(jwt, authenticator=self.jwt)],
+            outer=[telemetry.inbound_layer(), grpc_layer(), jwt_layer(jwt, authenticator=self.jwt)],
             app=self._app_endpoint,
             previous=old_in if isinstance(old_in, BuiltStack) else None,
             authorizer=self.authz,
@@ -344,7 +358,7 @@ class Sidecar:
             and endpoint.host in self._own_hosts
         ):
             raise NoRoute(f"{endpoint.address} is this sidecar's own listener (request loop)")
-        return await self.upstream(restore_authority(request))
+        return await self._terminal(restore_authority(request))
 
     def _capture_layers(self, config: SidecarConfig | None) -> list[Layer]:
         """With --capture: route redirected connections by their original destination."""
