@@ -28,6 +28,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 FALLBACK_HEADER = "x-meshlens-fallback"
+_ATTEMPT = "meshlens.attempt"  # set by telemetry's attempt layer (one CLIENT span per attempt)
 # ProxyError reasons a fallback may answer: the upstream could not be asked, or failed
 TRIGGERS: frozenset[str] = frozenset(
     {
@@ -42,6 +43,8 @@ TRIGGERS: frozenset[str] = frozenset(
     }
 )
 DEFAULT_ON: frozenset[str] = frozenset({"circuit_open", "no_healthy_upstream", "overflow"})
+# failures raised before the request body was read (first attempt): a stream can still be sent
+_UNSENT = frozenset({"circuit_open", "no_healthy_upstream", "overflow", "connect_failure"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,13 +110,22 @@ def fallback_layer(
                 if exc.reason not in config.on:
                     raise
                 context = request.context
-                if canned is None and not request.replayable and context.attempt > 1:
-                    counts.skipped += 1  # the streamed body is gone: cannot resend it
+                if (
+                    canned is None
+                    and not request.replayable
+                    and (context.attempt > 1 or exc.reason not in _UNSENT)
+                ):
+                    counts.skipped += 1  # the streamed body may be gone: cannot resend it
                     raise
                 counts.taken[exc.reason] = counts.taken.get(exc.reason, 0) + 1
                 attrs = context.attributes
                 attrs["meshlens.fallback"] = True
                 attrs["meshlens.fallback.reason"] = exc.reason
+                # The attempt span already ended with the upstream's error. Without the attempt
+                # marker, the fallback service's attempt is numbered 1 (not counted as a retry),
+                # and a canned answer gets one CLIENT span of its own from the telemetry layer,
+                # both carrying the fallback marks (telemetry/exchange.py).
+                attrs.pop(_ATTEMPT, None)
                 if canned is not None:
                     headers = with_header(canned.headers, FALLBACK_HEADER, exc.reason)
                     return Response(canned.status, headers, canned.body)

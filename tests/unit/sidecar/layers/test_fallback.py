@@ -9,7 +9,13 @@ import pytest
 
 from sidecar.build import build_outbound
 from sidecar.config import ConfigError, parse_config
-from sidecar.errors import CircuitOpen, NoHealthyUpstream, Overflow, UpstreamConnectError
+from sidecar.errors import (
+    CircuitOpen,
+    NoHealthyUpstream,
+    Overflow,
+    UpstreamConnectError,
+    UpstreamTimeout,
+)
 from sidecar.http import Response, header_value
 from sidecar.layers.fallback import (
     FALLBACK_HEADER,
@@ -82,6 +88,20 @@ async def test_a_consumed_streamed_body_is_not_resent_to_the_fallback_service() 
     with pytest.raises(CircuitOpen):
         await handler(request)
     assert service.calls == 0 and stats.skipped == 1
+
+
+async def test_a_streamed_body_not_yet_read_goes_to_the_fallback_service() -> None:
+    service = ScriptedUpstream()
+    config = FallbackConfig(on=frozenset({"overflow", "upstream_timeout"}), upstream="backup")
+    handler = compose(
+        [fallback_layer(config, service=service)],
+        ScriptedUpstream([Overflow(), UpstreamTimeout()]),
+    )
+    response = await handler(make_request("POST", body=MemoryStream([b"a"])))
+    assert response.status == 200 and service.calls == 1
+    with pytest.raises(UpstreamTimeout):  # a timed-out attempt may have read the stream
+        await handler(make_request("POST", body=MemoryStream([b"a"])))
+    assert service.calls == 1
 
 
 def test_fallback_config_is_validated() -> None:
