@@ -23,7 +23,7 @@ router = APIRouter(prefix="/api/v1", tags=["tuning"])
 
 SuggestionId = Annotated[str, Path(pattern=r"^[0-9a-f]{16}$")]
 ServiceName = Annotated[str, Path(pattern=r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")]
-_STATES = "^(proposed|accepted|observing|enforcing|verified|rejected|superseded|rolled_back)$"
+_STATES = "^(|proposed|accepted|observing|enforcing|verified|rejected|superseded|rolled_back)$"
 
 
 async def _service(request: Request) -> TuningService:

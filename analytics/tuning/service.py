@@ -6,8 +6,8 @@ validates, versions, audits and pushes); every suggestion state change is audite
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -54,8 +54,9 @@ class TuningOptions:
             raise ValueError("window_s and verify_window_s must be >= 10, settle_s >= 0")
 
 
-def _new_id(fingerprint: str, now: float) -> str:
-    return hashlib.sha256(f"{fingerprint}:{now}".encode()).hexdigest()[:16]
+def _new_id() -> str:
+    # Random: a suggestion that comes back after being superseded is a new record.
+    return secrets.token_hex(8)
 
 
 class TuningService:
@@ -119,7 +120,8 @@ class TuningService:
         )
         pins = await self.repo.pins()
         existing = await self.repo.suggestions(limit=10_000)
-        by_print = {r.fingerprint: r for r in existing}
+        # A superseded suggestion may come back; a rejected or rolled-back one is not re-proposed.
+        by_print = {r.fingerprint: r for r in existing if r.state != "superseded"}
         fresh: list[SuggestionRecord] = []
         current_prints: set[str] = set()
         for s in found.suggestions:
@@ -152,7 +154,7 @@ class TuningService:
     @staticmethod
     def _record(s: Suggestion, start: float, now: float) -> SuggestionRecord:
         return SuggestionRecord(
-            id=_new_id(s.fingerprint, now),
+            id=_new_id(),
             fingerprint=s.fingerprint,
             kind=s.kind,
             caller=s.edge.caller,
