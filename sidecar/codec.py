@@ -559,6 +559,10 @@ class _ServerProtocol(asyncio.Protocol):
             codings = [c.strip().lower() for c in transfer_encoding.split(",")]
             if codings[-1] != "chunked" or codings.count("chunked") != 1:
                 raise BadRequest("unsupported Transfer-Encoding")
+        if p.upgrade and upgrade.strip().lower() == "h2c" and not transfer_encoding:
+            settings = [v for k, v in out if k == "http2-settings"]
+            if len(settings) == 1 and content_length in (None, "0"):
+                p.h2_settings = settings[0]  # the codec switches to HTTP/2 (sidecar/h2server.py)
         if connection:
             named = {t.strip().lower() for t in connection.split(",")} - {"close", "keep-alive"}
             named.discard("upgrade")
@@ -572,10 +576,6 @@ class _ServerProtocol(asyncio.Protocol):
             forwarded = f"{forwarded}, {self._peer}" if forwarded else self._peer
         if forwarded:
             out.append(("x-forwarded-for", forwarded))
-        if p.upgrade and upgrade.strip().lower() == "h2c" and not transfer_encoding:
-            settings = [v for k, v in out if k == "http2-settings"]
-            if len(settings) == 1 and content_length in (None, "0"):
-                p.h2_settings = settings[0]  # the codec switches to HTTP/2 (sidecar/h2server.py)
         if p.upgrade:
             out.append(("connection", "upgrade"))
             out.append(("upgrade", upgrade))
