@@ -1,10 +1,10 @@
 """Inbound authorization: allow / deny / audit rules on the caller's identity, method and path.
 
-Rules may also require verified end-user JWT claims (`claims: {role: admin}`, set by
-layers/jwt.py). Deny rules win; then, if any allow rule exists, a request no allow rule matches
-is denied; audit rules only record. With no rules every request is allowed. `enforce: false`
-records what would have been denied and lets it through. Denials answer 403 with
-`x-meshlens-error: rbac_denied`.
+Rules may also match verified end-user JWT claims (`claims: {role: admin}`, `!admin`: not
+admin; set by layers/jwt.py). Deny rules win; then, if any allow rule exists, a request no allow
+rule matches is denied; audit rules only record. With no rules every request is allowed.
+`enforce: false` records what would have been denied and lets it through. Denials answer 403
+with `x-meshlens-error: rbac_denied`.
 """
 
 from __future__ import annotations
@@ -37,6 +37,13 @@ def _matches(pattern: str, value: str) -> bool:
     return value == pattern
 
 
+def _claim_holds(claims: Mapping[str, object] | None, name: str, want: str) -> bool:
+    """`want`, or with a leading `!` its negation (also true when the claim is absent)."""
+    if want.startswith("!"):
+        return not _claim_has(claims, name, want[1:])
+    return _claim_has(claims, name, want)
+
+
 def _claim_has(claims: Mapping[str, object] | None, name: str, want: str) -> bool:
     """The claim at dotted path `name` equals `want` (a list claim: contains it)."""
     value: object = claims
@@ -64,7 +71,7 @@ class AuthzRule:
     principals: tuple[str, ...] = ()
     methods: frozenset[str] = frozenset()
     paths: tuple[str, ...] = ()
-    claims: tuple[tuple[str, str], ...] = ()  # JWT claims (dotted path, value); all must hold
+    claims: tuple[tuple[str, str], ...] = ()  # JWT claims (dotted path, value or !value)
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -83,7 +90,7 @@ class AuthzRule:
     ) -> bool:
         if self.methods and method not in self.methods:
             return False
-        if self.claims and not all(_claim_has(claims, n, v) for n, v in self.claims):
+        if self.claims and not all(_claim_holds(claims, n, v) for n, v in self.claims):
             return False
         if self.principals and not any(_matches(p, principal) for p in self.principals):
             return False

@@ -71,11 +71,11 @@ def _config(jwks_url: str) -> dict[str, Any]:
         "authz": {
             "rules": [
                 {
-                    "name": "admin-writes",
+                    "name": "admins-only",
                     "action": "deny",
                     "methods": ["POST"],
                     "paths": ["/admin/*"],
-                    "claims": {"role": "viewer"},
+                    "claims": {"role": "!admin"},
                 },
             ]
         },

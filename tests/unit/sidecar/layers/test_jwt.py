@@ -376,3 +376,27 @@ def test_config_errors_are_listed() -> None:
                 }
             }
         )
+
+
+def test_a_negated_claim_denies_everyone_without_it() -> None:
+    config = parse_config(
+        {
+            "authz": {
+                "rules": [
+                    {
+                        "name": "admins-only",
+                        "action": "deny",
+                        "methods": ["POST"],
+                        "paths": ["/admin/*"],
+                        "claims": {"realm.roles": "!admin"},
+                    }
+                ]
+            }
+        }
+    )
+    authz = Authorizer(config.authz)
+    admin = {"realm": {"roles": ["admin", "dev"]}}
+    assert authz.decide("", "POST", "/admin/x", admin).allowed
+    assert not authz.decide("", "POST", "/admin/x", {"realm": {"roles": ["dev"]}}).allowed
+    assert not authz.decide("", "POST", "/admin/x", {}).allowed  # unauthenticated
+    assert authz.decide("", "GET", "/admin/x", {}).allowed
