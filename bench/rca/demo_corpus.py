@@ -285,13 +285,20 @@ def _detect_faults(run: Run, detector: str, totals: DetectionTotals) -> list[flo
             totals.false_in_fault_free += lo < free_until
     out: list[float | None] = []
     for f, (scope, a, b) in zip(run.faults, scopes, strict=True):
-        steps = [
-            det.first_seen[(x.subject, x.signal, x.start)]
-            for inc in det.incidents
-            for x in inc.anomalies
-            if a <= _minute_index(x.start) <= b and set(x.services) & scope
-        ]
-        out.append(max(0.0, (t0 + min(steps) * BUCKET_NS - f.start_ns) / 1e9) if steps else None)
+        # A matching anomaly counts from the first step at or after the fault's start (one seen
+        # earlier was noise that happened to touch the target, not a detection).
+        first = min(
+            (
+                at
+                for inc in det.incidents
+                for x in inc.anomalies
+                if a <= _minute_index(x.start) <= b and set(x.services) & scope
+                if (at := t0 + det.first_seen[(x.subject, x.signal, x.start)] * BUCKET_NS)
+                >= f.start_ns
+            ),
+            default=None,
+        )
+        out.append(None if first is None else (first - f.start_ns) / 1e9)
     return out
 
 
