@@ -30,7 +30,7 @@ async def _refresh(h: Harness) -> dict[str, Any]:
 async def _find(h: Harness, kind: str, caller: str = "web", state: str = "") -> dict[str, Any]:
     r = await h.client.get(API, headers=VIEWER, params={"caller": caller, "state": state})
     assert r.status_code == 200, r.text
-    found = [s for s in r.json()["suggestions"] if s["kind"] == kind]
+    found: list[dict[str, Any]] = [s for s in r.json()["suggestions"] if s["kind"] == kind]
     assert len(found) == 1, r.json()
     return found[0]
 
