@@ -159,6 +159,18 @@ def evaluate(dataset: Path = DATASET, *, verbose: bool = True) -> dict[str, tupl
             print("  ".join(line), flush=True)
     for r, loo in zip(per_case, leave_one_out(per_case), strict=True):
         r["meshlens-loo"] = loo
+    if verbose:
+        print(f"\n{'fault type':<15} {'cases':>5}" + "".join(f" {n:>13}" for n in per_case[0]))
+        kinds = sorted({str(c["fault_type"]) for c in cases})
+        for kind in kinds:
+            rows = [r for c, r in zip(cases, per_case, strict=True) if c["fault_type"] == kind]
+            row = f"{kind:<15} {len(rows):>5}"
+            for name in per_case[0]:
+                top1 = sum(r[name] == 1 for r in rows)
+                top3 = sum(0 < r[name] <= 3 for r in rows)
+                row += f" {f'{top1}/{top3} of {len(rows)}':>13}"
+            print(row)
+        print("(top-1 hits / top-3 hits of the cases)")
     return {
         name: (
             sum(r[name] == 1 for r in per_case),
