@@ -43,9 +43,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--no-faults", action="store_true", help="load only")
     parser.add_argument(
         "--mtls",
-        choices=("off", "permissive"),
+        choices=("off", "permissive", "strict"),
         default="off",
-        help="sidecars' inbound mTLS mode (certificates from the control plane)",
+        help="sidecars' inbound mTLS mode (certificates from the control plane; strict keeps"
+        " the entry service permissive for the users' plaintext)",
     )
     parser.add_argument(
         "--list-scenarios", action="store_true", help="print the evaluation cases and exit"

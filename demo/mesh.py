@@ -65,7 +65,7 @@ class Mesh:
         self.policies: PolicyPublisher
         if control_plane is not None:
             self._cp = ControlPlanePolicies(
-                topology, control_plane.url, control_plane.operator_token
+                topology, control_plane.url, control_plane.operator_token, mtls=mtls
             )
             self.policies = self._cp
         else:

@@ -35,9 +35,15 @@ def sidecar_config(
     service: str,
     aborts: Aborts,
     endpoints: Mapping[str, list[tuple[str, int]]] | None = None,
+    *,
+    mtls: str = "off",
 ) -> dict[str, Any]:
     """The policy document of `service`'s sidecar: one upstream per callee (with the callee
-    instances' inbound `endpoints` when given; else the control plane supplies them)."""
+    instances' inbound `endpoints` when given; else the control plane supplies them).
+
+    With `mtls` strict, the entry service's inbound is made permissive by its policy: users (the
+    load generator) come in over plaintext; every other listener stays strict.
+    """
     upstreams: dict[str, Any] = {}
     routes: list[dict[str, Any]] = []
     for callee in topology.callees(service):
@@ -66,12 +72,15 @@ def sidecar_config(
                     "fault": {"abort": {"status": status, "percent": percent}},
                 }
             )
-    return {
+    document: dict[str, Any] = {
         "service": service,
         "outbound_policy": "registry_only",
         "upstreams": upstreams,
         "routes": routes,
     }
+    if mtls == "strict" and service == topology.entry:
+        document["mtls"] = {"mode": "permissive"}
+    return document
 
 
 class PolicyPublisher(Protocol):
@@ -111,8 +120,11 @@ class FilePolicies:
 class ControlPlanePolicies:
     """Versioned policies in the control plane (operator token); sidecars get them by watch."""
 
-    def __init__(self, topology: Topology, url: str, operator_token: str) -> None:
+    def __init__(
+        self, topology: Topology, url: str, operator_token: str, *, mtls: str = "off"
+    ) -> None:
         self._topology = topology
+        self._mtls = mtls
         self._url = url.rstrip("/") + API
         self._headers = {"authorization": f"Bearer {operator_token}"}
         self.versions: dict[str, int] = {}
@@ -122,7 +134,7 @@ class ControlPlanePolicies:
         async with aiohttp.ClientSession(timeout=timeout, headers=self._headers) as session:
             for service in sorted(services):
                 body = {
-                    "document": sidecar_config(self._topology, service, aborts),
+                    "document": sidecar_config(self._topology, service, aborts, mtls=self._mtls),
                     "reason": reason,
                 }
                 async with session.put(f"{self._url}/policies/{service}", json=body) as response:

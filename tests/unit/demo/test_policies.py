@@ -46,3 +46,12 @@ async def test_file_policies_write_each_callers_file_and_notify_its_sidecar(tmp_
 def test_free_ports_are_distinct() -> None:
     ports = free_ports(32)
     assert len(set(ports)) == 32 and all(0 < p < 65536 for p in ports)
+
+
+def test_strict_mtls_keeps_only_the_entry_service_permissive_through_its_policy() -> None:
+    documents = {s.name: sidecar_config(SHOP, s.name, {}, mtls="strict") for s in SHOP.services}
+
+    permissive = {name for name, doc in documents.items() if "mtls" in doc}
+    assert permissive == {SHOP.entry}
+    assert parse_config(documents[SHOP.entry]).mtls_mode == "permissive"
+    assert all("mtls" not in sidecar_config(SHOP, s.name, {}) for s in SHOP.services)
