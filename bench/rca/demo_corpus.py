@@ -6,17 +6,19 @@ then evaluate every run directory (each holds clickhouse/ and truth.json):
     python bench/rca/demo_corpus.py /work/rca-corpus
 (`make bench` does this too when MESHLENS_RCA_CORPUS names the directory).
 
-Detection: the engine's own detectors (`analytics.engine.detect`: deviations, change points, burn
-rates, new/vanished edges) over the edge RED series the engine reads (CLIENT spans with a callee,
-as `meshlens_edges_1m` aggregates them), with 1 s buckets standing in for the live engine's minutes
-(the runs last 25 s; every detector threshold counts buckets, so time is compressed 60x). The
-detection is re-run as the live engine would, at every bucket boundary over the buckets complete
-by then (lookback 15 buckets). Every anomaly seen at any step is kept and grouped into incidents
+Detection, two variants: "engine" is `analytics.engine.detect` as the engine runs it today
+(deviations, change points, burn rates, new/vanished edges; latency = p99); "engine+median" is the
+same with the median-latency signal on (`Point.p50_ms`). Both read the edge RED series the engine
+reads (CLIENT spans with a callee, as `meshlens_edges_1m` aggregates them), with 1 s buckets
+standing in for the live engine's minutes (the runs last 25 s;
+every detector threshold counts buckets, so time is compressed 60x). The detection is re-run as
+the live engine would, at every bucket boundary over the buckets complete by then (lookback 15
+buckets). Every anomaly seen at any step is kept and grouped into incidents
 (`group_incidents`). Matching rule: an incident is a true positive when its time span overlaps
 [fault start - 1 bucket, fault end + 3 buckets] and its anomalies name the target or one of its
 direct callers (from the topology); every other incident is a false positive (fault-free runs
-and the minutes before a fault included). Time to detect = the first step at which a matching
-anomaly exists, minus the fault's start (bucket completion included).
+and the time before a fault included). Time to detect = the first step at or after the fault's
+start at which a matching anomaly exists, minus the fault's start (bucket completion included).
 
 Ranking: baseline = spans from load start to the fault's start; window = the fault's span. The
 rankers are those of trainticket.py (meshlens and the naive baselines), on the same spans.
