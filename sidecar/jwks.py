@@ -58,6 +58,7 @@ ALGORITHMS: frozenset[str] = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"}
 )
 _MAX_JWKS_BYTES = 1 << 20
+_RETRY_EMPTY_S = 1.0  # with no keys at all, retry a failed load at most this often
 
 # (url, timeout_s) -> JWKS document bytes; raises JwksError
 Fetch = Callable[[str, float], Awaitable[bytes]]
@@ -242,6 +243,9 @@ class JwksSource:
             return self._keys
         if self._inflight is not None:
             return await asyncio.shield(self._inflight)
+        if self._keys is None and self._attempted_at is not None:
+            if now - self._attempted_at < _RETRY_EMPTY_S:
+                return None  # no keys yet and the last try just failed: no fetch storm
         inflight = self._inflight = asyncio.get_running_loop().create_future()
         result = self._keys  # if this caller is cancelled, waiters get the set we had
         try:

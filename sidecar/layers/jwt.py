@@ -8,7 +8,6 @@ On success the claims and subject go into the request context (and `enduser.id` 
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import time
@@ -154,7 +153,6 @@ class Verified:
     provider: JwtProvider
     claims: Mapping[str, Any]
     payload_b64: str
-    source: TokenSource
 
 
 def _decode_json(segment: str) -> dict[str, Any]:
@@ -223,6 +221,8 @@ class Authenticator:
         if len(parts) != 3 or not all(parts[:2]):
             raise JwtFailure("malformed")
         header, claims = _decode_json(parts[0]), _decode_json(parts[1])
+        if "crit" in header:
+            raise JwtFailure("malformed")  # we understand no critical extensions (RFC 7515 §4.1.11)
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in ALGORITHMS:
             raise JwtFailure("bad_algorithm")  # none, HS*, anything we cannot verify
@@ -247,7 +247,7 @@ class Authenticator:
             raise JwtFailure("malformed") from exc
         signing_input = f"{parts[0]}.{parts[1]}".encode("ascii")
         await self._check_signature(provider, kid, alg, signing_input, signature)
-        return Verified(provider, claims, parts[1], provider.sources[0])
+        return Verified(provider, claims, parts[1])
 
     def _check_times(self, provider: JwtProvider, claims: Mapping[str, Any]) -> None:
         now, skew = self._wall(), provider.clock_skew_s
@@ -280,9 +280,10 @@ def _find_tokens(request: Request, providers: tuple[JwtProvider, ...]) -> list[s
     found: list[str] = []
     query = request.target.partition("?")[2]
     for source in dict.fromkeys(s for p in providers for s in p.sources):
+        prefix = source.prefix.lower()  # auth schemes are case-insensitive (RFC 9110 §11.1)
         if source.header:
             for name, value in request.headers:
-                if name == source.header and value.startswith(source.prefix):
+                if name == source.header and value[: len(prefix)].lower() == prefix:
                     token = value[len(source.prefix) :].strip()
                     if token and token not in found:
                         found.append(token)
@@ -401,9 +402,3 @@ def _record(request: Request, verified: Verified) -> None:
 
 def _with_headers(request: Request, headers: Headers) -> Request:
     return request if headers is request.headers else replace(request, headers=headers)
-
-
-def encode_segment(value: Mapping[str, Any]) -> str:
-    """base64url(JSON) without padding: a JWT header or payload segment (for tests and tools)."""
-    raw = json.dumps(dict(value), separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")

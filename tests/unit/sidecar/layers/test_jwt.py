@@ -23,7 +23,7 @@ from sidecar.layers.jwt import (
 )
 from sidecar.stack import compose
 from tests.fakes import ManualClock, ScriptedUpstream, make_request
-from tests.jwtkit import SigningKey, jwks_json, make_token
+from tests.jwtkit import SigningKey, b64url, jwks_json, make_token, segment
 
 NOW = 1_800_000_000.0
 ISS = "https://auth.example.com"
@@ -259,13 +259,15 @@ async def test_jwks_fetch_failure_keeps_the_previous_keys_or_answers_unavailable
     fetch.fail = True
     h = Harness(JwtConfig(providers=(provider(),)), fetch)
     assert reason((await h.call(make_token(RSA, claims())))[0]) == "jwks_unavailable"
+    assert reason((await h.call(make_token(RSA, claims())))[0]) == "jwks_unavailable"
+    assert len(fetch.urls) == 1  # no keys and the fetch just failed: not retried per request
     fetch.fail = False
     h.clock.advance(11)
     assert (await h.call(make_token(RSA, claims())))[0].status == 200
     fetch.fail = True
     h.clock.advance(601)  # cache expired, refresh fails: the old set is still used
     assert (await h.call(make_token(RSA, claims())))[0].status == 200
-    assert h.auth.sources["auth"].failures == 3
+    assert h.auth.sources["auth"].failures == 2
 
 
 async def test_concurrent_requests_share_one_jwks_fetch() -> None:
@@ -400,3 +402,14 @@ def test_a_negated_claim_denies_everyone_without_it() -> None:
     assert not authz.decide("", "POST", "/admin/x", {"realm": {"roles": ["dev"]}}).allowed
     assert not authz.decide("", "POST", "/admin/x", {}).allowed  # unauthenticated
     assert authz.decide("", "GET", "/admin/x", {}).allowed
+
+
+async def test_the_bearer_scheme_is_case_insensitive_and_crit_headers_are_refused() -> None:
+    h = simple()
+    token = make_token(RSA, claims())
+    response = await h.handler(make_request(headers=(("authorization", f"bearer {token}"),)))
+    assert response.status == 200
+    head = {"alg": "RS256", "kid": RSA.kid, "crit": ["exp"], "exp": 1}
+    signing_input = f"{segment(head)}.{segment(claims())}".encode()
+    crit = f"{signing_input.decode()}.{b64url(RSA.sign(signing_input))}"
+    assert reason((await h.call(crit))[0]) == "malformed"
