@@ -56,7 +56,8 @@ TLS_MODE_MESH = "istio"
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 
 # (method, target as sent, body) -> credential headers; replaces the bearer token once the
-# sidecar holds a workload certificate (PROTOCOL.md "Credentials").
+# sidecar holds a workload certificate (PROTOCOL.md "Credentials"), until it has expired (no
+# headers: the bearer token is sent again).
 Signer = Callable[[str, str, bytes], Headers]
 
 
@@ -218,8 +219,10 @@ class ControlPlaneClient:
         head: list[tuple[str, str]] = [("accept", "application/json")]
         if payload:
             head.append(("content-type", "application/json"))
-        if self.signer is not None:
-            head.extend(self.signer(method, target, payload))
+        # A signer returns nothing once its certificate expired: the bootstrap token renews it.
+        signed = self.signer(method, target, payload) if self.signer is not None else ()
+        if signed:
+            head.extend(signed)
         elif self._token:
             head.append(("authorization", f"Bearer {self._token}"))
         head.extend(headers)

@@ -178,7 +178,8 @@ class CpClientCertificates:
 
 
 def signer_for(credentials: Credentials, clock: Clock = time.time) -> Signer:
-    """Signs control-plane requests with the workload key (PROTOCOL.md "Credentials")."""
+    """Signs control-plane requests with the workload key (PROTOCOL.md "Credentials") while the
+    certificate is valid; once it has expired the signer returns no headers."""
     key = serialization.load_pem_private_key(credentials.key_pem.encode(), password=None)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise IdentityError("only EC workload keys can sign control-plane requests")
@@ -186,7 +187,13 @@ def signer_for(credentials: Credentials, clock: Clock = time.time) -> Signer:
     cert_header = base64.b64encode(leaf.public_bytes(serialization.Encoding.DER)).decode()
 
     def sign(method: str, target: str, body: bytes) -> tuple[tuple[str, str], ...]:
-        seconds = int(clock())
+        now = clock()
+        if now >= credentials.not_after:
+            # Expired (the sidecar was down or the CA away past the certificate's life): the
+            # control plane refuses it, so sign nothing and the client falls back to its
+            # bootstrap token (cpclient), which can still renew the certificate.
+            return ()
+        seconds = int(now)
         digest = hashlib.sha256(body).hexdigest()
         message = f"meshlens-cp-v1\n{method.upper()}\n{target}\n{seconds}\n{digest}".encode()
         signature = base64.b64encode(key.sign(message, ec.ECDSA(hashes.SHA256()))).decode()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from analytics.controlplane.auth import signing_message
+from sidecar.cpclient import ControlPlaneClient
+from sidecar.http import Request, Response
 from sidecar.identity import (
+    CpClientCertificates,
     IdentityError,
     IdentityManager,
     Issued,
@@ -213,3 +218,34 @@ def test_signer_signs_the_protocol_message_with_the_workload_key(tmp_path: Path)
     assert isinstance(public, ec.EllipticCurvePublicKey)
     public.verify(base64.b64decode(signature), message, ec.ECDSA(hashes.SHA256()))
     assert seconds == "1700000000"
+
+
+async def test_an_expired_certificate_is_renewed_with_the_bootstrap_token(tmp_path: Path) -> None:
+    pki = Pki(tmp_path / "ca")
+    sent: list[str] = []
+
+    async def control_plane(request: Request) -> Response:
+        headers = dict(request.headers)
+        sent.append("signed" if "x-meshlens-signature" in headers else headers["authorization"])
+        assert isinstance(request.body, bytes)
+        issued = await pki.requester(json.loads(request.body)["csr"])
+        return Response(
+            201, (("content-type", "application/json"),), json.dumps(asdict(issued)).encode()
+        )
+
+    client = ControlPlaneClient("http://cp.test:8686", pool=control_plane, bootstrap_token="boot")  # type: ignore[arg-type]
+    now = [0.0]
+
+    def apply(credentials: Credentials) -> None:
+        client.signer = signer_for(credentials, clock=lambda: now[0])
+
+    manager = IdentityManager(ID, CpClientCertificates(client), apply, clock=lambda: now[0])
+    first = await manager.rotate()  # no certificate yet: the bootstrap token
+    now[0] = first.not_before + 60
+    second = await manager.rotate()  # a valid certificate signs the renewal
+    now[0] = second.not_after + 3600  # the sidecar was down past the certificate's life
+    third = await manager.rotate()
+
+    assert sent == ["Bearer boot", "signed", "Bearer boot"]
+    assert third.spiffe_id == ID and manager.rotations == 3
+    assert signer_for(second, clock=lambda: second.not_after)("GET", "/x", b"") == ()
