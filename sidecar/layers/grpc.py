@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from sidecar.errors import UpstreamTimeout
+from sidecar.errors import ERROR_HEADER, UpstreamTimeout
 from sidecar.http import BodyStream, Request, Response, header_value, with_header
 from sidecar.stack import Clock, Handler, Layer, monotonic
 
@@ -21,6 +21,7 @@ __all__ = [
     "grpc_layer",
     "grpc_status",
     "is_grpc",
+    "local_reply",
     "parse_timeout",
 ]
 
@@ -45,6 +46,8 @@ GRPC_CODES = {
     "data-loss": 15,
     "unauthenticated": 16,
 }
+# The proxy's own answers in gRPC form (a gRPC client reads HTTP 503/504 as UNAVAILABLE)
+_STATUS_TO_GRPC = {400: 13, 401: 16, 403: 7, 404: 12, 408: 4, 413: 8, 429: 8, 499: 1, 504: 4}
 _UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
 
@@ -105,6 +108,24 @@ class _StatusBody:
         return chunk
 
 
+def local_reply(request: Request, response: Response) -> Response:
+    """The sidecar's own error `response` as a gRPC Trailers-Only answer (HTTP 200)."""
+    reason = header_value(response.headers, ERROR_HEADER)
+    if reason is None or response.status == 200:
+        return response
+    return _reply(_STATUS_TO_GRPC.get(response.status, 14), reason)
+
+
+def _reply(code: int, reason: str) -> Response:
+    headers = (
+        ("content-type", "application/grpc"),
+        ("grpc-status", str(code)),
+        ("grpc-message", f"meshlens: {reason}"),
+        (ERROR_HEADER, reason),
+    )
+    return Response(200, headers, b"")
+
+
 def _record(request: Request, response: Response) -> Response:
     """Put the gRPC status on the context now, or when a streamed body has ended."""
     attrs = request.context.attributes
@@ -136,17 +157,17 @@ def grpc_layer(*, clock: Clock = monotonic) -> Layer:
             value = header_value(request.headers, "grpc-timeout")
             timeout_s = parse_timeout(value) if value is not None else None
             if timeout_s is None:
-                return _record(request, await inner(request))
+                return _record(request, local_reply(request, await inner(request)))
             deadline = clock() + timeout_s
             if context.deadline is None or deadline < context.deadline:
                 context.deadline = deadline
             try:
                 async with asyncio.timeout(timeout_s):
                     response = await inner(request)
-            except TimeoutError as exc:
+            except TimeoutError:
                 context.attributes["meshlens.timeout.fired"] = "grpc_timeout"
-                raise UpstreamTimeout(after_s=timeout_s) from exc
-            return _record(request, response)
+                response = _reply(4, UpstreamTimeout.reason)  # DEADLINE_EXCEEDED
+            return _record(request, local_reply(request, response))
 
         return handle
 

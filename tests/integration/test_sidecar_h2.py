@@ -49,9 +49,7 @@ async def test_prior_knowledge_client_reaches_http1_app(
         "web",
         1,
         config={
-            "upstreams": {
-                "app": {"endpoints": [f"127.0.0.1:{upstream.port}"], "protocol": "http1"}
-            }
+            "upstreams": {"app": {"endpoints": [f"127.0.0.1:{upstream.port}"], "protocol": "http1"}}
         },
     )
     assert sidecar.addresses is not None
@@ -121,15 +119,15 @@ async def test_h2c_upgrade_answers_the_upgrading_request_on_stream_one(
         "web",
         1,
         config={
-            "upstreams": {
-                "app": {"endpoints": [f"127.0.0.1:{upstream.port}"], "protocol": "http1"}
-            }
+            "upstreams": {"app": {"endpoints": [f"127.0.0.1:{upstream.port}"], "protocol": "http1"}}
         },
     )
     assert sidecar.addresses is not None
     host, port = sidecar.addresses.outbound
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-    settings = conn.initiate_upgrade_connection().decode()
+    settings_header = conn.initiate_upgrade_connection()
+    assert settings_header is not None
+    settings = settings_header.decode()
     reader, writer = await asyncio.open_connection(host, port)
     try:
         writer.write(
