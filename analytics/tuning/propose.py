@@ -35,13 +35,14 @@ def propose(
     documents: Mapping[str, Mapping[str, Any]],
     *,
     non_idempotent_opt_in: Collection[str] = (),
+    bucket_s: float = 10.0,
 ) -> Proposals:
     """Suggestions and refusals for the edges of `attempts` given each caller's document.
 
     `non_idempotent_opt_in` holds `caller->upstream` edges whose owners allow retrying any
     method.
     """
-    stats = edge_stats(attempts, window_s)
+    stats = edge_stats(attempts, window_s, bucket_s=bucket_s)
     policies: dict[EdgeKey, RoutePolicy] = {
         edge: route_policy(documents.get(edge.caller), edge) for edge in stats
     }

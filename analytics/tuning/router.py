@@ -4,6 +4,7 @@ roll back, refresh, and policy pins. Errors are control-plane errors (same JSON 
 A suggestion: `{id, fingerprint, kind, caller, upstream, route, target, state, mode, summary,
 change, evidence, confidence, window_start, window_end, created_at, updated_at, rolled_out_at,
 policy_version, previous_version, history: [{state, at, actor, reason}], verification}`.
+The loop's windows come from `app.state.tuning_options` (a TuningOptions) when set.
 """
 
 from __future__ import annotations
@@ -64,6 +65,14 @@ async def refresh(request: Request, _: OperatorDep) -> dict[str, Any]:
             for r in found.refusals
         ],
     }
+
+
+@router.post("/suggestions/verify")
+async def verify(request: Request, _: OperatorDep) -> dict[str, Any]:
+    """Judge the enforcing rollouts whose after-window has passed now (the engine does this
+    every interval); worse ones are rolled back."""
+    judged = await (await _service(request)).verify_due()
+    return {"judged": [r.record() for r in judged]}
 
 
 @router.get("/suggestions/{suggestion_id}")

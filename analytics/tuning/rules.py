@@ -184,7 +184,7 @@ def suggest_retry(
         **_window(s),
         "failures": s.failures,
         "transient_failures": s.transient_failures,
-        "failure_buckets_10s": s.failure_buckets,
+        "failure_buckets": s.failure_buckets,
         "endpoints_failing": sum(1 for f in s.endpoint_failures.values() if f),
         "methods": sorted(s.methods),
     }
@@ -220,7 +220,7 @@ def suggest_retry(
         _confidence(s.failures, 20),
         f"{s.edge.label()}: {attempts} attempts with a {ratio:.0%} budget "
         f"({s.transient_failures} transient failures in {s.attempts} tries, spread over "
-        f"{s.failure_buckets} 10 s buckets)",
+        f"{s.failure_buckets} buckets)",
     )
 
 

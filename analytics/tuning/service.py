@@ -42,16 +42,20 @@ SYSTEM = Principal(kind="operator", name="system:tuning")
 
 @dataclass(frozen=True, slots=True)
 class TuningOptions:
-    """Windows of the loop (seconds) and the edges allowed to retry non-idempotent calls."""
+    """Windows of the loop (seconds), the bucket failures must spread over, and the
+    `caller->upstream` edges allowed to retry non-idempotent calls."""
 
     window_s: float = 900.0
     settle_s: float = 30.0
     verify_window_s: float = 300.0
+    bucket_s: float = 10.0
     non_idempotent_opt_in: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
-        if self.window_s < 10 or self.verify_window_s < 10 or self.settle_s < 0:
-            raise ValueError("window_s and verify_window_s must be >= 10, settle_s >= 0")
+        if self.window_s <= 0 or self.verify_window_s <= 0 or self.bucket_s <= 0:
+            raise ValueError("window_s, verify_window_s and bucket_s must be > 0")
+        if self.settle_s < 0:
+            raise ValueError("settle_s must be >= 0")
 
 
 def _new_id() -> str:
@@ -117,6 +121,7 @@ class TuningService:
             self.options.window_s,
             docs,
             non_idempotent_opt_in=self.options.non_idempotent_opt_in,
+            bucket_s=self.options.bucket_s,
         )
         pins = await self.repo.pins()
         existing = await self.repo.suggestions(limit=10_000)
@@ -314,7 +319,9 @@ class TuningService:
             attempts = await self.repo.attempts(
                 start, end, caller=rec.caller, upstream=rec.upstream
             )
-            stats = await asyncio.to_thread(edge_stats, attempts, width)
+            stats = await asyncio.to_thread(
+                edge_stats, attempts, width, bucket_s=self.options.bucket_s
+            )
             figures.append(WindowFigures.of(stats.get(rec.edge)))
         return compare(figures[0], figures[1])
 

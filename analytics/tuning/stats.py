@@ -119,7 +119,7 @@ class EdgeStats:
     endpoint_attempts: dict[str, int] = field(default_factory=dict)
     endpoint_failures: dict[str, int] = field(default_factory=dict)
     endpoint_mean_ms: dict[str, float] = field(default_factory=dict)
-    failure_buckets: int = 0  # distinct 10 s buckets holding a failure
+    failure_buckets: int = 0  # distinct spread buckets (10 s by default) holding a failure
     busiest_failure_bucket: int = 0  # failures in the worst such bucket
 
     @property
@@ -142,18 +142,23 @@ class EdgeStats:
         return quantile(self.ok_latency_ms, q)
 
 
-def edge_stats(attempts: Sequence[Attempt], window_s: float) -> dict[EdgeKey, EdgeStats]:
-    """Statistics per edge of the attempts of a window `window_s` long."""
+def edge_stats(
+    attempts: Sequence[Attempt], window_s: float, *, bucket_s: float = 10.0
+) -> dict[EdgeKey, EdgeStats]:
+    """Statistics per edge of the attempts of a window `window_s` long; failures are counted in
+    `bucket_s` buckets to tell noise spread in time from an outage."""
+    if bucket_s <= 0:
+        raise ValueError(f"bucket_s must be > 0, got {bucket_s}")
     by_edge: dict[EdgeKey, list[Attempt]] = defaultdict(list)
     for a in attempts:
         by_edge[a.edge].append(a)
     out: dict[EdgeKey, EdgeStats] = {}
     for key, group in by_edge.items():
-        out[key] = _one_edge(key, group, window_s)
+        out[key] = _one_edge(key, group, window_s, bucket_s)
     return out
 
 
-def _one_edge(key: EdgeKey, group: list[Attempt], window_s: float) -> EdgeStats:
+def _one_edge(key: EdgeKey, group: list[Attempt], window_s: float, bucket_s: float) -> EdgeStats:
     ep_n: dict[str, int] = defaultdict(int)
     ep_fail: dict[str, int] = defaultdict(int)
     ep_sum: dict[str, float] = defaultdict(float)
@@ -167,7 +172,7 @@ def _one_edge(key: EdgeKey, group: list[Attempt], window_s: float) -> EdgeStats:
             failures += 1
             transient += a.transient
             ep_fail[a.endpoint] += 1
-            buckets[int(a.start_s // 10)] += 1
+            buckets[int(a.start_s // bucket_s)] += 1
         else:
             ok.append(a.duration_ms)
     calls = group_calls(group)
