@@ -58,13 +58,15 @@ def _call(
 
 
 def shop_spans(now_ns: int, *, minutes: int = 30, per_minute: int = 6) -> list[Span]:
-    """Shop traffic: payments fails about 8 % of the time (retried once by checkout's sidecar)."""
+    """Shop traffic; failed payments calls were retried once by checkout's sidecar."""
     spans: list[Span] = []
     seq = [0]
     for n in range(minutes * per_minute):
         start = now_ns - (minutes * 60 - n * 60 // per_minute) * 1_000_000_000
         trace = f"{0xABC0000 + n:032x}"
-        failed = n % 12 == 5
+        minutes_ago = minutes - n // per_minute
+        # A payments outage 12..6 minutes ago (the incident below), rare failures otherwise.
+        failed = n % 2 == 1 if 6 < minutes_ago <= 12 else n % 45 == 7
         pay_ms, inv_ms, cat_ms = 40 + n % 7 * 6 + (260 if failed else 0), 12 + n % 5, 8 + n % 4
         checkout_ms = pay_ms + inv_ms + 14
         seq[0] += 1
@@ -101,7 +103,7 @@ def incident(now: datetime) -> dict[str, Any]:
         "root_causes": [
             {"service": "payments", "score": 0.91, "self_time_z": 6.2, "self_time_change_ms": 255.0,
              "inherited_change_ms": 0.0, "edge_gap_z": 0.4, "error_origin_z": 5.8,
-             "error_origins": 14, "spans": [f"{0xABC0005:032x}"],
+             "error_origins": 14, "spans": [f"{0xABC0000 + 125:032x}"],
              "evidence": ["self time +255 ms (z 6.2)", "14 failed spans originate here"]},
             {"service": "checkout", "score": 0.22, "self_time_z": 0.8, "self_time_change_ms": 4.0,
              "inherited_change_ms": 251.0, "edge_gap_z": 0.3, "error_origin_z": 0.1,

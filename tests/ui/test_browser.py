@@ -39,13 +39,19 @@ async def test_map_renders_the_shop_services_and_an_edge_opens_its_charts_and_tr
     colour = await page.evaluate(
         "window.meshlensMap.getElementById('checkout→payments').data('colour')"
     )
-    assert colour == "#dc2626"  # about 8 % errors
+    assert colour == "#dc2626"  # the payments outage: over 5 % errors in the hour
     await page.screenshot(path=str(shots / "service-map.png"))
 
-    await page.evaluate("window.meshlensMap.getElementById('checkout→payments').emit('tap')")
+    status, body = await call(mesh, "PUT", f"{CP}/policies/checkout", OPERATOR,
+                              {"document": checkout_policy("round_robin"), "reason": "test"})
+    assert status == 201, body  # shows as an annotation on the edge's charts
+    # Tap the edge as a user would (cytoscape draws on a canvas, so there is no DOM element).
+    await page.evaluate("() => { window.meshlensMap.getElementById('checkout→payments').emit('tap'); }")
     await page.wait_for_selector("#detail svg.chart")
     await page.wait_for_selector("#detail table.traces a")
     assert await page.locator("#detail svg.chart").count() == 3
+    label = page.locator("#detail svg.chart .annotation-label").first
+    assert (await label.text_content() or "").startswith("checkout v1")
     await page.screenshot(path=str(shots / "edge-detail.png"))
 
 

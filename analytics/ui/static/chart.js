@@ -43,7 +43,11 @@ export function lineChart({ title, points, format, color = "#3b82f6", annotation
   for (const a of annotations) {
     if (a.t < t0 || a.t > t1) continue;
     svg.append(s("line", { x1: x(a.t), x2: x(a.t), y1: PAD.t, y2: H - PAD.b, class: "annotation" }));
-    const label = s("text", { x: x(a.t) + 3, y: PAD.t + 9, class: "annotation-label" }, a.label);
+    const nearEnd = x(a.t) > W - 90;  // keep the label inside the plot
+    const label = s("text", {
+      x: x(a.t) + (nearEnd ? -3 : 3), y: PAD.t + 9, class: "annotation-label",
+      "text-anchor": nearEnd ? "end" : "start",
+    }, a.label);
     label.append(s("title", {}, a.title || a.label));
     svg.append(label);
   }

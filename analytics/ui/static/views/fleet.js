@@ -5,6 +5,7 @@ import { badge, clear, fmtTime, h } from "../dom.js";
 export function syncBadge(entry) {
   if (entry.nack) return badge(`NACK v${entry.nack.version ?? "?"}`, "bad");
   if (entry.acked_version === null) return badge("pending", "warn");
+  if (entry.in_sync && entry.acked_version === 0) return badge("ACKed (no policy)", "good");
   if (entry.in_sync) return badge(`ACKed v${entry.acked_version}`, "good");
   return badge(`v${entry.acked_version} (behind)`, "warn");
 }

@@ -22,7 +22,7 @@ function detail(incident) {
           h("span", { class: "muted" }, `self-time z ${num(c.self_time_z)} · edge gap z ${num(c.edge_gap_z)} · error origin z ${num(c.error_origin_z)}`)),
         evidence(c.evidence),
         (c.spans || []).length ? h("p", {}, "Example traces: ", (c.spans || []).slice(0, 3).map((s) =>
-          h("a", { href: `#/traces/${s.trace_id || s}`, class: "mono" }, `${String(s.trace_id || s).slice(0, 12)} `))) : null)))
+          [h("a", { href: `#/traces/${s.trace_id || s}`, class: "mono" }, String(s.trace_id || s)), " "])) : null)))
       : h("p", { class: "empty" }, "No candidates ranked yet."),
     h("h3", {}, "Anomalies"),
     h("table", { class: "grid" }, h("thead", {}, h("tr", {}, ["Subject", "Signal", "Start", "Observed", "Expected", "Score"].map((c) => h("th", {}, c)))),

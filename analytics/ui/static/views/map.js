@@ -14,16 +14,29 @@ export function errorColour(ratio) {
   return "#16a34a";
 }
 
+function inbound(graph, service) {
+  // A service without server spans of its own (an external or unsampled callee) is described
+  // by what its callers saw.
+  const calls = graph.edges.filter((e) => e.callee === service).map((e) => e.stats);
+  if (!calls.length) return null;
+  const requests = calls.reduce((a, c) => a + c.requests, 0);
+  const errors = calls.reduce((a, c) => a + c.errors, 0);
+  return { rate_per_s: calls.reduce((a, c) => a + c.rate_per_s, 0), error_ratio: requests ? errors / requests : 0 };
+}
+
 function elements(graph) {
   const maxRate = Math.max(...graph.edges.map((e) => e.stats.rate_per_s), 0.001);
-  const nodes = graph.nodes.map((n) => ({
-    data: {
-      id: n.service,
-      label: n.server ? `${n.service}\n${fmtRate(n.server.rate_per_s)} · ${fmtPct(n.server.error_ratio)}` : n.service,
-      colour: n.server ? errorColour(n.server.error_ratio) : "#94a3b8",
-    },
-    classes: n.virtual ? "virtual" : "",
-  }));
+  const nodes = graph.nodes.map((n) => {
+    const stats = n.server || inbound(graph, n.service);
+    return {
+      data: {
+        id: n.service,
+        label: stats ? `${n.service}\n${fmtRate(stats.rate_per_s)} · ${fmtPct(stats.error_ratio)} err` : n.service,
+        colour: stats ? errorColour(stats.error_ratio) : "#94a3b8",
+      },
+      classes: n.virtual ? "virtual" : "",
+    };
+  });
   const edges = graph.edges.map((e) => ({
     data: {
       id: `${e.caller}→${e.callee}`,
@@ -42,6 +55,7 @@ const STYLE = [
     "background-color": "#fff", "border-width": 3, "border-color": "data(colour)",
     label: "data(label)", "text-wrap": "wrap", "text-valign": "bottom", "text-margin-y": 6,
     "font-size": 12, "font-family": "DejaVu Sans, sans-serif", color: "#0f172a", width: 34, height: 34,
+    "text-background-color": "#fff", "text-background-opacity": 0.85, "text-background-padding": 2,
   } },
   { selector: "node.virtual", style: { "border-style": "dashed", shape: "round-rectangle" } },
   { selector: "edge", style: {
@@ -89,7 +103,7 @@ async function redCharts(edges, policyServices, session) {
   const annotations = (await Promise.all(policyServices.map(policyAnnotations))).flat();
   const common = { start: start.getTime(), end: end.getTime(), annotations };
   return h("div", { class: "charts" },
-    lineChart({ ...common, title: "Requests / s", format: (v) => v.toFixed(1),
+    lineChart({ ...common, title: "Requests / s", format: (v) => (v >= 10 ? v.toFixed(0) : v.toFixed(2)),
       points: minutes.map((m) => ({ t: m.t, v: m.requests / 60 })) }),
     lineChart({ ...common, title: "Errors %", color: "#dc2626", format: (v) => `${v.toFixed(1)}%`,
       points: minutes.map((m) => ({ t: m.t, v: m.requests ? (100 * m.errors) / m.requests : null })) }),
@@ -126,7 +140,7 @@ async function showNode(panel, graph, service, session) {
   const node = graph.nodes.find((n) => n.service === service);
   const incoming = graph.edges.filter((e) => e.callee === service);
   const edges = incoming.length ? incoming : graph.edges.filter((e) => e.caller === service);
-  const head = [h("h2", {}, service, node.virtual ? badge("external", "muted") : null),
+  const head = [h("h2", {}, service, node.virtual ? badge("no spans of its own", "muted") : null),
     node.server ? statsTable(node.server) : h("p", { class: "muted" }, "No server-side statistics.")];
   clear(panel, ...head, h("p", { class: "muted" }, "Loading…"));
   const [charts, table] = await Promise.all([
@@ -156,8 +170,8 @@ export async function renderMap(el, _args, session) {
   // The canvas needs its final size before layout, so build the graph once the view is attached.
   requestAnimationFrame(() => {
     const cy = window.cytoscape({
-      container: canvas, elements: elements(graph), style: STYLE, wheelSensitivity: 0.3,
-      layout: { name: "breadthfirst", directed: true, roots: roots(graph), spacingFactor: 1.1, padding: 30 },
+      container: canvas, elements: elements(graph), style: STYLE, wheelSensitivity: 0.3, maxZoom: 1.25, minZoom: 0.2,
+      layout: { name: "breadthfirst", directed: true, roots: roots(graph), spacingFactor: 1.5, padding: 40 },
     });
     window.meshlensMap = cy;
     const fail = (err) => clear(panel, h("div", { class: "error-box" }, err.message));

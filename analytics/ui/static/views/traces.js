@@ -69,7 +69,7 @@ function order(spans) {
 function spanDetail(span) {
   const policy = decisions(span);
   return h("div", { class: "span-detail", "data-testid": "span-detail" },
-    h("h3", {}, `${span.service}: ${span.name}`),
+    h("h2", {}, `${span.service}: ${span.name}`),
     h("p", { class: "muted" }, `${span.kind} · ${fmtMs(span.duration_ns / 1e6)} · status ${span.status_code}`,
       span.status_message ? ` (${span.status_message})` : ""),
     Object.keys(policy).length ? [h("h4", {}, "Policy decisions"), h("div", { class: "decisions" },
@@ -96,7 +96,9 @@ export async function renderTrace(el, traceId) {
         h("div", { class: "wf-name", style: `padding-left:${depth * 14 + 6}px` },
           h("span", { class: "svc" }, span.service), ` ${span.name}`, hasPolicy ? badge("policy", "policy") : null),
         h("div", { class: "wf-track" }, h("div", { class: `wf-bar kind-${span.kind.toLowerCase()}`, style: `left:${left}%;width:${width}%` }),
-          h("span", { class: "wf-dur", style: `left:${Math.min(left + width, 88)}%` }, fmtMs(span.duration_ns / 1e6))));
+          left + width > 82
+            ? h("span", { class: "wf-dur inside", style: `left:${left}%` }, fmtMs(span.duration_ns / 1e6))
+            : h("span", { class: "wf-dur", style: `left:${left + width}%` }, fmtMs(span.duration_ns / 1e6))));
       const select = () => {
         for (const r of list.querySelectorAll(".selected")) r.classList.remove("selected");
         row.classList.add("selected");
