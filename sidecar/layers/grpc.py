@@ -7,6 +7,7 @@ Only requests with `content-type: application/grpc*` are touched; everything els
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 
 from sidecar.errors import ERROR_HEADER, UpstreamTimeout
@@ -48,6 +49,9 @@ GRPC_CODES = {
 }
 # The proxy's own answers in gRPC form (a gRPC client reads HTTP 503/504 as UNAVAILABLE)
 _STATUS_TO_GRPC = {400: 13, 401: 16, 403: 7, 404: 12, 408: 4, 413: 8, 429: 8, 499: 1, 504: 4}
+# /package.Service/Method; anything else keeps the configured route (bounded label values)
+_METHOD = re.compile(r"/([A-Za-z_][\w.]{0,99})/([A-Za-z_]\w{0,63})")
+ROUTE_ATTR = "meshlens.route"
 _UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
 
@@ -108,6 +112,17 @@ class _StatusBody:
         return chunk
 
 
+def _describe(request: Request) -> None:
+    """rpc.* attributes, and the gRPC method as the route the service map and RED figures use."""
+    attrs = request.context.attributes
+    attrs["rpc.system"] = "grpc"
+    match = _METHOD.fullmatch(request.path)
+    if match is None:
+        return
+    attrs["rpc.service"], attrs["rpc.method"] = match.group(1), match.group(2)
+    attrs[ROUTE_ATTR] = f"{match.group(1)}/{match.group(2)}"
+
+
 def local_reply(request: Request, response: Response) -> Response:
     """The sidecar's own error `response` as a gRPC Trailers-Only answer (HTTP 200)."""
     reason = header_value(response.headers, ERROR_HEADER)
@@ -153,7 +168,7 @@ def grpc_layer(*, clock: Clock = monotonic) -> Layer:
             if not is_grpc(request):
                 return await inner(request)
             context = request.context
-            context.attributes["rpc.system"] = "grpc"
+            _describe(request)
             value = header_value(request.headers, "grpc-timeout")
             timeout_s = parse_timeout(value) if value is not None else None
             if timeout_s is None:
@@ -181,6 +196,7 @@ def grpc_attempt_layer(*, clock: Clock = monotonic) -> Layer:
         async def handle(request: Request) -> Response:
             if not is_grpc(request):
                 return await inner(request)
+            _describe(request)  # again: routing (between the layers) set its route name
             deadline = request.context.deadline
             if deadline is not None:
                 remaining = format_timeout(deadline - clock())

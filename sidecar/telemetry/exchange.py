@@ -19,7 +19,7 @@ from sidecar.telemetry.semconv import (
     span_name,
     split_host_port,
 )
-from sidecar.telemetry.spans import KIND_CLIENT, KIND_SERVER, SpanRecord
+from sidecar.telemetry.spans import KIND_CLIENT, KIND_SERVER, STATUS_ERROR, SpanRecord
 
 __all__ = ["ATTEMPT", "Done", "finish_attempt", "finish_inbound", "finish_outbound"]
 
@@ -47,6 +47,26 @@ _DECISIONS = frozenset(
         "meshlens.timeout.would_timeout",
     )
 )
+
+
+_GRPC_STATUS = "rpc.grpc.status_code"  # set by layers/grpc.py
+# server-side gRPC statuses that are errors (OTel rpc conventions; the rest are the caller's)
+_GRPC_SERVER_ERRORS = frozenset({2, 4, 12, 13, 14, 15})
+
+
+def _rpc_name(attrs: dict[str, AttrValue]) -> str:
+    """`{rpc.service}/{rpc.method}` for a gRPC span, else ""."""
+    service, method = attrs.get("rpc.service"), attrs.get("rpc.method")
+    return f"{service}/{method}" if service and method else ""
+
+
+def _istio_protocol(ctx: RequestContext) -> tuple[str, str]:
+    """Istio's request_protocol and grpc_response_status labels."""
+    attrs = ctx.attributes
+    if attrs.get("rpc.system") != "grpc":
+        return "http", ""
+    code = attrs.get(_GRPC_STATUS)
+    return "grpc", "" if code is None else str(code)
 
 
 class Done:
@@ -107,8 +127,7 @@ def finish_outbound(rec: Recorder, request: Request, start: int, done: Done) -> 
             done.status,
             flags,
             "unknown",
-            "http",
-            "",
+            *_istio_protocol(ctx),
         ),
         (now - start) / 1e6,
         _request_size(request),
@@ -187,17 +206,12 @@ def finish_attempt(
         attrs["http.response.status_code"] = status
     if error_type:
         attrs["error.type"] = error_type
-    name = span_name(method, ctx.route)
+    name = _rpc_name(attrs) or span_name(method, ctx.route)
+    span_status = client_status(status, error)
+    if _GRPC_STATUS in attrs and attrs[_GRPC_STATUS] != 0:
+        span_status = STATUS_ERROR  # OTel rpc conventions: any non-OK status on the client
     _record_span(
-        rec,
-        ctx,
-        span_id,
-        ctx.parent_span_id,
-        name,
-        KIND_CLIENT,
-        start,
-        client_status(status, error),
-        attrs,
+        rec, ctx, span_id, ctx.parent_span_id, name, KIND_CLIENT, start, span_status, attrs
     )
 
 
@@ -212,7 +226,7 @@ def finish_inbound(
     peer = ctx.peer_identity
     security = "mutual_tls" if peer else "none"
     rec.istio_inbound.record(
-        (peer_from_spiffe(peer), peer, status, flags, security, "http", ""),
+        (peer_from_spiffe(peer), peer, status, flags, security, *_istio_protocol(ctx)),
         (now - start) / 1e6,
         _request_size(request),
         done.nbytes,
@@ -245,10 +259,11 @@ def finish_inbound(
             attrs["http.response.status_code"] = status
         if error_type:
             attrs["error.type"] = error_type
-        name = span_name(method, ctx.route)
-        _record_span(
-            rec, ctx, span_id, parent, name, KIND_SERVER, start, server_status(status, error), attrs
-        )
+        name = _rpc_name(attrs) or span_name(method, ctx.route)
+        span_status = server_status(status, error)
+        if attrs.get(_GRPC_STATUS) in _GRPC_SERVER_ERRORS:
+            span_status = STATUS_ERROR
+        _record_span(rec, ctx, span_id, parent, name, KIND_SERVER, start, span_status, attrs)
     else:
         rec.unsampled.inc(("inbound",))
     if rec.access_log is not None:

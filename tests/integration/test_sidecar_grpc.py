@@ -18,7 +18,7 @@ import grpc
 import pytest
 from aiohttp import web
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from sidecar.app import Sidecar
 
@@ -193,8 +193,14 @@ async def test_unary_call_passes_both_sidecars_with_trailers_and_spans_carry_sta
         s for svc, s in sink.spans if svc == "greeter" and s.kind == Span.SPAN_KIND_SERVER
     ]
     assert client_spans and server_spans
-    assert _attrs(client_spans[0])["rpc.grpc.status_code"] == 0
+    attrs = _attrs(client_spans[0])
+    assert attrs["rpc.grpc.status_code"] == 0
+    assert attrs["meshlens.route"] == "demo.Greeter/Hi"  # the gRPC method is the route
+    assert client_spans[0].name == "demo.Greeter/Hi"
     assert _attrs(server_spans[0])["rpc.grpc.status_code"] == 0
+    assert server_spans[0].status.code != Status.STATUS_CODE_ERROR
+    metrics = server.metrics_text()
+    assert 'request_protocol="grpc"' in metrics and 'grpc_response_status="0"' in metrics
     assert client.h2_upstream.stats()["streams"] == 1
 
 
@@ -218,6 +224,8 @@ async def test_error_status_and_message_reach_the_client_and_the_span(
     await client.telemetry.flush()
     spans = [s for svc, s in sink.spans if svc == "web" and s.kind == Span.SPAN_KIND_CLIENT]
     assert _attrs(spans[0])["rpc.grpc.status_code"] == 5
+    assert _attrs(spans[0])["http.response.status_code"] == 200
+    assert spans[0].status.code == Status.STATUS_CODE_ERROR  # gRPC NOT_FOUND, HTTP 200
 
 
 async def test_streaming_calls_in_every_direction(
