@@ -38,22 +38,57 @@ if not os.access(CHROMIUM, os.X_OK):  # installed by `make test` (scripts/system
 
 
 def _call(
-    spans: list[Span], trace: str, parent: str, caller: str, callee: str, start: int, ms: int, *,
-    seq: list[int], error: bool = False, attrs: dict[str, str] | None = None,
+    spans: list[Span],
+    trace: str,
+    parent: str,
+    caller: str,
+    callee: str,
+    start: int,
+    ms: int,
+    *,
+    seq: list[int],
+    error: bool = False,
+    attrs: dict[str, str] | None = None,
 ) -> str:
     """A sidecar CLIENT span of `caller` and the SERVER span of `callee` under it."""
     seq[0] += 2
     client, server = f"{seq[0]:016x}", f"{seq[0] + 1:016x}"
     code = "503" if error else "200"
     status = "Error" if error else "Unset"
-    spans.append(Span(caller, "GET", trace, client, start, ms * MS, kind="Client",
-                      parent_span_id=parent, status=status, scope_name="meshlens-sidecar",
-                      attributes={"meshlens.upstream": callee, "meshlens.route": "default",
-                                  "http.request.method": "GET",
-                                  "http.response.status_code": code, **(attrs or {})}))
-    spans.append(Span(callee, f"GET /{callee}", trace, server, start + MS, (ms - 2) * MS,
-                      parent_span_id=client, status=status,
-                      attributes={"http.response.status_code": code}))
+    spans.append(
+        Span(
+            caller,
+            "GET",
+            trace,
+            client,
+            start,
+            ms * MS,
+            kind="Client",
+            parent_span_id=parent,
+            status=status,
+            scope_name="meshlens-sidecar",
+            attributes={
+                "meshlens.upstream": callee,
+                "meshlens.route": "default",
+                "http.request.method": "GET",
+                "http.response.status_code": code,
+                **(attrs or {}),
+            },
+        )
+    )
+    spans.append(
+        Span(
+            callee,
+            f"GET /{callee}",
+            trace,
+            server,
+            start + MS,
+            (ms - 2) * MS,
+            parent_span_id=client,
+            status=status,
+            attributes={"http.response.status_code": code},
+        )
+    )
     return server
 
 
@@ -71,43 +106,104 @@ def shop_spans(now_ns: int, *, minutes: int = 30, per_minute: int = 6) -> list[S
         checkout_ms = pay_ms + inv_ms + 14
         seq[0] += 1
         root = f"{seq[0]:016x}"
-        spans.append(Span("frontend", "GET /buy", trace, root, start, (checkout_ms + cat_ms + 12) * MS,
-                          status="Error" if failed else "Unset",
-                          attributes={"http.route": "/buy", "http.response.status_code":
-                                      "502" if failed else "200"}))
+        spans.append(
+            Span(
+                "frontend",
+                "GET /buy",
+                trace,
+                root,
+                start,
+                (checkout_ms + cat_ms + 12) * MS,
+                status="Error" if failed else "Unset",
+                attributes={
+                    "http.route": "/buy",
+                    "http.response.status_code": "502" if failed else "200",
+                },
+            )
+        )
         _call(spans, trace, root, "frontend", "catalog", start + 2 * MS, cat_ms, seq=seq)
-        checkout = _call(spans, trace, root, "frontend", "checkout", start + (cat_ms + 4) * MS,
-                         checkout_ms, seq=seq, error=failed)
+        checkout = _call(
+            spans,
+            trace,
+            root,
+            "frontend",
+            "checkout",
+            start + (cat_ms + 4) * MS,
+            checkout_ms,
+            seq=seq,
+            error=failed,
+        )
         t = start + (cat_ms + 7) * MS
         _call(spans, trace, checkout, "checkout", "inventory", t, inv_ms, seq=seq)
         attrs = {"meshlens.attempt": "2", "meshlens.retry.reason": "status_503"} if failed else {}
-        _call(spans, trace, checkout, "checkout", "payments", t + (inv_ms + 2) * MS, pay_ms,
-              seq=seq, error=failed, attrs=attrs)
+        _call(
+            spans,
+            trace,
+            checkout,
+            "checkout",
+            "payments",
+            t + (inv_ms + 2) * MS,
+            pay_ms,
+            seq=seq,
+            error=failed,
+            attrs=attrs,
+        )
     return spans
 
 
 def incident(now: datetime) -> dict[str, Any]:
     start = now - timedelta(minutes=12)
     return {
-        "id": "00c0ffee00c0ffee", "start": start, "end": start + timedelta(minutes=6),
+        "id": "00c0ffee00c0ffee",
+        "start": start,
+        "end": start + timedelta(minutes=6),
         "summary": "3 anomalies (errors, latency) on checkout, frontend, payments",
         "services": ["checkout", "frontend", "payments"],
         "anomalies": [
-            {"subject": "checkout->payments", "signal": "errors", "start": start.isoformat(),
-             "end": (start + timedelta(minutes=6)).isoformat(), "observed": 0.21,
-             "expected": 0.01, "score": 8.4},
-            {"subject": "frontend->checkout", "signal": "latency", "start": start.isoformat(),
-             "end": (start + timedelta(minutes=5)).isoformat(), "observed": 388.0,
-             "expected": 92.0, "score": 5.1},
+            {
+                "subject": "checkout->payments",
+                "signal": "errors",
+                "start": start.isoformat(),
+                "end": (start + timedelta(minutes=6)).isoformat(),
+                "observed": 0.21,
+                "expected": 0.01,
+                "score": 8.4,
+            },
+            {
+                "subject": "frontend->checkout",
+                "signal": "latency",
+                "start": start.isoformat(),
+                "end": (start + timedelta(minutes=5)).isoformat(),
+                "observed": 388.0,
+                "expected": 92.0,
+                "score": 5.1,
+            },
         ],
         "root_causes": [
-            {"service": "payments", "score": 0.91, "self_time_z": 6.2, "self_time_change_ms": 255.0,
-             "inherited_change_ms": 0.0, "edge_gap_z": 0.4, "error_origin_z": 5.8,
-             "error_origins": 14, "spans": [f"{0xABC0000 + 125:032x}"],
-             "evidence": ["self time +255 ms (z 6.2)", "14 failed spans originate here"]},
-            {"service": "checkout", "score": 0.22, "self_time_z": 0.8, "self_time_change_ms": 4.0,
-             "inherited_change_ms": 251.0, "edge_gap_z": 0.3, "error_origin_z": 0.1,
-             "error_origins": 0, "spans": [], "evidence": ["latency inherited from payments"]},
+            {
+                "service": "payments",
+                "score": 0.91,
+                "self_time_z": 6.2,
+                "self_time_change_ms": 255.0,
+                "inherited_change_ms": 0.0,
+                "edge_gap_z": 0.4,
+                "error_origin_z": 5.8,
+                "error_origins": 14,
+                "spans": [f"{0xABC0000 + 125:032x}"],
+                "evidence": ["self time +255 ms (z 6.2)", "14 failed spans originate here"],
+            },
+            {
+                "service": "checkout",
+                "score": 0.22,
+                "self_time_z": 0.8,
+                "self_time_change_ms": 4.0,
+                "inherited_change_ms": 251.0,
+                "edge_gap_z": 0.3,
+                "error_origin_z": 0.1,
+                "error_origins": 0,
+                "spans": [],
+                "evidence": ["latency inherited from payments"],
+            },
         ],
     }
 
@@ -128,27 +224,48 @@ async def mesh(store: Store, tmp_path: Path) -> AsyncIterator[Mesh]:
     await repo.ensure_table()
     await repo.upsert([incident(now)], now)
     settings = Settings(
-        store_url=store.url, data_dir=tmp_path / "cp", http_port=0,
-        api_tokens=(ApiTokenSpec.parse(f"ops:operator:{OPERATOR}"),
-                    ApiTokenSpec.parse(f"eve:viewer:{VIEWER}")),
-        bootstrap_tokens=tuple(BootstrapTokenSpec.parse(f"default/{svc}:{tok}")
-                               for svc, tok in BOOTSTRAP.items()),
-        lease_ttl_s=5.0, sweep_interval_s=0.2, watch_timeout_s=2.0, store_sync_interval_s=0.2,
+        store_url=store.url,
+        data_dir=tmp_path / "cp",
+        http_port=0,
+        api_tokens=(
+            ApiTokenSpec.parse(f"ops:operator:{OPERATOR}"),
+            ApiTokenSpec.parse(f"eve:viewer:{VIEWER}"),
+        ),
+        bootstrap_tokens=tuple(
+            BootstrapTokenSpec.parse(f"default/{svc}:{tok}") for svc, tok in BOOTSTRAP.items()
+        ),
+        lease_ttl_s=5.0,
+        sweep_interval_s=0.2,
+        watch_timeout_s=2.0,
+        store_sync_interval_s=0.2,
     )
-    server = HttpServerComponent("analytics", create_app(settings, store=store), "127.0.0.1", 0,
-                                 graceful_s=1.0)
+    server = HttpServerComponent(
+        "analytics", create_app(settings, store=store), "127.0.0.1", 0, graceful_s=1.0
+    )
     await server.start()
     url = f"http://127.0.0.1:{server.port}"
     sidecars: list[Sidecar] = []
     try:
         for i, service in enumerate(("checkout", "frontend")):
-            sidecar = Sidecar(SidecarOptions(
-                service=service, app_port=9, admin_port=0, outbound_port=0, inbound_port=0,
-                control_plane_url=url, bootstrap_token=BOOTSTRAP[service],
-                instance=f"{service}-{i}", state_dir=str(tmp_path / "state" / service),
-                labels=(("version", "v1"),), cp_watch_timeout_s=2.0, cp_heartbeat_s=0.3,
-                cp_backoff_max_s=0.4, initial_sync_s=5.0, drain_timeout_s=2.0,
-            ))
+            sidecar = Sidecar(
+                SidecarOptions(
+                    service=service,
+                    app_port=9,
+                    admin_port=0,
+                    outbound_port=0,
+                    inbound_port=0,
+                    control_plane_url=url,
+                    bootstrap_token=BOOTSTRAP[service],
+                    instance=f"{service}-{i}",
+                    state_dir=str(tmp_path / "state" / service),
+                    labels=(("version", "v1"),),
+                    cp_watch_timeout_s=2.0,
+                    cp_heartbeat_s=0.3,
+                    cp_backoff_max_s=0.4,
+                    initial_sync_s=5.0,
+                    drain_timeout_s=2.0,
+                )
+            )
             await sidecar.start()
             sidecars.append(sidecar)
         yield Mesh(url, store, sidecars)

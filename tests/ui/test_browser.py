@@ -31,7 +31,9 @@ async def test_map_renders_the_shop_services_and_an_edge_opens_its_charts_and_tr
     mesh: Mesh, login: Login, shots: Path
 ) -> None:
     page = await login(OPERATOR)
-    await page.wait_for_function("() => window.meshlensMap && window.meshlensMap.nodes().length > 0")
+    await page.wait_for_function(
+        "() => window.meshlensMap && window.meshlensMap.nodes().length > 0"
+    )
     nodes = await page.evaluate("window.meshlensMap.nodes().map(n => n.id()).sort()")
     assert nodes == ["catalog", "checkout", "frontend", "inventory", "payments"]
     edges = await page.evaluate("window.meshlensMap.edges().map(e => e.id()).sort()")
@@ -42,11 +44,18 @@ async def test_map_renders_the_shop_services_and_an_edge_opens_its_charts_and_tr
     assert colour == "#dc2626"  # the payments outage: over 5 % errors in the hour
     await page.screenshot(path=str(shots / "service-map.png"))
 
-    status, body = await call(mesh, "PUT", f"{CP}/policies/checkout", OPERATOR,
-                              {"document": checkout_policy("round_robin"), "reason": "test"})
+    status, body = await call(
+        mesh,
+        "PUT",
+        f"{CP}/policies/checkout",
+        OPERATOR,
+        {"document": checkout_policy("round_robin"), "reason": "test"},
+    )
     assert status == 201, body  # shows as an annotation on the edge's charts
     # Tap the edge as a user would (cytoscape draws on a canvas, so there is no DOM element).
-    await page.evaluate("() => { window.meshlensMap.getElementById('checkout→payments').emit('tap'); }")
+    await page.evaluate(
+        "() => { window.meshlensMap.getElementById('checkout→payments').emit('tap'); }"
+    )
     await page.wait_for_selector("#detail svg.chart")
     await page.wait_for_selector("#detail table.traces a")
     assert await page.locator("#detail svg.chart").count() == 3
@@ -93,7 +102,10 @@ async def test_operator_rolls_back_and_the_new_version_is_acked_in_the_fleet_vie
 ) -> None:
     for lb in ("round_robin", "least_request"):
         status, body = await call(
-            mesh, "PUT", f"{CP}/policies/checkout", OPERATOR,
+            mesh,
+            "PUT",
+            f"{CP}/policies/checkout",
+            OPERATOR,
             {"document": checkout_policy(lb), "reason": f"use {lb}"},
         )
         assert status == 201, body
@@ -122,15 +134,23 @@ async def test_viewer_sees_no_operator_actions_and_the_api_refuses_them(
     mesh: Mesh, login: Login
 ) -> None:
     for lb in ("round_robin", "least_request"):
-        await call(mesh, "PUT", f"{CP}/policies/checkout", OPERATOR,
-                   {"document": checkout_policy(lb), "reason": lb})
+        await call(
+            mesh,
+            "PUT",
+            f"{CP}/policies/checkout",
+            OPERATOR,
+            {"document": checkout_policy(lb), "reason": lb},
+        )
     page = await login(VIEWER)
     assert await page.locator(".who .badge").inner_text() == "viewer"
     await page.goto(mesh.url + "/ui/#/policies/checkout")
     await page.wait_for_selector("[data-testid=history] tbody tr")
     assert await page.locator("[data-testid^=rollback-]").count() == 0
     status, _ = await call(
-        mesh, "POST", f"{CP}/policies/checkout/rollback", VIEWER,
+        mesh,
+        "POST",
+        f"{CP}/policies/checkout/rollback",
+        VIEWER,
         {"to_version": 1, "reason": "viewer tries"},
     )
     assert status == 403

@@ -1,4 +1,4 @@
-// Tiny DOM helpers: every text goes through textContent, never innerHTML.
+// Tiny DOM helpers: all text becomes text nodes, never parsed as markup.
 export function h(tag, attrs = {}, ...children) {
   const el = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) {
