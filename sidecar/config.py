@@ -7,6 +7,7 @@ Defaults sit next to each field with the anchor they follow (see sidecar/CONFIG.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -14,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sidecar.http import Endpoint
@@ -805,19 +805,27 @@ def _authz(m: AuthzModel) -> AuthzConfig:
     return AuthzConfig(rules=rules, enforce=m.enforce)
 
 
-class _Yaml12Loader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 booleans: only true/false, so `on:` (retry) stays a string."""
+@functools.cache
+def _yaml12_loader() -> Any:
+    """SafeLoader with YAML 1.2 booleans: only true/false, so `on:` (retry) stays a string.
 
+    Built on first use: PyYAML is only imported when a YAML file is read (sidecar RSS, issue 3).
+    """
+    import yaml
 
-_Yaml12Loader.yaml_implicit_resolvers = {
-    first: [(tag, regex) for tag, regex in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Yaml12Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool",
-    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-    list("tTfF"),
-)
+    class _Yaml12Loader(yaml.SafeLoader):
+        pass
+
+    _Yaml12Loader.yaml_implicit_resolvers = {
+        first: [(tag, regex) for tag, regex in resolvers if tag != "tag:yaml.org,2002:bool"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    _Yaml12Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:bool",
+        re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+        list("tTfF"),
+    )
+    return _Yaml12Loader
 
 
 def load_config(path: str | Path) -> SidecarConfig:
@@ -827,9 +835,17 @@ def load_config(path: str | Path) -> SidecarConfig:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{path}: cannot read: {exc}"]) from exc
+    if path.suffix == ".json":
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError([f"{path}: not valid json: {exc}"]) from exc
+        return parse_config({} if doc is None else doc)
+    import yaml
+
     try:
-        doc = json.loads(text) if path.suffix == ".json" else yaml.load(text, Loader=_Yaml12Loader)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        doc = yaml.load(text, Loader=_yaml12_loader())
+    except yaml.YAMLError as exc:
         raise ConfigError(
             [f"{path}: not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}"]
         ) from exc

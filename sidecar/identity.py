@@ -18,19 +18,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from sidecar.cpclient import ControlPlaneClient, ControlPlaneError, ControlPlaneUnavailable, Signer
 from sidecar.errors import ProxyError
 from sidecar.http import BodyStream, Endpoint, Request, RequestContext
 from sidecar.stack import Handler, Sleep
 from sidecar.tls import Credentials
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+# `cryptography` (about 10 MB of RSS) is imported inside the functions that need it: a sidecar
+# without mTLS or a control-plane identity never loads it (issue 3: RSS <= 40 MB).
 
 __all__ = [
     "CertificateRequester",
@@ -72,10 +73,14 @@ def spiffe_id(trust_domain: str, namespace: str, service: str) -> str:
 
 
 def generate_key() -> ec.EllipticCurvePrivateKey:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     return ec.generate_private_key(ec.SECP256R1())
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> str:
+    from cryptography.hazmat.primitives import serialization
+
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ).decode()
@@ -83,6 +88,10 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> str:
 
 def build_csr(key: ec.EllipticCurvePrivateKey, identity: str) -> str:
     """A PEM CSR for `identity` (its only SAN), signed with `key`."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity[-64:])]))
@@ -112,6 +121,8 @@ class CertificateRequester(Protocol):
 
 
 def _leaf_identity_and_validity(cert_pem: str, source: str) -> tuple[str, float, float]:
+    from cryptography import x509
+
     try:
         cert = x509.load_pem_x509_certificate(cert_pem.encode())
     except ValueError as exc:
@@ -180,6 +191,10 @@ class CpClientCertificates:
 def signer_for(credentials: Credentials, clock: Clock = time.time) -> Signer:
     """Signs control-plane requests with the workload key (PROTOCOL.md "Credentials") while the
     certificate is valid; once it has expired the signer returns no headers."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     key = serialization.load_pem_private_key(credentials.key_pem.encode(), password=None)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise IdentityError("only EC workload keys can sign control-plane requests")
