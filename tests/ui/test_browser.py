@@ -3,13 +3,16 @@ fleet ACKs, and what a viewer may not do (hidden in the UI and refused by the AP
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from playwright.async_api import Browser
 
+from tests.conftest import trace_columns
 from tests.ui.conftest import OPERATOR, VIEWER, Login, Mesh
+from tests.unit.analytics.tuning.traffic import Edge, spans, spread_503, traffic
 
 CP = "/api/v1/controlplane"
 
@@ -166,3 +169,69 @@ async def test_a_wrong_token_stays_on_the_login_form(mesh: Mesh, browser: Browse
     await page.get_by_text("That token was not accepted").wait_for(timeout=15_000)
     assert await page.locator("#shell").is_hidden()
     assert await page.evaluate("sessionStorage.getItem('meshlens.token')") is None
+
+
+async def _suggest_retry(mesh: Mesh) -> None:
+    """Sidecar traffic with transient 503s on checkout -> orders, then a tuning refresh."""
+    start_s = time.time() - 600
+    rows = spans(
+        traffic(Edge(caller="checkout", upstream="orders"), start_s=start_s, fails=spread_503(0.03))
+    )
+    await mesh.store.insert("otel_traces", trace_columns(rows))
+    status, body = await call(mesh, "POST", "/api/v1/suggestions/refresh", OPERATOR)
+    assert status == 200 and body["suggested"] >= 1, body
+
+
+async def test_operator_accepts_a_suggestion_and_the_fleet_shows_the_new_version_acked(
+    mesh: Mesh, login: Login, shots: Path
+) -> None:
+    await _suggest_retry(mesh)
+    page = await login(OPERATOR)
+    await page.click("#nav a[data-view=suggestions]")
+    await page.locator("[data-testid=suggestions] tr", has_text="retry").first.click()
+    detail = page.locator("[data-testid=suggestion-detail]")
+    await detail.locator(".replay-text").wait_for()
+    assert (
+        "would have been retried with success" in await detail.locator(".replay-text").inner_text()
+    )
+    await page.screenshot(path=str(shots / "suggestion.png"))
+    await detail.locator("select[name=mode]").select_option("enforce")
+    await detail.locator("[data-testid=accept]").click()
+    await detail.get_by_text("Accepted: the control plane is pushing the new policy.").wait_for()
+    published = await detail.get_by_text("checkout policy v").inner_text()
+    version = int(published.rsplit("v", 1)[1])
+
+    await page.click("#nav a[data-view=fleet]")
+    row = page.locator("[data-testid=fleet] tr[data-instance=checkout-0] td.sync")
+    for _ in range(50):  # the sidecar ACKs within its watch round trip; re-render to see it
+        if f"ACKed v{version}" in await row.inner_text():
+            break
+        await page.wait_for_timeout(200)
+        await page.evaluate("window.dispatchEvent(new HashChangeEvent('hashchange'))")
+        await row.wait_for()
+    assert f"ACKed v{version}" in await row.inner_text()
+    await page.screenshot(path=str(shots / "fleet-after-accept.png"))
+
+
+async def test_viewer_sees_no_accept_button_and_the_api_refuses_a_viewer_accept(
+    mesh: Mesh, login: Login, shots: Path
+) -> None:
+    await _suggest_retry(mesh)
+    page = await login(VIEWER)
+    await page.click("#nav a[data-view=suggestions]")
+    detail = page.locator("[data-testid=suggestion-detail]")
+    await detail.wait_for()
+    await page.get_by_text("Read-only: operators accept or reject suggestions.").wait_for()
+    assert await page.locator("[data-testid=accept]").count() == 0
+    assert await page.locator("[data-testid=reject]").count() == 0
+    assert await page.locator("[data-testid=refresh]").count() == 0
+    await page.screenshot(path=str(shots / "suggestion-viewer.png"))
+    ident = await page.locator("[data-testid=suggestions] tbody tr").first.get_attribute("data-id")
+    status, body = await call(
+        mesh,
+        "POST",
+        f"/api/v1/suggestions/{ident}/accept",
+        VIEWER,
+        {"mode": "enforce", "reason": "viewer tries"},
+    )
+    assert status == 403, body

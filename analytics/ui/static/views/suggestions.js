@@ -4,11 +4,8 @@ import { badge, clear, errorBox, fmtTime, h } from "../dom.js";
 
 const API = "/api/v1/suggestions";
 
-function edgeText(edge) {
-  if (!edge) return "";
-  if (typeof edge === "string") return edge;
-  if (Array.isArray(edge)) return edge.filter(Boolean).join(" → ");
-  return [edge.caller, edge.callee].filter(Boolean).join(" → ") + (edge.route ? ` (${edge.route})` : "");
+function edgeText(s) {
+  return `${s.caller} → ${s.upstream}` + (s.route && s.route !== "default" ? ` (${s.route})` : "");
 }
 
 function value(v) {
@@ -24,39 +21,61 @@ function facts(obj, testid) {
     Object.entries(obj).map(([k, v]) => h("tr", {}, h("th", {}, k.replaceAll("_", " ")), h("td", {}, value(v))))));
 }
 
-const stateKind = { proposed: "warn", accepted: "good", rolled_out: "good", verified: "good", rejected: "muted", rolled_back: "bad" };
+const stateKind = { proposed: "warn", accepted: "good", observing: "policy", enforcing: "good", verified: "good", rejected: "muted", superseded: "muted", rolled_back: "bad" };
+const LIVE = new Set(["accepted", "observing", "enforcing", "verified"]);
 
-function actions(s, panel, session, reload) {
-  if (!session.operator || s.state !== "proposed") return null;
-  const reason = h("input", { name: "reason", placeholder: "reason", value: "accepted from the UI", size: 28 });
-  const mode = h("select", { name: "mode" }, h("option", { value: "enforce" }, "enforce"), h("option", { value: "observe" }, "observe only"));
-  const out = h("p", { role: "status" });
-  const act = (verb, body) => async () => {
+function actions(s, session, reload) {
+  if (!session.operator || !(s.state === "proposed" || LIVE.has(s.state))) return null;
+  const reason = h("input", { name: "reason", placeholder: "reason", value: "reviewed in the UI", size: 26 });
+  const out = h("div", { role: "status", class: "notice" });
+  const act = (verb, body, done) => async () => {
     try {
       await api(`${API}/${encodeURIComponent(s.id)}/${verb}`, { method: "POST", body });
-      out.textContent = verb === "accept" ? "Accepted; the control plane is pushing the new policy." : "Rejected.";
-      await reload(s.id);
+      await reload(s.id, done);
     } catch (err) { clear(out, errorBox(err)); }
   };
+  if (s.state !== "proposed") {
+    return h("div", { class: "actions", "data-testid": "suggestion-actions" }, reason,
+      h("button", { class: "danger", "data-testid": "rollback", onclick: () => act("rollback", { reason: reason.value }, "Rolled back.")() }, "Roll back"),
+      out);
+  }
+  const mode = h("select", { name: "mode" }, h("option", { value: "enforce" }, "enforce"), h("option", { value: "observe" }, "observe only first"));
   return h("div", { class: "actions", "data-testid": "suggestion-actions" },
     mode, reason,
-    h("button", { class: "primary", "data-testid": "accept", onclick: () => act("accept", { mode: mode.value, reason: reason.value })() }, "Accept"),
-    h("button", { class: "ghost", "data-testid": "reject", onclick: () => act("reject", { reason: reason.value })() }, "Reject"),
+    h("button", { class: "primary", "data-testid": "accept", onclick: () => act("accept", { mode: mode.value, reason: reason.value }, "Accepted: the control plane is pushing the new policy.")() }, "Accept"),
+    h("button", { class: "ghost", "data-testid": "reject", onclick: () => act("reject", { reason: reason.value }, "Rejected.")() }, "Reject"),
     out);
 }
 
-function detail(s, panel, session, reload) {
+function history(items) {
+  if (!items || !items.length) return null;
+  return [h("h3", {}, "History"), h("table", { class: "grid", "data-testid": "suggestion-history" },
+    h("tbody", {}, items.map((e) => h("tr", {}, h("td", {}, badge(e.state, stateKind[e.state] || "")),
+      h("td", {}, typeof e.at === "number" ? fmtTime(e.at) : String(e.at ?? "")), h("td", {}, e.actor || ""), h("td", {}, e.reason || "")))))];
+}
+
+function replayFacts(replay) {
+  if (!replay) return null;
+  const { text, ...numbers } = replay;
+  return [h("h3", {}, "Replay on the recorded window"), text ? h("p", { class: "replay-text" }, text) : null, facts(numbers, "replay")];
+}
+
+function detail(s, session, reload, notice) {
   const confidence = typeof s.confidence === "number" ? `${Math.round(s.confidence * 100)} % confidence` : null;
+  const window = s.window_start ? `window ${fmtTime(s.window_start)} – ${fmtTime(s.window_end)}` : null;
   return h("div", { "data-testid": "suggestion-detail" },
     h("h2", {}, s.summary || s.kind),
-    h("p", {}, badge(s.state || "proposed", stateKind[s.state] || ""), " ", badge(s.kind || "policy", "muted"), " ",
-      h("span", { class: "muted" }, [edgeText(s.edge), s.target, confidence].filter(Boolean).join(" · "))),
-    actions(s, panel, session, reload),
+    h("p", {}, badge(s.state, stateKind[s.state] || ""), " ", badge(s.kind, "muted"), s.mode ? badge(s.mode, "policy") : null, " ",
+      h("span", { class: "muted" }, [edgeText(s), confidence, window].filter(Boolean).join(" · "))),
+    notice ? h("p", { class: "notice", role: "status" }, notice) : null,
+    actions(s, session, reload),
+    s.policy_version ? h("p", {}, "Published as ", h("a", { href: `#/policies/${s.caller}` }, `${s.caller} policy v${s.policy_version}`),
+      s.previous_version !== null && s.previous_version !== undefined ? ` (was v${s.previous_version})` : "", " · ", h("a", { href: "#/fleet" }, "fleet")) : null,
+    replayFacts(s.replay),
     h("h3", {}, "Proposed change"), h("pre", { class: "doc" }, JSON.stringify(s.change ?? {}, null, 2)),
     h("h3", {}, "Evidence"), facts(s.evidence, "evidence"),
-    s.replay ? [h("h3", {}, "Replay on the recorded window"), facts(s.replay, "replay")] : null,
     s.verification ? [h("h3", {}, "Verification"), facts(s.verification, "verification")] : null,
-    s.policy_version ? h("p", {}, "Published as ", h("a", { href: `#/policies/${s.policy_service || ""}` }, `v${s.policy_version}`)) : null);
+    history(s.history));
 }
 
 export async function renderSuggestions(el, args, session) {
@@ -72,17 +91,23 @@ export async function renderSuggestions(el, args, session) {
   }
   const items = Array.isArray(list) ? list : list.suggestions || [];
   const panel = h("aside", { class: "panel" }, h("p", { class: "muted" }, "Select a suggestion."));
-  const show = async (id) => {
+  const show = async (id, notice = "") => {
     const s = await api(`${API}/${encodeURIComponent(id)}`);
-    clear(panel, detail(s, panel, session, show));
+    clear(panel, detail(s, session, show, notice));
   };
   clear(el, h("div", { class: "split" },
     h("section", { class: "card" }, h("h1", {}, "Suggestions"),
-      h("p", { class: "muted" }, session.operator ? "Review the evidence and replay, then accept or reject." : "Read-only: operators accept or reject suggestions."),
+      h("div", { class: "row" },
+        h("p", { class: "muted" }, session.operator ? "Review the evidence and replay, then accept or reject." : "Read-only: operators accept or reject suggestions."),
+        session.operator ? h("button", { class: "small", "data-testid": "refresh", onclick: async (ev) => {
+          ev.target.disabled = true;
+          try { await api(`${API}/refresh`, { method: "POST" }); await renderSuggestions(el, args, session); }
+          catch (err) { ev.target.replaceWith(errorBox(err)); }
+        } }, "Recompute now") : null),
       items.length ? h("table", { class: "grid", "data-testid": "suggestions" },
         h("thead", {}, h("tr", {}, ["Edge", "Kind", "Summary", "Confidence", "State", "Updated"].map((c) => h("th", {}, c)))),
         h("tbody", {}, items.map((s) => h("tr", { class: "clickable", dataset: { id: s.id }, onclick: () => { location.hash = `#/suggestions/${s.id}`; } },
-          h("td", {}, edgeText(s.edge)), h("td", {}, s.kind), h("td", {}, s.summary),
+          h("td", {}, edgeText(s)), h("td", {}, s.kind), h("td", {}, s.summary),
           h("td", { class: "num" }, typeof s.confidence === "number" ? `${Math.round(s.confidence * 100)} %` : "–"),
           h("td", {}, badge(s.state || "proposed", stateKind[s.state] || "")),
           h("td", {}, s.updated_at ? fmtTime(s.updated_at) : "")))))
