@@ -13,7 +13,9 @@ from typing import Any
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
+import h2.settings
 import httpx
 import pytest
 
@@ -175,3 +177,178 @@ async def test_http1_clients_are_unaffected_on_the_same_listener(
     assert response.http_version == "HTTP/1.1"
     assert response.json()["path"] == "/plain"
     assert sidecar.h2_upstream.stats()["streams"] == 0
+
+
+class ScriptedH2App(asyncio.Protocol):
+    """One connection of a scripted h2c app: `/reset` -> RST_STREAM, `/goaway` -> GOAWAY before
+    the stream, `/hold` waits for `release`; anything else answers its path with a trailer."""
+
+    def __init__(self, server: ScriptedH2Server) -> None:
+        self.server = server
+        config = h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
+        self.conn = h2.connection.H2Connection(config)
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.server.connections += 1
+        self.conn.initiate_connection()
+        self.conn.update_settings(
+            {h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.server.max_streams}
+        )
+        transport.write(self.conn.data_to_send())
+
+    def data_received(self, data: bytes) -> None:
+        for event in self.conn.receive_data(data):
+            if isinstance(event, h2.events.RequestReceived):
+                assert event.stream_id is not None and event.headers is not None
+                path = next(str(v) for k, v in event.headers if str(k) == ":path")
+                task = asyncio.get_running_loop().create_task(self._answer(event.stream_id, path))
+                self.server.tasks.add(task)
+                task.add_done_callback(self.server.tasks.discard)
+            elif isinstance(event, h2.events.DataReceived):
+                assert event.stream_id is not None and event.flow_controlled_length is not None
+                self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        self._flush()
+
+    async def _answer(self, stream_id: int, path: str) -> None:
+        self.server.paths.append(path)
+        if path == "/reset":
+            self.conn.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+        elif path == "/goaway":
+            self.conn.close_connection(last_stream_id=stream_id - 2)
+            self._flush()
+            assert self.transport is not None
+            self.transport.close()
+            return
+        else:
+            if path == "/hold":
+                self.server.held += 1
+                if self.server.held == 5:
+                    self.server.all_held.set()
+                await self.server.release.wait()
+            self.conn.send_headers(stream_id, [(":status", "200"), ("content-type", "text/plain")])
+            self.conn.send_data(stream_id, path.encode())
+            self.conn.send_headers(stream_id, [("x-trailer", "t" + path)], end_stream=True)
+        self._flush()
+
+    def _flush(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(self.conn.data_to_send())
+
+
+class ScriptedH2Server:
+    def __init__(self, max_streams: int = 100) -> None:
+        self.max_streams = max_streams
+        self.connections = 0
+        self.held = 0
+        self.paths: list[str] = []
+        self.release = asyncio.Event()
+        self.all_held = asyncio.Event()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.port = 0
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: ScriptedH2App(self), "127.0.0.1", 0)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self.port
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in self.tasks:
+            task.cancel()
+
+
+async def _h2_sidecar(sidecars: Sidecars, port: int) -> Sidecar:
+    return await sidecars(
+        "web",
+        1,
+        config={"upstreams": {"app": {"endpoints": [f"127.0.0.1:{port}"], "protocol": "h2"}}},
+    )
+
+
+async def test_trailers_rst_stream_and_goaway_from_an_h2_upstream(sidecars: Sidecars) -> None:
+    app = ScriptedH2Server()
+    await app.start()
+    try:
+        sidecar = await _h2_sidecar(sidecars, app.port)
+        assert sidecar.addresses is not None
+        base = _base(sidecar.addresses.outbound)
+        async with httpx.AsyncClient(http1=False, http2=True, timeout=5) as client:
+            ok = await client.get(f"{base}/a", headers={"host": "app"})
+            assert ok.status_code == 200 and ok.text == "/a"
+            reset = await client.get(f"{base}/reset", headers={"host": "app"})
+            assert reset.status_code == 502
+            assert reset.headers["x-meshlens-error"] == "upstream_reset"
+            gone = await client.get(f"{base}/goaway", headers={"host": "app"})
+            assert gone.status_code == 502  # not processed (above last_stream_id)
+            again = await client.get(f"{base}/b", headers={"host": "app"})
+            assert again.status_code == 200 and again.text == "/b"
+        # the default route retries a GET once on reset: each GOAWAY retired a connection
+        assert app.paths == ["/a", "/reset", "/reset", "/goaway", "/goaway", "/b"]
+        assert app.connections == 3
+    finally:
+        app.close()
+
+
+async def test_trailers_reach_an_h2_client_intact(sidecars: Sidecars) -> None:
+    app = ScriptedH2Server()
+    await app.start()
+    try:
+        sidecar = await _h2_sidecar(sidecars, app.port)
+        assert sidecar.addresses is not None
+        host, port = sidecar.addresses.outbound
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        conn.send_headers(
+            1,
+            [(":method", "GET"), (":scheme", "http"), (":authority", "app"), (":path", "/t")],
+            end_stream=True,
+        )
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(conn.data_to_send())
+        trailers: dict[Any, Any] = {}
+        body = b""
+        try:
+            async with asyncio.timeout(5):
+                while not trailers:
+                    data = await reader.read(65536)
+                    assert data
+                    for event in conn.receive_data(data):
+                        if isinstance(event, h2.events.DataReceived):
+                            body += event.data or b""
+                        elif isinstance(event, h2.events.TrailersReceived):
+                            trailers = dict(event.headers or ())
+                    writer.write(conn.data_to_send())
+        finally:
+            writer.close()
+        assert body == b"/t"
+        assert trailers == {b"x-trailer": b"t/t"}
+    finally:
+        app.close()
+
+
+async def test_max_concurrent_streams_of_the_upstream_is_respected(sidecars: Sidecars) -> None:
+    app = ScriptedH2Server(max_streams=2)
+    await app.start()
+    try:
+        sidecar = await _h2_sidecar(sidecars, app.port)
+        assert sidecar.addresses is not None
+        base = _base(sidecar.addresses.outbound)
+        async with httpx.AsyncClient(http1=False, http2=True, timeout=5) as client:
+            calls = [
+                asyncio.ensure_future(client.get(f"{base}/hold", headers={"host": "app"}))
+                for _ in range(5)
+            ]
+            async with asyncio.timeout(5):
+                await app.all_held.wait()
+            app.release.set()
+            responses = await asyncio.gather(*calls)
+        assert [r.status_code for r in responses] == [200] * 5
+        assert app.connections == 3  # 2 + 2 + 1 streams
+    finally:
+        app.close()
