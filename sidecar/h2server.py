@@ -8,6 +8,7 @@ ways under HTTP/2 flow control: received DATA is acknowledged only as the consum
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections import deque
@@ -20,6 +21,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import hyperframe.frame
 
 from sidecar.errors import DownstreamError, ProxyError
 from sidecar.http import Body, BodyStream, Headers, Request, RequestContext, Response
@@ -338,6 +340,10 @@ class H2ServerConnection(asyncio.Protocol):
     # -- requests -------------------------------------------------------------------------
 
     def _dispatch(self, stream_id: int, headers: list[tuple[str, str]]) -> None:
+        if self._draining:  # after our GOAWAY: the client may safely retry it elsewhere
+            self._bodies.pop(stream_id, None)
+            self._send_reset(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
         body_stream = self._bodies[stream_id]
         method = target = authority = ""
         scheme = "http"
@@ -396,8 +402,8 @@ class H2ServerConnection(asyncio.Protocol):
             except ProxyError as exc:  # normally mapped by the stack's proxy_errors layer
                 response = error_response(exc)
             await self._respond(stream_id, request.method, response)
-        except StreamReset:
-            pass
+        except (StreamReset, h2.exceptions.ProtocolError):
+            pass  # the stream or connection was closed under us: nobody to answer
         except asyncio.CancelledError:
             if not self._closed:
                 self._send_reset(stream_id)
@@ -480,7 +486,7 @@ class H2ServerConnection(asyncio.Protocol):
     ) -> None:
         try:
             self._h2.reset_stream(stream_id, code)
-        except h2.exceptions.StreamClosedError:
+        except h2.exceptions.ProtocolError:  # the stream or the connection is already closed
             return
         self._flush()
 
@@ -501,15 +507,24 @@ class H2ServerConnection(asyncio.Protocol):
     # -- lifecycle (HttpServer's connection interface) --------------------------------------
 
     def start_drain(self) -> None:
+        """GOAWAY: streams in flight finish; the connection closes after the last one."""
         self._draining = True
-        if not self._closed:
-            self._h2.close_connection()
-            self._flush()
         if not self._tasks:
             self.close()
+        elif not self._closed:
+            # h2's close_connection() would stop the streams in flight from answering: announce
+            # the last stream we take with a raw GOAWAY and keep the state machine open.
+            last = self._h2.highest_inbound_stream_id
+            frame = hyperframe.frame.GoAwayFrame(stream_id=0)
+            frame.last_stream_id = last
+            self._flush()
+            self._transport.write(frame.serialize())
 
     def close(self) -> None:
-        if not self._transport.is_closing():
+        if not self._closed and not self._transport.is_closing():
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self._h2.close_connection()
+                self._flush()
             self._transport.close()
 
     def abort(self) -> None:
