@@ -24,6 +24,7 @@ __all__ = [
     "apply_change",
     "check_transition",
     "compare",
+    "latency_allowance_ms",
     "revert_change",
     "route_policy",
     "tuned_route_name",
@@ -175,12 +176,13 @@ def revert_change(
 
 @dataclass(frozen=True, slots=True)
 class WindowFigures:
-    """An edge's call-level figures in one window."""
+    """An edge's call-level figures in one window (rates per second of that window)."""
 
     requests: int
     error_rate: float
     p99_ms: float
     goodput_rps: float
+    rps: float = 0.0
 
     @classmethod
     def of(cls, s: EdgeStats | None) -> WindowFigures:
@@ -188,7 +190,8 @@ class WindowFigures:
             return cls(0, 0.0, 0.0, 0.0)
         durations = sorted(c.duration_ms for c in s.calls)
         ok = sum(not c.failed for c in s.calls)
-        return cls(len(s.calls), 1 - ok / len(s.calls), quantile(durations, 0.99), ok / s.window_s)
+        n = len(s.calls)
+        return cls(n, 1 - ok / n, quantile(durations, 0.99), ok / s.window_s, n / s.window_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,16 +204,28 @@ class Verdict:
     after: WindowFigures
 
 
-def compare(before: WindowFigures, after: WindowFigures, *, min_requests: int = 50) -> Verdict:
-    """Judge a rollout on the affected edge: error rate, p99 and goodput, before vs after."""
+def compare(
+    before: WindowFigures,
+    after: WindowFigures,
+    *,
+    min_requests: int = 50,
+    latency_allowance_ms: float = 0.0,
+) -> Verdict:
+    """Judge a rollout on the affected edge: error rate, p99 and goodput, before vs after.
+
+    `latency_allowance_ms` is the latency the change is expected to add to the calls it rescues
+    (a retry costs up to its extra tries and backoff): turning failures into slower successes
+    is what retries are for, not a regression.
+    """
     if before.requests < min_requests or after.requests < min_requests:
         return Verdict("inconclusive", ("too few requests to compare",), before, after)
     worse: list[str] = []
     if after.error_rate > before.error_rate * 1.2 + 0.005:
         worse.append(f"error rate {before.error_rate:.2%} -> {after.error_rate:.2%}")
-    if after.p99_ms > before.p99_ms * 1.25 + 5.0:
+    if after.p99_ms > before.p99_ms * 1.25 + 5.0 + latency_allowance_ms:
         worse.append(f"p99 {before.p99_ms:.0f} -> {after.p99_ms:.0f} ms")
-    load = after.requests / before.requests
+    # Goodput only compares under similar offered load (rates per second of each window).
+    load = after.rps / before.rps if before.rps else 0.0
     if 0.8 <= load <= 1.25 and after.goodput_rps < 0.9 * before.goodput_rps:
         worse.append(f"goodput {before.goodput_rps:.1f} -> {after.goodput_rps:.1f}/s")
     if worse:
@@ -219,3 +234,13 @@ def compare(before: WindowFigures, after: WindowFigures, *, min_requests: int = 
         after.error_rate < before.error_rate * 0.8 - 0.001 or after.p99_ms < before.p99_ms * 0.8
     )
     return Verdict("better" if better else "same", (), before, after)
+
+
+def latency_allowance_ms(change: Mapping[str, Any]) -> float:
+    """The most latency a change's retries may add to a call: extra tries plus backoff."""
+    retry = change.get("retry")
+    if not retry:
+        return 0.0
+    extra = int(retry.get("attempts", 2)) - 1
+    per_try_s = (change.get("timeout") or {}).get("per_try_s") or 0.0
+    return extra * (per_try_s * 1000 + float(retry.get("backoff_max_ms", 250.0)))

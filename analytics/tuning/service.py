@@ -25,6 +25,7 @@ from analytics.tuning.lifecycle import (
     apply_change,
     check_transition,
     compare,
+    latency_allowance_ms,
     revert_change,
 )
 from analytics.tuning.propose import Proposals, propose
@@ -312,18 +313,21 @@ class TuningService:
         return done
 
     async def judge(self, rec: SuggestionRecord, after_start: float, after_end: float) -> Verdict:
-        width = after_end - after_start
-        before_end = rec.rolled_out_at
+        """Compare the edge after rollout with before it: the suggestion's evidence window, at
+        most three verify windows back from the rollout."""
+        before_start = max(rec.window_start, rec.rolled_out_at - 3 * self.options.verify_window_s)
+        before_end = min(rec.window_end, rec.rolled_out_at)
         figures = []
-        for start, end in ((before_end - width, before_end), (after_start, after_end)):
+        for start, end in ((before_start, before_end), (after_start, after_end)):
             attempts = await self.repo.attempts(
                 start, end, caller=rec.caller, upstream=rec.upstream
             )
             stats = await asyncio.to_thread(
-                edge_stats, attempts, width, bucket_s=self.options.bucket_s
+                edge_stats, attempts, max(end - start, 1e-3), bucket_s=self.options.bucket_s
             )
             figures.append(WindowFigures.of(stats.get(rec.edge)))
-        return compare(figures[0], figures[1])
+        allowance = latency_allowance_ms(rec.change)
+        return compare(figures[0], figures[1], latency_allowance_ms=allowance)
 
     async def _store_verification(
         self, rec: SuggestionRecord, figures: dict[str, Any]
@@ -352,4 +356,5 @@ def _figures(f: WindowFigures) -> dict[str, Any]:
         "error_rate": round(f.error_rate, 5),
         "p99_ms": round(f.p99_ms, 2),
         "goodput_rps": round(f.goodput_rps, 3),
+        "rps": round(f.rps, 3),
     }

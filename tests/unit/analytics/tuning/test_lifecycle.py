@@ -12,6 +12,7 @@ from analytics.tuning.lifecycle import (
     apply_change,
     check_transition,
     compare,
+    latency_allowance_ms,
     revert_change,
     route_policy,
 )
@@ -88,7 +89,7 @@ def test_route_policy_defaults_to_the_implicit_route() -> None:
 
 
 def fig(requests: int, error_rate: float, p99_ms: float, goodput: float) -> WindowFigures:
-    return WindowFigures(requests, error_rate, p99_ms, goodput)
+    return WindowFigures(requests, error_rate, p99_ms, goodput, requests / 100)
 
 
 def test_verdicts() -> None:
@@ -98,3 +99,11 @@ def test_verdicts() -> None:
     worse = compare(before, fig(1000, 0.10, 300.0, 8.0))
     assert worse.outcome == "worse" and len(worse.reasons) == 3
     assert compare(before, fig(10, 0.5, 900.0, 0.1)).outcome == "inconclusive"
+    # a retry may add its extra try and backoff to the calls it rescues
+    slower = fig(1000, 0.0, 300.0, 10.0)
+    assert compare(before, slower).outcome == "worse"
+    allowance = latency_allowance_ms({"retry": RETRY["retry"], "timeout": {"per_try_s": 0.05}})
+    assert allowance == 2 * (50 + 250)
+    assert compare(before, slower, latency_allowance_ms=allowance).outcome == "better"
+    # less goodput at half the offered load is not a regression
+    assert compare(before, fig(500, 0.03, 100.0, 4.85)).outcome == "same"
