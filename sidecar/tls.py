@@ -85,6 +85,8 @@ def server_context(credentials: Credentials, mode: MtlsMode) -> ssl.SSLContext:
     context.verify_mode = ssl.CERT_REQUIRED if mode == "strict" else ssl.CERT_OPTIONAL
     context.load_verify_locations(cadata=credentials.trust_bundle_pem)
     _load_chain(context, credentials)
+    # ALPN h2 for clients that ask; either way the codec detects the HTTP/2 preface itself
+    context.set_alpn_protocols(["h2", "http/1.1"])
     return context
 
 

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent import futures
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -21,6 +22,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from sidecar.app import Sidecar
+from tests.integration.pki import Pki
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -287,3 +289,44 @@ async def test_deadline_is_propagated_and_exceeded_is_not_retried(
     assert app.calls["Slow"] == 1
     remaining = app.timeouts[0]
     assert remaining is not None and 0 < remaining <= 0.3  # grpc-timeout reached the app
+
+
+async def test_grpc_over_mesh_mtls_between_the_sidecars(
+    tmp_path: Path, greeter: tuple[Greeter, int], sidecars: Sidecars
+) -> None:
+    _, port = greeter
+    pki = Pki(tmp_path / "ca")
+    cert, key, ca = pki.write(pki.issue("greeter"), tmp_path / "server")
+    server = await sidecars(
+        "greeter",
+        port,
+        mtls="strict",
+        trust_domain=pki.trust_domain,
+        cert_file=cert,
+        key_file=key,
+        ca_file=ca,
+    )
+    assert server.addresses is not None
+    host, inbound = server.addresses.inbound
+    identity = f"spiffe://{pki.trust_domain}/ns/default/sa/greeter"
+    cert, key, ca = pki.write(pki.issue("web"), tmp_path / "client")
+    endpoint = {"host": host, "port": inbound, "identity": identity}
+    client = await sidecars(
+        "web",
+        1,
+        config={"upstreams": {"greeter": {"endpoints": [endpoint], "protocol": "grpc"}}},
+        trust_domain=pki.trust_domain,
+        cert_file=cert,
+        key_file=key,
+        ca_file=ca,
+    )
+    assert client.addresses is not None
+    out_host, out_port = client.addresses.outbound
+
+    def call() -> bytes:
+        with _channel(f"{out_host}:{out_port}") as channel:
+            reply: bytes = channel.unary_unary(f"/{SERVICE}/Hi", **_RAW)(b"tls", timeout=5)
+            return reply
+
+    assert await asyncio.to_thread(call) == b"hello tls"
+    assert client.h2_upstream.stats()["streams"] == 1
