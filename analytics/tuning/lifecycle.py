@@ -130,10 +130,13 @@ def apply_change(
         if route.get("name") in names:
             routes[i] = _merge(route, change, observe)
             return new
+    # Replaces the implicit default route, so it keeps that route's one budgeted retry
+    # (`retry: {}` is the schema's defaults) unless the change says otherwise.
     fresh = {
         "name": tuned_route_name(edge.upstream),
         "match": {"hosts": [edge.upstream]},
         "destinations": [{"upstream": edge.upstream}],
+        "retry": {},
     }
     routes.append(_merge(fresh, change, observe))
     return new

@@ -44,6 +44,14 @@ def test_a_new_route_for_the_default_route_is_valid_for_the_sidecar() -> None:
     assert route.retry is not None and route.retry.attempts == 3
 
 
+def test_a_timeout_on_the_default_route_keeps_its_implicit_retry() -> None:
+    change = {"timeout": {"request_s": 0.5, "per_try_s": 0.2}}
+    doc = apply_change(None, "web", EDGE, "route", change, observe=False)
+    (route,) = parse_config(doc).routes
+    assert route.retry is not None and route.retry.attempts == 2
+    assert route_policy(doc, EDGE).attempts == 2
+
+
 def test_observe_mode_publishes_enforce_false() -> None:
     doc = apply_change(None, "web", EDGE, "route", RETRY, observe=True)
     assert doc["routes"][0]["retry"]["enforce"] is False
