@@ -7,6 +7,7 @@ Set MESHLENS_UI_SCREENSHOTS=1 to write the screenshots into docs/screenshots (el
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -34,6 +35,8 @@ MS = 1_000_000
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 
 if not os.access(CHROMIUM, os.X_OK):  # installed by `make test` (scripts/system-deps.sh)
+    if os.environ.get("CI"):
+        raise RuntimeError(f"{CHROMIUM} is missing: scripts/system-deps.sh installs it")
     pytest.skip(f"{CHROMIUM} is not installed", allow_module_level=True)
 
 
@@ -92,13 +95,18 @@ def _call(
     return server
 
 
+def trace_id(n: int) -> str:
+    """Random-looking (like real ones) but deterministic trace ids."""
+    return hashlib.sha256(f"shop-{n}".encode()).hexdigest()[:32]
+
+
 def shop_spans(now_ns: int, *, minutes: int = 30, per_minute: int = 6) -> list[Span]:
     """Shop traffic; failed payments calls were retried once by checkout's sidecar."""
     spans: list[Span] = []
     seq = [0]
     for n in range(minutes * per_minute):
         start = now_ns - (minutes * 60 - n * 60 // per_minute) * 1_000_000_000
-        trace = f"{0xABC0000 + n:032x}"
+        trace = trace_id(n)
         minutes_ago = minutes - n // per_minute
         # A payments outage 12..6 minutes ago (the incident below), rare failures otherwise.
         failed = n % 2 == 1 if 6 < minutes_ago <= 12 else n % 45 == 7
@@ -189,7 +197,7 @@ def incident(now: datetime) -> dict[str, Any]:
                 "edge_gap_z": 0.4,
                 "error_origin_z": 5.8,
                 "error_origins": 14,
-                "spans": [f"{0xABC0000 + 125:032x}"],
+                "spans": [trace_id(125)],
                 "evidence": ["self time +255 ms (z 6.2)", "14 failed spans originate here"],
             },
             {

@@ -66,6 +66,11 @@ async def test_map_renders_the_shop_services_and_an_edge_opens_its_charts_and_tr
     assert (await label.text_content() or "").startswith("checkout v1")
     await page.screenshot(path=str(shots / "edge-detail.png"))
 
+    await page.evaluate("() => { window.meshlensMap.getElementById('payments').emit('tap'); }")
+    await page.locator("#detail h2", has_text="payments").wait_for()
+    await page.wait_for_selector("#detail svg.chart")
+    await page.wait_for_selector("#detail table.traces a")
+
 
 async def test_a_trace_opens_from_search_with_its_waterfall_and_policy_decisions(
     mesh: Mesh, login: Login, shots: Path
@@ -98,6 +103,8 @@ async def test_incident_shows_ranked_root_causes_with_evidence(
     assert causes[:2] == ["payments", "checkout"]
     await detail.get_by_text("self time +255 ms (z 6.2)").wait_for()
     await page.screenshot(path=str(shots / "incident.png"))
+    await detail.locator("ol.causes a.mono").first.click()  # the top candidate's example trace
+    await page.wait_for_selector("[data-testid=waterfall] .wf-row.error")
 
 
 async def test_operator_rolls_back_and_the_new_version_is_acked_in_the_fleet_view(

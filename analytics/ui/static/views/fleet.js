@@ -24,7 +24,7 @@ export async function renderFleet(el) {
         h("td", { class: "mono" }, e.address),
         h("td", {}, Object.entries(e.labels).map(([k, v]) => badge(`${k}=${v}`, "muted"))),
         h("td", { class: "sync" }, syncBadge(e), e.nack ? h("div", { class: "muted small" }, e.nack.error) : null),
-        h("td", { class: "num" }, `v${e.current_version}`),
-        h("td", {}, `${Math.max(0, now - e.last_seen).toFixed(0)} s ago`, h("div", { class: "muted small" }, fmtTime(e.registered_at))))))) 
+        h("td", { class: "num" }, e.current_version ? `v${e.current_version}` : "–"),
+        h("td", {}, `${Math.max(0, now - e.last_seen).toFixed(0)} s ago`, h("div", { class: "muted small" }, `registered ${fmtTime(e.registered_at)}`)))))) 
       : h("p", { class: "empty" }, "No sidecars registered.")));
 }
