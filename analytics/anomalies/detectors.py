@@ -81,6 +81,9 @@ class DetectorConfig:
     min_requests: int = 5
     slo_target: float = 0.999
     change_min_segment: int = 5
+    # Consecutive minutes a deviation must last before it is reported (an alert's `for:`):
+    # 1 reports single-minute spikes; 2 ignores them at the cost of one minute of delay.
+    min_run_points: int = 1
 
     def __post_init__(self) -> None:
         if not 0 < self.slo_target < 1:
@@ -89,6 +92,8 @@ class DetectorConfig:
             raise ValueError("baseline_minutes and min_baseline_points must be >= 2")
         if self.change_min_segment < 2:
             raise ValueError("change_min_segment must be >= 2")
+        if self.min_run_points < 1:
+            raise ValueError("min_run_points must be >= 1")
 
 
 def _median_mad(values: Sequence[float]) -> tuple[float, float]:
@@ -173,7 +178,11 @@ def detect_deviations(
             z = (value - expected) / scale
             if _fires(cfg, name, p, value, expected, z):
                 found.append(Anomaly(subject, name, p.minute, p.minute, value, expected, z))
-    return _merge_runs(found)
+    runs = _merge_runs(found)
+    if cfg.min_run_points > 1:
+        least = timedelta(minutes=cfg.min_run_points - 1)
+        runs = [a for a in runs if a.end - a.start >= least]
+    return runs
 
 
 def _merge_runs(found: list[Anomaly]) -> list[Anomaly]:

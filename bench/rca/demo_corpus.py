@@ -3,7 +3,7 @@
 Record (sequentially, ~30 s per case; 66 fault cases per seed + fault-free runs):
     python bench/rca/record.py /work/rca-corpus --seed 1 --duration 25 --nofault 1
 then evaluate every run directory (each holds clickhouse/ and truth.json):
-    python bench/rca/demo_corpus.py /work/rca-corpus
+    python bench/rca/demo_corpus.py [--design-runs FILE] /work/rca-corpus
 (`make bench` does this too when MESHLENS_RCA_CORPUS names the directory).
 
 Detection, two variants: "engine" is `analytics.engine.detect` as the engine runs it today
@@ -31,8 +31,8 @@ import json
 import statistics
 import sys
 from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -190,7 +190,13 @@ def detect_with_median(
     return found + detect_edge_changes(before, during, window.start, window.end, cfg)
 
 
-DETECTORS = {"engine": detect, "engine+median": detect_with_median}
+Detector = Callable[[Sequence[EdgePoint], TimeWindow, DetectorConfig], list[Anomaly]]
+# name -> (detect function, config): the engine today, then each change on top of the last.
+DETECTORS: dict[str, tuple[Detector, DetectorConfig]] = {
+    "engine": (detect, DETECTOR),
+    "+median": (detect_with_median, DETECTOR),
+    "+median+2-run": (detect_with_median, replace(DETECTOR, min_run_points=2)),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,14 +209,13 @@ def sliding_detection(
     spans: Sequence[SpanRow],
     t0_ns: int,
     end_ns: int,
-    cfg: DetectorConfig = DETECTOR,
     *,
     bucket_ns: int = BUCKET_NS,
     lookback: int = LOOKBACK_BUCKETS,
     detector: str = "engine",
 ) -> Detection:
     """Run `detector` at every bucket boundary over the buckets complete by then."""
-    run_detector = DETECTORS[detector]
+    run_detector, cfg = DETECTORS[detector]
     points = bucket_points(spans, t0_ns, bucket_ns)
     steps = (end_ns - t0_ns) // bucket_ns
     seen: dict[tuple[str, str, datetime], Anomaly] = {}
@@ -351,14 +356,14 @@ def report(totals: Totals) -> str:
     lines.append(
         "Detection (1 s buckets as the engine's minutes): recall, time to detect median/max"
     )
-    lines.append(f"{'fault kind':<12} {'cases':>5}" + "".join(f" {n:>28}" for n in DETECTORS))
+    lines.append(f"{'fault kind':<12} {'cases':>5}" + "".join(f" {n:>24}" for n in DETECTORS))
     for kind, rows in groups:
         line = f"{kind:<12} {len(rows):>5}"
         for n in DETECTORS:
             ttd = [t for r in rows if (t := r.detected_after_s[n]) is not None]
             med = f"{statistics.median(ttd):5.1f}s" if ttd else "     -"
             top = f"{max(ttd):5.1f}s" if ttd else "     -"
-            line += f"   {_pct(len(ttd), len(rows))} {med} {top:>7}"
+            line += f"  {_pct(len(ttd), len(rows))} {med} {top:>6}"
         lines.append(line)
     for n, d in totals.detection.items():
         total = d.true_incidents + d.false_incidents
@@ -370,12 +375,25 @@ def report(totals: Totals) -> str:
     return "\n".join(lines)
 
 
-async def evaluate_runs(run_dirs: Sequence[Path], *, verbose: bool = True) -> Totals:
-    totals = Totals()
+async def evaluate_runs(
+    run_dirs: Sequence[Path], *, verbose: bool = True, held_out: Collection[str] = ()
+) -> tuple[Totals, Totals]:
+    """Totals over all runs, and over the runs named in `held_out`."""
+    totals, held = Totals(), Totals()
     for run_dir in run_dirs:
         run = await load_run(run_dir)
-        evaluate_run(run, totals, verbose=verbose)
-    return totals
+        part = Totals()
+        evaluate_run(run, part, verbose=verbose)
+        for into in (totals, held) if run.name in held_out else (totals,):
+            into.faults += part.faults
+            into.fault_free_s += part.fault_free_s
+            into.runs += part.runs
+            for name, d in part.detection.items():
+                t = into.detection[name]
+                t.true_incidents += d.true_incidents
+                t.false_incidents += d.false_incidents
+                t.false_in_fault_free += d.false_in_fault_free
+    return totals, held
 
 
 def run_dirs(paths: Sequence[str]) -> list[Path]:
@@ -397,13 +415,20 @@ def main(argv: list[str]) -> int:
         from bench.rca.record import main as record_main
 
         return record_main(argv[1:])
+    seen: set[str] = set()
+    if argv[0] == "--design-runs":  # FILE: runs looked at while choosing the method
+        seen = set(Path(argv[1]).read_text().split())
+        argv = argv[2:]
     dirs = run_dirs(argv)
     if not dirs:
         print(f"no recorded runs (truth.json) under {' '.join(argv)}", file=sys.stderr)
         return 1
-    totals = asyncio.run(evaluate_runs(dirs))
-    print()
-    print(report(totals))
+    held_out = {d.name for d in dirs if d.name not in seen} if seen else set()
+    totals, held = asyncio.run(evaluate_runs(dirs, held_out=held_out))
+    print(f"\nALL {totals.runs} RUNS\n{report(totals)}")
+    if held.runs:
+        print(f"\nHELD-OUT {held.runs} RUNS (not looked at while choosing the method)")
+        print(report(held))
     return 0
 
 

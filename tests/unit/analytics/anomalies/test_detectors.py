@@ -153,3 +153,20 @@ def test_change_point_on_median_latency_only_when_every_point_has_it() -> None:
     assert [(a.signal, a.start) for a in found] == [("change_point_latency_p50", _minute(15))]
     partial = [*series[:-1], Point(_minute(24), 20, 0, 22.0)]
     assert detect_change_points("catalog", partial, _minute(10), CFG) == []
+
+
+def test_min_run_points_drops_single_minute_spikes_and_keeps_sustained_shifts() -> None:
+    spike = [*_steady(20), Point(_minute(20), 100, 0, 300.0), *_steady(0)]
+    spike += [Point(_minute(21 + i), 100, 0, 20.0 + i % 3) for i in range(3)]
+    sustained = [*_steady(20)] + [Point(_minute(20 + i), 100, 0, 300.0) for i in range(2)]
+    cfg = DetectorConfig(min_run_points=2)
+    assert [a.signal for a in detect_deviations("a->b", spike, _minute(20), CFG)] == ["latency_p99"]
+    assert detect_deviations("a->b", spike, _minute(20), cfg) == []
+    found = detect_deviations("a->b", sustained, _minute(20), cfg)
+    assert [(a.signal, a.start, a.end) for a in found] == [
+        ("latency_p99", _minute(20), _minute(21))
+    ]
+    # The first minute alone is not reported yet: that is the delay the setting costs.
+    assert detect_deviations("a->b", sustained[:-1], _minute(20), cfg) == []
+    with pytest.raises(ValueError, match="min_run_points"):
+        DetectorConfig(min_run_points=0)
