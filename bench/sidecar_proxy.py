@@ -6,6 +6,10 @@ drives each with wrk (32 connections). "core only" is the codec + upstream pool 
 telemetry layers, to show what the layers cost. Prints req/s, p50/p99, added latency vs direct, CPU
 microseconds per request and RSS of the proxy processes, with ratios vs nginx from this run.
 
+HTTP/2 rows (when h2load from nghttp2-client is installed): h2load, 8 connections x 4 streams,
+against nginx serving h2c directly and through the sidecar(s) speaking h2 end to end; req/s and
+the mean request time added vs direct h2 (h2load reports no percentiles).
+
     python bench/sidecar_proxy.py [--duration 5] [--connections 32]
 """
 
@@ -49,6 +53,9 @@ http {{
 """
 UPSTREAM_BODY = """
   server {{ listen 127.0.0.1:{port}; location / {{ return 200 "hello world\\n"; }} }}
+"""
+UPSTREAM_H2_BODY = """
+  server {{ listen 127.0.0.1:{port} http2; location / {{ return 200 "hello world\\n"; }} }}
 """
 PROXY_BODY = """
   upstream app {{ server 127.0.0.1:{upstream}; keepalive 64; }}
@@ -260,6 +267,84 @@ def report(results: list[Result]) -> str:
     return text
 
 
+@dataclass
+class H2Result:
+    name: str
+    rps: float
+    mean_ms: float
+    failed: int
+    cpu_us: float | None = None
+
+
+def run_h2load(url: str, duration: int, authority: str | None) -> H2Result:
+    cmd = ["h2load", "-c8", "-m4", "-t1", f"-D{duration}", url]
+    if authority:
+        cmd[1:1] = ["-H", f":authority: {authority}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"finished in \S+, ([\d.]+) req/s", out).group(1))  # type: ignore[union-attr]
+    mean = _ms(re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
+    assert done is not None
+    return H2Result("", rps, mean, int(done.group(1)) - int(done.group(2)))
+
+
+def measure_h2(
+    name: str, url: str, args: argparse.Namespace, authority: str | None, pids: list[int]
+) -> H2Result:
+    run_h2load(url, 1, authority)  # warm-up
+    before = [cpu_seconds(p) for p in pids]
+    result = run_h2load(url, args.duration, authority)
+    result.name = name
+    if pids:
+        used = sum(cpu_seconds(p) - b for p, b in zip(pids, before, strict=True))
+        result.cpu_us = used / max(result.rps * args.duration, 1) * 1e6
+    return result
+
+
+def report_h2(results: list[H2Result]) -> str:
+    """HTTP/2 table: req/s and mean time added vs direct h2 (nginx h2c) from this run."""
+    direct = results[0]
+    lines = [
+        "HTTP/2 (h2load, 8 connections x 4 streams, h2c prior knowledge):",
+        f"{'scenario':<31}{'req/s':>9}{'x direct':>9}{'mean ms':>9}{'+mean ms':>9}"
+        f"{'CPU us/req':>12}{'failed':>8}",
+    ]
+    for r in results:
+        cpu = f"{r.cpu_us:.0f}" if r.cpu_us is not None else "-"
+        lines.append(
+            f"{r.name:<31}{r.rps:>9.0f}{r.rps / direct.rps:>9.2f}{r.mean_ms:>9.2f}"
+            f"{r.mean_ms - direct.mean_ms:>9.2f}{cpu:>12}{r.failed:>8}"
+        )
+    text = "\n".join(lines)
+    print(text)
+    return text
+
+
+def h2_rows(
+    procs: Procs, workdir: Path, args: argparse.Namespace, collector: str
+) -> list[H2Result]:
+    """nginx h2c app; one sidecar and a pair, both speaking h2 upstream."""
+    up = free_port()
+    start_nginx(procs, workdir, "upstream-h2", UPSTREAM_H2_BODY.format(port=up), up)
+    app = {"upstreams": {"app": {"endpoints": [f"127.0.0.1:{up}"], "protocol": "h2"}}}
+    server = {"inbound": {"app_protocol": "h2"}}
+    server_pid, _, server_in = start_sidecar(procs, workdir, "apph2", up, server, collector)
+    pair = {"upstreams": {"app": {"endpoints": [f"127.0.0.1:{server_in}"], "protocol": "h2"}}}
+    one_pid, one_out, _ = start_sidecar(procs, workdir, "webh2", up, app, collector)
+    client_pid, client_out, _ = start_sidecar(procs, workdir, "web2h2", up, pair, collector)
+    return [
+        measure_h2("direct h2 (nginx h2c)", f"http://127.0.0.1:{up}/", args, None, []),
+        measure_h2("sidecar h2 (outbound)", f"http://127.0.0.1:{one_out}/", args, "app", [one_pid]),
+        measure_h2(
+            "sidecar pair h2 (out+in)",
+            f"http://127.0.0.1:{client_out}/",
+            args,
+            "app",
+            [client_pid, server_pid],
+        ),
+    ]
+
+
 def write_results(text: str, args: argparse.Namespace) -> Path:
     """Keep the table of this run in bench/results/sidecar_proxy.md (gitignored)."""
     path = REPO / "bench" / "results" / "sidecar_proxy.md"
@@ -323,9 +408,14 @@ def main() -> int:
                     [client_pid, server_pid],
                 ),
             ]
+            h2 = h2_rows(procs, workdir, args, collector) if shutil.which("h2load") else []
         finally:
             procs.stop_all()
     text = report(results)
+    if h2:
+        text += "\n\n" + report_h2(h2)
+    else:
+        print("no h2load (nghttp2-client): HTTP/2 rows skipped (bash scripts/system-deps.sh)")
     print(f"written to {write_results(text, args)}")
     return 0
 

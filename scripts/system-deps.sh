@@ -4,6 +4,8 @@ set -euo pipefail
 need=()
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+# HTTP/2 rows of bench/sidecar_proxy.py (h2load drives h2c)
+command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
 # transparent capture test (tests/integration/test_sidecar_capture.py): netns, veth, nat rules
 command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || need+=(iptables)
 command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || need+=(iproute2)

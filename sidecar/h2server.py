@@ -191,7 +191,12 @@ class H2ServerConnection(asyncio.Protocol):
         self._transport = transport
         self._peer = peer
         self.peer_identity = peer_identity
-        config = h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
+        config = h2.config.H2Configuration(
+            client_side=False,
+            header_encoding="utf-8",
+            validate_outbound_headers=False,  # built by us from validated, lower-case fields
+            normalize_outbound_headers=False,
+        )
         self._h2 = h2.connection.H2Connection(config)
         self._bodies: dict[int, H2Body] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
@@ -201,6 +206,7 @@ class H2ServerConnection(asyncio.Protocol):
         self._closed = False
         self._draining = False
         self._pending: list[tuple[int, list[tuple[str, str]]]] = []
+        self._flush_scheduled = False
         self.last_active = self._loop.time()
         self.streams_total = 0
 
@@ -274,13 +280,14 @@ class H2ServerConnection(asyncio.Protocol):
             events = self._h2.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
             logger.info("h2 protocol error from downstream", extra={"error": str(exc)[:200]})
-            self._flush()  # h2 queued a GOAWAY
+            self._flush_now()  # h2 queued a GOAWAY
             self.close()
             return
         for event in events:
             self._on_event(event)
         for stream_id, headers in self._pending:  # after the batch: END_STREAM may be in it
-            self._dispatch(stream_id, headers)
+            if stream_id in self._bodies:  # (not reset in the same batch)
+                self._dispatch(stream_id, headers)
         self._pending.clear()
         self._flush()
 
@@ -500,6 +507,13 @@ class H2ServerConnection(asyncio.Protocol):
             self._drain_waiter = None
 
     def _flush(self) -> None:
+        """Write what h2 has queued at the end of this loop iteration: one write for many frames."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush_now)
+
+    def _flush_now(self) -> None:
+        self._flush_scheduled = False
         data = self._h2.data_to_send()
         if data and not self._closed and not self._transport.is_closing():
             self._transport.write(data)
@@ -517,14 +531,14 @@ class H2ServerConnection(asyncio.Protocol):
             last = self._h2.highest_inbound_stream_id
             frame = hyperframe.frame.GoAwayFrame(stream_id=0)
             frame.last_stream_id = last
-            self._flush()
+            self._flush_now()
             self._transport.write(frame.serialize())
 
     def close(self) -> None:
         if not self._closed and not self._transport.is_closing():
             with contextlib.suppress(h2.exceptions.ProtocolError):
                 self._h2.close_connection()
-                self._flush()
+                self._flush_now()
             self._transport.close()
 
     def abort(self) -> None:

@@ -83,7 +83,13 @@ class _Connection(asyncio.Protocol):
         self.pool = pool
         self.key = key
         self.transport: Any = None
-        config = h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+        config = h2.config.H2Configuration(
+            client_side=True,
+            header_encoding="utf-8",
+            validate_outbound_headers=False,  # built by us from validated, lower-case fields
+            normalize_outbound_headers=False,
+            validate_inbound_headers=False,  # the upstream's response; costly per stream
+        )
         self.h2 = h2.connection.H2Connection(config)
         self.streams: dict[int, _Stream] = {}
         self.closed = False
@@ -91,6 +97,7 @@ class _Connection(asyncio.Protocol):
         self._window_waiters: dict[int, asyncio.Future[None]] = {}
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
+        self._flush_scheduled = False
 
     @property
     def usable(self) -> bool:
@@ -138,7 +145,7 @@ class _Connection(asyncio.Protocol):
             error = UpstreamProtocolError(f"bad HTTP/2 from upstream: {exc}")
             for stream in list(self.streams.values()):
                 self._fail(stream, error)
-            self.flush()
+            self.flush_now()
             self.abort()
             return
         for event in events:
@@ -207,6 +214,13 @@ class _Connection(asyncio.Protocol):
                     waiter.set_exception(error)
 
     def flush(self) -> None:
+        """Write what h2 has queued at the end of this loop iteration: one write for many frames."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush_now)
+
+    def flush_now(self) -> None:
+        self._flush_scheduled = False
         data = self.h2.data_to_send()
         if data and not self.closed:
             self.transport.write(data)
@@ -221,7 +235,7 @@ class _Connection(asyncio.Protocol):
             self.closed = True
             with contextlib.suppress(h2.exceptions.ProtocolError):
                 self.h2.close_connection()
-                self.flush()
+                self.flush_now()
             self.transport.close()
 
     # -- one exchange ---------------------------------------------------------------------

@@ -146,6 +146,7 @@ async def test_received_data_is_acknowledged_only_as_the_handler_reads() -> None
         return Response(200)
 
     peer = Peer(handler)
+    await _settle()
     peer.receive()  # the server's SETTINGS: a 1 MiB stream window
     peer.client.send_data = _chunked(peer.client)  # type: ignore[method-assign]
     sid = peer.request("/upload", body=b"x" * 700_000, end=False)
@@ -233,6 +234,7 @@ async def test_server_settings_allow_many_concurrent_streams() -> None:
         return Response(200, body=request.target.encode())
 
     peer = Peer(handler)
+    await _settle()
     peer.receive()
     assert peer.client.remote_settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] >= 100
     ids = [peer.request(f"/{i}") for i in range(100)]
