@@ -120,7 +120,9 @@ def _describe(request: Request) -> None:
     if match is None:
         return
     attrs["rpc.service"], attrs["rpc.method"] = match.group(1), match.group(2)
-    attrs[ROUTE_ATTR] = f"{match.group(1)}/{match.group(2)}"
+    route = attrs[ROUTE_ATTR] = f"{match.group(1)}/{match.group(2)}"
+    if not request.context.route:  # inbound (no routing layer): server metrics per method
+        request.context.route = route
 
 
 def local_reply(request: Request, response: Response) -> Response:

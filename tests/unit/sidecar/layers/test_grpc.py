@@ -155,3 +155,20 @@ async def test_plain_http_requests_pass_untouched() -> None:
     response = await handler(request)
     assert response.status == 503
     assert request.context.attributes == {}
+
+
+async def test_inbound_route_becomes_the_method_but_a_configured_route_stays() -> None:
+    async def upstream(request: Request) -> Response:
+        return Response(200, (("grpc-status", "0"),))
+
+    inbound = _request()
+    await compose([grpc_layer()], upstream)(inbound)
+    assert inbound.context.route == "demo.Greeter/Hi"
+    routed = _request()
+    routed.context.route = "orders"
+    await compose([grpc_layer()], upstream)(routed)
+    assert routed.context.route == "orders"
+    assert routed.context.attributes["meshlens.route"] == "demo.Greeter/Hi"
+    odd = _request(path="/not a method")
+    await compose([grpc_layer()], upstream)(odd)
+    assert odd.context.route == "" and "rpc.method" not in odd.context.attributes
