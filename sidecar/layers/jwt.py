@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from sidecar.errors import ERROR_HEADER, Unauthenticated
 from sidecar.http import Headers, Request, Response, header_value, without_headers
-from sidecar.jwks import ALGORITHMS, Fetch, JwksConfig, JwksSource, b64url_decode
+from sidecar.jwks import ALGORITHMS, Fetch, JwksConfig, JwkSet, JwksSource, b64url_decode
 from sidecar.stack import Clock, Handler, Layer, monotonic
 
 __all__ = [
@@ -35,6 +36,7 @@ logger = logging.getLogger(__name__)
 Requires = Literal["required", "allow_missing", "allow_missing_or_failed", "none"]
 REQUIRES: tuple[str, ...] = ("required", "allow_missing", "allow_missing_or_failed", "none")
 WallClock = Clock  # seconds since the epoch (token exp/nbf/iat)
+_CACHE_SIZE = 1024  # verified tokens kept (Envoy jwt_cache_size default: 100)
 
 # reason label (closed set, for spans and stats) -> message in the 401 body (Envoy's wording)
 MESSAGES: dict[str, str] = {
@@ -197,6 +199,9 @@ class Authenticator:
                 old if old is not None and reuse else JwksSource(p.jwks, fetch, clock)
             )
         self.counts: dict[str, int] = {}
+        # token -> (result, the key set that verified it): a hit skips the signature check
+        # while that set is current (Envoy jwt_cache_config); times are checked on every hit
+        self._cache: OrderedDict[str, tuple[Verified, JwkSet]] = OrderedDict()
 
     def requirement(self, method: str, path: str) -> tuple[Requires, tuple[JwtProvider, ...]]:
         for rule in self.config.rules:
@@ -217,6 +222,25 @@ class Authenticator:
 
     async def verify(self, token: str, providers: tuple[JwtProvider, ...]) -> Verified:
         """Check `token` against the provider its `iss` names; raise JwtFailure with the reason."""
+        hit = self._cache.get(token)
+        if hit is not None:
+            verified, keys = hit
+            source = self.sources[verified.provider.name]
+            # keys() refreshes a stale set (cache_s, file change); a new set re-verifies
+            if verified.provider in providers and await source.keys() is keys:
+                self._check_times(verified.provider, verified.claims)
+                self._cache.move_to_end(token)
+                return verified
+            self._cache.pop(token, None)
+        verified, keys = await self._verify(token, providers)
+        self._cache[token] = (verified, keys)
+        if len(self._cache) > _CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return verified
+
+    async def _verify(
+        self, token: str, providers: tuple[JwtProvider, ...]
+    ) -> tuple[Verified, JwkSet]:
         parts = token.split(".")
         if len(parts) != 3 or not all(parts[:2]):
             raise JwtFailure("malformed")
@@ -246,8 +270,8 @@ class Authenticator:
         except ValueError as exc:
             raise JwtFailure("malformed") from exc
         signing_input = f"{parts[0]}.{parts[1]}".encode("ascii")
-        await self._check_signature(provider, kid, alg, signing_input, signature)
-        return Verified(provider, claims, parts[1])
+        keys = await self._check_signature(provider, kid, alg, signing_input, signature)
+        return Verified(provider, claims, parts[1]), keys
 
     def _check_times(self, provider: JwtProvider, claims: Mapping[str, Any]) -> None:
         now, skew = self._wall(), provider.clock_skew_s
@@ -261,7 +285,7 @@ class Authenticator:
 
     async def _check_signature(
         self, provider: JwtProvider, kid: str | None, alg: str, data: bytes, signature: bytes
-    ) -> None:
+    ) -> JwkSet:
         source = self.sources[provider.name]
         keys = await source.keys()
         candidates = keys.candidates(kid, alg) if keys is not None else ()
@@ -274,6 +298,7 @@ class Authenticator:
             raise JwtFailure("unknown_kid")
         if not any(k.verify(alg, data, signature) for k in candidates):
             raise JwtFailure("bad_signature")
+        return keys
 
 
 def _find_tokens(request: Request, providers: tuple[JwtProvider, ...]) -> list[str]:

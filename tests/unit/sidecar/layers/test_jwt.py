@@ -413,3 +413,20 @@ async def test_the_bearer_scheme_is_case_insensitive_and_crit_headers_are_refuse
     signing_input = f"{segment(head)}.{segment(claims())}".encode()
     crit = f"{signing_input.decode()}.{b64url(RSA.sign(signing_input))}"
     assert reason((await h.call(crit))[0]) == "malformed"
+
+
+async def test_a_cached_verification_still_expires_with_its_token() -> None:
+    now = [NOW]
+    config = JwtConfig(providers=(provider(),))
+    fetch = FakeJwks(jwks_json(RSA))
+    auth = Authenticator(config, fetch=fetch, clock=ManualClock(), wall=lambda: now[0])
+    handler = compose([jwt_layer(config, authenticator=auth)], ScriptedUpstream())
+    token = make_token(RSA, claims(exp=NOW + 100))
+    request = (("authorization", f"Bearer {token}"),)
+
+    assert (await handler(make_request(headers=request))).status == 200
+    assert (await handler(make_request(headers=request))).status == 200  # from the cache
+    now[0] = NOW + 100 + 60  # past exp + skew
+    response = await handler(make_request(headers=request))
+    assert reason(response) == "expired"
+    assert len(fetch.urls) == 1
