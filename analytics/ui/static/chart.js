@@ -40,12 +40,15 @@ export function lineChart({ title, points, format, color = "#3b82f6", annotation
     svg.append(s("path", { d, fill: "none", stroke: color, "stroke-width": 2 }));
     for (const p of sorted) svg.append(s("circle", { cx: x(p.t), cy: y(p.v), r: 2, fill: color }));
   }
-  for (const a of annotations) {
+  let lastX = -Infinity, row = 0;
+  for (const a of [...annotations].sort((p, q) => p.t - q.t)) {
     if (a.t < t0 || a.t > t1) continue;
+    row = x(a.t) - lastX < 80 ? row + 1 : 0;  // stack labels of changes close in time
+    lastX = x(a.t);
     svg.append(s("line", { x1: x(a.t), x2: x(a.t), y1: PAD.t, y2: H - PAD.b, class: "annotation" }));
     const nearEnd = x(a.t) > W - 90;  // keep the label inside the plot
     const label = s("text", {
-      x: x(a.t) + (nearEnd ? -3 : 3), y: PAD.t + 9, class: "annotation-label",
+      x: x(a.t) + (nearEnd ? -3 : 3), y: PAD.t + 9 + 10 * (row % 4), class: "annotation-label",
       "text-anchor": nearEnd ? "end" : "start",
     }, a.label);
     label.append(s("title", {}, a.title || a.label));

@@ -2,11 +2,13 @@
 import { api } from "../api.js";
 import { badge, clear, fmtMs, h, kv } from "../dom.js";
 
-const ROUTING = new Set(["meshlens.upstream", "meshlens.route"]);
+// meshlens.* attributes that describe the call rather than a decision a policy layer took.
+const CONTEXT = new Set(["meshlens.upstream", "meshlens.route", "meshlens.peer_identity", "meshlens.workload"]);
 
+/** The sidecar's policy decisions on a span: retries, breaker, outlier, rate limit, fault, authz. */
 export function decisions(span) {
-  return Object.fromEntries(Object.entries(span.attributes)
-    .filter(([k]) => k.startsWith("meshlens.") && !ROUTING.has(k)));
+  return Object.fromEntries(Object.entries(span.attributes).filter(([k, v]) =>
+    k.startsWith("meshlens.") && !CONTEXT.has(k) && v !== "" && !(k === "meshlens.attempt" && v === "1")));
 }
 
 export function traceTable(traces) {

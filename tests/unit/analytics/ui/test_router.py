@@ -56,6 +56,7 @@ async def test_index_is_html_revalidated_every_time_with_a_strict_csp(
         ("/ui/views/map.js", "text/javascript; charset=utf-8"),
         ("/ui/style.css", "text/css; charset=utf-8"),
         ("/ui/vendor/cytoscape.min.js", "text/javascript; charset=utf-8"),
+        ("/ui/favicon.svg", "image/svg+xml"),
     ],
 )
 async def test_assets_have_their_content_type_and_a_short_cache(
