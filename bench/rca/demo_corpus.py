@@ -27,12 +27,13 @@ rankers are those of trainticket.py (meshlens and the naive baselines), on the s
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import statistics
 import sys
 from collections import defaultdict
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -325,11 +326,15 @@ def evaluate_run(run: Run, totals: Totals, *, verbose: bool = True) -> None:
         ttd = {name: found[i] for name, found in detected.items()}
         totals.faults.append(FaultResult(run.name, f.kind, f.service, ttd, ranks))
         if verbose:
-            shown = " ".join("miss" if t is None else f"{t:4.1f}s" for t in ttd.values())
-            marks = "  ".join(f"{n}=#{r or '-'}" for n, r in ranks.items())
-            print(f"{run.name:<34} {f.kind:<12} {f.service:<10} detect {shown}  {marks}")
+            _print_fault(run.name, totals.faults[-1])
     if verbose and not run.faults:
         print(f"{run.name:<34} fault-free run")
+
+
+def _print_fault(run: str, f: FaultResult) -> None:
+    shown = " ".join("miss" if t is None else f"{t:4.1f}s" for t in f.detected_after_s.values())
+    marks = "  ".join(f"{n}=#{r or '-'}" for n, r in f.ranks.items())
+    print(f"{run:<34} {f.kind:<12} {f.service:<10} detect {shown}  {marks}", flush=True)
 
 
 def _pct(hits: int, n: int) -> str:
@@ -375,16 +380,54 @@ def report(totals: Totals) -> str:
     return "\n".join(lines)
 
 
+def _code_version() -> str:
+    """Hash of the code the results depend on: a cached result is reused only for the same."""
+    root = Path(__file__).resolve().parents[2]
+    files = [
+        "bench/rca/demo_corpus.py",
+        "bench/rca/trainticket.py",
+        "analytics/rca/ranking.py",
+        "analytics/anomalies/detectors.py",
+        "analytics/anomalies/incidents.py",
+        "analytics/engine.py",
+    ]
+    digest = hashlib.sha256()
+    for name in files:
+        digest.update((root / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+async def _evaluate_cached(run_dir: Path, *, verbose: bool) -> Totals:
+    """One run's results, from RUN/eval-cache.json when made by the same code."""
+    cache = run_dir / "eval-cache.json"
+    version = _code_version()
+    if cache.is_file():
+        data = json.loads(cache.read_text())
+        if data.get("version") == version:
+            part = Totals(
+                [FaultResult(**f) for f in data["faults"]],
+                {k: DetectionTotals(**v) for k, v in data["detection"].items()},
+                data["fault_free_s"],
+                data["runs"],
+            )
+            if verbose:
+                for f in part.faults:
+                    _print_fault(run_dir.name, f)
+            return part
+    part = Totals()
+    evaluate_run(await load_run(run_dir), part, verbose=verbose)
+    cache.write_text(json.dumps({"version": version, **asdict(part)}))
+    return part
+
+
 async def evaluate_runs(
     run_dirs: Sequence[Path], *, verbose: bool = True, held_out: Collection[str] = ()
 ) -> tuple[Totals, Totals]:
     """Totals over all runs, and over the runs named in `held_out`."""
     totals, held = Totals(), Totals()
     for run_dir in run_dirs:
-        run = await load_run(run_dir)
-        part = Totals()
-        evaluate_run(run, part, verbose=verbose)
-        for into in (totals, held) if run.name in held_out else (totals,):
+        part = await _evaluate_cached(run_dir, verbose=verbose)
+        for into in (totals, held) if run_dir.name in held_out else (totals,):
             into.faults += part.faults
             into.fault_free_s += part.fault_free_s
             into.runs += part.runs
