@@ -32,7 +32,7 @@ from sidecar.errors import (
     UpstreamTimeout,
 )
 from sidecar.h2server import H2_HOP_BY_HOP, H2Body
-from sidecar.http import Body, BodyStream, Endpoint, Request, Response, Trailers
+from sidecar.http import Body, Endpoint, Request, Response, Trailers
 from sidecar.stack import Clock, Handler, monotonic
 
 __all__ = ["PROTOCOLS", "H2Pool", "H2PoolConfig", "protocol_terminal"]
@@ -520,7 +520,7 @@ def _request_headers(request: Request, endpoint: Endpoint, tls: bool) -> list[tu
             continue
         out.append((name, value))
     body = request.body
-    if isinstance(body, BodyStream) and body.length is not None:
+    if not isinstance(body, bytes) and body.length is not None:  # (no Protocol isinstance)
         if not any(n == "content-length" for n, _ in out):
             out.append(("content-length", str(body.length)))
     return out
