@@ -52,11 +52,12 @@ class H2PoolConfig:
     max_connections_per_endpoint: int = 8
     response_timeout_s: float = 300.0  # wait for response headers when no deadline is set
     write_timeout_s: float = 60.0  # peer not opening its flow-control window for our body
+    idle_expiry_s: float = 30.0  # an idle connection is closed (below servers' idle timeouts)
 
     def __post_init__(self) -> None:
         if self.max_connections_per_endpoint < 1:
             raise ValueError("max_connections_per_endpoint must be >= 1")
-        if min(self.response_timeout_s, self.write_timeout_s) <= 0:
+        if min(self.response_timeout_s, self.write_timeout_s, self.idle_expiry_s) <= 0:
             raise ValueError("timeouts must be > 0")
 
 
@@ -98,10 +99,15 @@ class _Connection(asyncio.Protocol):
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._flush_scheduled = False
+        self.idle_since = pool.now()
 
     @property
     def usable(self) -> bool:
         if self.closed or self.goaway:
+            return False
+        if not self.streams and self.pool.now() - self.idle_since > self.pool.config.idle_expiry_s:
+            self.close()  # the server may be closing it as we pick it: dial a fresh one
+            self.pool.forget(self)
             return False
         limit = self.h2.remote_settings.max_concurrent_streams
         return self.h2.open_outbound_streams < limit
@@ -172,12 +178,12 @@ class _Connection(asyncio.Protocol):
                 if not stream.trailers.received:
                     stream.trailers.set(())
                 stream.body.feed_eof()
-                self._done(sid)
+                self.done(sid)
         elif isinstance(event, h2.events.StreamReset):
             if stream is not None:
                 code = getattr(event.error_code, "name", str(event.error_code))
                 self._fail(stream, UpstreamReset(f"upstream reset the stream ({code})"))
-                self._done(sid)
+                self.done(sid)
         elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
             self._wake_windows(None)
         elif isinstance(event, h2.events.ConnectionTerminated):
@@ -187,7 +193,7 @@ class _Connection(asyncio.Protocol):
             for stream_id, pending in list(self.streams.items()):
                 if stream_id > last:  # never processed: safe to send again
                     self._fail(pending, UpstreamReset("upstream sent GOAWAY"))
-                    self._done(stream_id)
+                    self.done(stream_id)
             if not self.streams:
                 self.close()
 
@@ -199,11 +205,13 @@ class _Connection(asyncio.Protocol):
         if stream.pump is not None:
             stream.pump.cancel()
 
-    def _done(self, sid: int) -> None:
+    def done(self, sid: int) -> None:
         """The stream is over on the wire (its body and trailers are with their consumer)."""
         self.streams.pop(sid, None)
-        if self.goaway and not self.streams:
-            self.close()
+        if not self.streams:
+            self.idle_since = self.pool.now()
+            if self.goaway:
+                self.close()
 
     def _wake_windows(self, error: ProxyError | None) -> None:
         for waiter in self._window_waiters.values():
@@ -363,7 +371,7 @@ class H2Pool:
         try:
             await self._wait_headers(stream, self._headers_timeout(request))
         except BaseException:
-            conn.streams.pop(sid, None)
+            conn.done(sid)
             if stream.pump is not None:
                 stream.pump.cancel()
             if not conn.closed:
@@ -382,7 +390,7 @@ class H2Pool:
         body: Body = stream.body
         if stream.body.eof_received:
             body = stream.body.take_buffered()
-            conn.streams.pop(sid, None)
+            conn.done(sid)
         return Response(status, tuple(headers), body, trailers=stream.trailers)
 
     async def _wait_headers(self, stream: _Stream, timeout_s: float) -> None:
@@ -412,7 +420,7 @@ class H2Pool:
         key = (endpoint.host, endpoint.port, endpoint.identity)
         while True:
             conns = self._conns.get(key, [])
-            for conn in conns:
+            for conn in list(conns):  # (usable may retire an expired one)
                 if conn.usable:
                     return conn
             pending = self._connecting.get(key)
@@ -474,6 +482,9 @@ class H2Pool:
         if context is None:
             raise UpstreamConnectError(f"no mesh certificate yet to reach {endpoint.identity}")
         return context
+
+    def now(self) -> float:
+        return self._clock()
 
     def forget(self, conn: _Connection) -> None:
         """Take a closed or GOAWAY'd connection out of rotation."""

@@ -20,6 +20,8 @@ import httpx
 import pytest
 
 from sidecar.app import Sidecar
+from sidecar.h2upstream import H2Pool, H2PoolConfig
+from sidecar.http import Endpoint, Request, Response
 from tests.integration.conftest import ScriptedUpstream
 
 pytestmark = pytest.mark.timeout(30)
@@ -352,4 +354,31 @@ async def test_max_concurrent_streams_of_the_upstream_is_respected(sidecars: Sid
         assert [r.status_code for r in responses] == [200] * 5
         assert app.connections == 3  # 2 + 2 + 1 streams
     finally:
+        app.close()
+
+
+async def test_an_idle_upstream_connection_expires_and_a_fresh_one_is_dialled() -> None:
+    app = ScriptedH2Server()
+    await app.start()
+    now = [100.0]
+    pool = H2Pool(H2PoolConfig(idle_expiry_s=5.0), clock=lambda: now[0])
+    try:
+
+        async def get(path: str) -> Response:
+            request = Request("GET", path, authority="app")
+            request.context.endpoint = Endpoint("127.0.0.1", app.port)
+            return await pool(request)
+
+        first = await get("/1")
+        assert first.body == b"/1"
+        assert first.trailers is not None and first.trailers.fields == (("x-trailer", "t/1"),)
+        now[0] += 4.0
+        await get("/2")
+        assert app.connections == 1  # still fresh: reused
+        now[0] += 6.0
+        await get("/3")
+        assert app.connections == 2  # idle past expiry: closed, a new one dialled
+        assert pool.stats()["connections_opened"] == 2
+    finally:
+        await pool.close()
         app.close()
