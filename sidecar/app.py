@@ -470,6 +470,7 @@ class Sidecar:
             "inbound": active.inbound.stats(),
             "listeners": listeners,
             "upstream_pool": self.upstream.stats(),
+            "h2_pool": self.h2_upstream.stats(),
             "telemetry": self.telemetry.stats(),
             "mtls": self._mtls_stats(),
             "authz": self.authz.stats(),
