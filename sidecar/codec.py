@@ -651,7 +651,11 @@ class _ServerProtocol(asyncio.Protocol):
 
         self._server.connections.discard(self)
         conn = H2ServerConnection(
-            self._server, self._transport, peer=self._peer, peer_identity=self.peer_identity
+            self._server,
+            self._transport,
+            peer=self._peer,
+            peer_identity=self.peer_identity,
+            original_dst=self._original_dst,
         )
         self._server.connections.add(conn)
         conn.start(data)
@@ -683,11 +687,16 @@ class _ServerProtocol(asyncio.Protocol):
                 request_id=p.request_id,
                 downstream_addr=self._peer,
                 peer_identity=self.peer_identity,
+                original_dst=self._original_dst,
             ),
         )
         self._server.connections.discard(self)
         conn = H2ServerConnection(
-            self._server, self._transport, peer=self._peer, peer_identity=self.peer_identity
+            self._server,
+            self._transport,
+            peer=self._peer,
+            peer_identity=self.peer_identity,
+            original_dst=self._original_dst,
         )
         self._server.connections.add(conn)
         conn.start_upgrade(p.h2_settings, request, rest)

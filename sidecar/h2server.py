@@ -184,13 +184,22 @@ def response_headers(response: Response, method: str) -> list[tuple[str, str]]:
 class H2ServerConnection(asyncio.Protocol):
     """One downstream HTTP/2 connection; quacks like the codec's connection for HttpServer."""
 
-    def __init__(self, server: Any, transport: Any, *, peer: str, peer_identity: str) -> None:
+    def __init__(
+        self,
+        server: Any,
+        transport: Any,
+        *,
+        peer: str,
+        peer_identity: str,
+        original_dst: str = "",  # before an iptables REDIRECT (transparent capture)
+    ) -> None:
         self._server = server  # sidecar.codec.HttpServer (not imported: codec imports us)
         self._config = server.config
         self._loop = asyncio.get_running_loop()
         self._transport = transport
         self._peer = peer
         self.peer_identity = peer_identity
+        self._original_dst = original_dst
         config = h2.config.H2Configuration(
             client_side=False,
             header_encoding="utf-8",
@@ -389,6 +398,7 @@ class H2ServerConnection(asyncio.Protocol):
             request_id=request_id,
             downstream_addr=self._peer,
             peer_identity=self.peer_identity,
+            original_dst=self._original_dst,
         )
         request = Request(method, target, tuple(out), body, authority, scheme, "2", context)
         self._spawn(stream_id, request)
