@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 
 # Debian packages the tests and benchmarks drive (nginx and wrk for the proxy benchmark,
 # chromium for the UI tests). Installed once per machine; skipped when already present.
-$(SYSSTAMP): | $(BIN)/python
+$(SYSSTAMP): scripts/system-deps.sh | $(BIN)/python
 	bash scripts/system-deps.sh
 	touch $(SYSSTAMP)
 
