@@ -235,7 +235,15 @@ async def test_inbound_authz_sits_after_the_rate_limit_and_refuses_named_callers
     doc = {
         "service": "reviews",
         "inbound": {"ratelimit": {"rps": 1, "burst": 2}},
-        "authz": {"rules": [{"name": "no-batch", "action": "deny", "principals": ["spiffe://example.org/ns/jobs/*"]}]},
+        "authz": {
+            "rules": [
+                {
+                    "name": "no-batch",
+                    "action": "deny",
+                    "principals": ["spiffe://example.org/ns/jobs/*"],
+                }
+            ]
+        },
     }
     upstream = ScriptedUpstream()
     stack = build_inbound(parse_config(doc), terminal=upstream, clock=ManualClock())
