@@ -10,6 +10,7 @@ no status, so this one can only tie). No parameter is fitted to the labels.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from collections import defaultdict
@@ -22,7 +23,13 @@ from analytics.rca import SpanRow, rank_root_causes
 
 __all__ = ["DATASET", "evaluate", "load_case"]
 
-DATASET = Path("/work/shared/datasets/nezha-train-ticket")
+# The steering repo's shared/ sits beside the checkout; MESHLENS_TRAINTICKET points elsewhere.
+DATASET = Path(
+    os.environ.get(
+        "MESHLENS_TRAINTICKET",
+        Path(__file__).resolve().parents[3] / "shared" / "datasets" / "nezha-train-ticket",
+    )
+)
 Ranker = Callable[[Sequence[SpanRow], Sequence[SpanRow]], list[str]]
 
 
