@@ -9,6 +9,7 @@ from __future__ import annotations
 from sidecar.http import AttrValue, Request, RequestContext, header_value
 from sidecar.telemetry.accesslog import AccessRecord
 from sidecar.telemetry.context import SAMPLED
+from sidecar.telemetry.grpc_metrics import grpc_method
 from sidecar.telemetry.istio import response_flags
 from sidecar.telemetry.recorder import Recorder
 from sidecar.telemetry.semconv import (
@@ -58,6 +59,23 @@ def _rpc_name(attrs: dict[str, AttrValue]) -> str:
     """`{rpc.service}/{rpc.method}` for a gRPC span, else ""."""
     service, method = attrs.get("rpc.service"), attrs.get("rpc.method")
     return f"{service}/{method}" if service and method else ""
+
+
+def _record_grpc(
+    rec: Recorder, ctx: RequestContext, outbound: bool, service: str, duration_ms: float
+) -> None:
+    """The per-method gRPC metrics (only for gRPC requests)."""
+    attrs = ctx.attributes
+    if rec.grpc is None or attrs.get("rpc.system") != "grpc":
+        return
+    code = attrs.get(_GRPC_STATUS)
+    rec.grpc.record(
+        outbound=outbound,
+        service=service,
+        method=grpc_method(attrs),
+        status="" if code is None else str(code),
+        duration_ms=duration_ms,
+    )
 
 
 def _istio_protocol(ctx: RequestContext) -> tuple[str, str]:
@@ -133,6 +151,7 @@ def finish_outbound(rec: Recorder, request: Request, start: int, done: Done) -> 
         _request_size(request),
         done.nbytes,
     )
+    _record_grpc(rec, ctx, True, upstream, (now - start) / 1e6)
     decisions = _DECISIONS.intersection(attrs)
     if decisions:
         for key in decisions:
@@ -231,6 +250,7 @@ def finish_inbound(
         _request_size(request),
         done.nbytes,
     )
+    _record_grpc(rec, ctx, False, rec.service, (now - start) / 1e6)
     error_type = error or (str(status) if status >= 500 else "")
     rec.durations.record_server(
         (method, request.scheme, status, ctx.route, error_type, request.version),

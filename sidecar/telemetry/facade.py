@@ -23,6 +23,7 @@ from sidecar.stack import Clock, Layer, Sleep, monotonic
 from sidecar.telemetry.accesslog import AccessLog
 from sidecar.telemetry.context import IdSource
 from sidecar.telemetry.exporter import ExportCounters, ExporterConfig, OtlpExporter
+from sidecar.telemetry.grpc_metrics import GrpcMethodMetrics
 from sidecar.telemetry.istio import IstioMetrics, IstioPair, IstioWorkload
 from sidecar.telemetry.metrics import CONTENT_TYPE, Registry
 from sidecar.telemetry.otel_metrics import HttpDurations
@@ -111,6 +112,7 @@ class Telemetry:
         istio_out = IstioMetrics(workload, outbound=True, max_series=cap, on_overflow=overflow)
         istio_in = IstioMetrics(workload, outbound=False, max_series=cap, on_overflow=overflow)
         registry.register(IstioPair(istio_out, istio_in))
+        self.grpc_metrics = GrpcMethodMetrics(registry)
         self.spans_exported = registry.counter(
             "meshlens_sidecar_spans_exported_total", "Spans the collector accepted."
         )
@@ -165,6 +167,7 @@ class Telemetry:
                 ("direction",),
             ),
             access_log=AccessLog.open(config.access_log) if config.access_log else None,
+            grpc=self.grpc_metrics,
             sample_ratio=config.sample_ratio,
             now_ns=now_ns,
         )

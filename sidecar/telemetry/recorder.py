@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from sidecar.telemetry.accesslog import AccessLog
 from sidecar.telemetry.context import SAMPLED, IdSource
+from sidecar.telemetry.grpc_metrics import GrpcMethodMetrics
 from sidecar.telemetry.istio import IstioMetrics
 from sidecar.telemetry.metrics import Counter
 from sidecar.telemetry.otel_metrics import HttpDurations
@@ -34,6 +35,7 @@ class Recorder:
     decisions: Counter  # (upstream, decision)
     unsampled: Counter  # (direction,)
     access_log: AccessLog | None = None
+    grpc: GrpcMethodMetrics | None = None  # per-method gRPC metrics
     sample_ratio: float = 1.0
     now_ns: Callable[[], int] = time.time_ns
 

@@ -15,6 +15,7 @@ from concurrent import futures
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import grpc
 import pytest
 from aiohttp import web
@@ -204,6 +205,23 @@ async def test_unary_call_passes_both_sidecars_with_trailers_and_spans_carry_sta
     metrics = server.metrics_text()
     assert 'request_protocol="grpc"' in metrics and 'grpc_response_status="0"' in metrics
     assert client.h2_upstream.stats()["streams"] == 1
+    # per-method gRPC metrics on the admin /metrics of both sidecars
+    for sidecar, labels in (
+        (client, 'reporter="source",destination_service_name="greeter"'),
+        (server, 'reporter="destination",destination_service_name="greeter"'),
+    ):
+        host, admin_port = sidecar.addresses.admin
+        async with aiohttp.ClientSession() as session:
+            async with session.get(
+                f"http://{host}:{admin_port}/metrics", timeout=aiohttp.ClientTimeout(total=5)
+            ) as response:
+                assert response.status == 200
+                text = await response.text()
+        assert (
+            f'meshlens_sidecar_grpc_requests_total{{{labels},grpc_method="/{SERVICE}/Hi",'
+            'grpc_response_status="0"} 1' in text
+        ), text
+        assert "meshlens_sidecar_grpc_request_duration_milliseconds_count{" in text
 
 
 async def test_error_status_and_message_reach_the_client_and_the_span(
