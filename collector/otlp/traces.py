@@ -6,6 +6,7 @@ from typing import Any
 
 from collector.otlp.anyvalue import attrs_to_map
 from collector.otlp.columns import Columns, DecodedBatch, Signal
+from collector.schema.otel_traces import COLUMNS as _COLUMNS
 
 __all__ = ["SPAN_KINDS", "STATUS_CODES", "TRACES_TABLE", "decode_traces"]
 
@@ -13,31 +14,6 @@ TRACES_TABLE = "otel_traces"
 # pdata's Kind().String() / Code().String(): what the current exporter writes (INTERFACES §9.2).
 SPAN_KINDS = ("Unspecified", "Internal", "Server", "Client", "Producer", "Consumer")
 STATUS_CODES = ("Unset", "Ok", "Error")
-
-_COLUMNS = (
-    "Timestamp",
-    "TraceId",
-    "SpanId",
-    "ParentSpanId",
-    "TraceState",
-    "SpanName",
-    "SpanKind",
-    "ServiceName",
-    "ResourceAttributes",
-    "ScopeName",
-    "ScopeVersion",
-    "SpanAttributes",
-    "Duration",
-    "StatusCode",
-    "StatusMessage",
-    "Events.Timestamp",
-    "Events.Name",
-    "Events.Attributes",
-    "Links.TraceId",
-    "Links.SpanId",
-    "Links.TraceState",
-    "Links.Attributes",
-)
 
 
 def _span_problem(span: Any) -> str | None:
