@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from sidecar.errors import (
 from sidecar.h2server import H2_HOP_BY_HOP, H2Body
 from sidecar.http import Body, Endpoint, Request, Response, Trailers
 from sidecar.stack import Clock, Handler, monotonic
+from sidecar.upstream import dial
 
 __all__ = ["PROTOCOLS", "H2Pool", "H2PoolConfig", "protocol_terminal"]
 
@@ -446,33 +446,13 @@ class H2Pool:
     async def _connect(
         self, endpoint: Endpoint, key: tuple[str, int, str], timeout_s: float
     ) -> _Connection:
-        loop = asyncio.get_running_loop()
-        tls = self._mesh_tls(endpoint)
-        try:
-            async with asyncio.timeout(timeout_s):
-                if tls is None:
-                    _, conn = await loop.create_connection(
-                        lambda: _Connection(self, key), endpoint.host, endpoint.port
-                    )
-                else:
-                    _, conn = await loop.create_connection(
-                        lambda: _Connection(self, key),
-                        endpoint.host,
-                        endpoint.port,
-                        ssl=tls,
-                        server_hostname=endpoint.host,
-                        ssl_handshake_timeout=timeout_s,
-                    )
-        except TimeoutError as exc:
-            raise UpstreamConnectError(
-                f"connect to {endpoint.address} timed out after {timeout_s:g}s"
-            ) from exc
-        except OSError as exc:
-            why = os.strerror(exc.errno) if exc.errno else str(exc)
-            raise UpstreamConnectError(f"connect to {endpoint.address} failed: {why}") from exc
+        conn = await dial(
+            lambda: _Connection(self, key),
+            endpoint,
+            tls=self._mesh_tls(endpoint),
+            timeout_s=timeout_s,
+        )
         self.opened += 1
-        if tls is not None:
-            _check_identity(conn, endpoint)
         return conn
 
     def _mesh_tls(self, endpoint: Endpoint) -> ssl.SSLContext | None:
@@ -504,17 +484,6 @@ class H2Pool:
             "streams": self.streams,
             "open": {f"{h}:{p}": len(c) for (h, p, _), c in self._conns.items() if c},
         }
-
-
-def _check_identity(conn: _Connection, endpoint: Endpoint) -> None:
-    ssl_object = conn.transport.get_extra_info("ssl_object")
-    cert = ssl_object.getpeercert() if ssl_object is not None else None
-    uris = [v for k, v in (cert or {}).get("subjectAltName", ()) if k == "URI"]
-    if uris != [endpoint.identity]:
-        conn.abort()
-        raise UpstreamConnectError(
-            f"{endpoint.address} presented {uris or 'no URI SAN'}, expected {endpoint.identity}"
-        )
 
 
 def _request_headers(request: Request, endpoint: Endpoint, tls: bool) -> list[tuple[str, str]]:

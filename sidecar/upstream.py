@@ -16,7 +16,7 @@ import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar, cast
 
 import httptools
 
@@ -32,7 +32,7 @@ from sidecar.errors import (
 from sidecar.http import Body, BodyStream, Endpoint, Request, Response
 from sidecar.stack import Clock, monotonic
 
-__all__ = ["Connector", "UpstreamConfig", "UpstreamPool"]
+__all__ = ["Connector", "UpstreamConfig", "UpstreamPool", "dial"]
 
 logger = logging.getLogger(__name__)
 
@@ -438,34 +438,14 @@ class UpstreamPool:
 
     async def _connect(self, endpoint: Endpoint, timeout_s: float) -> _Connection:
         key = (endpoint.host, endpoint.port, endpoint.identity)
-        connect = self._connect_fn or asyncio.get_running_loop().create_connection
-        tls = self._mesh_tls(endpoint)
-        try:
-            async with asyncio.timeout(timeout_s):
-                if tls is None:
-                    _, conn = await connect(
-                        lambda: _Connection(self, key), endpoint.host, endpoint.port
-                    )
-                else:  # mesh mTLS always dials with the loop (an injected connector is plain)
-                    loop = asyncio.get_running_loop()
-                    _, conn = await loop.create_connection(
-                        lambda: _Connection(self, key),
-                        endpoint.host,
-                        endpoint.port,
-                        ssl=tls,
-                        server_hostname=endpoint.host,
-                        ssl_handshake_timeout=timeout_s,
-                    )
-        except TimeoutError as exc:
-            raise UpstreamConnectError(
-                f"connect to {endpoint.address} timed out after {timeout_s:g}s"
-            ) from exc
-        except OSError as exc:
-            why = os.strerror(exc.errno) if exc.errno else str(exc)
-            raise UpstreamConnectError(f"connect to {endpoint.address} failed: {why}") from exc
+        conn = await dial(
+            lambda: _Connection(self, key),
+            endpoint,
+            tls=self._mesh_tls(endpoint),
+            timeout_s=timeout_s,
+            connect=self._connect_fn,
+        )
         self.opened += 1
-        if tls is not None:
-            _check_identity(conn, endpoint)
         return conn
 
     def _mesh_tls(self, endpoint: Endpoint) -> ssl.SSLContext | None:
@@ -552,7 +532,58 @@ class UpstreamPool:
         return Response(status=101, headers=headers, body=tunnel)
 
 
-def _check_identity(conn: _Connection, endpoint: Endpoint) -> None:
+class _Dialed(Protocol):
+    """What `dial` needs of a connection protocol to check the peer's identity."""
+
+    transport: Any
+
+    def abort(self) -> None: ...
+
+
+_P = TypeVar("_P", bound=asyncio.BaseProtocol)
+
+
+async def dial(
+    factory: Callable[[], _P],
+    endpoint: Endpoint,
+    *,
+    tls: ssl.SSLContext | None,
+    timeout_s: float,
+    connect: Connector | None = None,
+) -> _P:
+    """Connect `factory()` to `endpoint` within `timeout_s`, over mesh mTLS when `tls` is given.
+
+    Socket errors and the deadline become UpstreamConnectError; a TLS peer whose SPIFFE id is
+    not `endpoint.identity` is refused. Shared by the HTTP/1.1 and HTTP/2 pools.
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            if tls is None:
+                plain = connect or asyncio.get_running_loop().create_connection
+                _, conn = await plain(factory, endpoint.host, endpoint.port)
+            else:  # mesh mTLS always dials with the loop (an injected connector is plain)
+                _, conn = await asyncio.get_running_loop().create_connection(
+                    factory,
+                    endpoint.host,
+                    endpoint.port,
+                    ssl=tls,
+                    server_hostname=endpoint.host,
+                    ssl_handshake_timeout=timeout_s,
+                )
+    except TimeoutError as exc:
+        raise UpstreamConnectError(
+            f"connect to {endpoint.address} timed out after {timeout_s:g}s"
+        ) from exc
+    except OSError as exc:
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise UpstreamConnectError(f"connect to {endpoint.address} failed: {why}") from exc
+    dialed: _P = conn
+    if tls is not None:
+        _check_identity(cast(_Dialed, dialed), endpoint)
+    return dialed
+
+
+def _check_identity(conn: _Dialed, endpoint: Endpoint) -> None:
     """Refuse a TLS peer whose verified SPIFFE id is not the endpoint's expected identity."""
     ssl_object = conn.transport.get_extra_info("ssl_object")
     cert = ssl_object.getpeercert() if ssl_object is not None else None
