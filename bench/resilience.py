@@ -1,0 +1,443 @@
+"""Resilience benchmark (issue 7): a static policy against the tuning loop's accepted suggestions.
+
+The chain demo mesh (gateway -> auth, orders (x2) -> pricing -> rates -> ledger; every journey
+reaches the leaf `ledger` once). The demo apps have no capacity limit of their own, so the leaf
+gets one: a CPU-bound handler (`/_demo/fault` `cpu_ms`, a busy loop on its event loop per
+request), i.e. at most ~1000/cpu_ms requests/s. Steps:
+
+1. capacity: a short load ramp on the default policies; capacity = the last step before p99
+   knees (> 2x the lightest step's p99 and > +50 ms);
+2. phase A (fresh `meshlens up` + mesh): the static policy (3 attempts on 5xx/connect/reset,
+   1 s per try, 3 s per call, no budget, at every hop) published via the control plane; base
+   load (0.7x capacity), then the fault on the leaf (+200 ms latency and 30 % HTTP 500 on top of
+   its CPU cost) under 1.5x capacity, then recovery at base load;
+3. phase B (fresh up + mesh, same static policy): warm-up with a load ramp (so the concurrency
+   rule sees a knee), `POST /api/v1/suggestions/refresh`, accept every proposed suggestion with
+   `mode: enforce`, wait until the sidecars run the new versions, then the same base/fault/recovery;
+4. a table: goodput (successful journeys/s) during the fault, p99 journey latency during the
+   fault (failed journeys included), retry amplification (requests that reached the non-entry
+   sidecars' inbound listeners / requests the apps sent to their outbound sidecars, from the
+   sidecars' admin `/stats` counters over the fault window), seconds until the 3 s rolling goodput
+   is back to 95 % of the pre-fault goodput, the ratios and whether each goal is met.
+
+    .venv/bin/python bench/resilience.py [--short] [--cpu-ms 100] [--keep DIR]
+
+`--short`: 20 s fault, 15 s recovery, shorter ramps (~4 min in all); the full run has the
+issue's 60 s fault and 30 s recovery. Everything listens on 127.0.0.1; every child is stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from demo.faults import AppFaults
+from demo.loadgen import percentile
+from demo.mesh import NAMESPACE, ControlPlane, Mesh
+from demo.policies import sidecar_config
+from demo.supervisor import UpProcess
+from demo.topology import Topology, get_topology
+
+TOPOLOGY = "chain"
+LEAF = "ledger"
+CP_API = "/api/v1/controlplane"
+_HTTP = aiohttp.ClientTimeout(total=10)
+_JOURNEY_TIMEOUT = aiohttp.ClientTimeout(total=10)
+_MAX_IN_FLIGHT = 200
+
+
+def log(text: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {text}", flush=True)
+
+
+@dataclass(slots=True)
+class Load:
+    """Open-loop journeys at a settable rate; records (end time, latency s, ok) per journey."""
+
+    topology: Topology
+    url: str
+    rate: float
+    seed: int = 7
+    samples: list[tuple[float, float, bool]] = field(default_factory=list)
+    shed: int = 0
+    in_flight: int = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        rng = random.Random(self.seed)
+        journeys = self.topology.journeys
+        weights = [j.weight for j in journeys]
+        connector = aiohttp.TCPConnector(limit=_MAX_IN_FLIGHT)
+        async with aiohttp.ClientSession(timeout=_JOURNEY_TIMEOUT, connector=connector) as s:
+            async with asyncio.TaskGroup() as group:
+                due = time.monotonic()
+                while not stop.is_set():
+                    delay = due - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(min(delay, 0.2))
+                        continue
+                    due += 1.0 / self.rate
+                    if self.in_flight >= _MAX_IN_FLIGHT:
+                        self.shed += 1
+                        continue
+                    journey = rng.choices(journeys, weights=weights)[0]
+                    group.create_task(self._one(s, journey.method, self.url + journey.path))
+
+    async def _one(self, session: aiohttp.ClientSession, method: str, url: str) -> None:
+        self.in_flight += 1
+        began = time.monotonic()
+        ok = False
+        try:
+            async with session.request(method, url) as response:
+                await response.read()
+                ok = response.status < 500
+        except (aiohttp.ClientError, TimeoutError):
+            ok = False
+        finally:
+            self.in_flight -= 1
+            now = time.monotonic()
+            self.samples.append((now, now - began, ok))
+
+    def between(self, t0: float, t1: float) -> list[tuple[float, float, bool]]:
+        return [s for s in self.samples if t0 <= s[0] < t1]
+
+
+def goodput(samples: list[tuple[float, float, bool]], seconds: float) -> float:
+    return sum(ok for _, _, ok in samples) / seconds if seconds > 0 else 0.0
+
+
+def p99_ms(samples: list[tuple[float, float, bool]]) -> float:
+    return percentile([lat * 1000.0 for _, lat, _ in samples], 99)
+
+
+class Stack:
+    """A fresh `meshlens up` (embedded store in its own dir) and the chain mesh on it."""
+
+    def __init__(self, work: Path, cpu_ms: float) -> None:
+        self.topology = get_topology(TOPOLOGY)
+        self.data = work
+        self.cpu_ms = cpu_ms
+        services = [f"{NAMESPACE}/{s.name}" for s in self.topology.services]
+        self.up = UpProcess(work, 0, work / "demo" / "logs", bootstrap_services=services)
+        self.mesh: Mesh | None = None
+        self.cp: ControlPlane | None = None
+
+    async def start(self) -> None:
+        await self.up.start()
+        url = self.up.addresses.get("analytics http")
+        token_file = self.data / "tokens" / "operator.token"
+        if url is None or not token_file.exists():
+            raise RuntimeError("meshlens up has no analytics/control plane (needed here)")
+        token = token_file.read_text(encoding="utf-8").strip()
+        self.cp = ControlPlane(url, token, self.data / "tokens" / "bootstrap")
+        self.mesh = Mesh(self.topology, self.data / "demo", self.up.collector_url, 1, self.cp)
+        await self.mesh.start()
+        await self.leaf_faults(AppFaults(cpu_ms=self.cpu_ms))
+
+    async def stop(self) -> None:
+        if self.mesh is not None:
+            await self.mesh.stop()
+        await self.up.stop()
+
+    @property
+    def headers(self) -> dict[str, str]:
+        assert self.cp is not None
+        return {"authorization": f"Bearer {self.cp.operator_token}"}
+
+    @property
+    def entry(self) -> str:
+        assert self.mesh is not None
+        return self.mesh.entry_urls()[0]
+
+    async def leaf_faults(self, faults: AppFaults) -> None:
+        assert self.mesh is not None
+        for name in self.mesh.instances_of(LEAF):
+            await self.mesh.set_app_faults(name, faults)
+
+    async def publish_static(self) -> None:
+        """3 attempts (5xx, connect failure, reset; no budget), 1 s per try at every hop."""
+        assert self.cp is not None
+        versions: dict[str, int] = {}
+        async with aiohttp.ClientSession(timeout=_HTTP, headers=self.headers) as session:
+            for svc in self.topology.services:
+                doc = sidecar_config(self.topology, svc.name, {})
+                doc["routes"] = [
+                    {
+                        "name": f"static-{callee}",
+                        "match": {"hosts": [callee]},
+                        "destinations": [{"upstream": callee}],
+                        "timeout": {"request_s": 3.0, "per_try_s": 1.0},
+                        "retry": {
+                            "attempts": 3,
+                            "on": ["5xx", "connect-failure", "reset"],
+                            "budget": None,
+                        },
+                    }
+                    for callee in self.topology.callees(svc.name)
+                ]
+                body = {"document": doc, "reason": "bench: static policy"}
+                url = f"{self.cp.url}{CP_API}/policies/{svc.name}"
+                async with session.put(url, json=body) as response:
+                    if response.status not in (200, 201):
+                        raise RuntimeError(f"{svc.name}: {response.status} {await response.text()}")
+                    versions[svc.name] = int((await response.json())["version"])
+        await self.wait_versions(versions)
+
+    async def current_versions(self) -> dict[str, int]:
+        assert self.cp is not None
+        out: dict[str, int] = {}
+        async with aiohttp.ClientSession(timeout=_HTTP, headers=self.headers) as session:
+            for svc in self.topology.services:
+                url = f"{self.cp.url}{CP_API}/policies/{svc.name}"
+                async with session.get(url) as response:
+                    if response.status == 200:
+                        out[svc.name] = int((await response.json())["version"])
+        return out
+
+    async def wait_versions(self, versions: dict[str, int], timeout_s: float = 30.0) -> None:
+        assert self.mesh is not None
+        deadline = time.monotonic() + timeout_s
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as session:
+            for inst in self.mesh.instances.values():
+                want = str(versions.get(inst.service, ""))
+                while want:
+                    async with session.get(f"http://127.0.0.1:{inst.admin_port}/config") as r:
+                        doc = await r.json(content_type=None)
+                    if str(doc.get("version")) == want:
+                        break
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"{inst.name} never ran policy v{want}")
+                    await asyncio.sleep(0.2)
+
+    async def counters(self) -> tuple[int, int]:
+        """(requests into non-entry inbound listeners, requests into outbound listeners)."""
+        assert self.mesh is not None
+        inbound = outbound = 0
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as session:
+            for inst in self.mesh.instances.values():
+                async with session.get(f"http://127.0.0.1:{inst.admin_port}/stats") as r:
+                    doc = await r.json(content_type=None)
+                listeners = doc["listeners"]
+                outbound += int(listeners["outbound"]["requests"])
+                if inst.service != self.topology.entry:
+                    inbound += int(listeners["inbound"]["requests"])
+        return inbound, outbound
+
+    async def accept_suggestions(self) -> list[str]:
+        assert self.cp is not None
+        api = f"{self.cp.url}/api/v1/suggestions"
+        accepted: list[str] = []
+        async with aiohttp.ClientSession(timeout=_HTTP, headers=self.headers) as session:
+            async with session.post(f"{api}/refresh") as response:
+                log(f"refresh: {response.status} {await response.text()}")
+            async with session.get(api, params={"state": "proposed", "limit": "200"}) as r:
+                rows = (await r.json())["suggestions"]
+            for row in rows:
+                body = {"mode": "enforce", "reason": "bench: accept all"}
+                async with session.post(f"{api}/{row['id']}/accept", json=body) as response:
+                    what = f"{row['kind']} {row['caller']}->{row.get('upstream')}"
+                    if response.status == 200:
+                        accepted.append(what)
+                        log(f"accepted {what}: {row.get('summary', '')}")
+                    else:
+                        log(f"not accepted {what}: {response.status} {await response.text()}")
+        return accepted
+
+
+async def hold(load: Load, rate: float, seconds: float) -> None:
+    load.rate = rate
+    await asyncio.sleep(seconds)
+
+
+async def ramp(load: Load, rates: list[float], step_s: float) -> list[tuple[float, float, float]]:
+    """(rate, p99 ms, goodput) per step."""
+    out = []
+    for rate in rates:
+        load.rate = rate
+        t0 = time.monotonic()
+        await asyncio.sleep(step_s)
+        window = load.between(t0 + 1.0, time.monotonic())
+        out.append((rate, p99_ms(window), goodput(window, step_s - 1.0)))
+        log(f"  ramp {rate:5.1f}/s: p99 {out[-1][1]:6.0f} ms, goodput {out[-1][2]:5.1f}/s")
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    name: str
+    goodput: float
+    p99_ms: float
+    amplification: float
+    recovery_s: float | None
+    pre_goodput: float
+    errors: float
+    notes: list[str]
+
+
+async def fault_run(stack: Stack, load: Load, name: str, args: Any, capacity: float) -> Result:
+    base, high = 0.7 * capacity, 1.5 * capacity
+    await hold(load, base, args.base_s)
+    t_pre = time.monotonic()
+    pre = goodput(load.between(t_pre - args.base_s + 2, t_pre), args.base_s - 2)
+    in0, out0 = await stack.counters()
+    log(f"[{name}] FAULT on {LEAF}: +200 ms, 30 % HTTP 500, at {high:.1f} journeys/s")
+    await stack.leaf_faults(AppFaults(latency_ms=200, error_rate=0.3, cpu_ms=stack.cpu_ms))
+    t0 = time.monotonic()
+    load.rate = high
+    await asyncio.sleep(args.fault_s)
+    await stack.leaf_faults(AppFaults(cpu_ms=stack.cpu_ms))
+    load.rate = base
+    t1 = time.monotonic()
+    in1, out1 = await stack.counters()
+    log(f"[{name}] fault cleared; recovery at {base:.1f} journeys/s")
+    await asyncio.sleep(args.recovery_s)
+    await asyncio.sleep(_JOURNEY_TIMEOUT.total or 10)  # journeys started in the window finish
+    during = [s for s in load.samples if t0 <= s[0] - s[1] < t1]  # started during the fault
+    ended = load.between(t0, t1)
+    recovery: float | None = None
+    for k in range(int(args.recovery_s) - 2):
+        window = load.between(t1 + k, t1 + k + 3)
+        if goodput(window, 3.0) >= 0.95 * pre:
+            recovery = float(k)
+            break
+    amplification = (in1 - in0) / (out1 - out0) if out1 > out0 else float("nan")
+    errors = sum(not ok for *_, ok in during) / len(during) if during else 0.0
+    return Result(
+        name, goodput(ended, t1 - t0), p99_ms(during), amplification, recovery, pre, errors, []
+    )
+
+
+async def main_async(args: Any) -> int:
+    root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="meshlens-resil-"))
+    results: list[Result] = []
+    accepted: list[str] = []
+    capacity = 0.0
+    try:
+        # Phase A (and the capacity ramp before the static policy goes in).
+        stack = Stack(root / "a", args.cpu_ms)
+        stop = asyncio.Event()
+        try:
+            log("phase A: starting meshlens up + chain mesh ...")
+            await stack.start()
+            load = Load(stack.topology, stack.entry, 1.0)
+            task = asyncio.create_task(load.run(stop))
+            nominal = 1000.0 / args.cpu_ms
+            log(f"capacity ramp (leaf CPU {args.cpu_ms:.0f} ms/request, nominal {nominal:.1f}/s)")
+            steps = await ramp(load, [nominal * f for f in (0.3, 0.6, 0.8, 1.0, 1.2)], args.step_s)
+            light = steps[0][1]
+            capacity = steps[0][0]
+            for rate, p99, _ in steps[1:]:
+                if p99 > max(2 * light, light + 50):
+                    break
+                capacity = rate
+            log(f"capacity ~ {capacity:.1f} journeys/s (p99 knee)")
+            await hold(load, 0.5 * capacity, 3)
+            await stack.publish_static()
+            log("static policy running on every sidecar")
+            results.append(await fault_run(stack, load, "static", args, capacity))
+            stop.set()
+            await task
+        finally:
+            stop.set()
+            await stack.stop()
+        # Phase B: fresh mesh, warm-up with a ramp, accept the suggestions, the same fault.
+        stack = Stack(root / "b", args.cpu_ms)
+        stop = asyncio.Event()
+        try:
+            log("phase B: starting meshlens up + chain mesh ...")
+            await stack.start()
+            await stack.publish_static()
+            load = Load(stack.topology, stack.entry, 1.0)
+            task = asyncio.create_task(load.run(stop))
+            log("warm-up ramp for the tuning rules")
+            await ramp(load, [capacity * f for f in (0.4, 0.7, 1.0, 1.3)], args.warm_step_s)
+            await hold(load, 0.7 * capacity, 6)  # spans reach the store
+            before = await stack.current_versions()
+            accepted = await stack.accept_suggestions()
+            after = await stack.current_versions()
+            changed = {k: v for k, v in after.items() if before.get(k) != v}
+            await stack.wait_versions(changed, 60.0)
+            log(f"{len(accepted)} suggestions enforced; new versions running: {changed}")
+            results.append(await fault_run(stack, load, "suggested", args, capacity))
+            stop.set()
+            await task
+        finally:
+            stop.set()
+            await stack.stop()
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    print_table(results, capacity, args, accepted)
+    return 0
+
+
+def print_table(results: list[Result], capacity: float, args: Any, accepted: list[str]) -> None:
+    static, tuned = results
+    fmt_rec: Callable[[float | None], str] = lambda r: ">window" if r is None else f"{r:.0f} s"  # noqa: E731
+    print()
+    print(
+        f"leaf {LEAF}: CPU {args.cpu_ms:.0f} ms/request, capacity ~{capacity:.1f} journeys/s; "
+        f"fault {args.fault_s:.0f} s at {1.5 * capacity:.1f}/s; recovery window "
+        f"{args.recovery_s:.0f} s at {0.7 * capacity:.1f}/s"
+    )
+    print(f"accepted suggestions ({len(accepted)}): {', '.join(accepted) or 'none'}")
+    print()
+    print("| metric | static | suggested | ratio | goal | met |")
+    print("|---|---|---|---|---|---|")
+    g_ratio = tuned.goodput / static.goodput if static.goodput else float("inf")
+    p_ratio = tuned.p99_ms / static.p99_ms if static.p99_ms else float("nan")
+    print(
+        f"| goodput in fault (ok journeys/s) | {static.goodput:.2f} | {tuned.goodput:.2f} | "
+        f"{g_ratio:.2f}x | >= 3x | {'yes' if g_ratio >= 3 else 'NO'} |"
+    )
+    print(
+        f"| p99 in fault (ms) | {static.p99_ms:.0f} | {tuned.p99_ms:.0f} | {p_ratio:.2f}x | "
+        f"<= 0.5x | {'yes' if p_ratio <= 0.5 else 'NO'} |"
+    )
+    print(
+        f"| retry amplification | {static.amplification:.2f} | {tuned.amplification:.2f} | - | "
+        f"<= 1.1x | {'yes' if tuned.amplification <= 1.1 else 'NO'} |"
+    )
+    rec_ok = tuned.recovery_s is not None and tuned.recovery_s <= 15
+    print(
+        f"| time to 95 % goodput | {fmt_rec(static.recovery_s)} | {fmt_rec(tuned.recovery_s)} | "
+        f"- | <= 15 s | {'yes' if rec_ok else 'NO'} |"
+    )
+    print(f"| journey error rate in fault | {static.errors:.1%} | {tuned.errors:.1%} | - | - | - |")
+    print(
+        f"| pre-fault goodput (ok journeys/s) | {static.pre_goodput:.2f} | "
+        f"{tuned.pre_goodput:.2f} | - | - | - |"
+    )
+    print(json.dumps({"capacity": capacity, "results": [r.name for r in results]}))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--short", action="store_true", help="~4 min version (20 s fault)")
+    parser.add_argument("--cpu-ms", type=float, default=100.0, help="leaf CPU per request (ms)")
+    parser.add_argument("--keep", default="", help="keep the data dirs (and logs) here")
+    args = parser.parse_args(argv)
+    if args.cpu_ms <= 0:
+        parser.error("--cpu-ms must be > 0")
+    args.fault_s, args.recovery_s = (20.0, 15.0) if args.short else (60.0, 30.0)
+    args.base_s = 8.0 if args.short else 15.0
+    args.step_s = 4.0 if args.short else 8.0
+    args.warm_step_s = 8.0 if args.short else 20.0
+    return asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
