@@ -9,10 +9,12 @@ from typing import Any
 from analytics.tuning.chain import chain_findings, parent_budgets_ms
 from analytics.tuning.lifecycle import route_policy
 from analytics.tuning.rules import (
+    FALLBACK_TRIGGERS,
     Refusal,
     RoutePolicy,
     Suggestion,
     suggest_concurrency,
+    suggest_fallback,
     suggest_outlier,
     suggest_removal,
     suggest_retry,
@@ -47,6 +49,11 @@ def propose(
         edge: route_policy(documents.get(edge.caller), edge) for edge in stats
     }
     budgets = parent_budgets_ms(policies)
+    # upstreams each caller saw refusing requests: never offered as a fallback upstream
+    failing: dict[str, set[str]] = {}
+    for edge, s in stats.items():
+        if any(c.attempts[-1].error_type in FALLBACK_TRIGGERS for c in s.calls):
+            failing.setdefault(edge.caller, set()).add(edge.upstream)
     found: list[Suggestion] = []
     refused: list[Refusal] = []
 
@@ -74,5 +81,7 @@ def propose(
             keep(suggest_removal(s, current))
         keep(suggest_outlier(s, current))
         keep(suggest_concurrency(s))
+        avoid = frozenset(failing.get(edge.caller, ()))
+        keep(suggest_fallback(s, documents.get(edge.caller), failing_upstreams=avoid))
     found.extend(chain_findings(policies))
     return Proposals(tuple(found), tuple(refused))

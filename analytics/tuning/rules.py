@@ -1,4 +1,5 @@
-"""Suggestion rules: one function per family (timeout, retry, outlier, concurrency, removal).
+"""Suggestion rules: one function per family (timeout, retry, outlier, concurrency, removal,
+fallback).
 
 Each takes one edge's statistics (analytics/tuning/stats.py) and the caller's current route
 policy and returns a `Suggestion`, a `Refusal` (the rule looked and said no, with why) or None.
@@ -17,11 +18,13 @@ from typing import Any
 from analytics.tuning.stats import IDEMPOTENT, EdgeKey, EdgeStats
 
 __all__ = [
+    "FALLBACK_TRIGGERS",
     "MIN_LATENCY_SAMPLES",
     "Refusal",
     "RoutePolicy",
     "Suggestion",
     "suggest_concurrency",
+    "suggest_fallback",
     "suggest_outlier",
     "suggest_removal",
     "suggest_retry",
@@ -29,6 +32,12 @@ __all__ = [
 ]
 
 MIN_LATENCY_SAMPLES = 200
+# Proxy errors meaning "the upstream cannot take the request" (sidecar/errors.py reasons, which
+# sidecar telemetry writes as the attempt span's error.type): a route fallback's default triggers.
+FALLBACK_TRIGGERS = ("circuit_open", "no_healthy_upstream", "overflow")
+FALLBACK_MIN_CALLS = 5
+# Methods a canned or rerouted answer cannot make wrong: reads (a write must see its failure).
+_SAFE_READS = frozenset({"GET", "HEAD", "OPTIONS"})
 _DAY_S = 86_400.0
 _BACKOFF_MAX_MS = 250.0
 
@@ -351,3 +360,108 @@ def suggest_removal(s: EdgeStats, current: RoutePolicy) -> Suggestion | Refusal 
             f"{s.edge.label()}: the retry policy never fired in {s.requests} calls",
         )
     return None
+
+
+def _route_of(doc: Mapping[str, Any], edge: EdgeKey) -> Mapping[str, Any] | None:
+    """The caller's route for `edge` (by name, or the tuned route for the implicit default)."""
+    names = {edge.route} if edge.route not in ("", "default") else set()
+    names.add(f"tuned-{edge.upstream}")
+    for route in doc.get("routes", []) or []:
+        if isinstance(route, Mapping) and route.get("name") in names:
+            return route
+    return None
+
+
+def _alternative_upstream(
+    doc: Mapping[str, Any], edge: EdgeKey, route: Mapping[str, Any] | None, avoid: frozenset[str]
+) -> str | None:
+    """A second upstream of the caller's document serving the same route: another destination
+    of the route itself, or the upstream of another route with the same non-root path prefix.
+    It must be declared in `upstreams` and not be failing itself (`avoid`)."""
+    declared = doc.get("upstreams") or {}
+    found: list[str] = []
+    if route is not None:
+        found += [d.get("upstream", "") for d in route.get("destinations", []) or []]
+        prefix = (route.get("match") or {}).get("path_prefix", "/")
+        if prefix not in ("", "/"):
+            for other in doc.get("routes", []) or []:
+                if other is route or (other.get("match") or {}).get("path_prefix") != prefix:
+                    continue
+                found += [d.get("upstream", "") for d in other.get("destinations", []) or []]
+    for name in found:
+        if name and name != edge.upstream and name in declared and name not in avoid:
+            return str(name)
+    return None
+
+
+def suggest_fallback(
+    s: EdgeStats,
+    doc: Mapping[str, Any] | None,
+    *,
+    failing_upstreams: frozenset[str] = frozenset(),
+) -> Suggestion | Refusal | None:
+    """A route fallback for read calls that end with the proxy refusing to send them upstream
+    (overflow, no_healthy_upstream, circuit_open): an `upstream` when the caller's document has a
+    second upstream serving the route, else a 503 JSON answer naming the degraded dependency."""
+    doc = doc or {}
+    final: dict[str, int] = defaultdict(int)
+    buckets: set[int] = set()
+    for call in s.calls:
+        last = call.attempts[-1]
+        if last.error_type in FALLBACK_TRIGGERS:
+            final[last.error_type] += 1
+            buckets.add(int(last.start_s // 10))
+    n = sum(final.values())
+    evidence: dict[str, Any] = {
+        **_window(s),
+        "calls_refused_by_proxy": n,
+        "by_reason": dict(sorted(final.items())),
+        "methods": sorted(s.methods),
+    }
+    if n < FALLBACK_MIN_CALLS:
+        return Refusal(
+            "fallback",
+            s.edge,
+            f"only {n} calls ended with {'/'.join(FALLBACK_TRIGGERS)} (need {FALLBACK_MIN_CALLS})",
+            evidence,
+        )
+    unsafe = sorted(s.methods - _SAFE_READS)
+    if unsafe:
+        kind = "not idempotent" if set(unsafe) - IDEMPOTENT else "not a read"
+        return Refusal(
+            "fallback",
+            s.edge,
+            f"{', '.join(unsafe)} is {kind}: a substitute answer would hide a failed write",
+            evidence,
+        )
+    route = _route_of(doc, s.edge)
+    if route is not None and route.get("fallback") is not None:
+        return None  # the route has one already
+    evidence.update({"failure_buckets": len(buckets), "share": round(n / len(s.calls), 4)})
+    alternative = _alternative_upstream(doc, s.edge, route, failing_upstreams)
+    fallback: dict[str, Any] = {"on": list(FALLBACK_TRIGGERS)}
+    if alternative is not None:
+        fallback["upstream"] = alternative
+        evidence["fallback_upstream"] = alternative
+        answer = f"send them to {alternative}"
+    else:
+        body = {"error": "dependency_degraded", "dependency": s.edge.upstream}
+        if s.edge.route not in ("", "default"):
+            body["route"] = s.edge.route
+        fallback["response"] = {
+            "status": 503,
+            "headers": {"content-type": "application/json", "retry-after": "1"},
+            "body": json.dumps(body, sort_keys=True, separators=(",", ":")),
+        }
+        answer = "answer 503 naming the degraded dependency at once"
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(final.items()))
+    return Suggestion(
+        "fallback",
+        s.edge,
+        "route",
+        {"fallback": fallback},
+        evidence,
+        _confidence(n, 20),
+        f"{s.edge.label()}: {n} of {s.requests} calls could not be sent upstream ({reasons}): "
+        f"{answer}",
+    )
