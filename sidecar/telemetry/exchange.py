@@ -69,12 +69,22 @@ def _record_grpc(
     if rec.grpc is None or attrs.get("rpc.system") != "grpc":
         return
     code = attrs.get(_GRPC_STATUS)
-    rec.grpc.record(
+    status = "" if code is None else str(code)
+    method = rec.grpc.record(
         outbound=outbound,
         service=service,
         method=grpc_method(attrs),
-        status="" if code is None else str(code),
+        status=status,
         duration_ms=duration_ms,
+    )
+    # OTel rpc.*.call.duration: the same capped method, split into rpc.service / rpc.method
+    rpc_service, _, rpc_method = (
+        method[1:].partition("/") if method[:1] == "/" else ("", "", method)
+    )
+    rec.durations.record_rpc(
+        ("grpc", rpc_service, rpc_method, status, service if outbound else ""),
+        duration_ms / 1000,
+        client=outbound,
     )
 
 

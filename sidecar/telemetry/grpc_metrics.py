@@ -75,12 +75,15 @@ class GrpcMethodMetrics:
 
     def record(
         self, *, outbound: bool, service: str, method: str, status: str, duration_ms: float
-    ) -> None:
-        """Count one gRPC request; `status` is the gRPC status code as text ("" if none came)."""
+    ) -> str:
+        """Count one gRPC request; `status` is the gRPC status code as text ("" if none came).
+        Returns the method label used (`method`, or `other` past the cap)."""
         reporter = "source" if outbound else "destination"
-        labels = (reporter, service or UNKNOWN, self._bounded(method, reporter), status)
+        bounded = self._bounded(method, reporter)
+        labels = (reporter, service or UNKNOWN, bounded, status)
         self._count.inc(labels)
         self._duration.observe(labels, duration_ms)
+        return bounded
 
     def value(self, *, outbound: bool, service: str, method: str, status: str) -> float:
         """The request count of one series (0 if absent)."""

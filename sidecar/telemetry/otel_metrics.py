@@ -1,4 +1,5 @@
-"""OTel HTTP duration histograms (http.server/client.request.duration) and their OTLP encoding.
+"""OTel HTTP duration histograms (http.server/client.request.duration), the gRPC ones per method
+(rpc.server/client.call.duration) and their OTLP encoding.
 
 Recorded per request as a tuple of attribute values (a fixed schema per metric), aggregated with
 cumulative temporality, and encoded as an ExportMetricsServiceRequest when the exporter flushes.
@@ -13,7 +14,7 @@ from collections.abc import Callable, Sequence
 from sidecar.http import AttrValue
 from sidecar.telemetry.otlp import encode_key_values, field
 
-__all__ = ["CLIENT_KEYS", "HTTP_DURATION_BUCKETS_S", "SERVER_KEYS", "HttpDurations"]
+__all__ = ["CLIENT_KEYS", "HTTP_DURATION_BUCKETS_S", "RPC_KEYS", "SERVER_KEYS", "HttpDurations"]
 
 # semantic-conventions docs/http/http-metrics.md ExplicitBucketBoundaries.
 HTTP_DURATION_BUCKETS_S = (
@@ -35,6 +36,14 @@ CLIENT_KEYS = (
     "error.type",
     "network.protocol.version",
 )
+# gRPC calls (the method label is capped by the caller: grpc_metrics.GrpcMethodMetrics)
+RPC_KEYS = ("rpc.system", "rpc.service", "rpc.method", "rpc.grpc.status_code", "server.address")
+_DESCRIPTIONS = {
+    "http.server.request.duration": "Duration of HTTP server requests.",
+    "http.client.request.duration": "Duration of HTTP client requests.",
+    "rpc.server.call.duration": "Duration of gRPC calls served, per method.",
+    "rpc.client.call.duration": "Duration of gRPC calls made, per method.",
+}
 _CUMULATIVE = 2  # AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
 _PACK_Q = struct.Struct("<Q").pack
 _PACK_D = struct.Struct("<d").pack
@@ -57,7 +66,15 @@ class _Hist:
 class HttpDurations:
     """Cumulative duration histograms for inbound (server) and outbound (client) requests."""
 
-    __slots__ = ("_client", "_max_series", "_on_overflow", "_server", "_start_ns")
+    __slots__ = (
+        "_client",
+        "_max_series",
+        "_on_overflow",
+        "_rpc_client",
+        "_rpc_server",
+        "_server",
+        "_start_ns",
+    )
 
     def __init__(
         self, *, start_ns: int, max_series: int, on_overflow: Callable[[str], None]
@@ -67,6 +84,8 @@ class HttpDurations:
         self._on_overflow = on_overflow
         self._server: dict[Key, _Hist] = {}
         self._client: dict[Key, _Hist] = {}
+        self._rpc_server: dict[Key, _Hist] = {}
+        self._rpc_client: dict[Key, _Hist] = {}
 
     def record_server(self, key: Key, seconds: float) -> None:
         """`key` holds the values of SERVER_KEYS in order ("" or 0 = absent)."""
@@ -75,6 +94,13 @@ class HttpDurations:
     def record_client(self, key: Key, seconds: float) -> None:
         """`key` holds the values of CLIENT_KEYS in order ("" or 0 = absent)."""
         self._record(self._client, "http.client.request.duration", key, seconds)
+
+    def record_rpc(self, key: Key, seconds: float, *, client: bool) -> None:
+        """`key` holds the values of RPC_KEYS in order ("" = absent)."""
+        if client:
+            self._record(self._rpc_client, "rpc.client.call.duration", key, seconds)
+        else:
+            self._record(self._rpc_server, "rpc.server.call.duration", key, seconds)
 
     def _record(self, series: dict[Key, _Hist], name: str, key: Key, seconds: float) -> None:
         hist = series.get(key)
@@ -91,7 +117,7 @@ class HttpDurations:
             hist.max = seconds
 
     def __len__(self) -> int:
-        return len(self._server) + len(self._client)
+        return len(self._server) + len(self._client) + len(self._rpc_server) + len(self._rpc_client)
 
     def encode(
         self,
@@ -99,7 +125,7 @@ class HttpDurations:
         now_ns: int,
         scope_name: str = "meshlens.sidecar",
     ) -> bytes:
-        """An ExportMetricsServiceRequest holding both histograms (empty ones left out)."""
+        """An ExportMetricsServiceRequest holding the histograms (empty ones left out)."""
         # Encoded by hand like the spans (sidecar/telemetry/otlp.py): the generated protobuf
         # classes would cost the sidecar ~4 MB of RSS for one message every few seconds.
         metrics = [
@@ -107,6 +133,8 @@ class HttpDurations:
             for name, keys, series in (
                 ("http.server.request.duration", SERVER_KEYS, self._server),
                 ("http.client.request.duration", CLIENT_KEYS, self._client),
+                ("rpc.server.call.duration", RPC_KEYS, self._rpc_server),
+                ("rpc.client.call.duration", RPC_KEYS, self._rpc_client),
             )
             if series
         ]
@@ -120,8 +148,7 @@ class HttpDurations:
         self, name: str, keys: Sequence[str], series: dict[Key, _Hist], now_ns: int
     ) -> bytes:
         """One Metric{name=1, description=2, unit=3, histogram=9}."""
-        description = "Duration of HTTP " + name.split(".")[1] + " requests."
-        head = field(b"\x0a", name.encode()) + field(b"\x12", description.encode())
+        head = field(b"\x0a", name.encode()) + field(b"\x12", _DESCRIPTIONS[name].encode())
         head += field(b"\x1a", b"s")
         times = b"\x11" + _PACK_Q(self._start_ns) + b"\x19" + _PACK_Q(now_ns)
         points = []

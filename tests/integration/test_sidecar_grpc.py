@@ -19,6 +19,9 @@ import aiohttp
 import grpc
 import pytest
 from aiohttp import web
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
@@ -100,6 +103,7 @@ class OtlpSink:
 
     def __init__(self) -> None:
         self.spans: list[tuple[str, Span]] = []
+        self.metrics_seen: list[tuple[str, dict[str, Any]]] = []  # (metric name, point attrs)
         self.url = ""
 
     async def traces(self, request: web.Request) -> web.Response:
@@ -113,7 +117,16 @@ class OtlpSink:
         return web.Response(body=b"", content_type="application/x-protobuf")
 
     async def metrics(self, request: web.Request) -> web.Response:
-        await request.read()
+        export = ExportMetricsServiceRequest.FromString(await request.read())
+        for rm in export.resource_metrics:
+            for scope in rm.scope_metrics:
+                for metric in scope.metrics:
+                    for point in metric.histogram.data_points:
+                        attrs = {
+                            a.key: a.value.string_value or a.value.int_value
+                            for a in point.attributes
+                        }
+                        self.metrics_seen.append((metric.name, attrs))
         return web.Response(body=b"", content_type="application/x-protobuf")
 
 
@@ -222,6 +235,19 @@ async def test_unary_call_passes_both_sidecars_with_trailers_and_spans_carry_sta
             'grpc_response_status="0"} 1' in text
         ), text
         assert "meshlens_sidecar_grpc_request_duration_milliseconds_count{" in text
+    # ... and over OTLP as rpc.client/server.call.duration per method
+    rpc = [(name, attrs) for name, attrs in sink.metrics_seen if name.startswith("rpc.")]
+    assert (
+        "rpc.client.call.duration",
+        {
+            "rpc.system": "grpc",
+            "rpc.service": SERVICE,
+            "rpc.method": "Hi",
+            "rpc.grpc.status_code": "0",
+            "server.address": "greeter",
+        },
+    ) in rpc, rpc
+    assert any(name == "rpc.server.call.duration" for name, _ in rpc), rpc
 
 
 async def test_error_status_and_message_reach_the_client_and_the_span(
