@@ -223,6 +223,7 @@ async def test_unary_call_passes_both_sidecars_with_trailers_and_spans_carry_sta
         (client, 'reporter="source",destination_service_name="greeter"'),
         (server, 'reporter="destination",destination_service_name="greeter"'),
     ):
+        assert sidecar.addresses is not None
         host, admin_port = sidecar.addresses.admin
         async with aiohttp.ClientSession() as session:
             async with session.get(
