@@ -27,6 +27,7 @@ from collector.store.arrow import (
     to_arrow_table,
 )
 from collector.store.base import Rows, StoreError, StoreRejected, StoreUnavailable
+from collector.store.columns import ColumnTypes
 from collector.store.errors import clickhouse_code, from_engine_message
 from collector.store.params import params_text
 
@@ -35,11 +36,6 @@ __all__ = ["EmbeddedStore"]
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-_COLUMNS_SQL = (
-    "SELECT name, type FROM system.columns WHERE database = {db:String} AND table = {table:String}"
-    " AND default_kind NOT IN ('ALIAS', 'MATERIALIZED', 'EPHEMERAL') ORDER BY position"
-)
 
 
 def _quote(text: str) -> str:
@@ -140,7 +136,7 @@ class EmbeddedStore:
         self._timeout_s = timeout_s
         self._engine = _acquire(self._path)
         self._closed = False
-        self._types: dict[str, dict[str, str]] = {}
+        self._types = ColumnTypes(self.query, self._options.database, self.url)
         self._migrate_lock = asyncio.Lock()
 
     @property
@@ -174,18 +170,8 @@ class EmbeddedStore:
     async def migrate(self) -> int:
         async with self._migrate_lock:
             version = await migrate(self, self._options)
-            self._types.clear()
+            self._types.forget()
             return version
-
-    async def _column_types(self, table: str) -> dict[str, str]:
-        types = self._types.get(table)
-        if types is None:
-            rows = await self.query(_COLUMNS_SQL, {"db": self._options.database, "table": table})
-            types = {row["name"]: row["type"] for row in rows}
-            if not types:
-                raise StoreRejected(f"insert into {table}: no such table in {self.url}")
-            self._types[table] = types
-        return types
 
     async def insert(
         self,
@@ -195,7 +181,7 @@ class EmbeddedStore:
         dedup_token: str | None = None,
     ) -> int:
         qualified = self._options.qualified(table)
-        arrow = to_arrow_table(table, columns, await self._column_types(table))
+        arrow = to_arrow_table(table, columns, await self._types.of(table))
         if arrow.num_rows == 0:
             return 0
         sink = io.BytesIO()
@@ -222,7 +208,7 @@ class EmbeddedStore:
         try:
             await self._call(f"insert into {table}", run)
         except StoreError:
-            self._types.pop(table, None)  # the table may have changed under us
+            self._types.forget(table)  # the table may have changed under us
             raise
         return int(arrow.num_rows)
 

@@ -23,6 +23,7 @@ from collector.store.arrow import (
     to_arrow_table,
 )
 from collector.store.base import Rows, StoreError, StoreRejected, StoreUnavailable
+from collector.store.columns import ColumnTypes
 from collector.store.errors import from_engine_message
 from collector.store.params import server_params
 from collector.store.urls import StoreUrl
@@ -33,10 +34,6 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_COLUMNS_SQL = (
-    "SELECT name, type FROM system.columns WHERE database = {db:String} AND table = {table:String}"
-    " AND default_kind NOT IN ('ALIAS', 'MATERIALIZED', 'EPHEMERAL') ORDER BY position"
-)
 _WORKERS = 4
 
 
@@ -65,7 +62,7 @@ class ServerStore:
         self._client: Any = None
         self._client_factory = client_factory
         self._closed = False
-        self._types: dict[str, dict[str, str]] = {}
+        self._types = ColumnTypes(self.query, self._options.database, self.url)
         self._migrate_lock = asyncio.Lock()
 
     @property
@@ -145,19 +142,9 @@ class ServerStore:
     async def migrate(self) -> int:
         async with self._migrate_lock:
             version = await migrate(self, self._options)
-            self._types.clear()
+            self._types.forget()
             await self._call("use database", lambda client: self._use_database_if_present())
             return version
-
-    async def _column_types(self, table: str) -> dict[str, str]:
-        types = self._types.get(table)
-        if types is None:
-            rows = await self.query(_COLUMNS_SQL, {"db": self._options.database, "table": table})
-            types = {row["name"]: row["type"] for row in rows}
-            if not types:
-                raise StoreRejected(f"insert into {table}: no such table in {self.url}")
-            self._types[table] = types
-        return types
 
     async def insert(
         self,
@@ -166,7 +153,7 @@ class ServerStore:
         *,
         dedup_token: str | None = None,
     ) -> int:
-        arrow = to_arrow_table(table, columns, await self._column_types(table))
+        arrow = to_arrow_table(table, columns, await self._types.of(table))
         if arrow.num_rows == 0:
             return 0
         settings: dict[str, Any] = {}
@@ -186,7 +173,7 @@ class ServerStore:
                 ),
             )
         except StoreError:
-            self._types.pop(table, None)
+            self._types.forget(table)
             raise
         return int(arrow.num_rows)
 
