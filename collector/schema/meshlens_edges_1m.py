@@ -64,34 +64,14 @@ SPEC = TableSpec(
     ttl_expr="minute",
 )
 
-VIEW_SPEC_V2 = ViewSpec(
-    name=VIEW,
-    target=TABLE,
-    source="otel_traces",
-    select=f"""
-SELECT
-    toStartOfMinute(Timestamp) AS minute,
-    ServiceName AS caller,
-    if(SpanAttributes['meshlens.upstream'] != '',
-       SpanAttributes['meshlens.upstream'], SpanAttributes['server.address']) AS callee,
-    SpanAttributes['meshlens.route'] AS route,
-    toUInt16OrZero(SpanAttributes['http.response.status_code']) AS status_code,
-    toUInt64(count()) AS count,
-    toUInt64(countIf(StatusCode IN ('Error', 'STATUS_CODE_ERROR') OR status_code >= 500))
-        AS error_count,
-    sum(Duration) AS duration_sum_ns,
-    quantilesTDigestState({QUANTILES})(Duration) AS duration_quantiles_ns
-FROM {{source}}
-WHERE SpanKind IN ('Client', 'SPAN_KIND_CLIENT') AND callee != ''
-GROUP BY minute, caller, callee, route, status_code
-""",
-)
 
-VIEW_SPEC = ViewSpec(
-    name=VIEW,
-    target=TABLE,
-    source="otel_traces",
-    select=f"""
+def _view(where: str) -> ViewSpec:
+    """The edge view over CLIENT spans matching `where` (versions differ only in this filter)."""
+    return ViewSpec(
+        name=VIEW,
+        target=TABLE,
+        source="otel_traces",
+        select=f"""
 SELECT
     toStartOfMinute(Timestamp) AS minute,
     ServiceName AS caller,
@@ -105,11 +85,15 @@ SELECT
     sum(Duration) AS duration_sum_ns,
     quantilesTDigestState({QUANTILES})(Duration) AS duration_quantiles_ns
 FROM {{source}}
-WHERE SpanKind IN ('Client', 'SPAN_KIND_CLIENT') AND callee != ''
-  AND {SIDECAR_SPAN}
+WHERE {where}
 GROUP BY minute, caller, callee, route, status_code
 """,
-)
+    )
+
+
+_CLIENT = "SpanKind IN ('Client', 'SPAN_KIND_CLIENT') AND callee != ''"
+VIEW_SPEC_V2 = _view(_CLIENT)  # version 2 (applied migrations never change)
+VIEW_SPEC = _view(f"{_CLIENT}\n  AND {SIDECAR_SPAN}")  # version 4: sidecar spans only
 
 
 def statements(options: SchemaOptions) -> list[str]:

@@ -39,32 +39,14 @@ SPEC = TableSpec(
     ttl_expr="minute",
 )
 
-VIEW_SPEC_V2 = ViewSpec(
-    name=VIEW,
-    target=TABLE,
-    source="otel_traces",
-    select=f"""
-SELECT
-    toStartOfMinute(Timestamp) AS minute,
-    ServiceName AS service,
-    if(SpanAttributes['meshlens.route'] != '', SpanAttributes['meshlens.route'], SpanName) AS route,
-    toUInt16OrZero(SpanAttributes['http.response.status_code']) AS status_code,
-    toUInt64(count()) AS count,
-    toUInt64(countIf(StatusCode IN ('Error', 'STATUS_CODE_ERROR') OR status_code >= 500))
-        AS error_count,
-    sum(Duration) AS duration_sum_ns,
-    quantilesTDigestState({QUANTILES})(Duration) AS duration_quantiles_ns
-FROM {{source}}
-WHERE SpanKind IN ('Server', 'SPAN_KIND_SERVER')
-GROUP BY minute, service, route, status_code
-""",
-)
 
-VIEW_SPEC = ViewSpec(
-    name=VIEW,
-    target=TABLE,
-    source="otel_traces",
-    select=f"""
+def _view(where: str) -> ViewSpec:
+    """The service view over SERVER spans matching `where` (versions differ only in this filter)."""
+    return ViewSpec(
+        name=VIEW,
+        target=TABLE,
+        source="otel_traces",
+        select=f"""
 SELECT
     toStartOfMinute(Timestamp) AS minute,
     ServiceName AS service,
@@ -76,10 +58,15 @@ SELECT
     sum(Duration) AS duration_sum_ns,
     quantilesTDigestState({QUANTILES})(Duration) AS duration_quantiles_ns
 FROM {{source}}
-WHERE SpanKind IN ('Server', 'SPAN_KIND_SERVER') AND {SIDECAR_SPAN}
+WHERE {where}
 GROUP BY minute, service, route, status_code
 """,
-)
+    )
+
+
+_SERVER = "SpanKind IN ('Server', 'SPAN_KIND_SERVER')"
+VIEW_SPEC_V2 = _view(_SERVER)  # version 2 (applied migrations never change)
+VIEW_SPEC = _view(f"{_SERVER} AND {SIDECAR_SPAN}")  # version 4: inbound sidecar spans only
 
 
 def statements(options: SchemaOptions) -> list[str]:
