@@ -202,15 +202,8 @@ def grpc_attempt_layer(*, clock: Clock = monotonic) -> Layer:
             deadline = request.context.deadline
             if deadline is not None:
                 remaining = format_timeout(deadline - clock())
-                request = Request(
-                    request.method,
-                    request.target,
-                    with_header(request.headers, "grpc-timeout", remaining),
-                    request.body,
-                    request.authority,
-                    request.scheme,
-                    request.version,
-                    request.context,
+                request = request.with_headers(
+                    with_header(request.headers, "grpc-timeout", remaining)
                 )
             return _record(request, await inner(request))
 

@@ -108,16 +108,7 @@ def attempt_layer(rec: Recorder) -> Layer:
             headers = inject(
                 request.headers, ctx.trace_id, span_id, ctx.trace_flags, ctx.tracestate
             )
-            forwarded = Request(
-                request.method,
-                request.target,
-                headers,
-                request.body,
-                request.authority,
-                request.scheme,
-                request.version,
-                ctx,
-            )
+            forwarded = request.with_headers(headers)
             start = rec.now_ns()
 
             def end(done: Done) -> None:
@@ -153,16 +144,7 @@ def inbound_layer(rec: Recorder) -> Layer:
             headers = inject(
                 request.headers, ctx.trace_id, span_id, ctx.trace_flags, ctx.tracestate
             )
-            forwarded = Request(
-                request.method,
-                request.target,
-                headers,
-                request.body,
-                request.authority,
-                request.scheme,
-                request.version,
-                ctx,
-            )
+            forwarded = request.with_headers(headers)
 
             def end(done: Done) -> None:
                 finish_inbound(rec, request, span_id, parent, start, done)

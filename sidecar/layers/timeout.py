@@ -82,16 +82,7 @@ def timeout_layer(config: TimeoutConfig, *, clock: Clock = monotonic) -> Layer:
                         headers = (*request.headers, (DEADLINE_HEADER, ms))
                     else:
                         headers = with_header(request.headers, DEADLINE_HEADER, ms)
-                    request = Request(  # not dataclasses.replace: that costs ~2 us per request
-                        request.method,
-                        request.target,
-                        headers,
-                        request.body,
-                        request.authority,
-                        request.scheme,
-                        request.version,
-                        context,
-                    )
+                    request = request.with_headers(headers)
             if budget_s is None:
                 return await inner(request)
             if budget_s <= 0:
