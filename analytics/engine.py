@@ -72,6 +72,12 @@ class AnalyzedIncident:
 LIVE_DETECTOR = DetectorConfig(min_run_points=2)
 
 
+def _worst_median(group: Sequence[EdgePoint]) -> float | None:
+    """The highest edge median, or None (median signal off) when an edge has none."""
+    medians = [g.stats.p50_ms for g in group]
+    return None if any(m is None for m in medians) else max(m for m in medians if m is not None)
+
+
 def _series(points: Sequence[EdgePoint]) -> dict[str, list[Point]]:
     """Per edge `a->b`, and per service (incoming edges summed, worst p99 and median)."""
     edges: dict[str, list[Point]] = defaultdict(list)
@@ -79,7 +85,7 @@ def _series(points: Sequence[EdgePoint]) -> dict[str, list[Point]]:
     for p in points:
         s = p.stats
         edges[f"{p.caller}->{p.callee}"].append(
-            Point(p.minute, s.requests, s.errors, s.p99_ms or 0.0, s.p50_ms or 0.0)
+            Point(p.minute, s.requests, s.errors, s.p99_ms or 0.0, s.p50_ms)
         )
         incoming[(p.callee, p.minute)].append(p)
     services: dict[str, list[Point]] = defaultdict(list)
@@ -90,7 +96,7 @@ def _series(points: Sequence[EdgePoint]) -> dict[str, list[Point]]:
                 sum(g.stats.requests for g in group),
                 sum(g.stats.errors for g in group),
                 max(g.stats.p99_ms or 0.0 for g in group),
-                max(g.stats.p50_ms or 0.0 for g in group),
+                _worst_median(group),
             )
         )
     return {**edges, **services}

@@ -6,13 +6,14 @@ then evaluate every run directory (each holds clickhouse/ and truth.json):
     python bench/rca/demo_corpus.py [--design-runs FILE] /work/rca-corpus
 (`make bench` does this too when MESHLENS_RCA_CORPUS names the directory).
 
-Detection, two variants: "engine" is `analytics.engine.detect` as the engine runs it today
-(deviations, change points, burn rates, new/vanished edges; latency = p99); "engine+median" is the
-same with the median-latency signal on (`Point.p50_ms`). Both read the edge RED series the engine
-reads (CLIENT spans with a callee, as `meshlens_edges_1m` aggregates them), with 1 s buckets
-standing in for the live engine's minutes (the runs last 25 s;
-every detector threshold counts buckets, so time is compressed 60x). The detection is re-run as
-the live engine would, at every bucket boundary over the buckets complete by then (lookback 15
+Detection, three variants of `analytics.engine.detect` (deviations, change points, burn rates,
+new/vanished edges): "p99-only" (latency = p99; the engine before this evaluation), "+median"
+(the median-latency signal on, `Point.p50_ms`) and "+median+2-run" (a deviation must last two
+buckets; what the engine runs now, `analytics.engine.LIVE_DETECTOR`). All read the edge RED
+series the engine reads (CLIENT spans with a callee, as `meshlens_edges_1m` aggregates them),
+with 1 s buckets standing in for the live engine's minutes (the runs last 25 s; every detector
+threshold counts buckets, so time is compressed 60x). The detection is re-run as the live engine
+would, at every bucket boundary over the buckets complete by then (lookback 15
 buckets). Every anomaly seen at any step is kept and grouped into incidents
 (`group_incidents`). Matching rule: an incident is a true positive when its time span overlaps
 [fault start - 1 bucket, fault end + 3 buckets] and its anomalies name the target or one of its
@@ -43,11 +44,6 @@ from analytics.anomalies import (
     Anomaly,
     DetectorConfig,
     Incident,
-    Point,
-    detect_burn_rate,
-    detect_change_points,
-    detect_deviations,
-    detect_edge_changes,
     group_incidents,
 )
 from analytics.callgraph import EdgePoint, TimeWindow
@@ -152,51 +148,21 @@ def bucket_points(spans: Sequence[SpanRow], t0_ns: int, bucket_ns: int) -> list[
     return out
 
 
-def detect_with_median(
+def detect_p99_only(
     points: Sequence[EdgePoint], window: TimeWindow, cfg: DetectorConfig
 ) -> list[Anomaly]:
-    """`analytics.engine.detect` with the median-latency signal on (Points carry p50): the same
-    series (per edge, and per service over its incoming edges), the same detectors."""
-    series: dict[str, list[Point]] = defaultdict(list)
-    incoming: dict[tuple[str, datetime], list[EdgePoint]] = defaultdict(list)
-    for p in points:
-        s = p.stats
-        series[f"{p.caller}->{p.callee}"].append(
-            Point(p.minute, s.requests, s.errors, s.p99_ms or 0.0, s.p50_ms or 0.0)
-        )
-        incoming[(p.callee, p.minute)].append(p)
-    for (service, minute), group in sorted(incoming.items(), key=lambda kv: kv[0][1]):
-        series[service].append(
-            Point(
-                minute,
-                sum(g.stats.requests for g in group),
-                sum(g.stats.errors for g in group),
-                max(g.stats.p99_ms or 0.0 for g in group),
-                max(g.stats.p50_ms or 0.0 for g in group),
-            )
-        )
-    found: list[Anomaly] = []
-    recent = window.start - timedelta(minutes=cfg.baseline_minutes)
-    for subject, rows in sorted(series.items()):
-        found += detect_deviations(subject, rows, window.start, cfg)
-        found += detect_change_points(
-            subject, [p for p in rows if p.minute >= recent], window.start, cfg
-        )
-        found += detect_burn_rate(subject, rows, window.start, cfg)
-    before: dict[str, int] = defaultdict(int)
-    during: dict[str, int] = defaultdict(int)
-    for p in points:
-        side = during if p.minute >= window.start else before
-        side[f"{p.caller}->{p.callee}"] += p.stats.requests
-    return found + detect_edge_changes(before, during, window.start, window.end, cfg)
+    """`analytics.engine.detect` with the median-latency signal off (edges carry no p50)."""
+    blind = [replace(p, stats=replace(p.stats, p50_ms=None)) for p in points]
+    return detect(blind, window, cfg)
 
 
 Detector = Callable[[Sequence[EdgePoint], TimeWindow, DetectorConfig], list[Anomaly]]
-# name -> (detect function, config): the engine today, then each change on top of the last.
+# name -> (detect function, config): p99 alone, then each change on top of the last; the last
+# is what analytics.engine runs (LIVE_DETECTOR) since this evaluation.
 DETECTORS: dict[str, tuple[Detector, DetectorConfig]] = {
-    "engine": (detect, DETECTOR),
-    "+median": (detect_with_median, DETECTOR),
-    "+median+2-run": (detect_with_median, replace(DETECTOR, min_run_points=2)),
+    "p99-only": (detect_p99_only, DETECTOR),
+    "+median": (detect, DETECTOR),
+    "+median+2-run": (detect, replace(DETECTOR, min_run_points=2)),
 }
 
 
@@ -213,7 +179,7 @@ def sliding_detection(
     *,
     bucket_ns: int = BUCKET_NS,
     lookback: int = LOOKBACK_BUCKETS,
-    detector: str = "engine",
+    detector: str = "p99-only",
 ) -> Detection:
     """Run `detector` at every bucket boundary over the buckets complete by then."""
     run_detector, cfg = DETECTORS[detector]
