@@ -25,7 +25,7 @@ from urllib.parse import quote, urlencode, urlsplit
 
 from sidecar.control import ApplyResult
 from sidecar.errors import ProxyError
-from sidecar.http import Endpoint, Headers, Request, RequestContext
+from sidecar.http import Endpoint, Headers, Request, RequestContext, read_body
 from sidecar.stack import Sleep
 from sidecar.upstream import UpstreamPool
 
@@ -235,7 +235,7 @@ class ControlPlaneClient:
         try:
             async with asyncio.timeout(deadline):
                 response = await self._pool(request)
-                data = await _read_body(response.body)
+                data = await read_body(response.body, MAX_RESPONSE_BYTES, "answer")
         except TimeoutError as exc:
             raise ControlPlaneUnavailable(
                 f"{method} {path}: no answer within {deadline:g}s"
@@ -324,19 +324,6 @@ class ControlPlaneClient:
         if not ok:
             body["error"] = error[:8000]
         await self.call("POST", "/ack", body)
-
-
-async def _read_body(body: Any) -> bytes:
-    if isinstance(body, bytes):
-        return body
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := await body.read():
-        size += len(chunk)
-        if size > MAX_RESPONSE_BYTES:
-            raise ControlPlaneUnavailable(f"answer larger than {MAX_RESPONSE_BYTES} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 class ControlPlaneSync:

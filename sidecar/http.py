@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from sidecar.errors import BodyTooLarge
+
 __all__ = [
     "AttrValue",
     "Body",
@@ -23,6 +25,7 @@ __all__ = [
     "Response",
     "Trailers",
     "header_value",
+    "read_body",
     "with_header",
     "without_headers",
 ]
@@ -202,3 +205,17 @@ def without_headers(headers: Headers, names: Iterable[str]) -> Headers:
     """`headers` minus every header whose lower-case name is in `names`."""
     drop = frozenset(names)
     return tuple((k, v) for k, v in headers if k not in drop)
+
+
+async def read_body(body: Body, limit_bytes: int, what: str = "body") -> bytes:
+    """The whole of `body`; BodyTooLarge once a stream passes `limit_bytes` (never held whole)."""
+    if isinstance(body, bytes):
+        return body
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await body.read():
+        size += len(chunk)
+        if size > limit_bytes:
+            raise BodyTooLarge(f"{what} larger than {limit_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)

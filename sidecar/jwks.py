@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from sidecar.errors import ProxyError
-from sidecar.http import Endpoint, Request, RequestContext, Response
+from sidecar.http import Endpoint, Request, RequestContext, Response, read_body
 from sidecar.stack import Clock, monotonic
 
 __all__ = [
@@ -335,7 +335,7 @@ def pool_fetch(pool: Callable[[Request], Awaitable[Response]]) -> Fetch:
             )
             async with asyncio.timeout(timeout_s):
                 response = await pool(request)
-                body = await _read_all(response)
+                body = await read_body(response.body, _MAX_JWKS_BYTES, "JWKS")
         except (ProxyError, TimeoutError, ValueError) as exc:
             raise JwksError(f"fetching {url}: {exc or type(exc).__name__}") from exc
         if response.status != 200:
@@ -343,17 +343,3 @@ def pool_fetch(pool: Callable[[Request], Awaitable[Response]]) -> Fetch:
         return body
 
     return fetch
-
-
-async def _read_all(response: Response) -> bytes:
-    body = response.body
-    if isinstance(body, bytes):
-        return body
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := await body.read():
-        size += len(chunk)
-        if size > _MAX_JWKS_BYTES:
-            raise JwksError(f"JWKS larger than {_MAX_JWKS_BYTES} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
