@@ -294,6 +294,7 @@ class FallbackModel(_Model):
     on: list[Literal[tuple(sorted(TRIGGERS))]] = sorted(DEFAULT_ON)  # type: ignore[valid-type]
     response: FallbackResponseModel | None = None  # answer directly, or
     upstream: str | None = None  # send the request to this upstream instead
+    enforce: bool = True  # False: observe only (span meshlens.fallback.would_serve)
 
     @model_validator(mode="after")
     def _one(self) -> FallbackModel:
@@ -721,7 +722,9 @@ def _fallback(m: FallbackModel | None) -> FallbackConfig | None:
         r = m.response
         headers = tuple((k.lower(), v) for k, v in r.headers.items())
         response = FallbackResponse(r.status, headers, r.body.encode())
-    return FallbackConfig(on=frozenset(m.on), response=response, upstream=m.upstream or "")
+    return FallbackConfig(
+        on=frozenset(m.on), response=response, upstream=m.upstream or "", enforce=m.enforce
+    )
 
 
 def _to_config(m: DocumentModel) -> SidecarConfig:

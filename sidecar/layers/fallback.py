@@ -3,7 +3,9 @@ none healthy, breaker limits full), answer with a configured response or send th
 fallback service instead. Sits outside the route's timeout/retry, so it sees their final error.
 
 Fallbacks are marked: `meshlens.fallback=true` (+ reason) on the span, `x-meshlens-fallback:
-<reason>` on the response, and a per-route count in /stats and /metrics.
+<reason>` on the response, and a per-route count in /stats and /metrics. With `enforce: false`
+(observe-only) the failure passes through unchanged and the span records
+`meshlens.fallback.would_serve=<reason>`; it is counted as `observed`.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ class FallbackConfig:
     on: frozenset[str] = DEFAULT_ON
     response: FallbackResponse | None = None
     upstream: str = ""
+    enforce: bool = True  # False: record meshlens.fallback.would_serve, let the failure through
 
     def __post_init__(self) -> None:
         if (self.response is None) == (not self.upstream):
@@ -81,13 +84,18 @@ class FallbackConfig:
 
 @dataclass(slots=True)
 class FallbackStats:
-    """Fallbacks taken per trigger reason, plus those that could not be taken (streamed body)."""
+    """Fallbacks taken per trigger reason, those that could not be taken (streamed body), and
+    those an observe-only fallback would have served."""
 
     taken: dict[str, int] = field(default_factory=dict)
     skipped: int = 0
+    observed: dict[str, int] = field(default_factory=dict)
 
     def snapshot(self) -> dict[str, object]:
-        return {"taken": dict(self.taken), "skipped": self.skipped}
+        out: dict[str, object] = {"taken": dict(self.taken), "skipped": self.skipped}
+        if self.observed:
+            out["observed"] = dict(self.observed)
+        return out
 
 
 def fallback_layer(
@@ -110,6 +118,10 @@ def fallback_layer(
                 if exc.reason not in config.on:
                     raise
                 context = request.context
+                if not config.enforce:
+                    counts.observed[exc.reason] = counts.observed.get(exc.reason, 0) + 1
+                    context.attributes["meshlens.fallback.would_serve"] = exc.reason
+                    raise
                 if (
                     canned is None
                     and not request.replayable

@@ -168,3 +168,35 @@ def test_a_fallback_to_an_unknown_upstream_is_a_config_error() -> None:
         parse_config(_doc({"upstream": "nowhere"}))
     with pytest.raises(ConfigError, match="exactly one of response or upstream"):
         parse_config(_doc({}))
+
+
+async def test_an_observe_only_fallback_lets_the_failure_through_and_records_it() -> None:
+    stats = FallbackStats()
+    upstream = ScriptedUpstream([Overflow()])
+    config = FallbackConfig(response=CANNED, enforce=False)
+    handler = compose([fallback_layer(config, stats=stats)], upstream)
+    request = make_request()
+
+    with pytest.raises(Overflow):
+        await handler(request)
+
+    assert request.context.attributes["meshlens.fallback.would_serve"] == "overflow"
+    assert "meshlens.fallback" not in request.context.attributes
+    assert stats.snapshot() == {"taken": {}, "skipped": 0, "observed": {"overflow": 1}}
+
+
+def test_the_config_carries_the_fallback_enforce_switch() -> None:
+    doc: dict[str, Any] = {
+        "service": "web",
+        "upstreams": {"api": {"endpoints": ["127.0.0.1:9"]}},
+        "routes": [
+            {
+                "name": "api",
+                "match": {"hosts": ["api"]},
+                "destinations": [{"upstream": "api"}],
+                "fallback": {"response": {"status": 503}, "enforce": False},
+            }
+        ],
+    }
+    route = parse_config(doc).routes[0]
+    assert route.fallback is not None and route.fallback.enforce is False
