@@ -3,6 +3,12 @@
 `analyze(store, window)` is what `meshlens analyze` runs once and `AnalysisEngine` (a `meshlens up`
 component) runs every `interval_s` over the last `lookback_s`, writing `meshlens_incidents`.
 Series come from the per-minute aggregates, or from raw spans when a window has none.
+
+A minute bucket cannot alert within 30 s of a fault (the minute must end, and a deviation must
+last two of them). So the live engine also runs a fine path every `fine.step_s` (10 s): edge RED
+per 10 s bucket straight from the raw sidecar CLIENT spans of the last minutes
+(`fine_edge_series`), deviations only (`detect_fine`), a few seconds after each bucket ends so
+its spans have landed. Both paths' anomalies are grouped into the same incidents.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,11 +36,22 @@ from analytics.anomalies import (
 )
 from analytics.anomalies.repository import IncidentRepository
 from analytics.callgraph import EdgePoint, TimeWindow, edge_series
+from analytics.callgraph.service import Stats
 from analytics.rca import Candidate, rank_root_causes
 from analytics.rca.repository import load_spans
+from collector.schema.meshlens_edges_1m import SIDECAR_SPAN
 from collector.store import Store
 
-__all__ = ["AnalysisEngine", "AnalyzedIncident", "analyze", "detect"]
+__all__ = [
+    "FINE_DETECTOR",
+    "AnalysisEngine",
+    "AnalyzedIncident",
+    "analyze",
+    "detect",
+    "detect_fine",
+    "fine_edge_series",
+    "rank_incident",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +87,59 @@ class AnalyzedIncident:
 # two minutes, as measured on the demo fault corpus (bench/rca/README.md: precision 73 % -> 96 %
 # at the same recall, one minute more to detect).
 LIVE_DETECTOR = DetectorConfig(min_run_points=2)
+# The live fine path: 10 s buckets, 10 minutes of trailing baseline (at least 90 s of it), a
+# deviation must last two buckets. Evaluated over the last FINE_EVALUATE only (the minute path
+# covers the rest of the lookback).
+FINE_DETECTOR = DetectorConfig(
+    step_s=10, baseline_minutes=10, min_baseline_points=9, min_run_points=2
+)
+FINE_EVALUATE = timedelta(minutes=5)
+
+# Edge RED per `step` seconds from sidecar CLIENT spans with a callee: what meshlens_edges_1m
+# aggregates per minute (same span filter, callee and error rule), at a finer step.
+_FINE_SERIES = f"""
+SELECT intDiv(toUnixTimestamp(Timestamp), {{step:UInt32}}) * {{step:UInt32}} AS bucket_s,
+       ServiceName AS caller,
+       if(SpanAttributes['meshlens.upstream'] != '', SpanAttributes['meshlens.upstream'],
+          SpanAttributes['server.address']) AS callee,
+       toUInt64(count()) AS requests,
+       toUInt64(countIf(StatusCode IN ('Error', 'STATUS_CODE_ERROR')
+         OR toUInt16OrZero(SpanAttributes['http.response.status_code']) >= 500)) AS errors,
+       avg(Duration) / 1e6 AS mean_ms,
+       quantiles(0.5, 0.9, 0.99)(Duration) AS q
+FROM otel_traces
+WHERE Timestamp >= {{start:DateTime64(9)}} AND Timestamp < {{end:DateTime64(9)}}
+  AND SpanKind IN ('Client', 'SPAN_KIND_CLIENT') AND callee != '' AND {SIDECAR_SPAN}
+GROUP BY bucket_s, caller, callee
+ORDER BY bucket_s, caller, callee
+"""
+
+
+async def fine_edge_series(store: Store, window: TimeWindow, step_s: int) -> list[EdgePoint]:
+    """Edge RED per `step_s` bucket of `window` (bounds on bucket edges) from raw spans;
+    `EdgePoint.minute` is the bucket's start."""
+    if step_s < 1:
+        raise ValueError(f"step_s must be >= 1, got {step_s}")
+    rows = await store.query(
+        _FINE_SERIES, {"start": window.start, "end": window.end, "step": step_s}
+    )
+    out = []
+    for r in rows:
+        requests, errors = int(r["requests"]), int(r["errors"])
+        q = [float(x) / 1e6 for x in r["q"]] or [0.0, 0.0, 0.0]
+        stats = Stats(
+            requests=requests,
+            errors=errors,
+            rate_per_s=requests / step_s,
+            error_ratio=errors / requests if requests else 0.0,
+            mean_ms=float(r["mean_ms"] or 0.0),
+            p50_ms=q[0],
+            p90_ms=q[1],
+            p99_ms=q[2],
+        )
+        at = datetime.fromtimestamp(int(r["bucket_s"]), UTC)
+        out.append(EdgePoint(at, r["caller"], r["callee"], stats))
+    return out
 
 
 def _worst_median(group: Sequence[EdgePoint]) -> float | None:
@@ -121,31 +191,74 @@ def detect(points: Sequence[EdgePoint], window: TimeWindow, cfg: DetectorConfig)
     return found
 
 
+def detect_fine(
+    points: Sequence[EdgePoint], evaluate_from: datetime, cfg: DetectorConfig
+) -> list[Anomaly]:
+    """The fine path's detector: deviations of every edge and service from `evaluate_from` on
+    (change points, burn rates and edge changes are the minute path's)."""
+    found: list[Anomaly] = []
+    for subject, series in sorted(_series(points).items()):
+        found += detect_deviations(subject, series, evaluate_from, cfg)
+    return found
+
+
+def _floor(at: datetime, step_s: int) -> datetime:
+    return datetime.fromtimestamp(int(at.timestamp()) // step_s * step_s, UTC)
+
+
+async def _minute_anomalies(store: Store, window: TimeWindow, cfg: DetectorConfig) -> list[Anomaly]:
+    # The slow burn-rate alert looks 6 h back. Daily seasonality would need days of history,
+    # which the engine does not fetch yet (detect_deviations uses it when given).
+    back = timedelta(minutes=max(cfg.baseline_minutes, 360))
+    points = await edge_series(store, TimeWindow(window.start - back, window.end))
+    return await asyncio.to_thread(detect, points, window, cfg)
+
+
+async def _fine_anomalies(store: Store, end: datetime, cfg: DetectorConfig) -> list[Anomaly]:
+    """Fine-path anomalies in the FINE_EVALUATE before `end` (a bucket boundary)."""
+    evaluate_from = end - FINE_EVALUATE
+    history = TimeWindow(evaluate_from - timedelta(minutes=cfg.baseline_minutes), end)
+    points = await fine_edge_series(store, history, cfg.step_s)
+    return await asyncio.to_thread(detect_fine, points, evaluate_from, cfg)
+
+
+async def rank_incident(store: Store, incident: Incident) -> tuple[Candidate, ...]:
+    """The top root-cause candidates of `incident` (its window against the 30 min before)."""
+    baseline = await load_spans(store, incident.start - RCA_BASELINE, incident.start)
+    spans = await load_spans(store, incident.start, incident.end + timedelta(minutes=1))
+    ranked = await asyncio.to_thread(rank_root_causes, baseline, spans)
+    involved = set(incident.services)
+    # Services named by an anomaly first among equals: the ranking orders, the scope filters.
+    ranked.sort(key=lambda c: (-c.score, c.service not in involved, c.service))
+    return tuple(ranked[:TOP_CANDIDATES])
+
+
 async def analyze(
     store: Store, window: TimeWindow, *, cfg: DetectorConfig | None = None
 ) -> list[AnalyzedIncident]:
     """Incidents starting in `window` with ranked root causes (series history: 6 h before)."""
-    config = cfg or LIVE_DETECTOR
-    # The slow burn-rate alert looks 6 h back. Daily seasonality would need days of history,
-    # which the engine does not fetch yet (detect_deviations uses it when given).
-    back = timedelta(minutes=max(config.baseline_minutes, 360))
-    history = TimeWindow(window.start - back, window.end)
-    points = await edge_series(store, history)
-    anomalies = await asyncio.to_thread(detect, points, window, config)
-    out = []
-    for incident in group_incidents(anomalies):
-        baseline = await load_spans(store, incident.start - RCA_BASELINE, incident.start)
-        spans = await load_spans(store, incident.start, incident.end + timedelta(minutes=1))
-        ranked = await asyncio.to_thread(rank_root_causes, baseline, spans)
-        involved = set(incident.services)
-        # Services named by an anomaly first among equals: the ranking orders, the scope filters.
-        ranked.sort(key=lambda c: (-c.score, c.service not in involved, c.service))
-        out.append(AnalyzedIncident(incident, tuple(ranked[:TOP_CANDIDATES])))
-    return out
+    anomalies = await _minute_anomalies(store, window, cfg or LIVE_DETECTOR)
+    return [
+        AnalyzedIncident(incident, await rank_incident(store, incident))
+        for incident in group_incidents(anomalies)
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class _Ranked:
+    span: tuple[datetime, datetime]
+    at: float
+    candidates: tuple[Candidate, ...]
 
 
 class AnalysisEngine:
-    """A component: every `interval_s`, analyze the last `lookback_s` and upsert incidents."""
+    """A component: analyze the last `lookback_s` and upsert incidents, from the per-minute
+    aggregates every `interval_s` and, with `fine` (default FINE_DETECTOR), from raw-span buckets
+    every `fine.step_s`, `settle_s` after each bucket ends (spans take ~1-2 s to land).
+
+    An incident keeps its id while it grows (a new grouping that overlaps a stored incident in
+    time and services updates it), and is re-ranked at most every `rank_every_s` while it changes.
+    """
 
     name = "analysis"
 
@@ -156,17 +269,29 @@ class AnalysisEngine:
         interval_s: float = 60.0,
         lookback_s: float = 15 * 60.0,
         cfg: DetectorConfig | None = None,
+        fine: DetectorConfig | None = FINE_DETECTOR,
+        settle_s: float = 3.0,
+        rank_every_s: float = 60.0,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         if interval_s <= 0 or lookback_s < 60:
             raise ValueError("interval_s must be > 0 and lookback_s >= 60")
+        if settle_s < 0 or rank_every_s < 0:
+            raise ValueError("settle_s and rank_every_s must be >= 0")
         self._store = store
         self._repo = IncidentRepository(store)
         self._interval_s = interval_s
         self._lookback = timedelta(seconds=lookback_s)
         self._cfg = cfg or LIVE_DETECTOR
+        self._fine = fine
+        self._settle_s = settle_s
+        self._rank_every_s = rank_every_s
         self._wall_clock = wall_clock
         self._task: asyncio.Task[None] | None = None
+        self._minute_at: float | None = None
+        self._minute_found: list[Anomaly] = []
+        self._known: dict[str, tuple[datetime, datetime, frozenset[str]]] = {}
+        self._ranked: dict[str, _Ranked] = {}
         self.runs = 0
         self.failures = 0
 
@@ -185,12 +310,64 @@ class AnalysisEngine:
         return {}
 
     async def run_once(self) -> list[AnalyzedIncident]:
-        """Analyze the window ending at the current whole minute and store its incidents."""
-        now = datetime.fromtimestamp(self._wall_clock(), UTC).replace(second=0, microsecond=0)
-        found = await analyze(self._store, TimeWindow(now - self._lookback, now), cfg=self._cfg)
-        await self._repo.upsert([a.record() for a in found], now)
+        """Analyze the lookback (minute path when due, fine path always) and store incidents."""
+        t = self._wall_clock()
+        wall = datetime.fromtimestamp(t, UTC)
+        if self._minute_at is None or t - self._minute_at >= self._interval_s:
+            minute = wall.replace(second=0, microsecond=0)
+            window = TimeWindow(minute - self._lookback, minute)
+            self._minute_found = await _minute_anomalies(self._store, window, self._cfg)
+            self._minute_at = t
+        anomalies = list(self._minute_found)
+        if self._fine is not None:
+            end = _floor(wall - timedelta(seconds=self._settle_s), self._fine.step_s)
+            anomalies += await _fine_anomalies(self._store, end, self._fine)
+        self._forget(wall - self._lookback)
+        found = []
+        used: set[str] = set()
+        for incident in group_incidents(anomalies):
+            stable = self._stable(incident, used)
+            found.append(AnalyzedIncident(stable, await self._candidates(stable, t)))
+        await self._repo.upsert([a.record() for a in found], wall)
         self.runs += 1
         return found
+
+    def _stable(self, incident: Incident, used: set[str]) -> Incident:
+        """`incident` under the id of the stored incident it continues, if any."""
+        gap = timedelta(minutes=2)
+        services = frozenset(incident.services)
+        for known_id, (start, end, seen) in self._known.items():
+            overlaps = start <= incident.end + gap and incident.start <= end + gap
+            if known_id not in used and overlaps and seen & services:
+                incident = replace(incident, id=known_id, start=min(start, incident.start))
+                services |= seen
+                break
+        used.add(incident.id)
+        previous = self._known.get(incident.id)
+        end = max(incident.end, previous[1]) if previous else incident.end
+        self._known[incident.id] = (incident.start, end, services)
+        return incident
+
+    def _forget(self, before: datetime) -> None:
+        for known_id in [k for k, (_, end, _) in self._known.items() if end < before]:
+            del self._known[known_id]
+            self._ranked.pop(known_id, None)
+
+    async def _candidates(self, incident: Incident, t: float) -> tuple[Candidate, ...]:
+        cached = self._ranked.get(incident.id)
+        span = (incident.start, incident.end)
+        if cached and (cached.span == span or t - cached.at < self._rank_every_s):
+            return cached.candidates
+        candidates = await rank_incident(self._store, incident)
+        self._ranked[incident.id] = _Ranked(span, t, candidates)
+        return candidates
+
+    def _delay(self) -> float:
+        """Seconds to the next run: the next fine bucket's end plus `settle_s`, else interval_s."""
+        if self._fine is None:
+            return self._interval_s
+        step = self._fine.step_s
+        return step - (self._wall_clock() - self._settle_s) % step or float(step)
 
     async def _loop(self) -> None:
         while True:
@@ -203,4 +380,4 @@ class AnalysisEngine:
                 # the next run re-analyzes the whole lookback, so nothing is lost.
                 self.failures += 1
                 logger.exception("analysis run failed", extra={"failures": self.failures})
-            await asyncio.sleep(self._interval_s)
+            await asyncio.sleep(self._delay())

@@ -81,9 +81,13 @@ class DetectorConfig:
     min_requests: int = 5
     slo_target: float = 0.999
     change_min_segment: int = 5
-    # Consecutive minutes a deviation must last before it is reported (an alert's `for:`):
-    # 1 reports single-minute spikes; 2 ignores them at the cost of one minute of delay.
+    # Consecutive points a deviation must last before it is reported (an alert's `for:`):
+    # 1 reports single-point spikes; 2 ignores them at the cost of one step of delay.
     min_run_points: int = 1
+    # The series' step (bucket width) in seconds: 60 for the per-minute aggregates, less for
+    # the live engine's fine buckets from raw spans. Runs are merged and counted in steps;
+    # `baseline_minutes` and the burn-rate windows stay wall-clock minutes.
+    step_s: int = 60
 
     def __post_init__(self) -> None:
         if not 0 < self.slo_target < 1:
@@ -94,6 +98,12 @@ class DetectorConfig:
             raise ValueError("change_min_segment must be >= 2")
         if self.min_run_points < 1:
             raise ValueError("min_run_points must be >= 1")
+        if not 0 < self.step_s <= 60 or 60 % self.step_s:
+            raise ValueError(f"step_s must divide 60 (1..60), got {self.step_s}")
+
+    @property
+    def step(self) -> timedelta:
+        return timedelta(seconds=self.step_s)
 
 
 def _median_mad(values: Sequence[float]) -> tuple[float, float]:
@@ -178,19 +188,19 @@ def detect_deviations(
             z = (value - expected) / scale
             if _fires(cfg, name, p, value, expected, z):
                 found.append(Anomaly(subject, name, p.minute, p.minute, value, expected, z))
-    runs = _merge_runs(found)
+    runs = _merge_runs(found, cfg.step)
     if cfg.min_run_points > 1:
-        least = timedelta(minutes=cfg.min_run_points - 1)
+        least = cfg.step * (cfg.min_run_points - 1)
         runs = [a for a in runs if a.end - a.start >= least]
     return runs
 
 
-def _merge_runs(found: list[Anomaly]) -> list[Anomaly]:
-    """Consecutive minutes of one signal become one anomaly (peak observed value and score)."""
+def _merge_runs(found: list[Anomaly], step: timedelta) -> list[Anomaly]:
+    """Consecutive points of one signal become one anomaly (peak observed value and score)."""
     merged: list[Anomaly] = []
     for a in sorted(found, key=lambda a: (a.signal, a.start)):
         last = merged[-1] if merged else None
-        if last and last.signal == a.signal and a.start - last.end <= timedelta(minutes=1):
+        if last and last.signal == a.signal and a.start - last.end <= step:
             peak = a if abs(a.score) > abs(last.score) else last
             merged[-1] = Anomaly(
                 a.subject, a.signal, last.start, a.end, peak.observed, peak.expected, peak.score
@@ -287,7 +297,7 @@ def detect_burn_rate(
                         min(long_burn, short_burn) / factor,
                     )
                 )
-    return _merge_runs(found)
+    return _merge_runs(found, cfg.step)
 
 
 def detect_edge_changes(

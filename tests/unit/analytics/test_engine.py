@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
+import pytest
 
 from analytics.anomalies.repository import IncidentRepository
 from analytics.callgraph import TimeWindow
-from analytics.engine import AnalysisEngine, analyze
+from analytics.engine import AnalysisEngine, analyze, fine_edge_series
 from analytics.main import create_app
 from collector.store import Store
 from tests.conftest import trace_columns
@@ -114,3 +116,54 @@ async def test_a_failing_run_is_counted_and_the_loop_keeps_its_owner(store: Stor
     finally:
         await engine.shutdown()
     await engine.shutdown()  # idempotent
+
+
+async def test_the_fine_path_alerts_within_half_a_minute_and_the_incident_keeps_its_id(
+    store: Store,
+) -> None:
+    # Two traces a second; db slow from minute 62 on (minute 62 starts at second 0 of it).
+    await store.insert("otel_traces", trace_columns(mesh_spans(65, slow_from=62, per_minute=120)))
+    clock = [minute(62).timestamp() + 23.0]  # buckets 62:00 and 62:10 complete, 3 s settled
+    engine = AnalysisEngine(store, wall_clock=lambda: clock[0])
+    await engine._repo.ensure_table()
+
+    early = await engine.run_once()
+
+    assert len(early) == 1
+    first = early[0].incident
+    assert first.start == minute(62)
+    assert {a.signal for a in first.anomalies} >= {"latency_p99"}
+    assert {"api->db", "db"} <= {a.subject for a in first.anomalies}
+    assert early[0].candidates[0].service == "db"
+    # Later, the minute path sees minutes 62-63 too: the same incident, under the same id.
+    clock[0] = minute(64).timestamp() + 3.0
+    later = await engine.run_once()
+    assert [f.incident.id for f in later] == [first.id]
+    assert any(a.end - a.start == timedelta(minutes=1) for a in later[0].incident.anomalies)
+    stored = await IncidentRepository(store).list(minute(0), minute(80))
+    assert [r["id"] for r in stored] == [first.id]
+
+
+async def test_without_the_fine_path_a_minute_bucket_alerts_only_after_two_minutes(
+    store: Store,
+) -> None:
+    await store.insert("otel_traces", trace_columns(mesh_spans(65, slow_from=62, per_minute=120)))
+    clock = [minute(62).timestamp() + 23.0]
+    engine = AnalysisEngine(store, fine=None, wall_clock=lambda: clock[0])
+    await engine._repo.ensure_table()
+    assert await engine.run_once() == []
+    clock[0] = minute(64).timestamp() + 3.0
+    engine = AnalysisEngine(store, fine=None, wall_clock=lambda: clock[0])
+    assert len(await engine.run_once()) == 1
+
+
+async def test_fine_edge_series_buckets_sidecar_client_spans(store: Store) -> None:
+    await store.insert("otel_traces", trace_columns(mesh_spans(2, slow_from=1, per_minute=120)))
+    points = await fine_edge_series(store, TimeWindow(minute(0), minute(2)), 10)
+    assert {(p.caller, p.callee) for p in points} == {("web", "api"), ("api", "db")}
+    assert len(points) == 2 * 12 and {p.stats.requests for p in points} == {20}
+    assert {p.minute.second for p in points} == {0, 10, 20, 30, 40, 50}
+    slow = [p for p in points if p.callee == "db" and p.minute >= minute(1)]
+    assert all(p.stats.p50_ms and p.stats.p50_ms > 100 for p in slow)
+    with pytest.raises(ValueError, match="step_s"):
+        await fine_edge_series(store, TimeWindow(minute(0), minute(2)), 0)

@@ -170,3 +170,25 @@ def test_min_run_points_drops_single_minute_spikes_and_keeps_sustained_shifts() 
     assert detect_deviations("a->b", sustained[:-1], _minute(20), cfg) == []
     with pytest.raises(ValueError, match="min_run_points"):
         DetectorConfig(min_run_points=0)
+
+
+def test_a_fine_step_counts_runs_in_buckets_and_keeps_the_baseline_in_minutes() -> None:
+    def at(k: int) -> datetime:
+        return T0 + timedelta(seconds=10 * k)
+
+    steady = [Point(at(k), 30 + k % 4, 0, 20.0 + k % 3) for k in range(30)]
+    slow = [Point(at(30 + k), 30, 0, 300.0) for k in range(2)]
+    fine = DetectorConfig(step_s=10, baseline_minutes=2, min_baseline_points=9, min_run_points=2)
+    found = detect_deviations("a->b", [*steady, *slow], at(30), fine)
+    # Two consecutive 10 s buckets are one run, reported as soon as the second is complete.
+    assert [(a.signal, a.start, a.end) for a in found] == [("latency_p99", at(30), at(31))]
+    assert detect_deviations("a->b", [*steady, slow[0]], at(30), fine) == []
+    # Buckets 20 s apart are not consecutive at this step: two single points, no run.
+    apart = [*steady, slow[0], Point(at(32), 30, 0, 300.0)]
+    assert detect_deviations("a->b", apart, at(30), fine) == []
+    # The baseline is 2 minutes of buckets (12), not 2 buckets: too little history, no verdict.
+    assert detect_deviations("a->b", [*steady[-8:], *slow], at(30), fine) == []
+    for bad in (0, 7, 61):
+        with pytest.raises(ValueError, match="step_s"):
+            DetectorConfig(step_s=bad)
+    assert fine.step == timedelta(seconds=10)
