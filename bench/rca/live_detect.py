@@ -1,0 +1,197 @@
+"""Live time to detect: the real demo mesh, `meshlens up` with its real analysis engine, real time.
+
+    python bench/rca/live_detect.py DIR [--duration 300] [--cases 12] [--nofault 1]
+    python bench/rca/live_detect.py DIR --report        # evaluate what DIR holds, record nothing
+
+Each case is `meshlens demo --scenario NAME --seed 1 --duration D` (bench/rca/record.py's command),
+recorded into DIR/<case>. The analysis engine inside `meshlens up` runs as in production (its
+defaults: the minute path every 60 s and the fine path every 10 s, 3 s after each bucket ends)
+and logs "incident opened" (wall clock, id, start, services, top root causes) the first time it
+stores an incident; this bench reads those lines from DIR/<case>/demo/logs/up.log and the fault's
+start and end from DIR/<case>/truth.json. Cases are interleaved over fault kinds and topologies
+(any prefix covers every kind); `--nofault K` adds K fault-free runs per topology.
+
+The fault starts after 30-40 % of the run (the scenario's rule), so the run must be long enough
+for the fine path's baseline (90 s of 10 s buckets): D = 300 s puts the fault at 90-120 s.
+
+Matching rule (as in demo_corpus.py): an incident matches a fault when it names the faulty
+service or one of its direct callers and starts within [fault start - 10 s, fault end + 60 s];
+time to detect = its "incident opened" time minus the fault's start (the first matching one);
+every other incident is a false one. Top-1 at detection = the engine's first root cause at that
+moment is the faulty service (ranked over the detected incident's window, not the truth's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from bench.rca.record import _interleaved, record_case, record_nofault
+from demo.scenarios import evaluation_cases
+
+__all__ = ["Opened", "Outcome", "evaluate_run", "opened_incidents"]
+
+MATCH_BEFORE_S = 10.0
+MATCH_AFTER_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """One "incident opened" log line: when (wall clock, s), the incident's start (s), names."""
+
+    at_s: float
+    start_s: float
+    services: tuple[str, ...]
+    root_causes: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    name: str
+    kind: str
+    detect_s: float | None  # None: missed
+    top1: bool
+    false_incidents: int
+    fault_free_s: float
+
+
+def _seconds(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def opened_incidents(log_lines: Sequence[str]) -> list[Opened]:
+    """The engine's "incident opened" lines of a JSON log (other lines are skipped)."""
+    out = []
+    for line in log_lines:
+        if '"incident opened"' not in line:
+            continue
+        record = json.loads(line)
+        out.append(
+            Opened(
+                _seconds(record["ts"]),
+                _seconds(record["start"]),
+                tuple(record["services"]),
+                tuple(record["root_causes"]),
+            )
+        )
+    return out
+
+
+def evaluate_run(name: str, truth: dict[str, object], opened: Sequence[Opened]) -> Outcome:
+    """One run's time to detect, top-1 at detection and false incidents (see the module doc)."""
+    faults = truth["faults"]
+    assert isinstance(faults, list)
+    edges = truth["edges"]
+    assert isinstance(edges, list)
+    load_s = int(truth["load_started_ns"]) / 1e9  # type: ignore[call-overload]
+    end_s = int(truth["ended_ns"]) / 1e9  # type: ignore[call-overload]
+    matched: set[int] = set()
+    detect_s: float | None = None
+    top1 = False
+    kind = "nofault"
+    fault_s = 0.0
+    for fault in faults:
+        kind = str(fault["kind"])
+        target = str(fault["service"])
+        start, stop = fault["start_ns"] / 1e9, fault["end_ns"] / 1e9
+        fault_s += stop - start
+        scope = {target} | {a for a, b in edges if b == target}
+        for i, inc in enumerate(sorted(opened, key=lambda o: o.at_s)):
+            near = start - MATCH_BEFORE_S <= inc.start_s <= stop + MATCH_AFTER_S
+            if near and scope & set(inc.services):
+                matched.add(i)
+                if detect_s is None:
+                    detect_s = inc.at_s - start
+                    top1 = bool(inc.root_causes) and inc.root_causes[0] == target
+    return Outcome(
+        name,
+        kind,
+        detect_s,
+        top1,
+        len(opened) - len(matched),
+        max(end_s - load_s - fault_s, 0.0),
+    )
+
+
+def _evaluate_dir(run_dir: Path) -> Outcome | None:
+    truth_path, log = run_dir / "truth.json", run_dir / "demo" / "logs" / "up.log"
+    if not truth_path.is_file() or not log.is_file():
+        return None
+    truth = json.loads(truth_path.read_text())
+    lines = log.read_text(errors="replace").splitlines()
+    return evaluate_run(run_dir.name, truth, opened_incidents(lines))
+
+
+def report(outcomes: Sequence[Outcome]) -> str:
+    rows = [
+        f"{'fault kind':<12} {'runs':>4} {'detected':>9} {'median':>7} {'max':>7}"
+        f" {'<=30s':>6} {'top-1@detect':>12}"
+    ]
+    kinds = sorted({o.kind for o in outcomes if o.kind != "nofault"})
+    for kind in [*kinds, "ALL"]:
+        group = [o for o in outcomes if o.kind != "nofault" and kind in (o.kind, "ALL")]
+        if not group:
+            continue
+        times = [o.detect_s for o in group if o.detect_s is not None]
+        fast = sum(t <= 30 for t in times)
+        rows.append(
+            f"{kind:<12} {len(group):>4} {len(times) / len(group):>8.0%}"
+            f" {statistics.median(times) if times else float('nan'):>6.1f}s"
+            f" {max(times) if times else float('nan'):>6.1f}s"
+            f" {fast:>3}/{len(group):<2}"
+            f" {sum(o.top1 for o in group):>8}/{len(group)}"
+        )
+    false = sum(o.false_incidents for o in outcomes)
+    free = sum(o.fault_free_s for o in outcomes)
+    true = sum(o.detect_s is not None for o in outcomes)
+    rows.append(
+        f"false incidents: {false} in {free:.0f} s of fault-free load ({len(outcomes)} runs);"
+        f" precision {true / max(true + false, 1):.1%} (first matching incident per fault"
+        f" / those + false ones)"
+    )
+    rows += [
+        f"  {o.name:<34} "
+        + (f"detected {o.detect_s:6.1f}s" if o.detect_s is not None else "missed         ")
+        + f"  top1@detect={'yes' if o.top1 else 'no'}  false={o.false_incidents}"
+        for o in outcomes
+    ]
+    return "\n".join(rows)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dir", type=Path)
+    parser.add_argument("--duration", type=float, default=300.0)
+    parser.add_argument("--cases", type=int, default=12, help="fault cases to record")
+    parser.add_argument("--nofault", type=int, default=0, help="fault-free runs per topology")
+    parser.add_argument("--report", action="store_true", help="evaluate only, record nothing")
+    args = parser.parse_args(argv)
+    args.dir.mkdir(parents=True, exist_ok=True)
+    if not args.report:
+        cases = _interleaved(evaluation_cases(seeds=[1], duration_s=args.duration))
+        for n, case in enumerate(cases[: args.cases], 1):
+            started = time.monotonic()
+            code = record_case(args.dir, case)
+            print(
+                f"[{n}] {case.name}: exit {code} ({time.monotonic() - started:.0f} s)", flush=True
+            )
+        for i in range(args.nofault):
+            for topology in ("shop", "chain"):
+                code = record_nofault(args.dir, topology, i, args.duration)
+                print(f"{topology} nofault {i}: exit {code}", flush=True)
+    outcomes = [o for d in sorted(args.dir.iterdir()) if (o := _evaluate_dir(d)) is not None]
+    print(report(outcomes))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
