@@ -25,6 +25,9 @@ __all__ = ["Change", "PolicyStore", "diff_documents", "document_digest"]
 
 logger = logging.getLogger(__name__)
 
+# Version races one write may lose before giving up (each loss means another write succeeded).
+_CLAIM_ATTEMPTS = 5
+
 
 @dataclass(frozen=True, slots=True)
 class Change:
@@ -132,38 +135,27 @@ class PolicyStore:
         restored: PolicyVersion | None,
     ) -> PolicyVersion:
         async with self._write_lock:
-            latest = await self._repository.policy(service)
-            current = latest.version if latest else 0
-            if expected_version is not None and expected_version != current:
-                raise Conflict(
-                    f"{service} is at version {current}, not {expected_version}; reload and retry"
-                )
-            policy = PolicyVersion(
-                service=service,
-                version=current + 1,
-                created_at=self._clock(),
-                author=actor.name,
-                reason=reason,
-                action="put" if restored is None else "rollback",
-                source_version=0 if restored is None else restored.version,
-                digest=document_digest(document),
-                document=document,
-            )
-            details: dict[str, Any] = {"version": policy.version, "digest": policy.digest}
-            if restored is not None:
-                details["restored_version"] = restored.version
-            if latest is not None:
-                details["previous_version"] = latest.version
-                details["changes"] = len(diff_documents(latest.document, document))
-            # Audit first: a change can then never exist without its audit entry.
-            await self._audit.record(
-                actor,
-                f"policy.{policy.action}",
-                f"policy/{service}",
-                reason=reason,
-                details=details,
-            )
-            await self._repository.insert_policy(policy)
+            # The lock serialises this process; the store's compare-and-set on the version
+            # decides between replicas (another PolicyStore on the same store). A writer that
+            # loses a race without an expected version takes the next number.
+            for _ in range(_CLAIM_ATTEMPTS):
+                latest = await self._repository.policy(service)
+                current = latest.version if latest else 0
+                if expected_version is not None and expected_version != current:
+                    raise Conflict(
+                        f"{service} is at version {current}, not {expected_version}; "
+                        "reload and retry"
+                    )
+                policy = await self._claim(actor, service, document, reason, latest, restored)
+                if policy is not None:
+                    break
+                if expected_version is not None:
+                    raise Conflict(
+                        f"{service} version {current + 1} was just stored by another writer; "
+                        "reload and retry"
+                    )
+            else:
+                raise Conflict(f"{service}: lost {_CLAIM_ATTEMPTS} races for a version number")
             self._current[service] = policy
         logger.info(
             "policy version stored",
@@ -176,6 +168,52 @@ class PolicyStore:
         )
         self._on_change()
         return policy
+
+    async def _claim(
+        self,
+        actor: Principal,
+        service: str,
+        document: Mapping[str, Any],
+        reason: str,
+        latest: PolicyVersion | None,
+        restored: PolicyVersion | None,
+    ) -> PolicyVersion | None:
+        """Audit and store version latest + 1; None when another writer stored it first."""
+        policy = PolicyVersion(
+            service=service,
+            version=(latest.version if latest else 0) + 1,
+            created_at=self._clock(),
+            author=actor.name,
+            reason=reason,
+            action="put" if restored is None else "rollback",
+            source_version=0 if restored is None else restored.version,
+            digest=document_digest(document),
+            document=document,
+        )
+        details: dict[str, Any] = {"version": policy.version, "digest": policy.digest}
+        if restored is not None:
+            details["restored_version"] = restored.version
+        if latest is not None:
+            details["previous_version"] = latest.version
+            details["changes"] = len(diff_documents(latest.document, document))
+        # Audit first: a change can then never exist without its audit entry.
+        await self._audit.record(
+            actor, f"policy.{policy.action}", f"policy/{service}", reason=reason, details=details
+        )
+        if await self._repository.claim_policy_version(policy):
+            return policy
+        await self._audit.record(
+            actor,
+            f"policy.{policy.action}_lost",
+            f"policy/{service}",
+            reason=reason,
+            details={**details, "why": "another writer stored this version first"},
+        )
+        logger.warning(
+            "policy version taken by another writer",
+            extra={"service": service, "version": policy.version, "author": actor.name},
+        )
+        return None
 
     async def get(self, service: str, version: int | None = None) -> PolicyVersion:
         policy = await self._repository.policy(service, version)

@@ -75,6 +75,10 @@ def _dt(ts: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(ts, tz=dt.UTC)
 
 
+def _claim(policy: PolicyVersion) -> tuple[str, str, str, str, int]:
+    return (policy.digest, policy.author, policy.reason, policy.action, policy.source_version)
+
+
 def _json(value: Mapping[str, Any]) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
@@ -135,6 +139,19 @@ class ControlPlaneRepository:
                 },
                 dedup_token=f"policy:{policy.service}:{policy.version}",
             )
+
+    async def claim_policy_version(self, policy: PolicyVersion) -> bool:
+        """Compare-and-set: store `policy` unless its (service, version) is taken already.
+
+        The insert's dedup token is the (service, version) pair, so of two writers racing for
+        the same version the second insert is dropped by the store; reading the version back
+        tells each writer whether its row is the one stored. True when it is.
+        """
+        await self.insert_policy(policy)
+        stored = await self.policy(policy.service, policy.version)
+        # Two writers storing the same document with the same author and reason made the same
+        # change: either may count as the winner.
+        return stored is not None and _claim(stored) == _claim(policy)
 
     async def policy(self, service: str, version: int | None = None) -> PolicyVersion | None:
         """One version of a service's policy; the latest when `version` is None."""

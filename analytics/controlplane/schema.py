@@ -12,10 +12,14 @@ POLICIES = "meshlens_cp_policies"
 AUDIT = "meshlens_cp_audit"
 ACKS = "meshlens_cp_acks"
 INSTANCES = "meshlens_cp_instances"
+# Inserts remembered for deduplication: far more policy writes than can race at once.
+POLICY_DEDUP_WINDOW = 10_000
 
 DDL: tuple[str, ...] = (
     # One row per (service, version), never updated: the full history. Replacing only so that a
-    # retried insert of the same version cannot show up twice.
+    # retried insert of the same version cannot show up twice. The deduplication window makes the
+    # insert of a (service, version) block a compare-and-set: the first writer of a version wins,
+    # a second writer's insert (same dedup token) is dropped and it sees the winner on read-back.
     f"""CREATE TABLE IF NOT EXISTS {POLICIES} (
         service LowCardinality(String),
         version UInt32,
@@ -27,7 +31,11 @@ DDL: tuple[str, ...] = (
         digest String,
         document String
     ) ENGINE = ReplacingMergeTree
-    ORDER BY (service, version)""",
+    ORDER BY (service, version)
+    SETTINGS non_replicated_deduplication_window = {POLICY_DEDUP_WINDOW}""",
+    # Tables created before the window existed get it too (idempotent).
+    f"ALTER TABLE {POLICIES} MODIFY SETTING "
+    f"non_replicated_deduplication_window = {POLICY_DEDUP_WINDOW}",
     f"""CREATE TABLE IF NOT EXISTS {AUDIT} (
         ts DateTime64(3, 'UTC'),
         id String,
