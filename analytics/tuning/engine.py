@@ -2,7 +2,8 @@
 the suggestions and verifies due rollouts (rolling back the ones that made things worse).
 
 It writes policies through its own PolicyStore over the shared store, as another control-plane
-replica would; the serving control plane picks the new version up on its store sync.
+replica would (the store's compare-and-set on the version number settles races with operator
+writes); the serving control plane picks the new version up on its store sync.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "rolled_back": frozenset(),
 }
 LIVE = frozenset({"observing", "enforcing", "verified"})
-_ENFORCEABLE = ("timeout", "retry", "outlier", "limits")
+_ENFORCEABLE = ("timeout", "retry", "outlier", "limits", "fallback")
 _DEFAULT_ROUTES = ("", "default")
 
 

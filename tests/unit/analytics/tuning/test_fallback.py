@@ -12,6 +12,7 @@ from analytics.tuning.lifecycle import apply_change
 from analytics.tuning.propose import propose
 from analytics.tuning.rules import FALLBACK_TRIGGERS, Refusal, Suggestion, suggest_fallback
 from analytics.tuning.stats import EdgeStats, edge_stats
+from sidecar.config import parse_config
 from tests.unit.analytics.tuning.traffic import Edge, traffic
 
 CATALOG = Edge(upstream="catalog", route="items")
@@ -63,9 +64,25 @@ def test_read_route_with_overflow_gets_a_503_json_fallback_naming_the_dependency
     assert 0 < found.confidence <= 1
     assert "catalog" in found.summary
     # accepted: the caller's document stays valid for the sidecar schema
+    doc = apply_change(_doc(ITEMS), "web", s.edge, "route", found.change, observe=False)
+    validate_policy("web", doc)
+    assert doc["routes"][0]["fallback"] == {**fallback, "enforce": True}
+
+
+def test_a_fallback_accepted_in_observe_mode_is_observe_only_in_the_sidecar() -> None:
+    s = _stats()
+    found = suggest_fallback(s, _doc(ITEMS))
+    assert isinstance(found, Suggestion)
     doc = apply_change(_doc(ITEMS), "web", s.edge, "route", found.change, observe=True)
     validate_policy("web", doc)
-    assert doc["routes"][0]["fallback"] == fallback
+    assert doc["routes"][0]["fallback"]["enforce"] is False
+    # the sidecar builds it observe-only: it records, it does not answer
+    (route,) = parse_config(
+        {**doc, "upstreams": {"catalog": {"endpoints": ["127.0.0.1:9"]}}}
+    ).routes
+    assert route.fallback is not None and route.fallback.enforce is False
+    promoted = apply_change(doc, "web", s.edge, "route", found.change, observe=False)
+    assert promoted["routes"][0]["fallback"]["enforce"] is True
 
 
 def test_a_second_upstream_serving_the_route_becomes_the_fallback_upstream() -> None:
