@@ -43,10 +43,13 @@ class AppFaults:
     error_rate: float = 0.0
     cpu_ms: float = 0.0
     reset_rate: float = 0.0
+    # A capacity limit without burning CPU: one worker serves requests one at a time for this
+    # long each (FIFO queue), while the event loop (and /_demo/fault) stays responsive.
+    serial_ms: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.latency_ms < 0 or self.cpu_ms < 0:
-            raise ValueError("latency_ms and cpu_ms must be >= 0")
+        if self.latency_ms < 0 or self.cpu_ms < 0 or self.serial_ms < 0:
+            raise ValueError("latency_ms, cpu_ms and serial_ms must be >= 0")
         for name in ("error_rate", "reset_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1]")
@@ -54,7 +57,7 @@ class AppFaults:
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> AppFaults:
         """Validate a `/_demo/fault` body; ValueError names what is wrong."""
-        unknown = set(body) - {"latency_ms", "error_rate", "cpu_ms", "reset_rate"}
+        unknown = set(body) - {"latency_ms", "error_rate", "cpu_ms", "reset_rate", "serial_ms"}
         if unknown:
             raise ValueError(f"unknown fault fields: {', '.join(sorted(unknown))}")
         values: dict[str, float] = {}
@@ -70,6 +73,7 @@ class AppFaults:
             "error_rate": self.error_rate,
             "cpu_ms": self.cpu_ms,
             "reset_rate": self.reset_rate,
+            "serial_ms": self.serial_ms,
         }
 
 

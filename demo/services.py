@@ -48,6 +48,7 @@ class DemoService:
         self._tracer = tracer
         self._rng = random.Random(seed ^ zlib.crc32(instance.encode()))
         self._session: aiohttp.ClientSession | None = None
+        self._worker = asyncio.Lock()  # the one worker of `serial_ms` (asyncio.Lock is FIFO)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -121,6 +122,9 @@ class DemoService:
             return 0
         if faults.cpu_ms:
             _burn(faults.cpu_ms / 1000.0)  # blocks the loop: that is what CPU starvation does
+        if faults.serial_ms:
+            async with self._worker:  # queued requests wait here, unbounded, like a busy server
+                await asyncio.sleep(faults.serial_ms / 1000.0)
         delay_ms = max(0.0, self._rng.gauss(op.work_ms, op.jitter_ms)) + faults.latency_ms
         await asyncio.sleep(delay_ms / 1000.0)
         if self._rng.random() < max(op.error_rate, faults.error_rate):

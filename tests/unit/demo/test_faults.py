@@ -129,3 +129,10 @@ def test_every_kind_has_parameters_and_a_description() -> None:
 def test_a_crash_without_an_instance_is_refused() -> None:
     with pytest.raises(ValueError, match="one instance"):
         FaultSpec(FaultKind.CRASH, "catalog")
+
+
+def test_serial_ms_round_trips_and_must_not_be_negative() -> None:
+    faults = AppFaults.from_json({"serial_ms": 100})
+    assert faults.serial_ms == 100.0 and AppFaults.from_json(faults.to_json()) == faults
+    with pytest.raises(ValueError, match="serial_ms"):
+        AppFaults(serial_ms=-1)
