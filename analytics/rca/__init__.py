@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from analytics.rca.ranking import Candidate, SpanRow, rank_root_causes
+from analytics.rca.ranking import Candidate, SpanRow, rank_root_causes, with_logged_errors
 
-__all__ = ["Candidate", "SpanRow", "rank_root_causes"]
+__all__ = ["Candidate", "SpanRow", "rank_root_causes", "with_logged_errors"]

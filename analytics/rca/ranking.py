@@ -5,10 +5,14 @@ A fixed method with no fitted parameters; every score is a robust z (median / MA
   its own self time; its callers only inherit the time (their self time stays put).
 - edge gap: caller span minus callee span across a service boundary (network, queueing,
   connection setup). It is charged to both endpoints: a delayed pod slows every edge it is on.
-- error origin: a failing span none of whose children failed is where an error started;
+- error origin: a failing span with no failed span under it is where an error started;
   callers that only pass it on are not origins. A client span with a known callee and no
-  child span counts for the callee (the sidecar knows whom it called).
+  child span counts for the callee (the sidecar knows whom it called). A span fails by its
+  status or by an error-level log line written under it (`with_logged_errors`): code-level
+  faults (an exception caught and logged, a wrong return value) often set no status.
 score = max(self z, 0) + mean positive edge-gap z over the service's edges + max(origin z, 0).
+A shift's z is over the baseline's spread plus the window median's sampling error (MAD / sqrt
+n), so five scattered window values do not outweigh a shift seen in hundreds.
 """
 
 from __future__ import annotations
@@ -16,11 +20,11 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, replace
 from typing import Literal
 
-__all__ = ["Candidate", "SpanRow", "rank_root_causes"]
+__all__ = ["Candidate", "SpanRow", "rank_root_causes", "with_logged_errors"]
 
 _MAD_SCALE = 1.4826
 _FLOOR_NS = 1_000_000  # 1 ms: shifts below timer noise never dominate
@@ -57,6 +61,16 @@ class Candidate:
     evidence: tuple[str, ...]
 
 
+def with_logged_errors(
+    spans: Sequence[SpanRow], logged: Collection[tuple[str, str]]
+) -> list[SpanRow]:
+    """`spans` with those named by an error-level log line, (trace id, span id), failed."""
+    return [
+        s if s.error or (s.trace_id, s.span_id) not in logged else replace(s, error=True)
+        for s in spans
+    ]
+
+
 def _self_times(spans: Sequence[SpanRow]) -> tuple[list[int], dict[tuple[str, str], int]]:
     """Self time per span (same order) and the index of each span by (trace, span id)."""
     index = {(s.trace_id, s.span_id): i for i, s in enumerate(spans)}
@@ -86,10 +100,18 @@ def _self_times(spans: Sequence[SpanRow]) -> tuple[list[int], dict[tuple[str, st
     return out, index
 
 
-def _robust_z(baseline: Sequence[float], window: Sequence[float]) -> float:
-    median = statistics.median(baseline)
-    mad = statistics.median([abs(x - median) for x in baseline])
-    return (statistics.median(window) - median) / (_MAD_SCALE * mad + _FLOOR_NS)
+def _mad(values: Sequence[float], median: float) -> float:
+    return statistics.median([abs(x - median) for x in values])
+
+
+def _robust_z(baseline: Sequence[float], window: Sequence[float], sampled: bool = True) -> float:
+    """Shift of the median over the baseline's spread plus (`sampled`) the window median's own
+    sampling error (spread / sqrt(n)): a few scattered window values are not a shift."""
+    median, now = statistics.median(baseline), statistics.median(window)
+    spread = _mad(baseline, median)
+    if sampled:
+        spread = math.hypot(spread, _mad(window, now) / math.sqrt(len(window)))
+    return (now - median) / (_MAD_SCALE * spread + _FLOOR_NS)
 
 
 @dataclass(slots=True)
@@ -106,16 +128,18 @@ def _summarise(spans: Sequence[SpanRow]) -> _Side:
     side = _Side(
         defaultdict(list), defaultdict(list), defaultdict(list), defaultdict(int), defaultdict(int)
     )
-    failing_children: set[int] = set()
+    failing_below: set[int] = set()  # spans with a failed span anywhere under them
     fan_out: dict[int, int] = defaultdict(int)
     for s in spans:
         parent_of = index.get((s.trace_id, s.parent_span_id)) if s.parent_span_id else None
         if parent_of is not None:
             fan_out[parent_of] += 1
-        if s.error and s.parent_span_id:
-            parent = index.get((s.trace_id, s.parent_span_id))
-            if parent is not None:
-                failing_children.add(parent)
+        # Up the ancestors (a span whose error was only logged may sit under a client span
+        # that carries no status); stop at one already marked, so each span is marked once.
+        while s.error and parent_of is not None and parent_of not in failing_below:
+            failing_below.add(parent_of)
+            up = spans[parent_of]
+            parent_of = index.get((up.trace_id, up.parent_span_id)) if up.parent_span_id else None
     for i, s in enumerate(spans):
         # A call with a known callee and no span under it (callee not instrumented, its span
         # sampled away, or the call failed before reaching it) is evidence about the callee.
@@ -124,7 +148,7 @@ def _summarise(spans: Sequence[SpanRow]) -> _Side:
         side.self_by_op[key].append(selfs[i])
         side.total_by_op[key].append(s.duration_ns)
         side.spans[owner] += 1
-        if s.error and i not in failing_children:
+        if s.error and i not in failing_below:
             side.origins[owner] += 1
         parent = index.get((s.trace_id, s.parent_span_id)) if s.parent_span_id else None
         # Only a parent with this one child measures the call itself (a client span): with
@@ -151,11 +175,13 @@ def rank_root_causes(
     *,
     min_samples: int = 5,
     edge_gap: Literal["mean", "sum"] = "mean",
+    sampled_z: bool = True,
 ) -> list[Candidate]:
     """Services of `window` ranked most-likely-first. CPU-bound: call it off the event loop.
 
     `edge_gap` folds a service's edge-gap z-scores: the mean over the edges it is on (default:
     a delayed service has all its edges slow, a neighbour only the one edge to it) or the sum.
+    `sampled_z` False judges shifts by the baseline's spread alone (the method before).
     """
     if min_samples < 1:
         raise ValueError(f"min_samples must be >= 1, got {min_samples}")
@@ -168,7 +194,7 @@ def rank_root_causes(
         before = base.self_by_op.get(key, [])
         if len(before) < min_samples or len(values) < min_samples:
             continue
-        z = _robust_z(before, values)
+        z = _robust_z(before, values, sampled_z)
         change_ms = (statistics.median(values) - statistics.median(before)) / 1e6
         total_ms = (
             statistics.median(win.total_by_op[key]) - statistics.median(base.total_by_op[key])
@@ -185,7 +211,7 @@ def rank_root_causes(
         before = base.gaps.get(edge, [])
         if len(before) < min_samples or len(values) < min_samples:
             continue
-        z = _robust_z(before, values)
+        z = _robust_z(before, values, sampled_z)
         for service in edge:
             gap_n[service] += 1
         if z > 0:

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from analytics.rca import SpanRow, rank_root_causes
+from analytics.rca import SpanRow, rank_root_causes, with_logged_errors
 
 MS = 1_000_000
 _ids = itertools.count(1)
@@ -173,3 +173,54 @@ def test_a_failed_call_that_never_reached_the_callee_blames_the_callee() -> None
     assert ranked[0].service == "stock"
     assert ranked[0].error_origins == 15
     assert next(c for c in ranked if c.service == "web").error_origins == 0
+
+
+def _logged_calls(failing: bool) -> list[SpanRow]:
+    """web -> (client span, no status) -> stock; stock logs an error under its span when
+    failing, web logs one too (it passes the failure on). Nothing carries a status."""
+    rows = []
+    for i in range(30):
+        trace = f"{next(_ids):032x}"
+        start = i * 1000 * MS
+        rows += [
+            SpanRow(trace, "a" * 16, "", "web", "GET /", start, 10 * MS),
+            SpanRow(trace, "b" * 16, "a" * 16, "web", "GET", start + MS, 6 * MS),
+            SpanRow(trace, "c" * 16, "b" * 16, "stock", "GET /n", start + 2 * MS, 3 * MS),
+        ]
+    return rows
+
+
+def test_an_error_logged_under_a_span_makes_it_fail_and_its_callers_only_pass_it_on() -> None:
+    baseline, window = _logged_calls(False), _logged_calls(True)
+    # Every other window call: stock logged an error under its span, web under its own.
+    logged = {(s.trace_id, s.span_id) for s in window[::6] if s.service == "web"}
+    logged |= {(s.trace_id, s.span_id) for s in window[2::6]}
+    marked = with_logged_errors(window, logged)
+
+    assert sum(s.error for s in marked) == 30 and not any(s.error for s in window)
+    ranked = rank_root_causes(baseline, marked)
+
+    # The client span between them carries no status: web's error still sits above stock's.
+    assert ranked[0].service == "stock" and ranked[0].error_origins == 15
+    assert next(c for c in ranked if c.service == "web").error_origins == 0
+    assert with_logged_errors(window, set()) == window
+
+
+def test_a_few_scattered_window_values_weigh_less_than_a_shift_seen_in_many() -> None:
+    def op(service: str, values: list[int]) -> list[SpanRow]:
+        return [
+            SpanRow(f"{next(_ids):032x}", "a" * 16, "", service, "op", i * MS, v * MS)
+            for i, v in enumerate(values)
+        ]
+
+    baseline = op("auth", [150 + i % 3 for i in range(12)]) + op(
+        "db", [10 + i % 3 for i in range(200)]
+    )
+    # auth: five scattered values, median +32 ms; db: 200 values all +12 ms.
+    window = op("auth", [146, 174, 183, 194, 219]) + op("db", [22 + i % 3 for i in range(200)])
+
+    sampled = rank_root_causes(baseline, window)
+    before = rank_root_causes(baseline, window, sampled_z=False)
+
+    assert [c.service for c in sampled] == ["db", "auth"]
+    assert [c.service for c in before] == ["auth", "db"]  # the baseline spread alone
