@@ -23,7 +23,12 @@ import pytest
 
 from analytics.anomalies.detectors import Anomaly
 from analytics.anomalies.repository import IncidentRepository
+from analytics.controlplane.audit import AuditLog
+from analytics.controlplane.auth import Principal
+from analytics.controlplane.policies import PolicyStore
+from analytics.controlplane.repository import AckRow, ControlPlaneRepository
 from analytics.rca.ranking import Candidate
+from analytics.tuning.repository import SuggestionRecord, TuningRepository
 from collector.store import Rows, Store, open_store
 from dashboards.catalog import Query, load_dashboards, queries
 from dashboards.macros import TimeRange, expand
@@ -157,6 +162,68 @@ def _incident() -> dict[str, Any]:
     }
 
 
+def _suggestion() -> SuggestionRecord:
+    """A suggestion as the tuning service stores it once verified after its rollout."""
+    return SuggestionRecord(
+        id="sug-1",
+        fingerprint="fp-1",
+        kind="retry",
+        caller="checkout",
+        upstream="payment",
+        route="default",
+        target="checkout",
+        state="verified",
+        summary="retry 503s on checkout->payment, 2 attempts, budget 10 %",
+        change={"retry": {"attempts": 2}},
+        evidence={"requests": 84},
+        confidence=0.8,
+        window_start=T0_S,
+        window_end=T0_S + 120,
+        created_at=T0_S + 130,
+        updated_at=T0_S + 250,
+        mode="enforce",
+        rolled_out_at=T0_S + 140,
+        policy_version=1,
+        verification={
+            "outcome": "better",
+            "before": {"error_rate": 0.14, "p99_ms": 30.0},
+            "after": {"error_rate": 0.01, "p99_ms": 31.5},
+        },
+    )
+
+
+async def _tuning_history(store: Store) -> None:
+    """A suggestion, the policy version its acceptance stored (audited), the sidecars' replies."""
+    tuning = TuningRepository(store)
+    await tuning.ensure_tables()
+    await tuning.save([_suggestion()])
+    repository = ControlPlaneRepository(store)
+    await repository.create_tables()
+    clock = lambda: T0_S + 140.0  # noqa: E731
+    audit = AuditLog(repository, clock=clock)
+    policies = PolicyStore(repository, audit, on_change=lambda: None, clock=clock)
+    operator = Principal("operator", "alice")
+    doc = {
+        "service": "checkout",
+        "upstreams": {"payment": {}},
+        "routes": [
+            {
+                "name": "payment",
+                "destinations": [{"upstream": "payment"}],
+                "retry": {"attempts": 2, "budget": {"ratio": 0.1}},
+            }
+        ],
+    }
+    await policies.put(operator, "checkout", doc, reason="accepted suggestion sug-1")
+    await audit.spool.flush()
+    await repository.insert_acks(
+        [
+            AckRow(T0_S + 141.0, "checkout", "checkout-0", 1, "n1", True, ""),
+            AckRow(T0_S + 141.5, "checkout", "checkout-1", 1, "n2", False, "bad route"),
+        ]
+    )
+
+
 def _variables(trace_id: str) -> dict[str, Any]:
     return {"service": sorted(SERVICES), "min_duration_ms": "0", "trace_id": trace_id}
 
@@ -175,6 +242,7 @@ async def _run_all(data: Path) -> Results:
         incidents = IncidentRepository(store)
         await incidents.ensure_table()
         await incidents.upsert([_incident()], dt.datetime.fromtimestamp(T0_S + 300, dt.UTC))
+        await _tuning_history(store)
         variables = _variables(traces[3].trace_id)
         results = {}
         for dashboard in load_dashboards():
@@ -330,6 +398,24 @@ def test_incident_tables_show_the_ranked_root_causes(results: Results) -> None:
     assert anomalies[0]["observed"] == pytest.approx(0.14)
 
 
+def test_tuning_tables_show_the_lifecycle_versions_acks_and_audit(results: Results) -> None:
+    def panel(title: str) -> Rows:
+        [(_, rows, _)] = [r for r in results.values() if r[0].panel_title == title]
+        return rows
+
+    [suggestion] = panel("Policy suggestions")
+    assert suggestion["edge"] == "checkout -> payment" and suggestion["state"] == "verified"
+    assert suggestion["verdict"] == "better" and suggestion["policy_version"] == 1
+    assert suggestion["errors_before"] == pytest.approx(0.14)
+    assert suggestion["p99_after_ms"] == pytest.approx(31.5)
+    [version] = panel("Policy versions")
+    assert (version["service"], version["version"], version["author"]) == ("checkout", 1, "alice")
+    assert version["reason"] == "accepted suggestion sug-1"
+    [acks] = panel("Sidecar ACKs")
+    assert (acks["acked"], acks["nacked"], acks["nack_error"]) == (1, 1, "bad route")
+    assert any(row["actor"] == "alice" for row in panel("Audit log"))
+
+
 async def test_every_panel_returns_rows_on_a_real_demo_run(tmp_path: Path) -> None:
     """The demo's scenario runner (real apps, sidecars, collector) fills the store instead."""
     data, truth_path = tmp_path / "data", tmp_path / "truth.json"
@@ -367,5 +453,7 @@ async def test_every_panel_returns_rows_on_a_real_demo_run(tmp_path: Path) -> No
                     assert len({r["serviceName"] for r in rows}) >= 4
     finally:
         await store.close()
-    # Incidents need minutes of baseline; every other panel has data after an 8 s run.
-    assert [key for key in empty if not key.startswith("meshlens-incidents/")] == []
+    # Incidents and suggestions need minutes of baseline; every other panel (policy versions,
+    # sidecar ACKs and the audit log included) has data after an 8 s run.
+    needs_minutes = ("meshlens-incidents/", "meshlens-tuning/Policy suggestions/")
+    assert [key for key in empty if not key.startswith(needs_minutes)] == []

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from analytics.anomalies.repository import TABLE as INCIDENTS_TABLE
+from analytics.controlplane.schema import DDL as CONTROL_PLANE_DDL
+from analytics.tuning.repository import PINS, SUGGESTIONS
 from collector.schema import SchemaOptions
 from collector.schema.migrations import MIGRATIONS
 from dashboards.catalog import DASHBOARD_DIR, dashboard_files, load_dashboards, queries
@@ -18,10 +20,13 @@ DASHBOARDS = load_dashboards()
 
 
 def _schema_tables() -> set[str]:
-    """Tables the store's migrations create, plus the analysis engine's incidents table."""
+    """Tables the store's migrations create, plus the analysis engine's incidents table, the
+    control plane's tables and the tuning loop's."""
     ddl = "\n".join(s for m in MIGRATIONS for s in m.statements(SchemaOptions()))
     tables = re.findall(r"CREATE (?:TABLE|MATERIALIZED VIEW) IF NOT EXISTS `\w+`\.`(\w+)`", ddl)
-    return {*tables, INCIDENTS_TABLE}
+    control_plane = re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", "\n".join(CONTROL_PLANE_DDL))
+    assert len(control_plane) >= 4
+    return {*tables, INCIDENTS_TABLE, *control_plane, SUGGESTIONS, PINS}
 
 
 def test_each_file_is_one_dashboard_with_a_unique_stable_uid() -> None:
