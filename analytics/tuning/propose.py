@@ -13,6 +13,7 @@ from analytics.tuning.rules import (
     Refusal,
     RoutePolicy,
     Suggestion,
+    suggest_budget,
     suggest_concurrency,
     suggest_fallback,
     suggest_outlier,
@@ -22,7 +23,7 @@ from analytics.tuning.rules import (
 )
 from analytics.tuning.stats import Attempt, EdgeKey, edge_stats
 
-__all__ = ["Proposals", "propose"]
+__all__ = ["Proposals", "at_the_bottleneck", "propose"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,7 @@ def propose(
             failing.setdefault(edge.caller, set()).add(edge.upstream)
     found: list[Suggestion] = []
     refused: list[Refusal] = []
+    limits: dict[EdgeKey, Suggestion | Refusal | None] = {}
 
     def keep(result: Suggestion | Refusal | None) -> Suggestion | None:
         if isinstance(result, Refusal):
@@ -77,11 +79,39 @@ def propose(
         retry = keep(suggest_retry(s, current, allow_non_idempotent=opt_in, per_try_s=per_try))
         if retry is not None and timeout is not None and "timeout" in retry.change:
             found.remove(timeout)  # the retry suggestion carries the matching timeouts
-        if retry is None:
-            keep(suggest_removal(s, current))
+        if retry is None and keep(suggest_removal(s, current)) is None:
+            keep(suggest_budget(s, current))
         keep(suggest_outlier(s, current))
-        keep(suggest_concurrency(s))
+        limits[edge] = suggest_concurrency(s)
         avoid = frozenset(failing.get(edge.caller, ()))
         keep(suggest_fallback(s, documents.get(edge.caller), failing_upstreams=avoid))
+    for result in at_the_bottleneck(limits):
+        keep(result)
     found.extend(chain_findings(policies))
     return Proposals(tuple(found), tuple(refused))
+
+
+def at_the_bottleneck(
+    limits: Mapping[EdgeKey, Suggestion | Refusal | None],
+) -> list[Suggestion | Refusal | None]:
+    """Concurrency limits only where latency rises on its own: a caller whose upstream's own
+    calls knee too only inherits that latency, and a limit there would refuse calls the
+    upstream could still serve while the real bottleneck stays unprotected."""
+    kneeing: dict[str, list[EdgeKey]] = {}
+    for edge, result in limits.items():
+        if isinstance(result, Suggestion):
+            kneeing.setdefault(edge.caller, []).append(edge)
+    out: list[Suggestion | Refusal | None] = []
+    for edge, result in limits.items():
+        below = kneeing.get(edge.upstream, [])
+        if isinstance(result, Suggestion) and below and edge.upstream != edge.caller:
+            names = ", ".join(sorted(e.label() for e in below))
+            result = Refusal(
+                "concurrency",
+                edge,
+                f"latency rises downstream ({names}): the limit belongs there; one here would "
+                f"refuse calls {edge.upstream} could still serve",
+                {**result.evidence, "downstream_knees": sorted(e.label() for e in below)},
+            )
+        out.append(result)
+    return out

@@ -1,5 +1,5 @@
-"""Suggestion rules: one function per family (timeout, retry, outlier, concurrency, removal,
-fallback).
+"""Suggestion rules: one function per family (timeout, retry, retry budget, outlier, concurrency,
+removal, fallback).
 
 Each takes one edge's statistics (analytics/tuning/stats.py) and the caller's current route
 policy and returns a `Suggestion`, a `Refusal` (the rule looked and said no, with why) or None.
@@ -23,6 +23,9 @@ __all__ = [
     "Refusal",
     "RoutePolicy",
     "Suggestion",
+    "max_ejection_percent",
+    "overload",
+    "suggest_budget",
     "suggest_concurrency",
     "suggest_fallback",
     "suggest_outlier",
@@ -40,6 +43,14 @@ FALLBACK_MIN_CALLS = 5
 _SAFE_READS = frozenset({"GET", "HEAD", "OPTIONS"})
 _DAY_S = 86_400.0
 _BACKOFF_MAX_MS = 250.0
+# The tight retry budget (<= 1.1x amplification per hop): retries may add 8 % to the requests,
+# plus a reserve of one retry per 20 s so a quiet edge can still retry at all. Not a round 10 %:
+# a sliding-window budget enters an outage with the last window's unspent deposits, so over a
+# 60 s outage it lets ratio x 7/6 + the reserve through (0.08 x 7/6 + 0.05/s ~ 10 % at 7 calls/s).
+BUDGET_RATIO = 0.08
+_BUDGET = {"ratio": BUDGET_RATIO, "min_per_s": 0.05, "window_s": 10.0}
+# A knee is latency rising by half AND by this much: a few ms on a fast service is CPU noise.
+_KNEE_MIN_RISE_MS = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +171,89 @@ def _fmt_s(value: float | None) -> str:
     return "none" if value is None else f"{value * 1000:.0f} ms"
 
 
+@dataclass(frozen=True, slots=True)
+class _Second:
+    """One second of an edge's calls: throughput, in flight (Little's law), latency, failures."""
+
+    rps: int
+    concurrency: float
+    mean_ms: float
+    failed: int
+
+
+def _seconds(s: EdgeStats) -> list[_Second]:
+    """The edge's calls per second of their start, ordered by throughput."""
+    per_s: dict[int, list[tuple[float, bool]]] = defaultdict(list)
+    for c in s.calls:
+        per_s[int(c.first.start_s)].append((c.duration_ms, c.failed))
+    out = []
+    for calls in per_s.values():
+        mean = sum(ms for ms, _ in calls) / len(calls)
+        failed = sum(f for _, f in calls)
+        out.append(_Second(len(calls), len(calls) * mean / 1000, mean, failed))
+    return sorted(out, key=lambda x: (x.rps, x.concurrency, x.mean_ms))
+
+
+def overload(s: EdgeStats, *, min_seconds: int = 20) -> dict[str, float] | None:
+    """Evidence that the edge's failures come from overload, else None: over the seconds ordered
+    by calls in flight, the busiest third both is slower (>= 1.5x the quietest third's mean
+    latency) and fails more (>= 2 % of calls, and >= 2x + 1 pp the quietest third's rate)."""
+    seconds = sorted(_seconds(s), key=lambda x: x.concurrency)
+    if len(seconds) < min_seconds:
+        return None
+    third = len(seconds) // 3
+    quiet, busy = seconds[:third], seconds[-third:]
+
+    def rate(group: list[_Second]) -> float:
+        return sum(x.failed for x in group) / max(1, sum(x.rps for x in group))
+
+    def latency(group: list[_Second]) -> float:
+        return sum(x.mean_ms * x.rps for x in group) / max(1, sum(x.rps for x in group))
+
+    quiet_rate, busy_rate = rate(quiet), rate(busy)
+    ratio = latency(busy) / max(latency(quiet), 1e-3)
+    if ratio < 1.5 or busy_rate < 0.02 or busy_rate < 2 * quiet_rate + 0.01:
+        return None
+    return {
+        "busy_error_rate": round(busy_rate, 4),
+        "quiet_error_rate": round(quiet_rate, 4),
+        "latency_ratio": round(ratio, 2),
+    }
+
+
+def suggest_budget(s: EdgeStats, current: RoutePolicy) -> Suggestion | None:
+    """A tight budget (8 % + 0.05/s) for a retrying route: without one every hop of a chain
+    multiplies the load of an overloaded upstream by its attempts; a looser one (the 20 %
+    default) is tightened when the edge shows overload."""
+    if current.attempts <= 1:
+        return None
+    busy = overload(s)
+    ratio = current.budget_ratio
+    if ratio is not None and (ratio <= BUDGET_RATIO or busy is None):
+        return None
+    evidence: dict[str, Any] = {
+        **_window(s),
+        "attempts": current.attempts,
+        "current_budget_ratio": ratio,
+        "worst_case_amplification": current.attempts,
+        "retries": s.retries,
+    }
+    if busy is not None:
+        evidence["overload"] = busy
+    now = "no budget" if ratio is None else f"a {ratio:.0%} budget"
+    return Suggestion(
+        "retry_budget",
+        s.edge,
+        "route",
+        {"retry": {"attempts": current.attempts, "budget": dict(_BUDGET)}},
+        evidence,
+        0.9 if ratio is None else _confidence(s.requests, 100),
+        f"{s.edge.label()}: cap retries at {BUDGET_RATIO:.0%} of requests ({now} lets "
+        f"{current.attempts} attempts multiply an overloaded upstream's load by "
+        f"{current.attempts}x per hop)",
+    )
+
+
 def _retry_refusal(s: EdgeStats, allow_non_idempotent: bool) -> str | None:
     if s.failures < 5:
         return f"only {s.failures} failed tries in the window"
@@ -177,6 +271,14 @@ def _retry_refusal(s: EdgeStats, allow_non_idempotent: bool) -> str | None:
     if len(s.endpoint_attempts) > 1 and max(failing.values()) > 0.8 * s.failures:
         worst = max(failing, key=lambda e: failing[e])
         return f"{worst} has most failures: outlier ejection fits better than retries"
+    busy = overload(s)
+    if busy is not None:
+        return (
+            f"failures rise with load ({busy['busy_error_rate']:.1%} of calls fail in the busiest "
+            f"seconds, {busy['quiet_error_rate']:.1%} in the quietest; latency "
+            f"{busy['latency_ratio']:.1f}x): the upstream is overloaded and retries would add "
+            "load: limit concurrency instead"
+        )
     return None
 
 
@@ -203,14 +305,14 @@ def suggest_retry(
     attempts = 2
     while attempts < 3 and p**attempts > max(p / 100, 1e-4):
         attempts += 1
-    ratio = round(min(0.2, max(0.05, 3 * p)), 3)
+    ratio = round(min(BUDGET_RATIO, max(0.05, 3 * p)), 3)
     evidence.update({"transient_rate": round(p, 5), "expected_residual": round(p**attempts, 6)})
     if current.attempts == attempts and current.budget_ratio == ratio:
         return None
     retry: dict[str, Any] = {
         "attempts": attempts,
         "on": ["connect-failure", "reset", "gateway-error"],
-        "budget": {"ratio": ratio, "min_per_s": 1.0, "window_s": 10.0},
+        "budget": {**_BUDGET, "ratio": ratio},
         "backoff_base_ms": 25.0,
         "backoff_max_ms": _BACKOFF_MAX_MS,
     }
@@ -242,12 +344,30 @@ def _consecutive_threshold(error_rate: float, rps: float) -> int:
     return max(3, min(50, k))
 
 
+def max_ejection_percent(endpoints: int) -> float:
+    """The percent letting the sidecar eject at most max(1, (n - 1) // 2) of `endpoints` (it
+    allows max(1, floor(n x percent / 100))): never the last one, never most of them (a fault
+    shared by all endpoints must not pile their load on a few)."""
+    if endpoints < 2:
+        return 0.0
+    allowed = max(1, (endpoints - 1) // 2)
+    return round(100.0 * (allowed + 0.5) / endpoints, 1)
+
+
 def suggest_outlier(s: EdgeStats, current: RoutePolicy) -> Suggestion | Refusal | None:
     """Ejection thresholds from the healthy endpoints' error rate, plus latency ejection when
     one endpoint is much slower than its peers."""
     eps = {e: n for e, n in s.endpoint_attempts.items() if n >= 20}
     if not eps:
         return Refusal("outlier", s.edge, "no endpoint has 20 tries in the window")
+    if len(s.endpoint_attempts) < 2:
+        return Refusal(
+            "outlier",
+            s.edge,
+            "one endpoint: ejecting it leaves nothing to send to (the balancer would panic and "
+            "use it anyway); shed load with a concurrency limit instead",
+            {**_window(s), "endpoints": len(s.endpoint_attempts)},
+        )
     rates = sorted(s.endpoint_failures.get(e, 0) / n for e, n in eps.items())
     healthy = rates[(len(rates) - 1) // 2]  # the median endpoint's error rate
     per_ep_rps = s.attempts / max(len(s.endpoint_attempts), 1) / s.window_s
@@ -262,6 +382,7 @@ def suggest_outlier(s: EdgeStats, current: RoutePolicy) -> Suggestion | Refusal 
             "min_requests": max(5, int(window_n / 2)),
             "threshold": round(min(0.95, max(0.5, threshold)), 3),
         },
+        "max_ejection_percent": max_ejection_percent(len(s.endpoint_attempts)),
     }
     evidence: dict[str, Any] = {
         **_window(s),
@@ -298,37 +419,42 @@ def suggest_outlier(s: EdgeStats, current: RoutePolicy) -> Suggestion | Refusal 
 
 
 def suggest_concurrency(s: EdgeStats) -> Suggestion | Refusal | None:
-    """A concurrency limit at the throughput-vs-latency knee (Little's law per second)."""
-    per_s: dict[int, list[float]] = defaultdict(list)
-    for c in s.calls:
-        per_s[int(c.first.start_s)].append(c.duration_ms)
-    if len(per_s) < 20:
-        return Refusal("concurrency", s.edge, f"only {len(per_s)} seconds with traffic (need 20)")
-    # (throughput /s, concurrency by Little's law, mean latency ms) per second
-    points = sorted(
-        (len(v), len(v) * (sum(v) / len(v)) / 1000, sum(v) / len(v)) for v in per_s.values()
-    )
+    """A concurrency limit at the throughput-vs-latency knee (Little's law per second) that
+    fails fast: at most as many waiting as running, for at most 2x the light-load latency, so
+    an overloaded upstream's excess is refused at once (503 `overflow`) instead of queued."""
+    points = _seconds(s)
+    if len(points) < 20:
+        return Refusal("concurrency", s.edge, f"only {len(points)} seconds with traffic (need 20)")
     # Baseline: the median latency of the lightest-loaded third (every second tied with it).
-    light = sorted(p[2] for p in points if p[0] <= points[len(points) // 3][0])
+    light = sorted(p.mean_ms for p in points if p.rps <= points[len(points) // 3].rps)
     base_ms = light[len(light) // 2]
-    median_rps = points[len(points) // 2][0]
-    under = [c for rps, c, lat in points if lat <= 1.5 * base_ms]
-    over = [c for rps, c, lat in points if lat > 1.5 * base_ms and rps >= median_rps]
+    median_rps = points[len(points) // 2].rps
+    knee_ms = max(1.5 * base_ms, base_ms + _KNEE_MIN_RISE_MS)
+    under = [p.concurrency for p in points if p.mean_ms <= knee_ms]
+    over = [p.concurrency for p in points if p.mean_ms > knee_ms and p.rps >= median_rps]
     evidence = {**_window(s), "baseline_latency_ms": round(base_ms, 1), "seconds": len(points)}
     if len(over) < 3 or not under:
         return Refusal("concurrency", s.edge, "latency never rose with load: no knee", evidence)
     knee = max(under)
-    limit = max(4, math.ceil(knee * 1.2))
+    limit = max(2, math.ceil(knee * 1.2))
+    pending_s = round(min(1.0, max(0.05, 2 * base_ms / 1000)), 3)
     evidence.update({"knee_concurrency": round(knee, 1), "saturated_seconds": len(over)})
+    limits = {
+        "max_connections": limit,
+        "max_pending": limit,
+        "max_requests": 2 * limit,
+        "pending_timeout_s": pending_s,
+    }
     return Suggestion(
         "concurrency",
         s.edge,
         "upstream",
-        {"limits": {"max_connections": limit, "max_requests": 2 * limit, "pending_timeout_s": 1.0}},
+        {"limits": limits},
         evidence,
         _confidence(len(over), 10),
-        f"{s.edge.upstream}: at most {limit} concurrent requests (latency climbs past "
-        f"{knee:.1f} in flight; baseline {base_ms:.0f} ms)",
+        f"{s.edge.upstream}: at most {limit} concurrent requests, as many waiting for at most "
+        f"{pending_s * 1000:.0f} ms, the rest refused at once (latency climbs past {knee:.1f} "
+        f"in flight; baseline {base_ms:.0f} ms)",
     )
 
 
