@@ -259,6 +259,9 @@ class Stack:
             async with session.get(api, params={"state": "proposed", "limit": "200"}) as r:
                 rows = (await r.json())["suggestions"]
             for row in rows:
+                if row["target"] == "none":
+                    log(f"finding {row['kind']} {row['caller']}: {row.get('summary', '')}")
+                    continue  # informational (chain checks): nothing to accept
                 body = {"mode": "enforce", "reason": "bench: accept all"}
                 async with session.post(f"{api}/{row['id']}/accept", json=body) as response:
                     what = f"{row['kind']} {row['caller']}->{row.get('upstream')}"

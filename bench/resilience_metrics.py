@@ -34,12 +34,13 @@ Sample = tuple[float, float, bool]
 
 
 def goodput_buckets(samples: Iterable[Sample], t0: float, t1: float) -> list[int]:
-    """Successful journeys per whole second of [t0, t1), by the second each one ended in."""
-    n = max(0, math.ceil(t1 - t0 - 1e-9))
+    """Successful journeys per whole second of [t0, t1), by the second each one ended in; a
+    trailing part of a second is left out (it would read as a drop in goodput)."""
+    n = max(0, int(t1 - t0 + 1e-6))
     out = [0] * n
     for end, _, ok in samples:
-        if ok and t0 <= end < t1:
-            out[min(n - 1, int(end - t0))] += 1
+        if ok and t0 <= end < t0 + n:
+            out[int(end - t0)] += 1
     return out
 
 

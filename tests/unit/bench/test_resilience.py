@@ -31,6 +31,8 @@ def test_goodput_buckets_count_successes_by_the_second_they_ended_in() -> None:
     samples = [(10.2, 0.1, True), (10.9, 0.1, True), (11.0, 0.1, False), (12.5, 0.1, True)]
     assert goodput_buckets(samples, 10.0, 13.0) == [2, 0, 1]
     assert goodput_buckets(samples, 10.0, 10.0) == []
+    # a trailing part of a second is no bucket of its own
+    assert goodput_buckets(samples, 10.0, 13.004) == [2, 0, 1]
 
 
 def test_recovery_is_the_first_second_from_which_goodput_stays_up() -> None:
