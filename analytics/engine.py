@@ -293,6 +293,7 @@ class AnalysisEngine:
         self._known: dict[str, tuple[datetime, datetime, frozenset[str]]] = {}
         self._ranked: dict[str, _Ranked] = {}
         self._opened: set[str] = set()
+        self._seen: dict[tuple[str, str, datetime], datetime] = {}
         self.runs = 0
         self.failures = 0
 
@@ -324,6 +325,7 @@ class AnalysisEngine:
             end = _floor(wall - timedelta(seconds=self._settle_s), self._fine.step_s)
             anomalies += await _fine_anomalies(self._store, end, self._fine)
         self._forget(wall - self._lookback)
+        self._log_new(anomalies)
         found = []
         used: set[str] = set()
         for incident in group_incidents(anomalies):
@@ -347,6 +349,25 @@ class AnalysisEngine:
         self.runs += 1
         return found
 
+    def _log_new(self, anomalies: Sequence[Anomaly]) -> None:
+        """Log each anomaly the first time it is seen (benches time detection from these)."""
+        for a in anomalies:
+            key = (a.subject, a.signal, a.start)
+            if key in self._seen:
+                continue
+            self._seen[key] = a.end
+            logger.info(
+                "anomaly found",
+                extra={
+                    "subject": a.subject,
+                    "signal": a.signal,
+                    "start": a.start.isoformat(),
+                    "observed": round(a.observed, 3),
+                    "expected": round(a.expected, 3),
+                    "score": round(a.score, 2),
+                },
+            )
+
     def _stable(self, incident: Incident, used: set[str]) -> Incident:
         """`incident` under the id of the stored incident it continues, if any."""
         gap = timedelta(minutes=2)
@@ -364,6 +385,8 @@ class AnalysisEngine:
         return incident
 
     def _forget(self, before: datetime) -> None:
+        for key in [k for k, end in self._seen.items() if end < before]:
+            del self._seen[key]
         for known_id in [k for k, (_, end, _) in self._known.items() if end < before]:
             del self._known[known_id]
             self._ranked.pop(known_id, None)

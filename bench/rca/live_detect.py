@@ -6,19 +6,21 @@
 Each case is `meshlens demo --scenario NAME --seed 1 --duration D` (bench/rca/record.py's command),
 recorded into DIR/<case>. The analysis engine inside `meshlens up` runs as in production (its
 defaults: the minute path every 60 s and the fine path every 10 s, 3 s after each bucket ends)
-and logs "incident opened" (wall clock, id, start, services, top root causes) the first time it
-stores an incident; this bench reads those lines from DIR/<case>/demo/logs/up.log and the fault's
-start and end from DIR/<case>/truth.json. Cases are interleaved over fault kinds and topologies
+and logs "anomaly found" (wall clock, subject, signal, start) the first time it sees an anomaly
+and "incident opened" (id, start, services, top root causes) the first time it stores an
+incident; this bench reads those lines from DIR/<case>/demo/logs/up.log and the fault's start
+and end from DIR/<case>/truth.json. Cases are interleaved over fault kinds and topologies
 (any prefix covers every kind); `--nofault K` adds K fault-free runs per topology.
 
 The fault starts after 30-40 % of the run (the scenario's rule), so the run must be long enough
 for the fine path's baseline (90 s of 10 s buckets): D = 300 s puts the fault at 90-120 s.
 
-Matching rule (as in demo_corpus.py): an incident matches a fault when it names the faulty
-service or one of its direct callers and starts within [fault start - 10 s, fault end + 60 s];
-time to detect = its "incident opened" time minus the fault's start (the first matching one);
-every other incident is a false one. Top-1 at detection = the engine's first root cause at that
-moment is the faulty service (ranked over the detected incident's window, not the truth's).
+Matching rule (as in demo_corpus.py): an anomaly or incident matches a fault when it names the
+faulty service or one of its direct callers and starts within [fault start - 10 s, fault end +
+60 s]; time to detect = the log time of the first matching anomaly minus the fault's start
+(an anomaly can join an incident opened earlier); every incident that matches no fault is a
+false one. Top-1 at detection = the first root cause of the first matching incident when it was
+opened is the faulty service (ranked over the detected incident's window, not the truth's).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench.rca.record import _interleaved, record_case, record_nofault
 from demo.scenarios import evaluation_cases
 
-__all__ = ["Opened", "Outcome", "evaluate_run", "opened_incidents"]
+__all__ = ["Found", "Opened", "Outcome", "evaluate_run", "found_anomalies", "opened_incidents"]
 
 MATCH_BEFORE_S = 10.0
 MATCH_AFTER_S = 60.0
@@ -52,6 +54,20 @@ class Opened:
     start_s: float
     services: tuple[str, ...]
     root_causes: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """One "anomaly found" log line: when (wall clock, s), the anomaly's start (s), subject."""
+
+    at_s: float
+    start_s: float
+    subject: str
+    signal: str
+
+    @property
+    def services(self) -> tuple[str, ...]:
+        return tuple(self.subject.split("->"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +102,27 @@ def opened_incidents(log_lines: Sequence[str]) -> list[Opened]:
     return out
 
 
-def evaluate_run(name: str, truth: dict[str, object], opened: Sequence[Opened]) -> Outcome:
+def found_anomalies(log_lines: Sequence[str]) -> list[Found]:
+    """The engine's "anomaly found" lines of a JSON log."""
+    out = []
+    for line in log_lines:
+        if '"anomaly found"' not in line:
+            continue
+        record = json.loads(line)
+        out.append(
+            Found(
+                _seconds(record["ts"]),
+                _seconds(record["start"]),
+                record["subject"],
+                record["signal"],
+            )
+        )
+    return out
+
+
+def evaluate_run(
+    name: str, truth: dict[str, object], opened: Sequence[Opened], found: Sequence[Found]
+) -> Outcome:
     """One run's time to detect, top-1 at detection and false incidents (see the module doc)."""
     faults = truth["faults"]
     assert isinstance(faults, list)
@@ -105,13 +141,19 @@ def evaluate_run(name: str, truth: dict[str, object], opened: Sequence[Opened]) 
         start, stop = fault["start_ns"] / 1e9, fault["end_ns"] / 1e9
         fault_s += stop - start
         scope = {target} | {a for a, b in edges if b == target}
+
+        def near(start_s: float, services: Sequence[str]) -> bool:
+            in_time = start - MATCH_BEFORE_S <= start_s <= stop + MATCH_AFTER_S  # noqa: B023
+            return in_time and bool(scope & set(services))  # noqa: B023
+
+        times = [f.at_s - start for f in found if near(f.start_s, f.services)]
+        if times and detect_s is None:
+            detect_s = min(times)
         for i, inc in enumerate(sorted(opened, key=lambda o: o.at_s)):
-            near = start - MATCH_BEFORE_S <= inc.start_s <= stop + MATCH_AFTER_S
-            if near and scope & set(inc.services):
+            if near(inc.start_s, inc.services):
+                if not matched and inc.root_causes:
+                    top1 = inc.root_causes[0] == target
                 matched.add(i)
-                if detect_s is None:
-                    detect_s = inc.at_s - start
-                    top1 = bool(inc.root_causes) and inc.root_causes[0] == target
     return Outcome(
         name,
         kind,
@@ -128,7 +170,7 @@ def _evaluate_dir(run_dir: Path) -> Outcome | None:
         return None
     truth = json.loads(truth_path.read_text())
     lines = log.read_text(errors="replace").splitlines()
-    return evaluate_run(run_dir.name, truth, opened_incidents(lines))
+    return evaluate_run(run_dir.name, truth, opened_incidents(lines), found_anomalies(lines))
 
 
 def report(outcomes: Sequence[Outcome]) -> str:

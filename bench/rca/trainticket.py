@@ -184,10 +184,13 @@ VARIANTS: dict[str, tuple[bool, Ranker]] = {
 }
 
 
-def leave_one_out(ranks: list[dict[str, int]]) -> list[int]:
-    """Per case, the rank given by the variant that did best (top-1, then top-3 hits) on the
-    other cases: the variant choice made without looking at the case it is scored on."""
-    names = list(VARIANTS)
+def leave_one_out(
+    ranks: list[dict[str, int]], variants: Sequence[str] = tuple(VARIANTS)
+) -> list[int]:
+    """Per case, the rank given by the variant that did best (top-1, then top-3 hits, then the
+    earlier in `variants`) on the other cases: the variant choice made without looking at the
+    case it is scored on."""
+    names = list(variants)
     out = []
     for i, held_out in enumerate(ranks):
         others = ranks[:i] + ranks[i + 1 :]

@@ -93,8 +93,9 @@ def test_leave_one_out_picks_the_variant_best_on_the_other_cases() -> None:
     ]
     # Case 0 held out: one top-1 each on the others, meshlens-sum has more top-3 -> its rank 2.
     # Case 2 held out: meshlens has both top-1s -> its rank 4.
-    assert leave_one_out(ranks) == [2, 2, 4]
+    assert leave_one_out(ranks, ("meshlens", "meshlens-sum")) == [2, 2, 4]
     # With the held-out case's own merit removed, the other variant may win.
     assert leave_one_out(
-        [{"meshlens": 1, "meshlens-sum": 5}, {"meshlens": 5, "meshlens-sum": 1}]
+        [{"meshlens": 1, "meshlens-sum": 5}, {"meshlens": 5, "meshlens-sum": 1}],
+        ("meshlens", "meshlens-sum"),
     ) == [5, 5]
