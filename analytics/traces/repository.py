@@ -1,8 +1,11 @@
 """ClickHouse queries over otel_traces for the trace APIs; every value is a `{name:Type}` parameter.
 
 Searches bound `Timestamp` (partition pruning, the primary key) and put the service/operation
-first so (ServiceName, SpanName, toDateTime(Timestamp)) narrows the scan; trace by id reads the
-`otel_traces_trace_id_ts` lookup first so the main table is read only in the trace's window.
+first so (ServiceName, SpanName, toDateTime(Timestamp)) narrows the scan; the hits' summaries come
+from `meshlens_trace_summaries` (schema v5) when every span of the trace lies in the window the
+summary is defined over, else (and on a store without that table) from grouping their spans.
+Trace by id reads the `otel_traces_trace_id_ts` lookup first so the main table is read only in
+the trace's window.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from analytics.traces.query import (
     TraceQuery,
     TraceSummary,
 )
-from collector.store import Store
+from collector.store import Store, StoreRejected
 
 __all__ = ["TraceRepository"]
 
@@ -30,6 +33,10 @@ TRACE_SLACK_NS = 300 * 1_000_000_000
 # Searches with trace-level bounds examine at most FILTER_ROUNDS * FILTER_DEPTH hits per page.
 FILTER_DEPTH = 2000
 FILTER_ROUNDS = 5
+# Hits of a round are summarised in growing chunks (limit + 1 first, then CHUNK_GROWTH times more)
+# so a page that fills early does not summarise the whole round.
+CHUNK_GROWTH = 4
+UNKNOWN_TABLE = 60  # ClickHouse error code: the summary table is absent (exporter-only store)
 
 _SPAN_COLUMNS = """
     TraceId AS trace_id, SpanId AS span_id, ParentSpanId AS parent_span_id,
@@ -151,6 +158,25 @@ GROUP BY TraceId
 """
 
 
+# The same values from the per-trace summary table (partial rows merged by trace); start/last let
+# the caller check that the trace lies inside its window, where both definitions agree.
+_TABLE_SUMMARIES = """
+SELECT TraceId AS trace_id,
+    toUnixTimestamp64Nano(min(Start)) AS start_ns,
+    toUnixTimestamp64Nano(max(LastStart)) AS last_ns,
+    max(EndNs) AS end_ns,
+    toInt64(sum(SpanCount)) AS span_count,
+    toInt64(sum(ErrorCount)) AS error_count,
+    argMinMerge(Root) AS root,
+    tupleElement(root, 1) AS root_service,
+    tupleElement(root, 2) AS root_name,
+    arraySort(groupUniqArrayArray(Services)) AS services
+FROM meshlens_trace_summaries
+WHERE TraceId IN {ids:Array(String)}
+GROUP BY TraceId
+"""
+
+
 def _cursor_condition(query: TraceQuery, params: _Params, stamp_expr: str, id_expr: str) -> str:
     if query.cursor is None:
         return ""
@@ -174,6 +200,11 @@ ORDER BY match_ns DESC, trace_id DESC
 LIMIT {query.limit + 1 if depth is None else depth}
 """
     return sql, params.values
+
+
+def _window(matches: dict[str, int]) -> tuple[int, int]:
+    """The span window a page of hits is summarised over: their match times +- the slack."""
+    return min(matches.values()) - TRACE_SLACK_NS, max(matches.values()) + TRACE_SLACK_NS
 
 
 def _summary(row: dict[str, Any], match_ns: int) -> TraceSummary:
@@ -247,17 +278,38 @@ class TraceRepository:
         sql, params = matches_sql(query, depth)
         return {r["trace_id"]: int(r["match_ns"]) for r in await self._store.query(sql, params)}
 
-    async def _summaries(self, matches: dict[str, int]) -> list[TraceSummary]:
-        """Summaries of hits in match order (see _SUMMARIES)."""
+    async def _summaries(
+        self, matches: dict[str, int], window: tuple[int, int] | None = None
+    ) -> list[TraceSummary]:
+        """Summaries of hits in match order over their spans in `window` (default: the hits'
+        match times +- TRACE_SLACK_NS, see _SUMMARIES); traces the summary table holds entirely
+        inside the window are read from it, the others by grouping their spans."""
         if not matches:
             return []
-        window = {
-            "ids": list(matches),
-            "lo_ns": min(matches.values()) - TRACE_SLACK_NS,
-            "hi_ns": max(matches.values()) + TRACE_SLACK_NS,
-        }
-        rows = {r["trace_id"]: r for r in await self._store.query(_SUMMARIES, window)}
+        lo_ns, hi_ns = window or _window(matches)
+        rows = await self._table_summaries(list(matches), lo_ns, hi_ns)
+        missing = [t for t in matches if t not in rows]
+        if missing:
+            params = {"ids": missing, "lo_ns": lo_ns, "hi_ns": hi_ns}
+            rows.update((r["trace_id"], r) for r in await self._store.query(_SUMMARIES, params))
         return [_summary(rows[t], m) for t, m in matches.items() if t in rows]
+
+    async def _table_summaries(
+        self, ids: list[str], lo_ns: int, hi_ns: int
+    ) -> dict[str, dict[str, Any]]:
+        """Rows of the summary table for traces whose spans all start in [lo_ns, hi_ns); {}
+        when the store has no such table."""
+        try:
+            rows = await self._store.query(_TABLE_SUMMARIES, {"ids": ids})
+        except StoreRejected as exc:
+            if exc.code != UNKNOWN_TABLE:
+                raise
+            return {}
+        return {
+            r["trace_id"]: r
+            for r in rows
+            if lo_ns <= int(r["start_ns"]) and int(r["last_ns"]) < hi_ns
+        }
 
     async def _filtered(self, query: TraceQuery) -> tuple[list[TraceSummary], Cursor | None]:
         """Trace-level bounds: examine hits newest first in rounds of FILTER_DEPTH, keep those
@@ -269,12 +321,18 @@ class TraceRepository:
         cursor = query.cursor
         for _ in range(FILTER_ROUNDS):
             matches = await self._matches(replace(query, cursor=cursor), FILTER_DEPTH)
-            for hit in await self._summaries(matches):
-                if low <= hit.duration_ns <= high:
-                    kept.append(hit)
-                if len(kept) > query.limit:
-                    last = kept[query.limit - 1]
-                    return kept[: query.limit], Cursor(last.match_ns, last.trace_id)
+            window = _window(matches) if matches else (0, 0)
+            hits = list(matches.items())
+            start, size = 0, query.limit + 1
+            while start < len(hits):
+                chunk = dict(hits[start : start + size])
+                start, size = start + size, size * CHUNK_GROWTH
+                for hit in await self._summaries(chunk, window):
+                    if low <= hit.duration_ns <= high:
+                        kept.append(hit)
+                    if len(kept) > query.limit:
+                        last = kept[query.limit - 1]
+                        return kept[: query.limit], Cursor(last.match_ns, last.trace_id)
             if len(matches) < FILTER_DEPTH:
                 return kept, None
             tail = next(reversed(matches))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -16,6 +16,7 @@ from collector.schema import (
     meshlens_edges_1m,
     meshlens_schema_version,
     meshlens_services_1m,
+    meshlens_trace_summaries,
     otel_logs,
     otel_metrics_exponential_histogram,
     otel_metrics_gauge,
@@ -52,11 +53,19 @@ class SchemaRunner(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Migration:
-    """One schema version: a description and the DDL statements that bring the schema to it."""
+    """One schema version: a description and the DDL statements that bring the schema to it.
+
+    `apply`, when given, brings the schema to the version instead of running `statements` one by
+    one (for steps that are not DDL, such as filling a new table from existing data); it gets
+    the runner, the options and the DDL runner that tolerates a concurrent migration's tables.
+    """
 
     version: int
     description: str
     statements: Callable[[SchemaOptions], list[str]]
+    apply: (
+        Callable[[Any, SchemaOptions, Callable[[str], Awaitable[None]]], Awaitable[None]] | None
+    ) = None
 
 
 def _v1(options: SchemaOptions) -> list[str]:
@@ -84,6 +93,12 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "meshlens per-minute edge and service aggregates", _v2),
     Migration(3, "OTel exporter otel_logs (v0.151+, plus TimestampTime)", otel_logs.statements),
     Migration(4, "edge and service aggregates from sidecar spans only", _v4),
+    Migration(
+        5,
+        "per-trace summaries for trace search",
+        meshlens_trace_summaries.statements,
+        meshlens_trace_summaries.apply,
+    ),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 
@@ -130,8 +145,11 @@ async def migrate(
     for migration in migrations:
         if migration.version in applied:
             continue
-        for sql in migration.statements(options):
-            await _run_ddl(runner, sql)
+        if migration.apply is not None:
+            await migration.apply(runner, options, lambda sql: _run_ddl(runner, sql))
+        else:
+            for sql in migration.statements(options):
+                await _run_ddl(runner, sql)
         await runner.insert(
             meshlens_schema_version.TABLE,
             {
