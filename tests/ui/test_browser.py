@@ -3,6 +3,7 @@ fleet ACKs, and what a viewer may not do (hidden in the UI and refused by the AP
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -201,6 +202,8 @@ async def test_operator_accepts_a_suggestion_and_the_fleet_shows_the_new_version
     assert (
         "would have been retried with success" in await detail.locator(".replay-text").inner_text()
     )
+    extra_load = detail.locator("[data-testid=replay] tr", has_text="extra load").locator("td")
+    assert re.fullmatch(r"\d+\.\d %", await extra_load.inner_text())  # a share, shown as percent
     await page.screenshot(path=str(shots / "suggestion.png"))
     await detail.locator("select[name=mode]").select_option("enforce")
     await detail.locator("[data-testid=accept]").click()

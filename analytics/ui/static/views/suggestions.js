@@ -8,9 +8,17 @@ function edgeText(s) {
   return `${s.caller} → ${s.upstream}` + (s.route && s.route !== "default" ? ` (${s.route})` : "");
 }
 
-function value(v) {
+// Shares (extra_load, error_rate, budget ratio...) read as percentages; expected counts from the
+// replay are fractional by nature and keep one decimal.
+const SHARE = /(^|_)(load|rate|budget_ratio)$/; // not latency_ratio: that one is a factor
+
+function value(v, key = "") {
   if (v === null || v === undefined) return "–";
-  if (typeof v === "number") return Number.isInteger(v) ? String(v) : v.toFixed(3);
+  if (typeof v === "number") {
+    if (SHARE.test(key)) return `${(v * 100).toFixed(Math.abs(v) < 0.001 && v !== 0 ? 3 : 1)} %`;
+    if (Number.isInteger(v)) return String(v);
+    return Math.abs(v) >= 10 ? v.toFixed(1) : v.toFixed(3);
+  }
   if (typeof v === "object") return JSON.stringify(v);
   return String(v);
 }
@@ -18,7 +26,7 @@ function value(v) {
 function facts(obj, testid) {
   if (!obj || typeof obj !== "object") return h("p", { class: "muted" }, value(obj));
   return h("table", { class: "kv", "data-testid": testid }, h("tbody", {},
-    Object.entries(obj).map(([k, v]) => h("tr", {}, h("th", {}, k.replaceAll("_", " ")), h("td", {}, value(v))))));
+    Object.entries(obj).map(([k, v]) => h("tr", {}, h("th", {}, k.replaceAll("_", " ")), h("td", {}, value(v, k))))));
 }
 
 const stateKind = { proposed: "warn", accepted: "good", observing: "policy", enforcing: "good", verified: "good", rejected: "muted", superseded: "muted", rolled_back: "bad" };
