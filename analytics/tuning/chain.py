@@ -1,8 +1,11 @@
-"""Whole-call-chain checks: timeouts that do not nest, and retry amplification over paths.
+"""Whole-call-chain checks: timeouts that do not nest, retry amplification over paths, and
+retries at one layer.
 
 A child's total timeout (all tries and backoff) must fit in its parent's per-try timeout;
 worst-case amplification is the product of attempts along a path, the budgeted bound the
-product of (1 + budget ratio).
+product of (1 + budget ratio). Server errors are retried at one layer only, the hop nearest the
+failure: a caller whose upstream retries its own upstream's errors retries only failures of its
+own hop (connect failure, reset), or every error deep in the chain is retried once per layer.
 """
 
 from __future__ import annotations
@@ -11,10 +14,21 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from analytics.tuning.rules import RoutePolicy, Suggestion
+from analytics.tuning.rules import Refusal, RoutePolicy, Suggestion
 from analytics.tuning.stats import EdgeKey
 
-__all__ = ["Amplification", "amplification", "chain_findings", "parent_budgets_ms"]
+__all__ = [
+    "HOP_FAILURES",
+    "Amplification",
+    "amplification",
+    "chain_findings",
+    "parent_budgets_ms",
+    "retry_layers",
+]
+
+# What a caller still retries when the layer below retries server errors: its own hop failing.
+HOP_FAILURES = ("connect-failure", "reset")
+_SERVER_ERRORS = frozenset({"5xx", "gateway-error"})
 
 MAX_BUDGETED_AMPLIFICATION = 1.5
 _MAX_DEPTH = 12
@@ -142,3 +156,61 @@ def chain_findings(policies: Mapping[EdgeKey, RoutePolicy]) -> list[Suggestion]:
             )
         )
     return found
+
+
+def retry_layers(
+    policies: Mapping[EdgeKey, RoutePolicy],
+    failures: Mapping[EdgeKey, tuple[int, int]],
+) -> list[Suggestion | Refusal]:
+    """Retry server errors at one layer: for an edge retrying 5xx whose upstream itself retries
+    5xx towards its own upstreams, keep only connection-level retries here.
+
+    `failures[edge]` = (failed calls, failed calls with no failed call of the upstream below in
+    the same trace); when most of an edge's failures are its upstream's own, the upstream is a
+    failure source itself and its callers keep their retries (a refusal says so).
+    """
+    out: list[Suggestion | Refusal] = []
+    for edge, pol in sorted(policies.items(), key=lambda kv: kv[0].label()):
+        if not pol.retries_server_errors:
+            continue
+        below = sorted(
+            e.label()
+            for e, p in policies.items()
+            if e.caller == edge.upstream and e.upstream != edge.caller and p.retries_server_errors
+        )
+        if not below:
+            continue  # the hop nearest the failure: its retries stay
+        failed, own = failures.get(edge, (0, 0))
+        evidence = {
+            "retry_on": sorted(pol.retry_on),
+            "attempts": pol.attempts,
+            "retrying_below": below,
+            "failed_calls": failed,
+            "failed_on_its_own": own,
+        }
+        if failed >= 5 and own >= 0.5 * failed:
+            out.append(
+                Refusal(
+                    "retry_layer",
+                    edge,
+                    f"{own} of {failed} failed calls had no failed call below {edge.upstream}: "
+                    "it fails on its own, so retrying its errors here helps",
+                    evidence,
+                )
+            )
+            continue
+        on = sorted(pol.retry_on - _SERVER_ERRORS) or list(HOP_FAILURES)
+        out.append(
+            Suggestion(
+                "retry_layer",
+                edge,
+                "route",
+                {"retry": {"attempts": pol.attempts, "on": on}},
+                evidence,
+                0.8,
+                f"{edge.label()}: retry only {', '.join(on)} here; {edge.upstream}'s own calls "
+                f"already retry server errors ({', '.join(below)}), so retrying its 5xx again "
+                f"multiplies every deep failure by {pol.attempts}x per layer",
+            )
+        )
+    return out

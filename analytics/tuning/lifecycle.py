@@ -79,12 +79,14 @@ def route_policy(doc: Mapping[str, Any] | None, edge: EdgeKey) -> RoutePolicy:
     timeout = route.get("timeout") or {}
     retry = route.get("retry")
     attempts, ratio = 1, None
+    on = RoutePolicy().retry_on
     if retry is not None:
         attempts = int(retry.get("attempts", 2))
         budget = retry.get("budget", {"ratio": 0.2})
         ratio = None if budget is None else float(budget.get("ratio", 0.2))
+        on = frozenset(retry.get("on", on))
     return RoutePolicy(
-        timeout.get("request_s", 15.0), timeout.get("per_try_s"), attempts, ratio, outlier
+        timeout.get("request_s", 15.0), timeout.get("per_try_s"), attempts, ratio, outlier, on
     )
 
 

@@ -6,7 +6,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from analytics.tuning.chain import chain_findings, parent_budgets_ms
+from analytics.tuning.chain import chain_findings, parent_budgets_ms, retry_layers
 from analytics.tuning.lifecycle import route_policy
 from analytics.tuning.rules import (
     FALLBACK_TRIGGERS,
@@ -21,7 +21,7 @@ from analytics.tuning.rules import (
     suggest_retry,
     suggest_timeout,
 )
-from analytics.tuning.stats import Attempt, EdgeKey, edge_stats
+from analytics.tuning.stats import Attempt, EdgeKey, EdgeStats, edge_stats
 
 __all__ = ["Proposals", "at_the_bottleneck", "propose"]
 
@@ -87,8 +87,25 @@ def propose(
         keep(suggest_fallback(s, documents.get(edge.caller), failing_upstreams=avoid))
     for result in at_the_bottleneck(limits):
         keep(result)
+    for layered in retry_layers(policies, _failures(stats)):
+        keep(layered)
     found.extend(chain_findings(policies))
     return Proposals(tuple(found), tuple(refused))
+
+
+def _failures(stats: Mapping[EdgeKey, EdgeStats]) -> dict[EdgeKey, tuple[int, int]]:
+    """Per edge: (failed calls, failed calls whose trace has no failed call by the upstream)."""
+    failed_traces: dict[str, set[str]] = {}
+    for edge, s in stats.items():
+        failed_traces.setdefault(edge.caller, set()).update(
+            c.first.trace_id for c in s.calls if c.failed
+        )
+    out: dict[EdgeKey, tuple[int, int]] = {}
+    for edge, s in stats.items():
+        below = failed_traces.get(edge.upstream, set())
+        failed = [c for c in s.calls if c.failed]
+        out[edge] = (len(failed), sum(c.first.trace_id not in below for c in failed))
+    return out
 
 
 def at_the_bottleneck(

@@ -62,6 +62,12 @@ class RoutePolicy:
     attempts: int = 1
     budget_ratio: float | None = None  # None: no retry or an unbudgeted one
     outlier: Mapping[str, Any] | None = None
+    retry_on: frozenset[str] = frozenset({"connect-failure", "reset", "gateway-error"})
+
+    @property
+    def retries_server_errors(self) -> bool:
+        """Retries answers of the upstream (5xx / 502-504), not only its connection failures."""
+        return self.attempts > 1 and bool(self.retry_on & {"5xx", "gateway-error"})
 
     @property
     def try_s(self) -> float | None:
