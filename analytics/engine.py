@@ -5,8 +5,8 @@ component) runs every `interval_s` over the last `lookback_s`, writing `meshlens
 Series come from the per-minute aggregates, or from raw spans when a window has none.
 
 A minute bucket cannot alert within 30 s of a fault (the minute must end, and a deviation must
-last two of them). So the live engine also runs a fine path every `fine.step_s` (10 s): edge RED
-per 10 s bucket straight from the raw sidecar CLIENT spans of the last minutes
+last two of them). So the live engine also runs a fine path every `fine.step_s` (5 s): edge RED
+per 5 s bucket straight from the raw sidecar CLIENT spans of the last minutes
 (`fine_edge_series`), deviations only (`detect_fine`), a few seconds after each bucket ends so
 its spans have landed. Both paths' anomalies are grouped into the same incidents.
 """
@@ -87,11 +87,12 @@ class AnalyzedIncident:
 # two minutes, as measured on the demo fault corpus (bench/rca/README.md: precision 73 % -> 96 %
 # at the same recall, one minute more to detect).
 LIVE_DETECTOR = DetectorConfig(min_run_points=2)
-# The live fine path: 10 s buckets, 10 minutes of trailing baseline (at least 90 s of it), a
-# deviation must last two buckets. Evaluated over the last FINE_EVALUATE only (the minute path
-# covers the rest of the lookback).
+# The live fine path: 5 s buckets, 10 minutes of trailing baseline (at least 60 s of it), a
+# deviation must last two buckets: an alert 10-15 s after a shift starts, plus `settle_s`.
+# (10 s buckets alerted 23-33 s after a shift in the first live run: too close to 30 s.)
+# Evaluated over the last FINE_EVALUATE only (the minute path covers the rest of the lookback).
 FINE_DETECTOR = DetectorConfig(
-    step_s=10, baseline_minutes=10, min_baseline_points=9, min_run_points=2
+    step_s=5, baseline_minutes=10, min_baseline_points=12, min_run_points=2
 )
 FINE_EVALUATE = timedelta(minutes=5)
 

@@ -5,7 +5,7 @@
 
 Each case is `meshlens demo --scenario NAME --seed 1 --duration D` (bench/rca/record.py's command),
 recorded into DIR/<case>. The analysis engine inside `meshlens up` runs as in production (its
-defaults: the minute path every 60 s and the fine path every 10 s, 3 s after each bucket ends)
+defaults: the minute path every 60 s and the fine path every 5 s, 3 s after each bucket ends)
 and logs "anomaly found" (wall clock, subject, signal, start) the first time it sees an anomaly
 and "incident opened" (id, start, services, top root causes) the first time it stores an
 incident; this bench reads those lines from DIR/<case>/demo/logs/up.log and the fault's start
@@ -13,7 +13,7 @@ and end from DIR/<case>/truth.json. Cases are interleaved over fault kinds and t
 (any prefix covers every kind); `--nofault K` adds K fault-free runs per topology.
 
 The fault starts after 30-40 % of the run (the scenario's rule), so the run must be long enough
-for the fine path's baseline (90 s of 10 s buckets): D = 300 s puts the fault at 90-120 s.
+for the fine path's baseline (60 s of 5 s buckets): D = 300 s puts the fault at 90-120 s.
 
 Matching rule (as in demo_corpus.py): an anomaly or incident matches a fault when it names the
 faulty service or one of its direct callers and starts within [fault start - 10 s, fault end +

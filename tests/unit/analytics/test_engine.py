@@ -123,7 +123,7 @@ async def test_the_fine_path_alerts_within_half_a_minute_and_the_incident_keeps_
 ) -> None:
     # Two traces a second; db slow from minute 62 on (minute 62 starts at second 0 of it).
     await store.insert("otel_traces", trace_columns(mesh_spans(65, slow_from=62, per_minute=120)))
-    clock = [minute(62).timestamp() + 23.0]  # buckets 62:00 and 62:10 complete, 3 s settled
+    clock = [minute(62).timestamp() + 13.0]  # buckets 62:00 and 62:05 complete, 3 s settled
     engine = AnalysisEngine(store, wall_clock=lambda: clock[0])
     await engine._repo.ensure_table()
 
