@@ -36,7 +36,13 @@ FILTER_ROUNDS = 5
 # Hits of a round are summarised in growing chunks (limit + 1 first, then CHUNK_GROWTH times more)
 # so a page that fills early does not summarise the whole round.
 CHUNK_GROWTH = 4
-UNKNOWN_TABLE = 60  # ClickHouse error code: the summary table is absent (exporter-only store)
+UNKNOWN_TABLE = 60  # ClickHouse error code: a meshlens table is absent (exporter-only store)
+# First pages without a service read meshlens_spans_by_time: the newest depth + PREFIX_EXTRA
+# matching rows (each costs an otel_traces granule read), then 4 times more, at most
+# PREFIX_ROUNDS times, before the GROUP BY over otel_traces.
+PREFIX_EXTRA = 4
+PREFIX_ROUNDS = 3
+PREFIX_MAX_DEPTH = 200
 
 _SPAN_COLUMNS = """
     TraceId AS trace_id, SpanId AS span_id, ParentSpanId AS parent_span_id,
@@ -202,6 +208,47 @@ LIMIT {query.limit + 1 if depth is None else depth}
     return sql, params.values
 
 
+# The newest matching spans of a window in time order (all rows tied with the last one too).
+_NEWEST_KEYS = """
+SELECT toString(ServiceName) AS service, toString(SpanName) AS name,
+    toUnixTimestamp64Nano(Timestamp) AS ts
+FROM meshlens_spans_by_time
+WHERE {match}
+ORDER BY Timestamp DESC
+LIMIT {rows} WITH TIES
+"""
+
+
+def _by_time_usable(query: TraceQuery, depth: int) -> bool:
+    """True if meshlens_spans_by_time holds every column the query filters on and the page is
+    a first one of a search without a service (where otel_traces' order does not help)."""
+    return (
+        query.service is None
+        and query.cursor is None
+        and depth <= PREFIX_MAX_DEPTH
+        and query.min_span_duration_ns is None
+        and query.max_span_duration_ns is None
+        and not any(flt.resource for flt in query.attributes)
+    )
+
+
+def _keys_sql(keys: list[dict[str, Any]], match: str | None, params: _Params) -> str:
+    """otel_traces rows with these (ServiceName, SpanName, Timestamp) keys (primary-key point
+    reads), optionally also matching `match`."""
+    ors = " OR ".join(
+        f"(ServiceName = {params.add(k['service'], 'String')}"
+        f" AND SpanName = {params.add(k['name'], 'String')}"
+        f" AND Timestamp = fromUnixTimestamp64Nano({params.add(int(k['ts']), 'Int64')}))"
+        for k in keys
+    )
+    extra = f"\n  AND {match}" if match else ""
+    return f"""
+SELECT TraceId AS trace_id, toUnixTimestamp64Nano(Timestamp) AS ts
+FROM otel_traces
+WHERE ({ors}){extra}
+"""
+
+
 def _window(matches: dict[str, int]) -> tuple[int, int]:
     """The span window a page of hits is summarised over: their match times +- the slack."""
     return min(matches.values()) - TRACE_SLACK_NS, max(matches.values()) + TRACE_SLACK_NS
@@ -275,8 +322,62 @@ class TraceRepository:
         return hits[: query.limit], Cursor(last.match_ns, last.trace_id)
 
     async def _matches(self, query: TraceQuery, depth: int) -> dict[str, int]:
+        """The newest `depth` hits (trace id -> match time) in (match time, id) descending order."""
+        if _by_time_usable(query, depth):
+            found = await self._matches_by_time(query, depth)
+            if found is not None:
+                return found
         sql, params = matches_sql(query, depth)
         return {r["trace_id"]: int(r["match_ns"]) for r in await self._store.query(sql, params)}
+
+    async def _matches_by_time(self, query: TraceQuery, depth: int) -> dict[str, int] | None:
+        """The same hits from the newest matching spans: all matching spans at or after the
+        R-th newest one's time are the best spans of every trace they belong to, so their
+        traces (when at least `depth`, or when the window holds no more) are the newest hits.
+        None: no meshlens_spans_by_time, or still too few traces after PREFIX_ROUNDS."""
+        rows = depth + PREFIX_EXTRA
+        for _ in range(PREFIX_ROUNDS):
+            params = _Params()
+            match = " AND ".join(_span_conditions(query, params))
+            sql = _NEWEST_KEYS.format(match=match, rows=rows)
+            try:
+                keys = await self._store.query(sql, params.values)
+            except StoreRejected as exc:
+                if exc.code != UNKNOWN_TABLE:
+                    raise
+                return None
+            spans = await self._spans_of_keys(query, keys)
+            if spans is None:
+                return None
+            newest: dict[str, int] = {}
+            for row in spans:
+                stamp = int(row["ts"])
+                if stamp > newest.get(row["trace_id"], -1):
+                    newest[row["trace_id"]] = stamp
+            if len(newest) >= depth or len(keys) < rows:
+                ordered = sorted(newest.items(), key=lambda hit: (hit[1], hit[0]), reverse=True)
+                return dict(ordered[:depth])
+            rows *= 4
+        return None
+
+    async def _spans_of_keys(
+        self, query: TraceQuery, keys: list[dict[str, Any]]
+    ) -> list[dict[str, Any]] | None:
+        """The matching otel_traces rows of these keys. Another span sharing a key (same
+        service, name and ns start) would come back too: only then are the filters re-applied.
+        None when otel_traces lacks some (the copy and the table disagree)."""
+        if not keys:
+            return []
+        params = _Params()
+        rows = await self._store.query(_keys_sql(keys, None, params), params.values)
+        if len(rows) == len(keys):
+            return rows
+        if len(rows) < len(keys):
+            return None
+        params = _Params()
+        match = " AND ".join(_span_conditions(query, params))
+        rows = await self._store.query(_keys_sql(keys, match, params), params.values)
+        return rows if len(rows) >= len(keys) else None
 
     async def _summaries(
         self, matches: dict[str, int], window: tuple[int, int] | None = None

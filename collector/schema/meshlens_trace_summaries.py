@@ -7,24 +7,18 @@ by aggregation: readers `GROUP BY TraceId` with min/max/sum, `argMinMerge(Root)`
 `groupUniqArrayArray(Services)`. `LastStart` (the newest span start) lets a reader check that
 every span of the trace lies inside the window it would otherwise have grouped.
 
-Version 5 (`apply`) creates the table, fills it from the spans already stored (per partition of
-otel_traces, in chunks of at most FILL_CHUNK_ROWS spans so no statement runs long), then creates
-the view. The view is created last, so "the view exists" means "the fill finished": a migration
-interrupted before that empties the table and fills it again (never counting a span twice).
-Spans another writer inserts during the fill are missing from the summary (readers then still
-see a summary for the trace, with fewer spans): migrate before ingest starts (the collector
-does), and not from two processes at once. In cluster mode every statement runs ON CLUSTER,
-which an INSERT cannot: there is no fill, and searches summarise traces stored before version 5
-from their spans (same answer, the old cost).
+Version 5 (`apply`) creates the table, fills it from the spans already stored, then creates the
+view (see collector/schema/fill.py: an interrupted fill is redone, never added to). In cluster
+mode every statement runs ON CLUSTER, which an INSERT cannot: there is no fill, and searches
+summarise traces stored before version 5 from their spans (same answer, the old cost).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
 
 from collector.schema.ddl import SchemaOptions, TableSpec, ViewSpec, render_table, render_view
+from collector.schema.fill import Runner, fill_then_view
 
 __all__ = ["FILL_CHUNK_ROWS", "TABLE", "VIEW", "apply", "statements"]
 
@@ -50,7 +44,7 @@ SPEC = TableSpec(
     # granule because readers look up a few ids.
     keys="PARTITION BY toDate(Start)\nORDER BY (TraceId)",
     ttl_expr="toDateTime(Start)",
-    settings="index_granularity = 1024, ttl_only_drop_parts = 1",
+    settings="index_granularity = 256, ttl_only_drop_parts = 1",
     sharding_key="cityHash64(TraceId)",
 )
 
@@ -75,14 +69,6 @@ VIEW_SPEC = ViewSpec(
 )
 
 
-class _Runner(Protocol):
-    async def command(self, sql: str, params: Mapping[str, Any] | None = None) -> None: ...
-
-    async def query(
-        self, sql: str, params: Mapping[str, Any] | None = None
-    ) -> list[dict[str, Any]]: ...
-
-
 def statements(options: SchemaOptions) -> list[str]:
     """Version 5's DDL: the table, then the view (`apply` fills the table in between)."""
     return [*render_table(SPEC, options), *render_view(VIEW_SPEC, options)]
@@ -100,28 +86,19 @@ def fill_sql(options: SchemaOptions) -> str:
 
 
 async def apply(
-    runner: _Runner, options: SchemaOptions, run_ddl: Callable[[str], Awaitable[None]]
+    runner: Runner, options: SchemaOptions, run_ddl: Callable[[str], Awaitable[None]]
 ) -> None:
     """Bring a store to version 5: table, fill from stored spans (single node), view."""
-    table, view = render_table(SPEC, options), render_view(VIEW_SPEC, options)
-    for sql in table:
-        await run_ddl(sql)
-    exists = await runner.query(
-        "SELECT count() AS n FROM system.tables WHERE database = {db:String} AND name = {v:String}",
-        {"db": options.database, "v": VIEW},
+    if options.cluster:
+        for sql in statements(options):
+            await run_ddl(sql)
+        return
+    await fill_then_view(
+        runner,
+        options,
+        run_ddl,
+        table=SPEC,
+        view=VIEW_SPEC,
+        fill_sql=fill_sql(options),
+        chunk_rows=FILL_CHUNK_ROWS,
     )
-    if not options.cluster and int(exists[0]["n"]) == 0:
-        await runner.command(f"TRUNCATE TABLE {options.qualified(TABLE)}")
-        parts = await runner.query(
-            "SELECT partition_id AS id, toInt64(sum(rows)) AS n FROM system.parts"
-            " WHERE database = {db:String} AND table = 'otel_traces' AND active"
-            " GROUP BY partition_id ORDER BY partition_id",
-            {"db": options.database},
-        )
-        for part in parts:
-            buckets = max(1, math.ceil(int(part["n"]) / FILL_CHUNK_ROWS))
-            for bucket in range(buckets):
-                params = {"partition": part["id"], "buckets": buckets, "bucket": bucket}
-                await runner.command(fill_sql(options), params)
-    for sql in view:
-        await run_ddl(sql)

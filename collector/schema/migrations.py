@@ -16,6 +16,7 @@ from collector.schema import (
     meshlens_edges_1m,
     meshlens_schema_version,
     meshlens_services_1m,
+    meshlens_spans_by_time,
     meshlens_trace_summaries,
     otel_logs,
     otel_metrics_exponential_histogram,
@@ -98,6 +99,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         "per-trace summaries for trace search",
         meshlens_trace_summaries.statements,
         meshlens_trace_summaries.apply,
+    ),
+    Migration(
+        6,
+        "span filter columns in time order for searches without a service",
+        meshlens_spans_by_time.statements,
+        meshlens_spans_by_time.apply,
     ),
 )
 LATEST_VERSION = MIGRATIONS[-1].version

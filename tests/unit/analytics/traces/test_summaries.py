@@ -1,4 +1,5 @@
-"""Search through the summary table (schema v5) answers exactly as grouping spans does."""
+"""Search through the summary table (schema v5) and the time-ordered span copy (v6) answers
+exactly as grouping otel_traces spans does (the path of a store without those tables)."""
 
 from __future__ import annotations
 
@@ -67,6 +68,8 @@ async def _fill(store: Store, seed: int = 3, count: int = 120) -> None:
 
 QUERIES = [
     TraceQuery(*WINDOW, limit=7),
+    TraceQuery(*WINDOW, limit=1),
+    TraceQuery(*WINDOW, operation="op-2", span_kind="Client", limit=4),
     TraceQuery(*WINDOW, service="orders", limit=5),
     TraceQuery(*WINDOW, service="web", operation="op-1", limit=3),
     TraceQuery((T0 + 900) * S, (T0 + 1200) * S, limit=4),
@@ -100,8 +103,9 @@ async def test_every_page_equals_the_span_grouping_answer(
     monkeypatch.setattr(repository_module, "FILTER_ROUNDS", 2)
     repository = TraceRepository(store)
     with_table = [await _all_pages(repository, q) for q in QUERIES]
-    await store.command("DROP TABLE meshlens_trace_summaries_mv")
-    await store.command("DROP TABLE meshlens_trace_summaries")
+    for table in ("meshlens_trace_summaries", "meshlens_spans_by_time"):
+        await store.command(f"DROP TABLE {table}_mv")
+        await store.command(f"DROP TABLE {table}")
     without = [await _all_pages(repository, q) for q in QUERIES]
 
     assert with_table == without

@@ -88,7 +88,7 @@ async def test_upgrade_from_version_4_fills_summaries_of_stored_traces(
         )
         await store.insert("otel_traces", trace_columns(_spans(0, 30)), dedup_token="a")
         await store.insert("otel_traces", trace_columns(_spans(1, 20, first=100)), dedup_token="b")
-        assert await store.migrate() == LATEST_VERSION == 5
+        assert await store.migrate() == LATEST_VERSION
         filled = await _compare(store)
         # Spans of new and of already summarised traces arrive after the upgrade: the view.
         later = _spans(0, 10, first=25) + _spans(2, 5, first=200)
