@@ -16,11 +16,12 @@ Steps:
    rule sees a knee), `POST /api/v1/suggestions/refresh`, accept every proposed suggestion with
    `mode: enforce`, wait until the sidecars run the new versions, then the same base/fault/recovery;
 4. per phase (pre-fault, fault, recovery) and policy: goodput (successful journeys per 1-s
-   bucket, mean), p99 journey latency (journeys started in the phase, failed ones included),
-   error rate, and retry amplification from the sidecars' stored CLIENT spans (one per attempt,
-   `meshlens.attempt`): attempts sent / logical calls per hop, and attempts sent to the leaf per
-   journey started (end to end); recovery = the first second after the fault's end from which
-   goodput stays >= 95 % of the pre-fault goodput (bench/resilience_metrics.py); then the goals.
+   bucket of their start, mean), p99 journey latency (journeys started in the phase, failed
+   ones included), error rate, and retry amplification from the sidecars' stored CLIENT spans
+   (one per attempt, `meshlens.attempt`): attempts sent / logical calls per hop, and attempts
+   sent to the leaf per journey started (end to end); recovery = the first second after the
+   fault's end from which goodput stays >= 95 % of the pre-fault goodput
+   (bench/resilience_metrics.py); then the goals.
 
     .venv/bin/python bench/resilience.py [--short] [--leaf-ms 100] [--keep DIR]
 
@@ -465,6 +466,10 @@ def print_table(results: list[Result], capacity: float, args: Any, accepted: lis
     print(f"accepted suggestions ({len(accepted)}): {', '.join(accepted) or 'none'}")
     print()
     print_phases(results)
+    print()
+    for r in results:
+        fault, recovery = r.buckets(r.phase("fault")), r.buckets(r.phase("recovery"))
+        print(f"{r.name}: ok journeys per second (by start) in fault {fault}, after it {recovery}")
     print()
     print_hops(results)
     print()
