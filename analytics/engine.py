@@ -412,9 +412,7 @@ class AnalysisEngine:
     async def _loop(self) -> None:
         while True:
             try:
-                found = await self.run_once()
-                if found:
-                    logger.info("analysis found incidents", extra={"incidents": len(found)})
+                await self.run_once()  # new incidents and anomalies are logged as they appear
             except Exception:
                 # Task boundary: a store outage or one bad window must not end the analysis;
                 # the next run re-analyzes the whole lookback, so nothing is lost.

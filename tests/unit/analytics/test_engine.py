@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import timedelta
 from pathlib import Path
 
@@ -119,8 +120,9 @@ async def test_a_failing_run_is_counted_and_the_loop_keeps_its_owner(store: Stor
 
 
 async def test_the_fine_path_alerts_within_half_a_minute_and_the_incident_keeps_its_id(
-    store: Store,
+    store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="analytics.engine")
     # Two traces a second; db slow from minute 62 on (minute 62 starts at second 0 of it).
     await store.insert("otel_traces", trace_columns(mesh_spans(65, slow_from=62, per_minute=120)))
     clock = [minute(62).timestamp() + 13.0]  # buckets 62:00 and 62:05 complete, 3 s settled
@@ -142,6 +144,15 @@ async def test_the_fine_path_alerts_within_half_a_minute_and_the_incident_keeps_
     assert any(a.end - a.start == timedelta(minutes=1) for a in later[0].incident.anomalies)
     stored = await IncidentRepository(store).list(minute(0), minute(80))
     assert [r["id"] for r in stored] == [first.id]
+    # Each anomaly and the incident are logged once, when first seen (the alert's time).
+    opened = [r for r in caplog.records if r.getMessage() == "incident opened"]
+    assert [getattr(r, "incident", None) for r in opened] == [first.id]
+    found = [
+        (getattr(r, "subject", ""), getattr(r, "signal", ""), getattr(r, "start", ""))
+        for r in caplog.records
+        if r.getMessage() == "anomaly found"
+    ]
+    assert len(found) == len(set(found)) and ("db", "latency_p99", first.start.isoformat()) in found
 
 
 async def test_without_the_fine_path_a_minute_bucket_alerts_only_after_two_minutes(
