@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SYSSTAMP := $(VENV)/.system-installed
 
-.PHONY: demo up test lint typecheck unit bench clean
+.PHONY: demo up test lint typecheck unit bench clean native
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,10 +23,17 @@ $(SYSSTAMP): scripts/system-deps.sh | $(BIN)/python
 	bash scripts/system-deps.sh
 	touch $(SYSSTAMP)
 
-demo: $(STAMP)
+# The sidecar's hot-path modules compiled with mypyc (sidecar/_native.py lists them); used only
+# while their sources are unchanged, else pure Python. Never fails: without a C compiler, Python
+# headers or mypyc it prints one line and the sidecar runs as pure Python. Cheap when up to date
+# (the script compares source hashes), so every target below runs it.
+native: $(STAMP)
+	$(BIN)/python scripts/build_native.py
+
+demo: $(STAMP) native
 	$(BIN)/meshlens demo
 
-up: $(STAMP)
+up: $(STAMP) native
 	$(BIN)/meshlens up
 
 lint: $(STAMP)
@@ -39,12 +46,12 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
-test: $(STAMP) $(SYSSTAMP)
+test: $(STAMP) $(SYSSTAMP) native
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest -q -p no:cacheprovider; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$rc
 
-bench: $(STAMP) $(SYSSTAMP)
+bench: $(STAMP) $(SYSSTAMP) native
 	$(BIN)/python -m bench
 
 clean:

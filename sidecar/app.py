@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+from sidecar._native import mode as native_mode
 from sidecar.admin import AdminServer
 from sidecar.build import BuiltStack, build_inbound, build_outbound, static_endpoints
 from sidecar.capture import EndpointIndex, original_dst_layer, restore_authority
@@ -31,7 +32,6 @@ from sidecar.cpclient import (
 )
 from sidecar.discovery import DynamicEndpoints, LayeredEndpoints
 from sidecar.errors import NoRoute
-from sidecar.h2upstream import H2Pool, protocol_terminal
 from sidecar.http import Endpoint, Request, Response
 from sidecar.identity import (
     CpClientCertificates,
@@ -44,6 +44,7 @@ from sidecar.jwks import pool_fetch
 from sidecar.layers.authz import Authorizer, AuthzConfig
 from sidecar.layers.grpc import grpc_attempt_layer, grpc_layer
 from sidecar.layers.jwt import Authenticator, JwtConfig, jwt_layer
+from sidecar.protocols import LazyH2Pool, protocol_terminal
 from sidecar.stack import Handler, Layer
 from sidecar.telemetry import Telemetry, TelemetryConfig
 from sidecar.tls import (
@@ -148,7 +149,7 @@ class Sidecar:
         self.instance = options.instance or f"{socket.gethostname()}-{os.getpid()}"
         self.tls = TlsContexts(cast(MtlsMode, options.mtls))
         self.upstream = UpstreamPool(UpstreamConfig(), tls=self.tls.client)
-        self.h2_upstream = H2Pool(tls=self.tls.client)
+        self.h2_upstream = LazyH2Pool(tls=self.tls.client)
         self._protocols: dict[str, str] = {}  # upstream name -> its configured protocol
         self._terminal = protocol_terminal(
             self.upstream,
@@ -258,7 +259,10 @@ class Sidecar:
                     extra={"url": self.options.control_plane_url},
                 )
         self._ready = True
-        logger.info("sidecar ready", extra={"addresses": self.addresses.describe()})
+        logger.info(
+            "sidecar ready",
+            extra={"addresses": self.addresses.describe(), "native": native_mode()},
+        )
         return self.addresses
 
     def request_drain(self) -> bool:

@@ -18,6 +18,7 @@ from typing import Any
 
 import httptools
 
+from sidecar._native import mypyc_attr
 from sidecar.capture import original_dst
 from sidecar.errors import BadRequest, DownstreamError, HeadersTooLarge, ProxyError
 from sidecar.http import Body, BodyStream, Request, RequestContext, Response
@@ -214,6 +215,7 @@ class HttpServer:
                     conn.abort()
 
 
+@mypyc_attr(native_class=False)  # upstream.py subclasses it with a weakref slot
 class ByteStream:
     """A one-shot `BodyStream` fed by a protocol, with flow control and an idle deadline.
 
@@ -594,7 +596,9 @@ class _ServerProtocol(asyncio.Protocol):
             p.authority = host
         else:
             try:
-                parsed = httptools.parse_url(url)
+                # Any: httptools' stubs say `port: int`, but it is None when absent (and
+                # mypyc would check the stub's type)
+                parsed: Any = httptools.parse_url(url)
             except httptools.HttpParserInvalidURLError as exc:
                 raise BadRequest("invalid request target") from exc
             if parsed.schema not in (b"http", b"HTTP") or not parsed.host:

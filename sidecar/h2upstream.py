@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,12 +32,12 @@ from sidecar.errors import (
 )
 from sidecar.h2server import H2_HOP_BY_HOP, H2Body
 from sidecar.http import Body, Endpoint, Request, Response, Trailers
-from sidecar.stack import Clock, Handler, monotonic
+from sidecar.protocols import PROTOCOLS, protocol_terminal
+from sidecar.stack import Clock, monotonic
 from sidecar.upstream import dial
 
 __all__ = ["PROTOCOLS", "H2Pool", "H2PoolConfig", "protocol_terminal"]
 
-PROTOCOLS = frozenset({"http1", "h2", "grpc", "auto"})
 
 logger = logging.getLogger(__name__)
 
@@ -504,39 +504,3 @@ def _request_headers(request: Request, endpoint: Endpoint, tls: bool) -> list[tu
         if not any(n == "content-length" for n, _ in out):
             out.append(("content-length", str(body.length)))
     return out
-
-
-def protocol_terminal(
-    http1: Handler, h2: Handler, protocol: str | Callable[[Request], str] = "auto"
-) -> Handler:
-    """The terminal choosing the upstream protocol: `auto` speaks what the downstream spoke.
-
-    `protocol` is fixed or read per request (e.g. from the upstream's config); gRPC
-    (content-type application/grpc) always goes over HTTP/2, which it requires.
-    """
-    if isinstance(protocol, str):
-        if protocol not in PROTOCOLS:
-            raise ValueError(f"protocol must be one of {sorted(PROTOCOLS)}, got {protocol!r}")
-        if protocol in ("h2", "grpc"):
-            return h2
-        fixed = protocol
-        choose: Callable[[Request], str] = lambda request: fixed  # noqa: E731
-    else:
-        choose = protocol
-
-    def handle(request: Request) -> Awaitable[Response]:
-        chosen = choose(request)
-        if chosen in ("h2", "grpc") or _is_grpc(request):
-            return h2(request)
-        if chosen == "auto" and request.version == "2":
-            return h2(request)
-        return http1(request)
-
-    return handle
-
-
-def _is_grpc(request: Request) -> bool:
-    for name, value in request.headers:
-        if name == "content-type":
-            return value.startswith("application/grpc")
-    return False

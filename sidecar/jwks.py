@@ -16,18 +16,18 @@ import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from sidecar.errors import ProxyError
 from sidecar.http import Endpoint, Request, RequestContext, Response, read_body
 from sidecar.stack import Clock, monotonic
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 __all__ = [
     "ALGORITHMS",
@@ -44,16 +44,33 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
-    "256": hashes.SHA256,
-    "384": hashes.SHA384,
-    "512": hashes.SHA512,
-}
 _KTY = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
-_CURVES: dict[str, tuple[ec.EllipticCurve, int, str]] = {
-    "P-256": (ec.SECP256R1(), 32, "ES256"),
-    "P-384": (ec.SECP384R1(), 48, "ES384"),
-}
+
+
+@cache
+def _crypto() -> Any:
+    """`cryptography` (~7 MB of RSS), imported on first use: only sidecars that verify JWTs
+    (a config with `jwt` providers) pay for it."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+    return SimpleNamespace(
+        InvalidSignature=InvalidSignature,
+        ec=ec,
+        ed25519=ed25519,
+        padding=padding,
+        rsa=rsa,
+        encode_dss_signature=encode_dss_signature,
+        hashes={"256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512},
+        curves={
+            "P-256": (ec.SECP256R1(), 32, "ES256"),
+            "P-384": (ec.SECP384R1(), 48, "ES384"),
+        },
+    )
+
+
 ALGORITHMS: frozenset[str] = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"}
 )
@@ -97,26 +114,29 @@ class Jwk:
         """True when `signature` over `signing_input` is valid for `alg` under this key."""
         if alg not in self.algorithms:
             return False
+        c = _crypto()
+        padding = c.padding
+        key: Any = self.key  # (the cryptography types are only imported for type checking)
         try:
-            if isinstance(self.key, rsa.RSAPublicKey):
-                digest = _HASHES[alg[2:]]()
-                pad: padding.AsymmetricPadding = (
+            if isinstance(key, c.rsa.RSAPublicKey):
+                digest = c.hashes[alg[2:]]()
+                pad = (
                     padding.PKCS1v15()
                     if alg.startswith("RS")
                     else padding.PSS(padding.MGF1(digest), digest.digest_size)
                 )
-                self.key.verify(signature, signing_input, pad, digest)
-            elif isinstance(self.key, ec.EllipticCurvePublicKey):
-                size = (self.key.curve.key_size + 7) // 8
+                key.verify(signature, signing_input, pad, digest)
+            elif isinstance(key, c.ec.EllipticCurvePublicKey):
+                size = (key.curve.key_size + 7) // 8
                 if len(signature) != 2 * size:  # JWS uses raw r||s, not DER
                     return False
                 r = int.from_bytes(signature[:size], "big")
                 s = int.from_bytes(signature[size:], "big")
-                der = encode_dss_signature(r, s)
-                self.key.verify(der, signing_input, ec.ECDSA(_HASHES[alg[2:]]()))
+                der = c.encode_dss_signature(r, s)
+                key.verify(der, signing_input, c.ec.ECDSA(c.hashes[alg[2:]]()))
             else:
-                self.key.verify(signature, signing_input)
-        except InvalidSignature:
+                key.verify(signature, signing_input)
+        except c.InvalidSignature:
             return False
         return True
 
@@ -129,22 +149,23 @@ def _parse_key(doc: Mapping[str, Any]) -> Jwk:
     alg = doc.get("alg")
     if doc.get("use", "sig") != "sig":
         raise ValueError("not a signing key")
+    c = _crypto()
     if kty == "RSA":
-        key: Any = rsa.RSAPublicNumbers(_int(doc.get("e")), _int(doc.get("n"))).public_key()
+        key: Any = c.rsa.RSAPublicNumbers(_int(doc.get("e")), _int(doc.get("n"))).public_key()
         if key.key_size < 2048:
             raise ValueError(f"RSA key of {key.key_size} bits is too small (< 2048)")
         algs = frozenset(a for a in ALGORITHMS if a[:2] in ("RS", "PS"))
     elif kty == "EC":
-        curve = _CURVES.get(str(doc.get("crv")))
+        curve = c.curves.get(str(doc.get("crv")))
         if curve is None:
             raise ValueError(f"unsupported EC curve {doc.get('crv')!r}")
-        numbers = ec.EllipticCurvePublicNumbers(_int(doc.get("x")), _int(doc.get("y")), curve[0])
+        numbers = c.ec.EllipticCurvePublicNumbers(_int(doc.get("x")), _int(doc.get("y")), curve[0])
         key = numbers.public_key()
         algs = frozenset({curve[2]})
     elif kty == "OKP":
         if doc.get("crv") != "Ed25519":
             raise ValueError(f"unsupported OKP curve {doc.get('crv')!r}")
-        key = ed25519.Ed25519PublicKey.from_public_bytes(b64url_decode(str(doc.get("x", ""))))
+        key = c.ed25519.Ed25519PublicKey.from_public_bytes(b64url_decode(str(doc.get("x", ""))))
         algs = frozenset({"EdDSA"})
     else:
         raise ValueError(f"unsupported kty {kty!r}")

@@ -20,6 +20,7 @@ from typing import Any, Protocol, TypeVar, cast
 
 import httptools
 
+from sidecar._native import mypyc_attr
 from sidecar.codec import HOP_BY_HOP, ByteStream
 from sidecar.errors import (
     NoHealthyUpstream,
@@ -65,6 +66,7 @@ class _Stale(Exception):
     """A reused connection died before answering; the request may be sent again."""
 
 
+@mypyc_attr(native_class=False)  # compiled classes take no weak references
 class _ResponseBody(ByteStream):
     """Response body stream; dropping it unread closes the connection it holds."""
 

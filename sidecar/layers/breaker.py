@@ -62,6 +62,17 @@ class Breaker:
             return "max_pending" if config.max_pending else "max_connections"
         return None
 
+    def try_acquire(self) -> bool:
+        """Take a slot at once when no limit is near (the common case); False: use `acquire`."""
+        config = self.config
+        if (
+            self.active < config.max_connections
+            and self.active + len(self._waiters) < config.max_requests
+        ):
+            self.active += 1
+            return True
+        return False
+
     async def acquire(self, request: Request) -> None:
         """Take a slot, waiting in line if allowed; Overflow when a limit is hit (enforcing)."""
         limit = self._limit_hit()
@@ -125,7 +136,8 @@ def breaker_layer(breakers: Mapping[str, Breaker]) -> Layer:
             breaker = breakers.get(request.context.upstream)
             if breaker is None:
                 return await inner(request)
-            await breaker.acquire(request)
+            if not breaker.try_acquire():
+                await breaker.acquire(request)
             try:
                 return await inner(request)
             finally:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from sidecar.errors import ERROR_HEADER, UpstreamTimeout
 from sidecar.http import BodyStream, Request, Response, header_value, with_header
@@ -166,9 +166,11 @@ def grpc_layer(*, clock: Clock = monotonic) -> Layer:
     """Outer (per request): honour grpc-timeout as the deadline; record the final gRPC status."""
 
     def wrap(inner: Handler) -> Handler:
-        async def handle(request: Request) -> Response:
-            if not is_grpc(request):
-                return await inner(request)
+        def handle(request: Request) -> Awaitable[Response]:
+            # not gRPC: the inner handler's own awaitable, no coroutine of ours (hot path)
+            return grpc(request) if is_grpc(request) else inner(request)
+
+        async def grpc(request: Request) -> Response:
             context = request.context
             _describe(request)
             value = header_value(request.headers, "grpc-timeout")
@@ -195,9 +197,10 @@ def grpc_attempt_layer(*, clock: Clock = monotonic) -> Layer:
     """Per attempt: forward the remaining deadline as grpc-timeout; record this try's status."""
 
     def wrap(inner: Handler) -> Handler:
-        async def handle(request: Request) -> Response:
-            if not is_grpc(request):
-                return await inner(request)
+        def handle(request: Request) -> Awaitable[Response]:
+            return grpc(request) if is_grpc(request) else inner(request)
+
+        async def grpc(request: Request) -> Response:
             _describe(request)  # again: routing (between the layers) set its route name
             deadline = request.context.deadline
             if deadline is not None:

@@ -25,7 +25,7 @@ from sidecar.errors import (
     UpstreamProtocolError,
     UpstreamReset,
 )
-from sidecar.http import Request, Response, header_value
+from sidecar.http import Endpoint, Request, RequestContext, Response, header_value
 from sidecar.layers.budget import BudgetConfig, RetryBudget
 from sidecar.stack import Clock, Handler, Layer, Sleep, monotonic
 
@@ -86,8 +86,9 @@ class RetryConfig:
             raise ValueError(f"per_try_s must be > 0, got {self.per_try_s}")
         if self.max_buffer_bytes < 0:
             raise ValueError(f"max_buffer_bytes must be >= 0, got {self.max_buffer_bytes}")
-        if self.grpc_on - GRPC_RETRY_CODES.keys():
-            bad = sorted(self.grpc_on - GRPC_RETRY_CODES.keys())
+        not_retriable = [code for code in self.grpc_on if code not in GRPC_RETRY_CODES]
+        if not_retriable:
+            bad = sorted(not_retriable)
             raise ValueError(f"grpc_on: {bad} not retriable (allowed {sorted(GRPC_RETRY_CODES)})")
 
 
@@ -264,8 +265,9 @@ class _Retry:
             except ProxyError as exc:
                 error = exc
                 reason = _error_reason(self.config, exc)
-            if context.endpoint is not None:
-                context.previous_endpoints.append(context.endpoint)
+            tried = _endpoint(context)  # set by the balancer during the attempt
+            if tried is not None:
+                context.previous_endpoints.append(tried)
             delay = None if reason is None else self._delay(request, response, reason, blocked)
             if delay is None:
                 if attempt > 1:
@@ -323,3 +325,9 @@ class _Retry:
             attrs["meshlens.retry.would_retry"] = reason
             return None
         return delay
+
+
+def _endpoint(context: RequestContext) -> Endpoint | None:
+    """context.endpoint, read in a function: right after `context.endpoint = None`, mypy (and
+    mypyc, which compiles on its types) would take the field for still None after the await."""
+    return context.endpoint

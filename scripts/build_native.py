@@ -1,0 +1,95 @@
+"""Compile the sidecar's hot-path modules with mypyc into build/native/ (used when fresh).
+
+    python scripts/build_native.py        # `make native`; make test/demo/bench depend on it
+
+The module list is sidecar/_native.py's MODULES. Output goes to build/native/ with a manifest of
+the source hashes; sidecar/_native.py serves the compiled modules only while they match, so a
+later edit falls back to pure Python until the next build. When compilation is not possible (no
+mypyc, no C compiler or Python headers, a mypyc error) this prints one line and exits 0: the
+sidecar then runs as pure Python, the same code, slower.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_native() -> object:
+    """sidecar/_native.py without importing the sidecar package (which would use the build)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_meshlens_native", ROOT / "sidecar/_native.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def build(verbose: bool = False) -> str:
+    native: object = _load_native()
+    modules: tuple[str, ...] = native.MODULES  # type: ignore[attr-defined]
+    out: Path = native.BUILD_DIR  # type: ignore[attr-defined]
+    manifest = out / "manifest.json"
+    hashes = native.source_hashes(modules)  # type: ignore[attr-defined]
+    tag = native.interpreter_tag()  # type: ignore[attr-defined]
+    if manifest.is_file():
+        with contextlib.suppress(OSError, ValueError):
+            old = json.loads(manifest.read_text())
+            if old.get("modules") == hashes and old.get("interpreter") == tag:
+                return "up to date"
+    try:
+        from mypyc.build import mypycify
+        from setuptools import Distribution  # type: ignore[import-untyped]
+    except ImportError as exc:
+        return f"not compiled ({exc.name} missing): pure Python"
+    tmp = out.with_name("native.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    log = io.StringIO()
+    os.chdir(ROOT)
+    try:
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            extensions = mypycify(
+                list(modules),
+                opt_level="3",
+                group_name=native.GROUP,  # type: ignore[attr-defined]
+                multi_file=True,
+                target_dir=str(ROOT / "build" / "native-src"),
+            )
+            dist = Distribution({"name": "meshlens-native", "ext_modules": extensions})
+            cmd = dist.get_command_obj("build_ext")
+            cmd.build_lib = str(tmp)
+            cmd.build_temp = str(ROOT / "build" / "native-obj")
+            cmd.parallel = os.cpu_count() or 1
+            dist.run_command("build_ext")
+    except (Exception, SystemExit) as exc:  # mypyc errors exit; any failure means pure Python
+        if verbose:
+            print(log.getvalue(), file=sys.stderr)
+        last = [line for line in log.getvalue().splitlines() if "error" in line.lower()]
+        return f"not compiled ({(last[-1] if last else str(exc))[:200]}): pure Python"
+    (tmp / "manifest.json").write_text(
+        json.dumps({"interpreter": tag, "modules": hashes}, indent=1, sort_keys=True)
+    )
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return f"compiled {len(modules)} modules into {out.relative_to(ROOT)}"
+
+
+def main() -> int:
+    start = time.monotonic()
+    result = build(verbose="-v" in sys.argv)
+    print(f"sidecar native build: {result} ({time.monotonic() - start:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
