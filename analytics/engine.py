@@ -94,7 +94,7 @@ LIVE_DETECTOR = DetectorConfig(min_run_points=2)
 FINE_DETECTOR = DetectorConfig(
     step_s=5, baseline_minutes=10, min_baseline_points=12, min_run_points=2
 )
-FINE_EVALUATE = timedelta(minutes=5)
+FINE_EVALUATE = timedelta(minutes=2)
 
 # Edge RED per `step` seconds from sidecar CLIENT spans with a callee: what meshlens_edges_1m
 # aggregates per minute (same span filter, callee and error rule), at a finer step.

@@ -14,6 +14,7 @@ All are pure functions of their inputs (no clock): CPU-bound callers run them in
 
 from __future__ import annotations
 
+import bisect
 import math
 import statistics
 from collections.abc import Mapping, Sequence
@@ -119,8 +120,10 @@ def _seasonal_shift(
     for days in range(1, 8):
         back = _DAY * days
         then = by_minute.get(minute - back)
+        if then is None:  # no point that day: skip the trailing scan (most of the cost)
+            continue
         before = [by_minute[m - back] for m in trailing if m - back in by_minute]
-        if then is not None and len(before) >= len(trailing) // 2 and before:
+        if len(before) >= len(trailing) // 2 and before:
             shifts.append(then - statistics.median(before))
     return statistics.median(shifts) if len(shifts) >= 1 else 0.0
 
@@ -165,11 +168,12 @@ def detect_deviations(
         for name, value in _metrics(p).items():
             by_signal.setdefault(name, {})[p.minute] = value
     found: list[Anomaly] = []
+    minutes = [p.minute for p in points]  # sorted: the trailing window is a slice
     for p in points:
         if p.minute < evaluate_from:
             continue
         lo = p.minute - timedelta(minutes=cfg.baseline_minutes)
-        trailing = [q.minute for q in points if lo <= q.minute < p.minute]
+        trailing = minutes[bisect.bisect_left(minutes, lo) : bisect.bisect_left(minutes, p.minute)]
         if len(trailing) < cfg.min_baseline_points:
             continue
         for name, value in _metrics(p).items():
