@@ -10,6 +10,7 @@ the trace's window.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -37,11 +38,12 @@ FILTER_ROUNDS = 5
 # so a page that fills early does not summarise the whole round.
 CHUNK_GROWTH = 4
 UNKNOWN_TABLE = 60  # ClickHouse error code: a meshlens table is absent (exporter-only store)
-# First pages without a service read meshlens_spans_by_time: the newest depth + PREFIX_EXTRA
-# matching rows (each costs an otel_traces granule read), then 4 times more, at most
-# PREFIX_ROUNDS times, before the GROUP BY over otel_traces.
-PREFIX_EXTRA = 4
+# First pages without a service read meshlens_spans_by_time: the newest PREFIX_FIRST * depth
+# matching rows (each costs an otel_traces granule read), then older slices sized by the traces
+# per row seen, at most PREFIX_ROUNDS slices, before the GROUP BY over otel_traces.
+PREFIX_FIRST = 2
 PREFIX_ROUNDS = 3
+PREFIX_MAX_ROWS = 2000
 PREFIX_MAX_DEPTH = 200
 
 _SPAN_COLUMNS = """
@@ -331,15 +333,20 @@ class TraceRepository:
         return {r["trace_id"]: int(r["match_ns"]) for r in await self._store.query(sql, params)}
 
     async def _matches_by_time(self, query: TraceQuery, depth: int) -> dict[str, int] | None:
-        """The same hits from the newest matching spans: all matching spans at or after the
-        R-th newest one's time are the best spans of every trace they belong to, so their
-        traces (when at least `depth`, or when the window holds no more) are the newest hits.
-        None: no meshlens_spans_by_time, or still too few traces after PREFIX_ROUNDS."""
-        rows = depth + PREFIX_EXTRA
+        """The same hits from the newest matching spans, read backwards in slices: all matching
+        spans at or after a slice's oldest time are known, and each trace's newest matching span
+        is among them, so the traces seen so far, ordered by that span, are the newest hits
+        (once there are `depth` of them, or the window holds no more). None: no
+        meshlens_spans_by_time, or still too few traces after PREFIX_ROUNDS slices."""
+        newest: dict[str, int] = {}
+        before: int | None = None
+        rows, read = PREFIX_FIRST * depth, 0
         for _ in range(PREFIX_ROUNDS):
             params = _Params()
-            match = " AND ".join(_span_conditions(query, params))
-            sql = _NEWEST_KEYS.format(match=match, rows=rows)
+            conds = _span_conditions(query, params)
+            if before is not None:
+                conds.append(f"Timestamp < fromUnixTimestamp64Nano({params.add(before, 'Int64')})")
+            sql = _NEWEST_KEYS.format(match=" AND ".join(conds), rows=rows)
             try:
                 keys = await self._store.query(sql, params.values)
             except StoreRejected as exc:
@@ -349,15 +356,24 @@ class TraceRepository:
             spans = await self._spans_of_keys(query, keys)
             if spans is None:
                 return None
-            newest: dict[str, int] = {}
+            fresh: dict[str, int] = {}
             for row in spans:
-                stamp = int(row["ts"])
-                if stamp > newest.get(row["trace_id"], -1):
-                    newest[row["trace_id"]] = stamp
+                trace, stamp = row["trace_id"], int(row["ts"])
+                if trace not in newest and stamp > fresh.get(trace, -1):
+                    fresh[trace] = stamp
+            # Traces first seen in this slice rank after every trace of the newer slices.
+            newest.update(sorted(fresh.items(), key=lambda hit: (hit[1], hit[0]), reverse=True))
             if len(newest) >= depth or len(keys) < rows:
-                ordered = sorted(newest.items(), key=lambda hit: (hit[1], hit[0]), reverse=True)
-                return dict(ordered[:depth])
-            rows *= 4
+                return dict(list(newest.items())[:depth])
+            before = min(int(k["ts"]) for k in keys)
+            read += len(keys)
+            # The next slice, sized by the traces per row seen so far (newest is not empty:
+            # keys were, or the loop would have returned).
+            wanted = depth - len(newest)
+            per_row = len(newest) / read
+            rows = min(
+                PREFIX_MAX_ROWS, max(PREFIX_FIRST * wanted, math.ceil(1.5 * wanted / per_row))
+            )
         return None
 
     async def _spans_of_keys(

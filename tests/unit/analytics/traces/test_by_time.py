@@ -65,9 +65,15 @@ async def filled(store: Store) -> Store:
     return store
 
 
+@pytest.mark.parametrize("slices", [(2, 2000, 3), (1, 1, 200)], ids=["default", "row_by_row"])
 async def test_first_pages_without_a_service_equal_grouping_otel_traces_without_grouping(
-    filled: Store, monkeypatch: pytest.MonkeyPatch
+    filled: Store, monkeypatch: pytest.MonkeyPatch, slices: tuple[int, int, int]
 ) -> None:
+    # row_by_row: slices of one row (plus its ties), so every slice boundary is exercised.
+    for name, value in zip(
+        ("PREFIX_FIRST", "PREFIX_MAX_ROWS", "PREFIX_ROUNDS"), slices, strict=True
+    ):
+        monkeypatch.setattr(repository_module, name, value)
     repository = TraceRepository(filled)
     grouping = repository_module.matches_sql
 
@@ -106,7 +112,7 @@ async def test_too_few_traces_after_the_rounds_falls_back_to_grouping(
     repository = TraceRepository(filled)
     query = TraceQuery(*WINDOW, limit=10)
 
-    # The newest 15 spans all belong to trace 45: too few traces after one round.
+    # The newest 22 spans all belong to trace 45: too few traces after one round.
     assert await repository._matches_by_time(query, 11) is None
     monkeypatch.setattr(repository_module, "PREFIX_ROUNDS", 0)
     hits, _ = await repository.search(query)
