@@ -190,7 +190,13 @@ def start_nginx(procs: Procs, workdir: Path, name: str, body: str, port: int) ->
 
 
 def start_sidecar(
-    procs: Procs, workdir: Path, service: str, app_port: int, config: dict[str, Any], collector: str
+    procs: Procs,
+    workdir: Path,
+    service: str,
+    app_port: int,
+    config: dict[str, Any],
+    collector: str,
+    env: dict[str, str] | None = None,
 ) -> tuple[int, int, int]:
     """Start `meshlens sidecar`; return (pid, outbound port, inbound port)."""
     path = workdir / f"{service}.json"
@@ -202,8 +208,8 @@ def start_sidecar(
         "--collector", collector, "--admin-port", "0",
         "--outbound-port", str(outbound), "--inbound-port", str(inbound),
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = procs.start(args, cwd=str(REPO), env=env, stdout=subprocess.DEVNULL)
+    proc_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    proc = procs.start(args, cwd=str(REPO), env=proc_env, stdout=subprocess.DEVNULL)
     wait_port(outbound)
     wait_port(inbound)
     return proc.pid, outbound, inbound
@@ -221,6 +227,15 @@ def measure(
         result.cpu_us = used / max(result.requests, 1) * 1e6
         result.rss_mb = max(rss_mb(p) for p in pids)
     return result
+
+
+def native_mode() -> str:
+    """Whether the sidecars run the mypyc build (sidecar/_native.py), as they report it."""
+    code = "import sidecar._native as n; print(n.mode())"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("MESHLENS_PURE_PYTHON", None)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    return out.stdout.strip() or "unknown"
 
 
 def report(results: list[Result]) -> str:
@@ -262,6 +277,7 @@ def report(results: list[Result]) -> str:
         "CPU and RSS are the proxy processes only (the pair sums CPU of both sidecars); "
         "ratios are against nginx from this same run"
     )
+    lines.append(f"sidecar modules: {native_mode()} (pure Python row: MESHLENS_PURE_PYTHON=1)")
     text = "\n".join(lines)
     print(text)
     return text
@@ -383,6 +399,8 @@ def main() -> int:
             pair = {"upstreams": {"app": {"endpoints": [f"127.0.0.1:{server_in}"]}}}
             one_pid, one_out, _ = start_sidecar(procs, workdir, "web", up, app, collector)
             client_pid, client_out, _ = start_sidecar(procs, workdir, "web2", up, pair, collector)
+            pure = {"MESHLENS_PURE_PYTHON": "1"}  # the same sidecar without the mypyc build
+            pure_pid, pure_out, _ = start_sidecar(procs, workdir, "web3", up, app, collector, pure)
             core_port = free_port()
             env = {**os.environ, "PYTHONPATH": str(REPO)}
             core = procs.start([sys.executable, "-c", CORE, str(core_port), str(up)], env=env)
@@ -399,6 +417,13 @@ def main() -> int:
                 ),
                 measure(
                     "sidecar (outbound)", f"http://127.0.0.1:{one_out}/", args, "app", [one_pid]
+                ),
+                measure(
+                    "sidecar (outbound, pure Python)",
+                    f"http://127.0.0.1:{pure_out}/",
+                    args,
+                    "app",
+                    [pure_pid],
                 ),
                 measure(
                     "sidecar pair HTTP/1.1 (out+in)",

@@ -41,6 +41,7 @@ GROUP = "sidecar_native"  # mypyc's shared library is the module `sidecar_native
 
 # The modules on the request path, compiled by scripts/build_native.py (paths from ROOT).
 MODULES: tuple[str, ...] = (
+    "sidecar/http.py",
     "sidecar/stack.py",
     "sidecar/codec.py",
     "sidecar/upstream.py",

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
 
 from sidecar.errors import BodyTooLarge
+from sidecar.streams import BodyStream
 
 __all__ = [
     "AttrValue",
@@ -33,18 +33,6 @@ __all__ = [
 # Header names are lower-case; order and duplicates are preserved.
 Headers = tuple[tuple[str, str], ...]
 AttrValue = str | int | float | bool
-
-
-@runtime_checkable
-class BodyStream(Protocol):
-    """A streamed body: `read()` returns the next chunk and b"" once at the end."""
-
-    @property
-    def length(self) -> int | None:
-        """The Content-Length if the sender declared one, else None (chunked)."""
-        ...
-
-    async def read(self) -> bytes: ...
 
 
 Body = bytes | BodyStream
