@@ -1,7 +1,8 @@
 """ClickHouse queries over otel_traces for the trace APIs; every value is a `{name:Type}` parameter.
 
 Searches bound `Timestamp` (partition pruning, the primary key) and put the service/operation
-first so (ServiceName, SpanName, toDateTime(Timestamp)) narrows the scan; the hits' summaries come
+first so (ServiceName, SpanName, toDateTime(Timestamp)) narrows the scan; first pages without a
+service find their hits in `meshlens_spans_by_time` (schema v6) instead; the hits' summaries come
 from `meshlens_trace_summaries` (schema v5) when every span of the trace lies in the window the
 summary is defined over, else (and on a store without that table) from grouping their spans.
 Trace by id reads the `otel_traces_trace_id_ts` lookup first so the main table is read only in
@@ -39,8 +40,8 @@ FILTER_ROUNDS = 5
 CHUNK_GROWTH = 4
 UNKNOWN_TABLE = 60  # ClickHouse error code: a meshlens table is absent (exporter-only store)
 # First pages without a service read meshlens_spans_by_time: the newest PREFIX_FIRST * depth
-# matching rows (each costs an otel_traces granule read), then older slices sized by the traces
-# per row seen, at most PREFIX_ROUNDS slices, before the GROUP BY over otel_traces.
+# matching rows, then older slices sized by the traces per row seen, at most PREFIX_ROUNDS
+# slices, before the GROUP BY over otel_traces.
 PREFIX_FIRST = 2
 PREFIX_ROUNDS = 3
 PREFIX_MAX_ROWS = 2000
@@ -211,9 +212,8 @@ LIMIT {query.limit + 1 if depth is None else depth}
 
 
 # The newest matching spans of a window in time order (all rows tied with the last one too).
-_NEWEST_KEYS = """
-SELECT toString(ServiceName) AS service, toString(SpanName) AS name,
-    toUnixTimestamp64Nano(Timestamp) AS ts
+_NEWEST_SPANS = """
+SELECT TraceId AS trace_id, toUnixTimestamp64Nano(Timestamp) AS ts
 FROM meshlens_spans_by_time
 WHERE {match}
 ORDER BY Timestamp DESC
@@ -232,23 +232,6 @@ def _by_time_usable(query: TraceQuery, depth: int) -> bool:
         and query.max_span_duration_ns is None
         and not any(flt.resource for flt in query.attributes)
     )
-
-
-def _keys_sql(keys: list[dict[str, Any]], match: str | None, params: _Params) -> str:
-    """otel_traces rows with these (ServiceName, SpanName, Timestamp) keys (primary-key point
-    reads), optionally also matching `match`."""
-    ors = " OR ".join(
-        f"(ServiceName = {params.add(k['service'], 'String')}"
-        f" AND SpanName = {params.add(k['name'], 'String')}"
-        f" AND Timestamp = fromUnixTimestamp64Nano({params.add(int(k['ts']), 'Int64')}))"
-        for k in keys
-    )
-    extra = f"\n  AND {match}" if match else ""
-    return f"""
-SELECT TraceId AS trace_id, toUnixTimestamp64Nano(Timestamp) AS ts
-FROM otel_traces
-WHERE ({ors}){extra}
-"""
 
 
 def _window(matches: dict[str, int]) -> tuple[int, int]:
@@ -346,15 +329,12 @@ class TraceRepository:
             conds = _span_conditions(query, params)
             if before is not None:
                 conds.append(f"Timestamp < fromUnixTimestamp64Nano({params.add(before, 'Int64')})")
-            sql = _NEWEST_KEYS.format(match=" AND ".join(conds), rows=rows)
+            sql = _NEWEST_SPANS.format(match=" AND ".join(conds), rows=rows)
             try:
-                keys = await self._store.query(sql, params.values)
+                spans = await self._store.query(sql, params.values)
             except StoreRejected as exc:
                 if exc.code != UNKNOWN_TABLE:
                     raise
-                return None
-            spans = await self._spans_of_keys(query, keys)
-            if spans is None:
                 return None
             fresh: dict[str, int] = {}
             for row in spans:
@@ -363,37 +343,18 @@ class TraceRepository:
                     fresh[trace] = stamp
             # Traces first seen in this slice rank after every trace of the newer slices.
             newest.update(sorted(fresh.items(), key=lambda hit: (hit[1], hit[0]), reverse=True))
-            if len(newest) >= depth or len(keys) < rows:
+            if len(newest) >= depth or len(spans) < rows:
                 return dict(list(newest.items())[:depth])
-            before = min(int(k["ts"]) for k in keys)
-            read += len(keys)
+            before = min(int(row["ts"]) for row in spans)
+            read += len(spans)
             # The next slice, sized by the traces per row seen so far (newest is not empty:
-            # keys were, or the loop would have returned).
+            # spans were, or the loop would have returned).
             wanted = depth - len(newest)
             per_row = len(newest) / read
             rows = min(
                 PREFIX_MAX_ROWS, max(PREFIX_FIRST * wanted, math.ceil(1.5 * wanted / per_row))
             )
         return None
-
-    async def _spans_of_keys(
-        self, query: TraceQuery, keys: list[dict[str, Any]]
-    ) -> list[dict[str, Any]] | None:
-        """The matching otel_traces rows of these keys. Another span sharing a key (same
-        service, name and ns start) would come back too: only then are the filters re-applied.
-        None when otel_traces lacks some (the copy and the table disagree)."""
-        if not keys:
-            return []
-        params = _Params()
-        rows = await self._store.query(_keys_sql(keys, None, params), params.values)
-        if len(rows) == len(keys):
-            return rows
-        if len(rows) < len(keys):
-            return None
-        params = _Params()
-        match = " AND ".join(_span_conditions(query, params))
-        rows = await self._store.query(_keys_sql(keys, match, params), params.values)
-        return rows if len(rows) >= len(keys) else None
 
     async def _summaries(
         self, matches: dict[str, int], window: tuple[int, int] | None = None

@@ -1,4 +1,4 @@
-"""Schema version 5: meshlens_trace_summaries, filled on upgrade and kept current by its view."""
+"""Schema versions 5 and 6: trace summaries and the time-ordered span copy, filled on upgrade."""
 
 from __future__ import annotations
 
@@ -135,3 +135,30 @@ def test_cluster_mode_renders_table_and_view_on_cluster_and_no_fill() -> None:
     assert "FROM `obs`.`otel_traces_local`" in statements[2]
     assert "TO `obs`.`meshlens_trace_summaries_local`" in statements[2]
     assert not any(s.startswith("INSERT") for s in all_statements(SchemaOptions()))
+
+
+async def test_upgrade_to_version_6_copies_stored_spans_in_time_order(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from collector.schema import meshlens_spans_by_time as by_time
+
+    database = f"v6_{uuid.uuid4().hex[:8]}"
+    store = open_test_store(store_url, database=database)
+    monkeypatch.setattr(by_time, "FILL_CHUNK_ROWS", 25)
+    columns = ", ".join(by_time.COLUMNS)
+    spans = f"SELECT {columns} FROM otel_traces ORDER BY Timestamp, TraceId"
+    copy = f"SELECT {columns} FROM meshlens_spans_by_time ORDER BY Timestamp, TraceId"
+    try:
+        await migrate(store, SchemaOptions(database=database), migrations=MIGRATIONS[:5])
+        await store.insert("otel_traces", trace_columns(_spans(0, 30)), dedup_token="a")
+        assert await store.migrate() == LATEST_VERSION
+        await store.insert("otel_traces", trace_columns(_spans(1, 10)), dedup_token="b")
+        # A retried insert (same token) is dropped by the table and by the view alike.
+        await store.insert("otel_traces", trace_columns(_spans(1, 10)), dedup_token="b")
+        original, copied = await store.query(spans), await store.query(copy)
+        await store.command(f"DROP DATABASE `{database}`")
+    finally:
+        await store.close()
+
+    assert len(original) == 120 and copied == original
+    assert by_time.statements(SchemaOptions(cluster="main")) == []
