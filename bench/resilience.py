@@ -365,17 +365,33 @@ async def measure_spans(stack: Stack, result: Result, wall_offset: float) -> Non
         result.amplification[phase.name] = amplification(rows, LEAF, journeys)
 
 
+async def started(root: Path, name: str, leaf_ms: float, tries: int = 3) -> Stack:
+    """A started stack; a start that fails (the demo picks free ports before its children bind
+    them, and a busy machine's outgoing connections can take one meanwhile) is retried in a
+    fresh directory."""
+    for n in range(1, tries + 1):
+        stack = Stack(root / (name if n == 1 else f"{name}-{n}"), leaf_ms)
+        log(f"[{name}] starting meshlens up + chain mesh ...")
+        try:
+            await stack.start()
+            return stack
+        except RuntimeError as exc:
+            await stack.stop()
+            if n == tries:
+                raise
+            log(f"[{name}] start failed ({str(exc).splitlines()[0]}); again")
+    raise AssertionError("unreachable")
+
+
 async def run_policy(
     root: Path, args: Any, name: str, capacity: float
 ) -> tuple[Result, float, list[str]]:
     """One fresh stack: (result, capacity used, accepted suggestions)."""
     wall_offset = time.time() - time.monotonic()
-    stack = Stack(root / name, args.leaf_ms)
+    stack = await started(root, name, args.leaf_ms)
     stop = asyncio.Event()
     accepted: list[str] = []
     try:
-        log(f"[{name}] starting meshlens up + chain mesh ...")
-        await stack.start()
         load = Load(stack.topology, stack.entry, 1.0)
         task = asyncio.create_task(load.run(stop))
         if capacity <= 0:
