@@ -3,8 +3,11 @@
 Not a test. Starts an nginx upstream returning a 12-byte body, an nginx `proxy_pass` (1 worker,
 keep-alive upstream), the sidecar(s) with full telemetry exporting OTLP to a local sink, and
 drives each with wrk (32 connections). "core only" is the codec + upstream pool with no policy or
-telemetry layers, to show what the layers cost. Prints req/s, p50/p99, added latency vs direct, CPU
-microseconds per request and RSS of the proxy processes, with ratios vs nginx from this run.
+telemetry layers, to show what the layers cost. The sidecars run the mypyc build of their hot
+path when `make native` has built it for the current sources (see the "sidecar modules" line);
+the "pure Python" row is the same sidecar with MESHLENS_PURE_PYTHON=1, for comparison. Prints
+req/s, p50/p99, added latency vs direct, CPU microseconds per request and RSS of the proxy
+processes, with ratios vs nginx from this run, and the load average (the machine is shared).
 
 HTTP/2 rows (when h2load from nghttp2-client is installed): h2load, 8 connections x 4 streams,
 against nginx serving h2c directly and through the sidecar(s) speaking h2 end to end; req/s and
@@ -278,6 +281,8 @@ def report(results: list[Result]) -> str:
         "ratios are against nginx from this same run"
     )
     lines.append(f"sidecar modules: {native_mode()} (pure Python row: MESHLENS_PURE_PYTHON=1)")
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    lines.append(f"load average after the run: {load} (other work on these {os.cpu_count()} CPUs)")
     text = "\n".join(lines)
     print(text)
     return text

@@ -21,7 +21,7 @@ import httptools
 from sidecar._native import mypyc_attr
 from sidecar.capture import original_dst
 from sidecar.errors import BadRequest, DownstreamError, HeadersTooLarge, ProxyError
-from sidecar.http import Body, BodyStream, Request, RequestContext, Response
+from sidecar.http import Body, BodyStream, Request, RequestContext, Response, new_request
 from sidecar.layers.proxy_errors import error_response
 from sidecar.stack import Handler
 
@@ -809,14 +809,8 @@ class _ServerProtocol(asyncio.Protocol):
             peer_identity=self.peer_identity,
             original_dst=self._original_dst,
         )
-        request = Request(
-            method=p.method,
-            target=p.target,
-            headers=tuple(p.headers),
-            body=body,
-            authority=p.authority,
-            version=p.version,
-            context=context,
+        request = new_request(
+            p.method, p.target, tuple(p.headers), body, p.authority, "http", p.version, context
         )
         try:
             response = await self._server.current_handler()(request)

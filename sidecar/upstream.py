@@ -30,7 +30,7 @@ from sidecar.errors import (
     UpstreamReset,
     UpstreamTimeout,
 )
-from sidecar.http import Body, BodyStream, Endpoint, Request, Response
+from sidecar.http import Body, BodyStream, Endpoint, Request, Response, new_response
 from sidecar.stack import Clock, monotonic
 
 __all__ = ["Connector", "UpstreamConfig", "UpstreamPool", "dial"]
@@ -511,7 +511,7 @@ class UpstreamPool:
         if conn.status == 101 and upgrade and isinstance(body, BodyStream):
             return self._tunnel(conn, headers, body)
         response_body = conn.take_body(request.context.idle_timeout_s)
-        return Response(status=conn.status, headers=headers, body=response_body)
+        return new_response(conn.status, headers, response_body)
 
     def _headers_timeout(self, request: Request) -> float:
         timeout = self.config.response_timeout_s

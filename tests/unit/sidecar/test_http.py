@@ -1,11 +1,21 @@
-"""read_body: the bounded whole-body read shared by the control-plane and JWKS clients."""
+"""sidecar/http.py: the bounded whole-body read, and the fast Request/Response constructors."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 
 from sidecar.errors import BodyTooLarge
-from sidecar.http import read_body
+from sidecar.http import (
+    Request,
+    RequestContext,
+    Response,
+    Trailers,
+    new_request,
+    new_response,
+    read_body,
+)
 
 
 class _Chunks:
@@ -37,3 +47,31 @@ async def test_a_stream_past_the_limit_stops_at_the_chunk_that_crosses_it() -> N
 
 async def test_buffered_bytes_are_returned_as_they_are() -> None:
     assert await read_body(b"whole", 1) == b"whole"
+
+
+def test_new_request_is_the_same_frozen_request_as_the_constructor() -> None:
+    context = RequestContext(direction="inbound")
+    fields = ("POST", "/a?b=1", (("host", "app"),), b"body", "app:80", "https", "2", context)
+    fast = new_request(*fields)
+    assert fast == Request(*fields)
+    assert fast.context is context
+    assert fast.path == "/a" and fast.replayable
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.method = "GET"  # type: ignore[misc]
+    rewritten = fast.with_headers((("x", "1"),))
+    assert rewritten == dataclasses.replace(fast, headers=(("x", "1"),))
+    assert rewritten.context is context
+
+
+def test_new_response_validates_like_the_constructor() -> None:
+    trailers = Trailers()
+    fast = new_response(204, (("a", "b"),), b"", "No Content", trailers)
+    assert fast == Response(204, (("a", "b"),), b"", "No Content", trailers)
+    assert new_response(200, (), b"x") == Response(200, (), b"x")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.status = 200  # type: ignore[misc]
+    for status in (99, 1000):
+        with pytest.raises(ValueError, match="3-digit"):
+            new_response(status, (), b"")
+        with pytest.raises(ValueError, match="3-digit"):
+            Response(status)
