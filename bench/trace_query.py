@@ -2,12 +2,15 @@
 
     .venv/bin/python bench/trace_query.py [--spans 1000000] [--data DIR] [--repeat 50]
 
-With --data DIR holding at least --spans spans already, only the queries are timed again.
+With --data DIR holding at least --spans spans already, only the queries are timed again (a store
+from an older schema is migrated first, filling the v5 summaries and v6 time-ordered copy; the
+migration time is printed).
 
 Generates realistic sidecar traces (8 spans each: SERVER/CLIENT hops through 4 of 12 services,
 3 attributes, 2 resource attributes, 2% errors) over 24 hours, vectorised into Arrow batches of
 1 M spans, inserted with `store.insert` (the trace-id lookup and edge/service views run: they are
-part of the cost), then times through `TraceService` (SQL + rows -> Python objects):
+part of the cost: since schema v5/v6 also the trace summaries and the time-ordered copy), then
+times through `TraceService` (SQL + rows -> Python objects):
   trace by id          our query (bounded by the otel_traces_trace_id_ts lookup) vs a full scan
                        of otel_traces for the id (no time bound, skip indexes off)
   searches (limit 20)  our search SQL vs a GROUP BY TraceId over the whole table
@@ -237,9 +240,12 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", help="engine directory (default: a temporary one)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
-        store = open_store(f"chdb://{Path(args.data or scratch) / 'ch'}")
+        # A kept --data store from before schema v5 is migrated (and its summaries filled) here.
+        store = open_store(f"chdb://{Path(args.data or scratch) / 'ch'}", timeout_s=600)
         try:
-            await store.migrate()
+            began = time.perf_counter()
+            version = await store.migrate()
+            print(f"schema at version {version} ({time.perf_counter() - began:.1f}s to migrate)")
             count = "SELECT toInt64(count()) AS n FROM otel_traces"
             if args.data and (await store.query(count))[0]["n"] >= args.spans:
                 # A kept --data directory: time the queries again without inserting.
@@ -251,10 +257,23 @@ async def main(argv: list[str] | None = None) -> int:
                 total = (await store.query(count))[0]["n"]
                 rate = total / insert_s
                 print(f"{total} spans inserted in {insert_s:.1f}s ({rate:,.0f} spans/s, views on)")
+            await storage(store)
             await report(TraceService(store), store, ids, args.repeat)
         finally:
             await store.close()
     return 0
+
+
+async def storage(store: Store) -> None:
+    """Bytes on disk per stored span, per trace table (the search tables cost space too)."""
+    rows = await store.query(
+        "SELECT table, toInt64(sum(bytes_on_disk)) AS b FROM system.parts"
+        " WHERE active AND database = currentDatabase() GROUP BY table ORDER BY table"
+    )
+    spans = (await store.query("SELECT toInt64(count()) AS n FROM otel_traces"))[0]["n"]
+    sizes = {r["table"]: r["b"] / max(spans, 1) for r in rows}
+    shown = ["otel_traces", "meshlens_trace_summaries", "meshlens_spans_by_time"]
+    print("B/span: " + ", ".join(f"{t} {sizes[t]:.1f}" for t in shown if t in sizes))
 
 
 async def report(service: TraceService, store: Store, ids: list[str], repeat: int) -> None:
