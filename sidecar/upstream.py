@@ -96,6 +96,7 @@ class _Connection(asyncio.Protocol):
         self.key = key
         self.high_water = pool.config.high_water_bytes
         self.transport: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # cached: see wait_headers
         self.closed = False
         self.uses = 0
         self.idle_since = 0.0
@@ -236,7 +237,9 @@ class _Connection(asyncio.Protocol):
             raise self._error
         if self.headers_done:
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:  # once per connection: get_running_loop() costs a getpid() syscall
+            loop = self._loop = asyncio.get_running_loop()
         waiter = loop.create_future()
         self._headers_waiter = waiter
         timer = loop.call_later(timeout_s, self._time_out, waiter, timeout_s)

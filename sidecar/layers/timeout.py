@@ -97,7 +97,8 @@ def timeout_layer(config: TimeoutConfig, *, clock: Clock = monotonic) -> Layer:
                 return await inner(request)
             cancelling = task.cancelling()
             timer = _Timer(task)
-            handle = asyncio.get_running_loop().call_later(budget_s, timer)
+            # (the task's loop: get_running_loop() costs a getpid() syscall per call)
+            handle = task.get_loop().call_later(budget_s, timer)
             try:
                 return await inner(request)
             except asyncio.CancelledError as exc:
