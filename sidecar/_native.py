@@ -43,7 +43,9 @@ GROUP = "sidecar_native"  # mypyc's shared library is the module `sidecar_native
 MODULES: tuple[str, ...] = (
     "sidecar/http.py",
     "sidecar/stack.py",
+    "sidecar/capture.py",
     "sidecar/codec.py",
+    "sidecar/protocols.py",
     "sidecar/upstream.py",
     "sidecar/layers/balance.py",
     "sidecar/layers/breaker.py",
