@@ -12,9 +12,12 @@ Steps:
    1 s per try, 3 s per call, no budget, at every hop) published via the control plane; base
    load (0.7x capacity), then the fault on the leaf (+200 ms latency and 30 % HTTP 500 on top of
    its service time) under 1.5x capacity, then recovery at base load;
-3. phase B (fresh up + mesh, same static policy): warm-up with a load ramp (so the concurrency
-   rule sees a knee), `POST /api/v1/suggestions/refresh`, accept every proposed suggestion with
-   `mode: enforce`, wait until the sidecars run the new versions, then the same base/fault/recovery;
+3. the tuning loop (its own fresh up + mesh, static policy): warm-up with a load ramp up to
+   capacity (so the concurrency rule sees a knee), `POST /api/v1/suggestions/refresh`, accept
+   every proposed suggestion with `mode: enforce`, wait until the sidecars run the new
+   versions, read the resulting documents; then phase B on a fresh up + mesh with those
+   documents: the same base/fault/recovery (so a warm-up that overloaded the leaf does not
+   leave phase B with its backlog);
 4. per phase (pre-fault, fault, recovery) and policy: goodput (successful journeys per 1-s
    bucket of their start, mean), p99 journey latency (journeys started in the phase, failed
    ones included), error rate, and retry amplification from the sidecars' stored CLIENT spans
@@ -191,34 +194,53 @@ class Stack:
                     if response.status != 200:
                         raise RuntimeError(f"{name}: fault refused: {await response.text()}")
 
-    async def publish_static(self) -> None:
+    def static_documents(self) -> dict[str, dict[str, Any]]:
         """3 attempts (5xx, connect failure, reset; no budget), 1 s per try at every hop."""
+        docs: dict[str, dict[str, Any]] = {}
+        for svc in self.topology.services:
+            doc = sidecar_config(self.topology, svc.name, {})
+            doc["routes"] = [
+                {
+                    "name": f"static-{callee}",
+                    "match": {"hosts": [callee]},
+                    "destinations": [{"upstream": callee}],
+                    "timeout": {"request_s": 3.0, "per_try_s": 1.0},
+                    "retry": {
+                        "attempts": 3,
+                        "on": ["5xx", "connect-failure", "reset"],
+                        "budget": None,
+                    },
+                }
+                for callee in self.topology.callees(svc.name)
+            ]
+            docs[svc.name] = doc
+        return docs
+
+    async def publish(self, docs: dict[str, dict[str, Any]], reason: str) -> None:
+        """PUT every document through the control plane; wait until every sidecar runs it."""
         assert self.cp is not None
         versions: dict[str, int] = {}
         async with aiohttp.ClientSession(timeout=_HTTP, headers=self.headers) as session:
-            for svc in self.topology.services:
-                doc = sidecar_config(self.topology, svc.name, {})
-                doc["routes"] = [
-                    {
-                        "name": f"static-{callee}",
-                        "match": {"hosts": [callee]},
-                        "destinations": [{"upstream": callee}],
-                        "timeout": {"request_s": 3.0, "per_try_s": 1.0},
-                        "retry": {
-                            "attempts": 3,
-                            "on": ["5xx", "connect-failure", "reset"],
-                            "budget": None,
-                        },
-                    }
-                    for callee in self.topology.callees(svc.name)
-                ]
-                body = {"document": doc, "reason": "bench: static policy"}
-                url = f"{self.cp.url}{CP_API}/policies/{svc.name}"
+            for service, doc in docs.items():
+                body = {"document": doc, "reason": reason}
+                url = f"{self.cp.url}{CP_API}/policies/{service}"
                 async with session.put(url, json=body) as response:
                     if response.status not in (200, 201):
-                        raise RuntimeError(f"{svc.name}: {response.status} {await response.text()}")
-                    versions[svc.name] = int((await response.json())["version"])
+                        raise RuntimeError(f"{service}: {response.status} {await response.text()}")
+                    versions[service] = int((await response.json())["version"])
         await self.wait_versions(versions)
+
+    async def documents(self) -> dict[str, dict[str, Any]]:
+        """The current policy document of every service."""
+        assert self.cp is not None
+        out: dict[str, dict[str, Any]] = {}
+        async with aiohttp.ClientSession(timeout=_HTTP, headers=self.headers) as session:
+            for svc in self.topology.services:
+                url = f"{self.cp.url}{CP_API}/policies/{svc.name}"
+                async with session.get(url) as response:
+                    if response.status == 200:
+                        out[svc.name] = dict((await response.json())["document"])
+        return out
 
     async def current_versions(self) -> dict[str, int]:
         assert self.cp is not None
@@ -383,14 +405,47 @@ async def started(root: Path, name: str, leaf_ms: float, tries: int = 3) -> Stac
     raise AssertionError("unreachable")
 
 
+async def learn(root: Path, args: Any, capacity: float) -> tuple[dict[str, Any], list[str]]:
+    """The tuning loop on its own stack: static policy, warm-up ramp, refresh, accept every
+    suggestion (`enforce`), wait until the sidecars run it; returns the resulting documents.
+
+    The fault run then starts from a fresh stack with these documents: the warm-up goes up to
+    capacity under the static policy's unbudgeted retries, and on a noisy machine that can
+    leave the leaf with a backlog of abandoned requests (its queue has no bound), which would be
+    measured as the suggested policy's pre-fault state."""
+    stack = await started(root, "warmup", args.leaf_ms)
+    stop = asyncio.Event()
+    try:
+        await stack.publish(stack.static_documents(), "bench: static policy")
+        load = Load(stack.topology, stack.entry, 1.0)
+        task = asyncio.create_task(load.run(stop))
+        log("[warmup] static policy running; warm-up ramp for the tuning rules")
+        # Up to capacity, not beyond: an overloaded warm-up under the static policy's 1 s
+        # tries would teach the rules that the healthy error rate is tens of percent.
+        await ramp(load, [capacity * f for f in (0.4, 0.7, 0.85, 1.0)], args.warm_step_s)
+        await hold(load, 0.7 * capacity, 6)  # spans reach the store
+        before = await stack.current_versions()
+        accepted = await stack.accept_suggestions()
+        after = await stack.current_versions()
+        changed = {k: v for k, v in after.items() if before.get(k) != v}
+        await stack.wait_versions(changed, 60.0)
+        log(f"[warmup] {len(accepted)} suggestions enforced; versions running: {changed}")
+        docs = await stack.documents()
+        stop.set()
+        await task
+    finally:
+        stop.set()
+        await stack.stop()
+    return docs, accepted
+
+
 async def run_policy(
-    root: Path, args: Any, name: str, capacity: float
-) -> tuple[Result, float, list[str]]:
-    """One fresh stack: (result, capacity used, accepted suggestions)."""
+    root: Path, args: Any, name: str, capacity: float, docs: dict[str, Any] | None = None
+) -> tuple[Result, float]:
+    """One fresh stack: the static policy, or `docs`; then base, fault, recovery."""
     wall_offset = time.time() - time.monotonic()
     stack = await started(root, name, args.leaf_ms)
     stop = asyncio.Event()
-    accepted: list[str] = []
     try:
         load = Load(stack.topology, stack.entry, 1.0)
         task = asyncio.create_task(load.run(stop))
@@ -401,20 +456,11 @@ async def run_policy(
             capacity = knee_capacity(await ramp(load, rates, args.step_s))
             log(f"capacity ~ {capacity:.1f} journeys/s (p99 knee)")
             await hold(load, 0.5 * capacity, 3)
-        await stack.publish_static()
-        log(f"[{name}] static policy running on every sidecar")
-        if name == "suggested":
-            log("warm-up ramp for the tuning rules")
-            # Up to capacity, not beyond: an overloaded warm-up under the static policy's 1 s
-            # tries would teach the rules that the healthy error rate is tens of percent.
-            await ramp(load, [capacity * f for f in (0.4, 0.7, 0.85, 1.0)], args.warm_step_s)
-            await hold(load, 0.7 * capacity, 6)  # spans reach the store
-            before = await stack.current_versions()
-            accepted = await stack.accept_suggestions()
-            after = await stack.current_versions()
-            changed = {k: v for k, v in after.items() if before.get(k) != v}
-            await stack.wait_versions(changed, 60.0)
-            log(f"{len(accepted)} suggestions enforced; new versions running: {changed}")
+        if docs is None:
+            await stack.publish(stack.static_documents(), "bench: static policy")
+        else:
+            await stack.publish(docs, "bench: the static policy + the accepted suggestions")
+        log(f"[{name}] policy running on every sidecar")
         result = await fault_run(stack, load, name, args, capacity)
         stop.set()
         await task
@@ -422,14 +468,15 @@ async def run_policy(
         stop.set()
         await stack.stop()
     await measure_spans(stack, result, wall_offset)
-    return result, capacity, accepted
+    return result, capacity
 
 
 async def main_async(args: Any) -> int:
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="meshlens-resil-"))
     try:
-        static, capacity, _ = await run_policy(root, args, "static", 0.0)
-        tuned, _, accepted = await run_policy(root, args, "suggested", capacity)
+        static, capacity = await run_policy(root, args, "static", 0.0)
+        docs, accepted = await learn(root, args, capacity)
+        tuned, _ = await run_policy(root, args, "suggested", capacity, docs)
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
