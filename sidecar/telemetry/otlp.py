@@ -132,8 +132,8 @@ class TraceEncoder:
             b"\x41",
             _PACK_Q(span.end_ns),
         )
-        attr = self._attr
-        parts += [attr(k, v) for k, v in span.attributes.items()]
+        # self._attr, not a bound-method local: compiled by mypyc that is a direct native call
+        parts += [self._attr(k, v) for k, v in span.attributes.items()]
         if span.status or span.status_message:
             status = b"\x18" + _SMALL_VARINTS[span.status]
             if span.status_message:
