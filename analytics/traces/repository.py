@@ -211,27 +211,33 @@ LIMIT {query.limit + 1 if depth is None else depth}
     return sql, params.values
 
 
-# The newest matching spans of a window in time order (all rows tied with the last one too).
+# The newest matching spans of a window in time order; the trace ids are read for the returned
+# rows only (lazy materialization), which is what makes this cheaper than grouping.
 _NEWEST_SPANS = """
 SELECT TraceId AS trace_id, toUnixTimestamp64Nano(Timestamp) AS ts
-FROM meshlens_spans_by_time
+FROM {table}
 WHERE {match}
 ORDER BY Timestamp DESC
-LIMIT {rows} WITH TIES
+LIMIT {rows}
 """
 
 
-def _by_time_usable(query: TraceQuery, depth: int) -> bool:
-    """True if meshlens_spans_by_time holds every column the query filters on and the page is
-    a first one of a search without a service (where otel_traces' order does not help)."""
-    return (
+def _newest_source(query: TraceQuery, depth: int) -> tuple[str, int] | None:
+    """Where a page's hits can be found from the newest matching spans, and in at most how many
+    slices: meshlens_spans_by_time (in time order) for a search without a service whose
+    filters are all on its columns, else otel_traces (one slice: it has no time order, so each
+    slice reads the whole window). None for later pages (the cursor is a per-trace bound) and
+    deep rounds: those group."""
+    if query.cursor is not None or depth > PREFIX_MAX_DEPTH:
+        return None
+    if (
         query.service is None
-        and query.cursor is None
-        and depth <= PREFIX_MAX_DEPTH
         and query.min_span_duration_ns is None
         and query.max_span_duration_ns is None
         and not any(flt.resource for flt in query.attributes)
-    )
+    ):
+        return "meshlens_spans_by_time", PREFIX_ROUNDS
+    return "otel_traces", 1
 
 
 def _window(matches: dict[str, int]) -> tuple[int, int]:
@@ -308,49 +314,56 @@ class TraceRepository:
 
     async def _matches(self, query: TraceQuery, depth: int) -> dict[str, int]:
         """The newest `depth` hits (trace id -> match time) in (match time, id) descending order."""
-        if _by_time_usable(query, depth):
-            found = await self._matches_by_time(query, depth)
+        source = _newest_source(query, depth)
+        if source is not None:
+            found = await self._matches_by_time(query, depth, *source)
             if found is not None:
                 return found
         sql, params = matches_sql(query, depth)
         return {r["trace_id"]: int(r["match_ns"]) for r in await self._store.query(sql, params)}
 
-    async def _matches_by_time(self, query: TraceQuery, depth: int) -> dict[str, int] | None:
-        """The same hits from the newest matching spans, read backwards in slices: all matching
-        spans at or after a slice's oldest time are known, and each trace's newest matching span
-        is among them, so the traces seen so far, ordered by that span, are the newest hits
-        (once there are `depth` of them, or the window holds no more). None: no
-        meshlens_spans_by_time, or still too few traces after PREFIX_ROUNDS slices."""
+    async def _matches_by_time(
+        self, query: TraceQuery, depth: int, table: str = "meshlens_spans_by_time", slices: int = 1
+    ) -> dict[str, int] | None:
+        """The same hits from the newest matching spans of `table`, read backwards in slices:
+        a slice of R rows (R = the limit) holds every matching span newer than its oldest row's
+        time T, and each trace's newest matching span newer than T is among them, so the traces
+        seen so far, ordered by that span, are the newest hits (once there are `depth` of them,
+        or the window holds no more); the next slice starts at T again (spans at T may have been
+        cut). None: no such table, a slice of one time only, or still too few traces."""
         newest: dict[str, int] = {}
-        before: int | None = None
+        until: int | None = None
         rows, read = PREFIX_FIRST * depth, 0
-        for _ in range(PREFIX_ROUNDS):
+        for _ in range(slices):
             params = _Params()
             conds = _span_conditions(query, params)
-            if before is not None:
-                conds.append(f"Timestamp < fromUnixTimestamp64Nano({params.add(before, 'Int64')})")
-            sql = _NEWEST_SPANS.format(match=" AND ".join(conds), rows=rows)
+            if until is not None:
+                conds.append(f"Timestamp <= fromUnixTimestamp64Nano({params.add(until, 'Int64')})")
+            sql = _NEWEST_SPANS.format(table=table, match=" AND ".join(conds), rows=rows)
             try:
                 spans = await self._store.query(sql, params.values)
             except StoreRejected as exc:
                 if exc.code != UNKNOWN_TABLE:
                     raise
                 return None
+            complete = len(spans) < rows  # the window holds no more
+            cut = -1 if complete else min(int(row["ts"]) for row in spans)
             fresh: dict[str, int] = {}
             for row in spans:
                 trace, stamp = row["trace_id"], int(row["ts"])
-                if trace not in newest and stamp > fresh.get(trace, -1):
+                if stamp > cut and trace not in newest and stamp > fresh.get(trace, -1):
                     fresh[trace] = stamp
+            if not complete and not fresh and all(int(r["ts"]) == cut for r in spans):
+                return None  # `rows` spans at one instant: no progress possible
             # Traces first seen in this slice rank after every trace of the newer slices.
             newest.update(sorted(fresh.items(), key=lambda hit: (hit[1], hit[0]), reverse=True))
-            if len(newest) >= depth or len(spans) < rows:
+            if len(newest) >= depth or complete:
                 return dict(list(newest.items())[:depth])
-            before = min(int(row["ts"]) for row in spans)
+            until = cut
             read += len(spans)
-            # The next slice, sized by the traces per row seen so far (newest is not empty:
-            # spans were, or the loop would have returned).
+            # The next slice, sized by the traces per row seen so far.
             wanted = depth - len(newest)
-            per_row = len(newest) / read
+            per_row = max(len(newest), 1) / read
             rows = min(
                 PREFIX_MAX_ROWS, max(PREFIX_FIRST * wanted, math.ceil(1.5 * wanted / per_row))
             )

@@ -65,11 +65,11 @@ async def filled(store: Store) -> Store:
     return store
 
 
-@pytest.mark.parametrize("slices", [(2, 2000, 3), (1, 1, 200)], ids=["default", "row_by_row"])
+@pytest.mark.parametrize("slices", [(2, 2000, 3), (1, 4, 200)], ids=["default", "small_slices"])
 async def test_first_pages_without_a_service_equal_grouping_otel_traces_without_grouping(
     filled: Store, monkeypatch: pytest.MonkeyPatch, slices: tuple[int, int, int]
 ) -> None:
-    # row_by_row: slices of one row (plus its ties), so every slice boundary is exercised.
+    # small_slices: slices of 4 rows, so slice boundaries fall on tied start times too.
     for name, value in zip(
         ("PREFIX_FIRST", "PREFIX_MAX_ROWS", "PREFIX_ROUNDS"), slices, strict=True
     ):
@@ -91,6 +91,46 @@ async def test_first_pages_without_a_service_equal_grouping_otel_traces_without_
     assert [len(page) for page, _ in with_copy] == [3, 5, 4, 2, 0, 30]
     regex = [h.trace_id for h in with_copy[1][0]]
     assert regex == [_tid(44), _tid(43), _tid(42), _tid(40), _tid(38)]  # ties
+
+
+# Pages these find from otel_traces' newest matching spans (a service, or a filter the time-ordered
+# copy lacks), in one slice.
+OTEL_TRACES_QUERIES = [
+    TraceQuery(*WINDOW, service="web", limit=3),
+    TraceQuery(*WINDOW, service="web", limit=4, attributes=(AttributeFilter("r", "=", "/a"),)),
+    TraceQuery(*WINDOW, service="api", operation="SELECT", limit=5),
+    TraceQuery(*WINDOW, min_span_duration_ns=2 * MS, limit=4),
+    TraceQuery(
+        *WINDOW, limit=3, attributes=(AttributeFilter("service.name", "=", "api", resource=True),)
+    ),
+    TraceQuery(*WINDOW, service="batch", limit=2),  # 30 spans of one trace: too few, grouped
+]
+
+
+async def test_pages_from_otel_traces_newest_spans_equal_grouping(
+    filled: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = repository_module._newest_source
+    assert source(OTEL_TRACES_QUERIES[0], 4) == ("otel_traces", 1)
+    assert source(OTEL_TRACES_QUERIES[4], 4) == ("otel_traces", 1)
+    assert source(QUERIES[0], 4) == ("meshlens_spans_by_time", repository_module.PREFIX_ROUNDS)
+    repository = TraceRepository(filled)
+    grouping = repository_module.matches_sql
+    grouped_services: list[str | None] = []
+
+    def counting(query: TraceQuery, depth: int | None = None) -> tuple[str, dict[str, Any]]:
+        grouped_services.append(query.service)
+        return grouping(query, depth)
+
+    monkeypatch.setattr(repository_module, "matches_sql", counting)
+    newest = [await repository.search(q) for q in OTEL_TRACES_QUERIES]
+    monkeypatch.setattr(repository_module, "PREFIX_MAX_DEPTH", 0)  # always group
+    grouped = [await repository.search(q) for q in OTEL_TRACES_QUERIES]
+
+    assert newest == grouped
+    assert [len(page) for page, _ in newest] == [3, 4, 5, 4, 3, 1]
+    assert grouped_services[:1] == ["batch"]  # the only first-pass query that grouped
+    assert len(grouped_services) == 1 + len(OTEL_TRACES_QUERIES)
 
 
 async def test_too_few_traces_after_the_rounds_falls_back_to_grouping(
