@@ -49,6 +49,8 @@ _BACKOFF_MAX_MS = 250.0
 # 60 s outage it lets ratio x 7/6 + the reserve through (0.08 x 7/6 + 0.05/s ~ 10 % at 7 calls/s).
 BUDGET_RATIO = 0.08
 _BUDGET = {"ratio": BUDGET_RATIO, "min_per_s": 0.05, "window_s": 10.0}
+# A per-try timeout is never squeezed below this multiple of the healthy p99.9.
+_TRY_HEADROOM = 1.2
 # A knee is latency rising by half AND by this much: a few ms on a fast service is CPU noise.
 _KNEE_MIN_RISE_MS = 20.0
 
@@ -145,12 +147,16 @@ def suggest_timeout(
     if parent_budget_ms is not None:
         evidence["parent_budget_ms"] = parent_budget_ms
         fit_ms = (parent_budget_ms - _BACKOFF_MAX_MS * (attempts - 1)) / attempts
-        if fit_ms < p999:
+        # A try squeezed to the healthy p99.9 itself times out on any latency bump (a slow
+        # dependency, a GC pause): every try would fail at once. Keep 20 % headroom or refuse.
+        floor_ms = _TRY_HEADROOM * p999
+        if fit_ms < floor_ms:
             return Refusal(
                 "timeout",
                 s.edge,
-                f"the caller's own budget leaves {fit_ms:.0f} ms per try, below the healthy "
-                f"p99.9 of {p999:.0f} ms: raise the parent's timeout or cut retries here",
+                f"the caller's own budget leaves {fit_ms:.0f} ms per try for {attempts} "
+                f"attempts, below {_TRY_HEADROOM:g}x the healthy p99.9 of {p999:.0f} ms (no "
+                "headroom for a latency bump): raise the parent's timeout or cut retries here",
                 evidence,
             )
         try_ms = min(try_ms, math.floor(fit_ms))

@@ -65,9 +65,17 @@ def test_timeout_refused_without_enough_samples() -> None:
 
 def test_timeout_fits_in_the_parent_budget() -> None:
     s = stats_of()
-    found = suggest_timeout(s, NO_RETRY, parent_budget_ms=s.p(0.999) + 1)
+    found = suggest_timeout(s, NO_RETRY, parent_budget_ms=1.3 * s.p(0.999))
     assert isinstance(found, Suggestion)
-    assert found.change["timeout"]["request_s"] * 1000 <= s.p(0.999) + 1
+    assert found.change["timeout"]["request_s"] * 1000 <= 1.3 * s.p(0.999)
+
+
+def test_timeout_is_not_squeezed_to_the_healthy_p999_by_the_parent() -> None:
+    # the parent leaves 1.1x p99.9 per try: a try that tight fails on any latency bump
+    s = stats_of()
+    found = suggest_timeout(s, NO_RETRY, parent_budget_ms=1.1 * s.p(0.999))
+    assert isinstance(found, Refusal)
+    assert "headroom" in found.reason and "1.2x" in found.reason
 
 
 def test_timeout_refused_when_the_parent_leaves_less_than_p999() -> None:
