@@ -185,10 +185,10 @@ def report(outcomes: Sequence[Outcome]) -> str:
             continue
         times = [o.detect_s for o in group if o.detect_s is not None]
         fast = sum(t <= 30 for t in times)
+        median = f"{statistics.median(times):6.1f}s" if times else f"{'-':>7}"
+        worst = f"{max(times):6.1f}s" if times else f"{'-':>7}"
         rows.append(
-            f"{kind:<12} {len(group):>4} {len(times) / len(group):>8.0%}"
-            f" {statistics.median(times) if times else float('nan'):>6.1f}s"
-            f" {max(times) if times else float('nan'):>6.1f}s"
+            f"{kind:<12} {len(group):>4} {len(times) / len(group):>8.0%} {median} {worst}"
             f" {fast:>3}/{len(group):<2}"
             f" {sum(o.top1 for o in group):>8}/{len(group)}"
         )
