@@ -4,7 +4,7 @@ otel_traces is ordered by (ServiceName, SpanName, time): a search without a serv
 (service, span name) range overlapping its window, and each of those granules spans hours, so a
 15-minute window decodes the attribute maps of most of the day. This copy holds only Timestamp,
 TraceId, ServiceName, SpanName, SpanKind, StatusCode and SpanAttributes ordered by Timestamp
-(14.5 B per bench span: a trace's spans sit together, so its id compresses well): such a search
+(13.3 B per bench span: a trace's spans sit together, so its id compresses well): such a search
 reads the newest matching rows of its window here, trace ids only for those rows (see
 analytics/traces/repository.py).
 
