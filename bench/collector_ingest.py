@@ -172,6 +172,8 @@ async def _truncate(store: Any) -> None:
         "otel_traces_trace_id_ts",
         "meshlens_edges_1m",
         "meshlens_services_1m",
+        "meshlens_trace_summaries",
+        "meshlens_spans_by_time",
     ):
         try:
             await store.command(f"TRUNCATE TABLE IF EXISTS {table}")
