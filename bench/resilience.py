@@ -6,14 +6,14 @@ gets one: one worker serving a request at a time for `--leaf-ms` (`/_demo/fault`
 FIFO queue without limit, like a busy single-threaded server), i.e. ~1000/leaf_ms requests/s.
 Steps:
 
-1. capacity: a short load ramp on the default policies; capacity = the last step before p99
-   knees (> 2x the lightest step's p99 and > +50 ms);
+1. capacity: 1000/leaf_ms by construction (one worker); a short load ramp on the default
+   policies checks it (the last step before p99 knees: > 2x the lightest step's and +50 ms);
 2. phase A (fresh `meshlens up` + mesh): the static policy (3 attempts on 5xx/connect/reset,
    1 s per try, 3 s per call, no budget, at every hop) published via the control plane; base
    load (0.7x capacity), then the fault on the leaf (+200 ms latency and 30 % HTTP 500 on top of
    its service time) under 1.5x capacity, then recovery at base load;
 3. the tuning loop (its own fresh up + mesh, static policy): warm-up with a load ramp up to
-   1.1x capacity (so the concurrency rule sees a knee), `POST /api/v1/suggestions/refresh`, accept
+   capacity (so the concurrency rule sees a knee), `POST /api/v1/suggestions/refresh`, accept
    every proposed suggestion with `mode: enforce`, wait until the sidecars run the new
    versions, read the resulting documents; then phase B on a fresh up + mesh with those
    documents: the same base/fault/recovery (so a warm-up that overloaded the leaf does not
@@ -420,10 +420,9 @@ async def learn(root: Path, args: Any, capacity: float) -> tuple[dict[str, Any],
         load = Load(stack.topology, stack.entry, 1.0)
         task = asyncio.create_task(load.run(stop))
         log("[warmup] static policy running; warm-up ramp for the tuning rules")
-        # Just past the measured capacity (a noisy knee can read 8/s for a 10/s leaf; without
-        # a saturated step the concurrency rule sees no knee), not far beyond: a long overload
-        # under the static policy's unbudgeted retries teaches the rules a sick "normal".
-        await ramp(load, [capacity * f for f in (0.4, 0.7, 0.85, 1.0, 1.1)], args.warm_step_s)
+        # Up to capacity (a saturated step shows the concurrency rule its knee), not beyond: a
+        # long overload under the static policy's unbudgeted retries teaches a sick "normal".
+        await ramp(load, [capacity * f for f in (0.4, 0.7, 0.85, 1.0)], args.warm_step_s)
         await hold(load, 0.7 * capacity, 6)  # spans reach the store
         before = await stack.current_versions()
         accepted = await stack.accept_suggestions()
@@ -451,11 +450,13 @@ async def run_policy(
         load = Load(stack.topology, stack.entry, 1.0)
         task = asyncio.create_task(load.run(stop))
         if capacity <= 0:
-            nominal = 1000.0 / args.leaf_ms
-            log(f"capacity ramp (leaf {args.leaf_ms:.0f} ms/request, nominal {nominal:.1f}/s)")
-            rates = [nominal * f for f in (0.3, 0.6, 0.8, 1.0, 1.2)]
-            capacity = knee_capacity(await ramp(load, rates, args.step_s))
-            log(f"capacity ~ {capacity:.1f} journeys/s (p99 knee)")
+            # The leaf's capacity is 1000/leaf_ms by construction (one worker). The ramp's
+            # p99 knee is only a check: on shared cores it read 8/s, and once 3/s, for 10/s.
+            capacity = 1000.0 / args.leaf_ms
+            log(f"capacity check ramp (leaf {args.leaf_ms:.0f} ms/request: {capacity:.1f}/s)")
+            rates = [capacity * f for f in (0.3, 0.6, 0.8, 1.0, 1.2)]
+            knee = knee_capacity(await ramp(load, rates, args.step_s))
+            log(f"capacity {capacity:.1f} journeys/s; measured p99 knee at {knee:.1f}/s")
             await hold(load, 0.5 * capacity, 3)
         if docs is None:
             await stack.publish(stack.static_documents(), "bench: static policy")
