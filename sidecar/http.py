@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from types import FunctionType
 
 from sidecar.errors import BodyTooLarge
 from sidecar.streams import BodyStream
@@ -133,6 +134,14 @@ class Request:
         )
 
 
+def _compiled() -> bool:
+    """True when this module runs compiled by mypyc (its functions are then native)."""
+    return not isinstance(_compiled, FunctionType)
+
+
+_COMPILED = _compiled()
+
+
 def new_request(
     method: str,
     target: str,
@@ -150,6 +159,19 @@ def new_request(
     (~1.3 us here), while these direct slot writes from compiled code take ~0.1 us.
     """
     request = Request.__new__(Request)
+    if _COMPILED:
+        # Compiled, these are direct writes into the object's slots (~10x cheaper than the
+        # object.__setattr__ calls below); assignment from Python code still raises
+        # FrozenInstanceError. Interpreted, they would raise too, hence the two paths.
+        request.method = method  # type: ignore[misc]
+        request.target = target  # type: ignore[misc]
+        request.headers = headers  # type: ignore[misc]
+        request.body = body  # type: ignore[misc]
+        request.authority = authority  # type: ignore[misc]
+        request.scheme = scheme  # type: ignore[misc]
+        request.version = version  # type: ignore[misc]
+        request.context = context  # type: ignore[misc]
+        return request
     put = object.__setattr__
     put(request, "method", method)
     put(request, "target", target)
@@ -214,6 +236,13 @@ def new_response(
     if not 100 <= status <= 999:
         raise ValueError(f"status must be a 3-digit code, got {status}")
     response = Response.__new__(Response)
+    if _COMPILED:  # direct slot writes, as in new_request
+        response.status = status  # type: ignore[misc]
+        response.headers = headers  # type: ignore[misc]
+        response.body = body  # type: ignore[misc]
+        response.reason = reason  # type: ignore[misc]
+        response.trailers = trailers  # type: ignore[misc]
+        return response
     put = object.__setattr__
     put(response, "status", status)
     put(response, "headers", headers)

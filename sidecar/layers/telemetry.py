@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from sidecar.http import Request, RequestContext, Response
+from sidecar.http import Request, RequestContext, Response, new_response
 from sidecar.stack import Handler, Layer
 from sidecar.telemetry.context import extract
 from sidecar.telemetry.exchange import (
@@ -51,7 +51,7 @@ def _observe(response: Response, error: str, end: _EndFn) -> Response:
         end(Done(status, error or stream_error, nbytes))
 
     observed = ObservedBody(body, on_end)
-    return Response(status, response.headers, observed, response.reason, response.trailers)
+    return new_response(status, response.headers, observed, response.reason, response.trailers)
 
 
 def _own_error(ctx: RequestContext) -> str:

@@ -81,9 +81,16 @@ def parse_traceparent(value: str, tracestate: str = "") -> TraceContext | None:
     return TraceContext(trace_id, span_id, int(flags_hex, 16), tracestate)
 
 
+_FLAGS_HEX: tuple[str, ...] = tuple(f"{flags:02x}" for flags in range(256))
+
+
 def format_traceparent(trace_id: bytes, span_id: bytes, flags: int) -> str:
     """Render a version-00 `traceparent`."""
-    return f"00-{trace_id.hex()}-{span_id.hex()}-{flags:02x}"
+    # One hex conversion and a table for the flags: this runs once per request and attempt.
+    ids = (trace_id + span_id).hex()
+    cut = 2 * len(trace_id)
+    text = _FLAGS_HEX[flags] if 0 <= flags < 256 else f"{flags:02x}"
+    return "00-" + ids[:cut] + "-" + ids[cut:] + "-" + text
 
 
 def _b3_trace_id(text: str) -> bytes | None:

@@ -124,8 +124,11 @@ def _record_span(
     status: int,
     attrs: dict[str, AttrValue],
 ) -> None:
-    rec.spans.add(
-        SpanRecord(
+    # tuple.__new__ with every field, not SpanRecord(...): the NamedTuple's __new__ is an
+    # interpreted function even when this module is compiled; the same SpanRecord results.
+    span = tuple.__new__(
+        SpanRecord,
+        (
             ctx.trace_id,
             span_id,
             parent,
@@ -137,8 +140,10 @@ def _record_span(
             status,
             attrs,
             ctx.tracestate,
-        )
+            "",
+        ),
     )
+    rec.spans.add(span)
 
 
 def finish_outbound(rec: Recorder, request: Request, start: int, done: Done) -> None:

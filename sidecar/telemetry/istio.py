@@ -7,11 +7,10 @@ reasons. Every label value comes from config, discovery or a closed set; series 
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sidecar.telemetry.metrics import format_value, label_string, render_histogram
+from sidecar.telemetry.metrics import bucket_index, format_value, label_string, render_histogram
 
 __all__ = [
     "DURATION_BUCKETS_MS",
@@ -23,11 +22,13 @@ __all__ = [
 ]
 
 # Envoy's default histogram buckets (source/common/stats/histogram_impl.cc), used by Istio.
-DURATION_BUCKETS_MS = (
+# Typed as variable-length tuples: compiled, a fixed-length tuple type would be unboxed into a
+# C struct and boxed again (a new tuple of new floats) on every use.
+DURATION_BUCKETS_MS: tuple[float, ...] = (
     0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000,
     300000, 600000, 1800000, 3600000,
 )  # fmt: skip
-SIZE_BUCKETS_BYTES = (1, 10, 100, 1000, 10000, 100000, 1e6, 1e7, 1e8, 1e9)
+SIZE_BUCKETS_BYTES: tuple[float, ...] = (1, 10, 100, 1000, 10000, 100000, 1e6, 1e7, 1e8, 1e9)
 
 # Our ProxyError reasons -> Envoy %RESPONSE_FLAGS%.
 _FLAGS = {
@@ -156,11 +157,11 @@ class IstioMetrics:
             series = _Series(self._label_text(key))
             self._series[key] = series
         series.count += 1
-        series.duration[bisect.bisect_left(DURATION_BUCKETS_MS, duration_ms)] += 1
+        series.duration[bucket_index(DURATION_BUCKETS_MS, duration_ms)] += 1
         series.duration_sum += duration_ms
-        series.req[bisect.bisect_left(SIZE_BUCKETS_BYTES, request_bytes)] += 1
+        series.req[bucket_index(SIZE_BUCKETS_BYTES, request_bytes)] += 1
         series.req_sum += request_bytes
-        series.resp[bisect.bisect_left(SIZE_BUCKETS_BYTES, response_bytes)] += 1
+        series.resp[bucket_index(SIZE_BUCKETS_BYTES, response_bytes)] += 1
         series.resp_sum += response_bytes
 
     def _label_text(self, key: _Key) -> str:

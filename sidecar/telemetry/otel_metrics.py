@@ -7,17 +7,17 @@ cumulative temporality, and encoded as an ExportMetricsServiceRequest when the e
 
 from __future__ import annotations
 
-import bisect
 import struct
 from collections.abc import Callable, Sequence
 
 from sidecar.http import AttrValue
+from sidecar.telemetry.metrics import bucket_index
 from sidecar.telemetry.otlp import encode_key_values, field
 
 __all__ = ["CLIENT_KEYS", "HTTP_DURATION_BUCKETS_S", "RPC_KEYS", "SERVER_KEYS", "HttpDurations"]
 
 # semantic-conventions docs/http/http-metrics.md ExplicitBucketBoundaries.
-HTTP_DURATION_BUCKETS_S = (
+HTTP_DURATION_BUCKETS_S: tuple[float, ...] = (
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 )  # fmt: skip
 SERVER_KEYS = (
@@ -109,7 +109,7 @@ class HttpDurations:
                 self._on_overflow(name)
                 return
             hist = series[key] = _Hist()
-        hist.counts[bisect.bisect_left(HTTP_DURATION_BUCKETS_S, seconds)] += 1
+        hist.counts[bucket_index(HTTP_DURATION_BUCKETS_S, seconds)] += 1
         hist.total += seconds
         if seconds < hist.min:
             hist.min = seconds

@@ -72,7 +72,15 @@ def encode_key_values(tag: bytes, items: Iterable[tuple[str, AttrValue]]) -> byt
 class TraceEncoder:
     """Encodes span batches of one resource (this sidecar) into ExportTraceServiceRequest bytes."""
 
-    __slots__ = ("_attr_cache", "_name_cache", "_resource", "_scope")
+    __slots__ = (
+        "_attr_cache",
+        "_attr_count",
+        "_int_attrs",
+        "_name_cache",
+        "_resource",
+        "_scope",
+        "_str_attrs",
+    )
 
     def __init__(
         self,
@@ -87,6 +95,9 @@ class TraceEncoder:
             scope += _field(b"\x12", scope_version.encode())
         self._scope = _field(b"\x0a", scope)
         self._attr_cache: dict[tuple[str, AttrValue, type], bytes] = {}
+        self._str_attrs: dict[str, dict[str, bytes]] = {}
+        self._int_attrs: dict[str, dict[int, bytes]] = {}
+        self._attr_count = 0
         self._name_cache: dict[str, bytes] = {}
 
     def encode(self, spans: Iterable[SpanRecord]) -> bytes:
@@ -97,14 +108,45 @@ class TraceEncoder:
         return _field(b"\x0a", resource_spans)
 
     def _attr(self, key: str, value: AttrValue) -> bytes:
+        # str and int values (nearly all) are looked up by key, then by value: two lookups of
+        # objects whose hashes are cached, no key tuple built per attribute. Exact types only
+        # (True == 1 == 1.0 must not share an encoding); the rest by (key, value, type).
+        if type(value) is str:
+            strs = self._str_attrs.get(key)
+            if strs is not None:
+                cached = strs.get(value)
+                if cached is not None:
+                    return cached
+            encoded = self._new_attr(key, value)  # (may clear the caches: look up again)
+            self._str_attrs.setdefault(key, {})[value] = encoded
+            return encoded
+        if type(value) is int:
+            ints = self._int_attrs.get(key)
+            if ints is not None:
+                cached = ints.get(value)
+                if cached is not None:
+                    return cached
+            encoded = self._new_attr(key, value)
+            self._int_attrs.setdefault(key, {})[value] = encoded
+            return encoded
         cache_key = (key, value, type(value))
-        encoded = self._attr_cache.get(cache_key)
-        if encoded is None:
-            if len(self._attr_cache) >= _CACHE_LIMIT:
-                self._attr_cache.clear()  # high-cardinality values (paths) must not grow it
-            encoded = _field(b"\x4a", _key_value(key, value))
-            self._attr_cache[cache_key] = encoded
+        found = self._attr_cache.get(cache_key)
+        if found is not None:
+            return found
+        encoded = self._new_attr(key, value)
+        self._attr_cache[cache_key] = encoded
         return encoded
+
+    def _new_attr(self, key: str, value: AttrValue) -> bytes:
+        """The encoded attribute, counted against the cache limit (all caches cleared when
+        reached: high-cardinality values such as paths must not grow them)."""
+        if self._attr_count >= _CACHE_LIMIT:
+            self._attr_cache.clear()
+            self._str_attrs.clear()
+            self._int_attrs.clear()
+            self._attr_count = 0
+        self._attr_count += 1
+        return _field(b"\x4a", _key_value(key, value))
 
     def _name(self, name: str) -> bytes:
         encoded = self._name_cache.get(name)

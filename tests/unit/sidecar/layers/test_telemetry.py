@@ -403,3 +403,17 @@ async def test_policy_decisions_are_counted_per_upstream_and_put_on_the_span() -
     assert ejections == [("orders", 1)]
     exhausted = [v for n, lb, v in samples if n == "meshlens_sidecar_retry_budget_exhausted_total"]
     assert exhausted == [1]
+
+
+async def test_recorded_spans_are_complete_span_records() -> None:
+    # exchange.py builds SpanRecords with tuple.__new__ (fast when compiled): every field must
+    # be there, the same as the NamedTuple's own constructor would make.
+    telemetry = make_telemetry()
+    handler = outbound(telemetry, ScriptedUpstream([Response(200, (), b"ok")]))
+    await handler(app_request())
+    (span,) = spans(telemetry)
+    assert type(span) is SpanRecord
+    assert len(span) == len(SpanRecord._fields)
+    assert span == SpanRecord(*span[:-1])  # status_message defaults to ""
+    assert span.status_message == ""
+    assert span.tracestate == "app=1"

@@ -140,3 +140,12 @@ def test_id_source_gives_distinct_nonzero_ids() -> None:
     spans = {ids.span_id() for _ in range(1000)}
     assert len(traces) == 1000 and len(spans) == 1000
     assert all(len(t) == 16 for t in traces) and all(len(s) == 8 for s in spans)
+
+
+def test_format_traceparent_flags_and_id_lengths() -> None:
+    trace_id, span_id = bytes(range(1, 17)), bytes(range(17, 25))
+    for flags in (0, 1, 2, 15, 16, 255, 256, 4096):
+        assert format_traceparent(trace_id, span_id, flags) == (
+            f"00-{trace_id.hex()}-{span_id.hex()}-{flags:02x}"
+        )
+    assert format_traceparent(b"\xab" * 4, b"\xcd", 1) == "00-abababab-cd-01"

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import bisect
+import random
+
 import pytest
 
-from sidecar.telemetry.metrics import Registry, escape_label, format_value
+from sidecar.telemetry.metrics import Registry, bucket_index, escape_label, format_value
 from tests.unit.sidecar.telemetry.promtext import parse_prometheus
 
 
@@ -62,3 +65,13 @@ def test_value_and_label_formatting() -> None:
     assert format_value(3.0) == "3" and format_value(0.5) == "0.5"
     assert format_value(float("inf")) == "+Inf" and format_value(float("nan")) == "NaN"
     assert escape_label('a"b\\c\nd') == 'a\\"b\\\\c\\nd'
+
+
+def test_bucket_index_is_bisect_left() -> None:
+    bounds = (0.5, 1.0, 5.0, 10.0, 2500.0)
+    rng = random.Random(7)
+    values = [0, 0.5, 0.50001, 1, 5, 10, 2500, 2501, -1.0, float("inf"), float("nan")]
+    values += [rng.uniform(-1, 3000) for _ in range(500)]
+    for value in values:
+        assert bucket_index(bounds, value) == bisect.bisect_left(bounds, value), value
+    assert bucket_index((), 3.0) == 0

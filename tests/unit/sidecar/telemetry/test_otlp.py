@@ -130,3 +130,30 @@ def test_rejected_spans_reads_partial_success_and_ignores_junk() -> None:
     assert rejected_spans(b"ok\n") == 0  # a lenient server's text body
     assert rejected_spans(b"\x0a\x05\x08") == 0  # truncated
     assert rejected_spans(b"\x0a\x02\x08\xff") == 0  # varint cut short
+
+
+def test_attribute_cache_keeps_bool_int_float_and_str_apart() -> None:
+    # One encoder, the same key with values that compare equal (True == 1 == 1.0) or look
+    # alike ("1"): each keeps its own encoding, in either order, also after the cache is reset.
+    for values in ((True, 1, 1.0, "1"), ("1", 1.0, 1, True)):
+        encoder = TraceEncoder([("service.name", "web")])
+        for _round in range(2):
+            encoded = {type(v): encoder._attr("k", v) for v in values}
+            fresh = TraceEncoder([("service.name", "web")])
+            assert encoded == {type(v): fresh._attr("k", v) for v in values}
+            assert len(set(encoded.values())) == 4
+            encoder._attr_count = 10**9
+            encoder._attr(f"other{_round}", "x")  # a new one over the limit clears the caches
+            assert list(encoder._str_attrs) == [f"other{_round}"]
+            assert not encoder._int_attrs and not encoder._attr_cache
+
+
+def test_attribute_cache_is_bounded() -> None:
+    encoder = TraceEncoder([("service.name", "web")])
+    for n in range(3 * 4096):
+        encoder._attr("url.path", f"/items/{n}")
+        encoder._attr("n", n)
+    cached = sum(len(v) for v in encoder._str_attrs.values()) + sum(
+        len(v) for v in encoder._int_attrs.values()
+    )
+    assert 0 < cached <= 4096
