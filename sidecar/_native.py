@@ -40,6 +40,8 @@ BUILD_DIR = ROOT / "build" / "native"
 GROUP = "sidecar_native"  # mypyc's shared library is the module `sidecar_native__mypyc`
 
 # The modules on the request path, compiled by scripts/build_native.py (paths from ROOT).
+# In them, module-level constants read per request are `Final`: compiled, any other global is a
+# dict lookup on each use (a Final one is a C static, or inlined when it is a str/int literal).
 MODULES: tuple[str, ...] = (
     "sidecar/http.py",
     "sidecar/stack.py",

@@ -14,14 +14,22 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Final
 
 import httptools
 
 from sidecar._native import mypyc_attr
 from sidecar.capture import original_dst
 from sidecar.errors import BadRequest, DownstreamError, HeadersTooLarge, ProxyError
-from sidecar.http import Body, BodyStream, Request, RequestContext, Response, new_request
+from sidecar.http import (
+    Body,
+    BodyStream,
+    Request,
+    RequestContext,
+    Response,
+    new_context,
+    new_request,
+)
 from sidecar.layers.proxy_errors import error_response
 from sidecar.stack import Handler
 
@@ -36,7 +44,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     {
         "connection",
         "keep-alive",
@@ -48,7 +56,7 @@ HOP_BY_HOP = frozenset(
     }
 )
 _FRAMING = frozenset({"content-length", "transfer-encoding"})
-_NO_BODY_STATUSES = frozenset({204, 304})
+_NO_BODY_STATUSES: Final = frozenset({204, 304})
 
 
 class RequestTimeout(DownstreamError):
@@ -343,9 +351,9 @@ class ByteStream:
         return b"".join(parts)
 
 
-_random_bits = random.Random().getrandbits  # seeded from os.urandom once per process
+_random_bits: Final = random.Random().getrandbits  # seeded from os.urandom once per process
 
-_SPECIAL = frozenset(
+_SPECIAL: Final = frozenset(
     {"content-length", "transfer-encoding", "connection", "host", "expect", "x-forwarded-for"}
 )
 
@@ -802,12 +810,8 @@ class _ServerProtocol(asyncio.Protocol):
                     return False
             else:
                 body = stream
-        context = RequestContext(
-            direction=self._config.direction,
-            request_id=p.request_id,
-            downstream_addr=self._peer,
-            peer_identity=self.peer_identity,
-            original_dst=self._original_dst,
+        context = new_context(
+            self._config.direction, p.request_id, self._peer, self.peer_identity, self._original_dst
         )
         request = new_request(
             p.method, p.target, tuple(p.headers), body, p.authority, "http", p.version, context
@@ -934,11 +938,26 @@ class _ServerProtocol(asyncio.Protocol):
             self._drain_waiter = None
 
 
-_PHRASE_STR = {int(s): s.phrase for s in HTTPStatus}
+_PHRASE_STR: Final = {int(s): s.phrase for s in HTTPStatus}
 
 
 def _request_uuid() -> str:
     """A random (version 4) UUID; ids need uniqueness, not secrecy, so no syscall per request."""
-    value = (_random_bits(128) & ~(0xF000 << 64) | (0x4000 << 64)) & ~(0xC << 60) | (0x8 << 60)
-    text = f"{value:032x}"
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+    # 128 random bits as hex; then the version nibble (12) becomes 4 and the variant nibble
+    # (16) keeps its two low bits under the 0b10 variant: string ops, no 128-bit arithmetic.
+    text = _random_bits(128).to_bytes(16, "big").hex()
+    return (
+        text[:8]
+        + "-"
+        + text[8:12]
+        + "-4"
+        + text[13:16]
+        + "-"
+        + _UUID_VARIANT[text[16]]
+        + text[17:20]
+        + "-"
+        + text[20:]
+    )
+
+
+_UUID_VARIANT: Final[dict[str, str]] = {f"{n:x}": "89ab"[n & 3] for n in range(16)}

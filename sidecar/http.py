@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from types import FunctionType
+from typing import Final
 
 from sidecar.errors import BodyTooLarge
 from sidecar.streams import BodyStream
@@ -26,6 +27,7 @@ __all__ = [
     "Response",
     "Trailers",
     "header_value",
+    "new_context",
     "new_request",
     "new_response",
     "read_body",
@@ -139,7 +141,48 @@ def _compiled() -> bool:
     return not isinstance(_compiled, FunctionType)
 
 
-_COMPILED = _compiled()
+_COMPILED: Final = _compiled()
+
+
+def new_context(
+    direction: str, request_id: str, downstream_addr: str, peer_identity: str, original_dst: str
+) -> RequestContext:
+    """RequestContext(...) with these fields (the rest default), for the per-request path.
+
+    The dataclass __init__ is an interpreted function even when this module is compiled
+    (~8k instructions for the 22 fields); compiled, these attribute writes are native.
+    """
+    if not _COMPILED:
+        return RequestContext(
+            direction=direction,
+            request_id=request_id,
+            downstream_addr=downstream_addr,
+            peer_identity=peer_identity,
+            original_dst=original_dst,
+        )
+    context = RequestContext.__new__(RequestContext)
+    context.direction = direction
+    context.request_id = request_id
+    context.downstream_addr = downstream_addr
+    context.peer_identity = peer_identity
+    context.subject = ""
+    context.claims = {}
+    context.original_dst = original_dst
+    context.captured_authority = ""
+    context.route = ""
+    context.upstream = ""
+    context.endpoint = None
+    context.attempt = 1
+    context.previous_endpoints = []
+    context.deadline = None
+    context.connect_timeout_s = 5.0
+    context.idle_timeout_s = None
+    context.trace_id = b""
+    context.parent_span_id = b""
+    context.trace_flags = 1
+    context.tracestate = ""
+    context.attributes = {}
+    return context
 
 
 def new_request(

@@ -16,7 +16,7 @@ import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, Final, Protocol, TypeVar, cast
 
 import httptools
 
@@ -37,8 +37,8 @@ __all__ = ["Connector", "UpstreamConfig", "UpstreamPool", "dial"]
 
 logger = logging.getLogger(__name__)
 
-_NO_BODY_STATUSES = frozenset({204, 304})
-_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_NO_BODY_STATUSES: Final = frozenset({204, 304})
+_BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
 
 
 @dataclass(frozen=True, slots=True)

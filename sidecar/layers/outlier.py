@@ -11,7 +11,7 @@ import math
 import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from sidecar.discovery import EndpointSource
 from sidecar.errors import ProxyError
@@ -29,7 +29,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _BUCKETS = 10  # Linkerd: exact ratio over 10 fixed buckets spanning the window
-_GATEWAY = frozenset({502, 503, 504})
+_GATEWAY: Final = frozenset({502, 503, 504})
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from typing import Final
 
 from sidecar.errors import (
     BadRequest,
@@ -49,7 +50,7 @@ GRPC_RETRY_CODES = {
     "unavailable": 14,
 }
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-_GATEWAY = frozenset({502, 503, 504})
+_GATEWAY: Final = frozenset({502, 503, 504})
 DEFAULT_BUDGET = BudgetConfig()
 
 

@@ -12,6 +12,7 @@ import re
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from itertools import accumulate
+from typing import Final
 
 from sidecar.errors import NoRoute
 from sidecar.http import Endpoint, Request, Response, header_value
@@ -30,9 +31,9 @@ __all__ = [
 ]
 
 OUTBOUND_POLICIES = ("allow_any", "registry_only")
-DEFAULT_ROUTE = "default"
-PASSTHROUGH_ROUTE = "passthrough"
-_DEFAULT_PORTS = {"http": 80, "https": 443}
+DEFAULT_ROUTE: Final = "default"
+PASSTHROUGH_ROUTE: Final = "passthrough"
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 
 
 @dataclass(frozen=True, slots=True)

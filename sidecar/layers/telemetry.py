@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Final
 
 from sidecar.http import Request, RequestContext, Response, new_response
 from sidecar.stack import Handler, Layer
@@ -25,7 +26,7 @@ from sidecar.telemetry.semconv import ObservedBody, inject
 
 __all__ = ["attempt_layer", "inbound_layer", "outbound_layer"]
 
-ERROR_REASON = "meshlens.error.reason"  # written by layers/proxy_errors.py
+ERROR_REASON: Final = "meshlens.error.reason"  # written by layers/proxy_errors.py
 
 _EndFn = Callable[[Done], None]
 

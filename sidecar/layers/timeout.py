@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Final
 
 from sidecar.errors import UpstreamTimeout
 from sidecar.http import Request, Response, header_value, with_header
@@ -15,7 +16,7 @@ from sidecar.stack import Clock, Handler, Layer, monotonic
 
 __all__ = ["DEADLINE_HEADER", "TimeoutConfig", "timeout_layer"]
 
-DEADLINE_HEADER = "x-meshlens-timeout-ms"
+DEADLINE_HEADER: Final = "x-meshlens-timeout-ms"
 
 
 @dataclass(frozen=True, slots=True)

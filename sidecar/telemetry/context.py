@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
+from typing import Final
 
 from sidecar.http import Headers
 
@@ -26,16 +27,16 @@ __all__ = [
     "parse_traceparent",
 ]
 
-SAMPLED = 0x01
+SAMPLED: Final = 0x01
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
-_HEX = frozenset("0123456789abcdef")
+_HEX: Final = frozenset("0123456789abcdef")
 _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
-B3_HEADERS = frozenset(
+B3_HEADERS: Final = frozenset(
     ("b3", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags")
 )
 # Every header the sidecar rewrites when it forwards a request with its own span as parent.
-TRACE_HEADERS = B3_HEADERS | {"traceparent", "tracestate"}
+TRACE_HEADERS: Final = B3_HEADERS | {"traceparent", "tracestate"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +82,7 @@ def parse_traceparent(value: str, tracestate: str = "") -> TraceContext | None:
     return TraceContext(trace_id, span_id, int(flags_hex, 16), tracestate)
 
 
-_FLAGS_HEX: tuple[str, ...] = tuple(f"{flags:02x}" for flags in range(256))
+_FLAGS_HEX: Final[tuple[str, ...]] = tuple(f"{flags:02x}" for flags in range(256))
 
 
 def format_traceparent(trace_id: bytes, span_id: bytes, flags: int) -> str:

@@ -6,6 +6,8 @@ Called by the telemetry layers (sidecar/layers/telemetry.py) off the end of the 
 
 from __future__ import annotations
 
+from typing import Final
+
 from sidecar.http import AttrValue, Request, RequestContext, header_value
 from sidecar.telemetry.accesslog import AccessRecord
 from sidecar.telemetry.context import SAMPLED
@@ -24,13 +26,13 @@ from sidecar.telemetry.spans import KIND_CLIENT, KIND_SERVER, STATUS_ERROR, Span
 
 __all__ = ["ATTEMPT", "Done", "finish_attempt", "finish_inbound", "finish_outbound"]
 
-ATTEMPT = "meshlens.attempt"
-_FAULT_DELAY = "meshlens.fault.delay_ms"
-_EJECTED = "meshlens.outlier.ejected"
-_BUDGET = "meshlens.retry.budget_exhausted"
+ATTEMPT: Final = "meshlens.attempt"
+_FAULT_DELAY: Final = "meshlens.fault.delay_ms"
+_EJECTED: Final = "meshlens.outlier.ejected"
+_BUDGET: Final = "meshlens.retry.budget_exhausted"
 # Policy decisions the layers record (enforced and observe-only); counted per upstream so the
 # effect of `enforce: false` policies is visible on /metrics, not only on spans.
-_DECISIONS = frozenset(
+_DECISIONS: Final = frozenset(
     (
         "meshlens.balance.panic",
         "meshlens.breaker.would_overflow",
@@ -50,9 +52,9 @@ _DECISIONS = frozenset(
 )
 
 
-_GRPC_STATUS = "rpc.grpc.status_code"  # set by layers/grpc.py
+_GRPC_STATUS: Final = "rpc.grpc.status_code"  # set by layers/grpc.py
 # server-side gRPC statuses that are errors (OTel rpc conventions; the rest are the caller's)
-_GRPC_SERVER_ERRORS = frozenset({2, 4, 12, 13, 14, 15})
+_GRPC_SERVER_ERRORS: Final = frozenset({2, 4, 12, 13, 14, 15})
 
 
 def _rpc_name(attrs: dict[str, AttrValue]) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 from sidecar.telemetry.metrics import bucket_index, format_value, label_string, render_histogram
 
@@ -24,14 +25,14 @@ __all__ = [
 # Envoy's default histogram buckets (source/common/stats/histogram_impl.cc), used by Istio.
 # Typed as variable-length tuples: compiled, a fixed-length tuple type would be unboxed into a
 # C struct and boxed again (a new tuple of new floats) on every use.
-DURATION_BUCKETS_MS: tuple[float, ...] = (
+DURATION_BUCKETS_MS: Final[tuple[float, ...]] = (
     0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000,
     300000, 600000, 1800000, 3600000,
 )  # fmt: skip
-SIZE_BUCKETS_BYTES: tuple[float, ...] = (1, 10, 100, 1000, 10000, 100000, 1e6, 1e7, 1e8, 1e9)
+SIZE_BUCKETS_BYTES: Final[tuple[float, ...]] = (1, 10, 100, 1000, 10000, 100000, 1e6, 1e7, 1e8, 1e9)
 
 # Our ProxyError reasons -> Envoy %RESPONSE_FLAGS%.
-_FLAGS = {
+_FLAGS: Final = {
     "connect_failure": "UF",
     "overflow": "UO",
     "retry_budget_exhausted": "URX",

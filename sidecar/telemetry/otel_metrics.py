@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Sequence
+from typing import Final
 
 from sidecar.http import AttrValue
 from sidecar.telemetry.metrics import bucket_index
@@ -17,7 +18,7 @@ from sidecar.telemetry.otlp import encode_key_values, field
 __all__ = ["CLIENT_KEYS", "HTTP_DURATION_BUCKETS_S", "RPC_KEYS", "SERVER_KEYS", "HttpDurations"]
 
 # semantic-conventions docs/http/http-metrics.md ExplicitBucketBoundaries.
-HTTP_DURATION_BUCKETS_S: tuple[float, ...] = (
+HTTP_DURATION_BUCKETS_S: Final[tuple[float, ...]] = (
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 )  # fmt: skip
 SERVER_KEYS = (
@@ -48,7 +49,7 @@ _CUMULATIVE = 2  # AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
 _PACK_Q = struct.Struct("<Q").pack
 _PACK_D = struct.Struct("<d").pack
 # HistogramDataPoint.explicit_bounds (field 7, packed doubles): the same for every point.
-_BOUNDS = field(b"\x3a", b"".join(_PACK_D(bound) for bound in HTTP_DURATION_BUCKETS_S))
+_BOUNDS: Final = field(b"\x3a", b"".join(_PACK_D(bound) for bound in HTTP_DURATION_BUCKETS_S))
 
 Key = tuple[AttrValue, ...]
 

@@ -9,20 +9,21 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Sequence
+from typing import Final
 
 from sidecar.http import AttrValue
 from sidecar.telemetry.spans import SpanRecord
 
 __all__ = ["TraceEncoder", "encode_key_values", "field", "rejected_spans"]
 
-_PACK_Q = struct.Struct("<Q").pack
-_PACK_I = struct.Struct("<I").pack
-_PACK_D = struct.Struct("<d").pack
-_SMALL_VARINTS = tuple(bytes((n,)) for n in range(128))
-_CACHE_LIMIT = 4096
+_PACK_Q: Final = struct.Struct("<Q").pack
+_PACK_I: Final = struct.Struct("<I").pack
+_PACK_D: Final = struct.Struct("<d").pack
+_SMALL_VARINTS: Final = tuple(bytes((n,)) for n in range(128))
+_CACHE_LIMIT: Final = 4096
 # Span.flags bits 8 and 9: "has is_remote" and "parent is remote" (the parent lives in the app).
-_FLAG_HAS_REMOTE = 0x100
-_FLAG_REMOTE = 0x200
+_FLAG_HAS_REMOTE: Final = 0x100
+_FLAG_REMOTE: Final = 0x200
 
 
 def _varint(value: int) -> bytes:

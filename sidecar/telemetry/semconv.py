@@ -5,6 +5,7 @@ span status rules, header injection of our trace context, address splitting, str
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Final
 
 from sidecar.http import BodyStream, Headers
 from sidecar.telemetry.context import (
@@ -26,7 +27,7 @@ __all__ = [
     "split_host_port",
 ]
 
-_KNOWN_METHODS = frozenset(
+_KNOWN_METHODS: Final = frozenset(
     ("CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "QUERY", "TRACE")
 )
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from sidecar.http import AttrValue
 
@@ -23,11 +23,11 @@ __all__ = [
 ]
 
 # Values of the OTLP enums (opentelemetry/proto/trace/v1/trace.proto).
-KIND_SERVER = 2
-KIND_CLIENT = 3
-STATUS_UNSET = 0
-STATUS_OK = 1
-STATUS_ERROR = 2
+KIND_SERVER: Final = 2
+KIND_CLIENT: Final = 3
+STATUS_UNSET: Final = 0
+STATUS_OK: Final = 1
+STATUS_ERROR: Final = 2
 
 
 class SpanRecord(NamedTuple):

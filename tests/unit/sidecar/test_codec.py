@@ -7,7 +7,14 @@ from typing import Any
 
 import pytest
 
-from sidecar.codec import ByteStream, HttpServer, RequestTimeout, ServerConfig, _ServerProtocol
+from sidecar.codec import (
+    ByteStream,
+    HttpServer,
+    RequestTimeout,
+    ServerConfig,
+    _request_uuid,
+    _ServerProtocol,
+)
 from sidecar.errors import UpstreamReset
 from sidecar.http import Request, Response
 from sidecar.stack import Handler
@@ -350,3 +357,17 @@ async def test_a_body_that_fails_unexpectedly_drops_only_that_connection() -> No
     await settle()
     assert transport.aborted
     assert server.connections == set()
+
+
+def test_request_ids_are_random_version_4_uuids() -> None:
+    import uuid
+    from collections import Counter
+
+    variants: Counter[str] = Counter()
+    ids = {_request_uuid() for _ in range(4000)}
+    assert len(ids) == 4000
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+        variants[text[19]] += 1
+    assert set(variants) == set("89ab")  # the variant nibble's two low bits stay random

@@ -12,6 +12,7 @@ from sidecar.http import (
     RequestContext,
     Response,
     Trailers,
+    new_context,
     new_request,
     new_response,
     read_body,
@@ -75,3 +76,27 @@ def test_new_response_validates_like_the_constructor() -> None:
             new_response(status, (), b"")
         with pytest.raises(ValueError, match="3-digit"):
             Response(status)
+
+
+def test_new_context_is_the_constructors_context_with_fresh_containers() -> None:
+    # Every field set (a field added to RequestContext but not to new_context would be unset
+    # when compiled: comparing all fields raises), mutable defaults not shared.
+    args = ("inbound", "req-1", "10.0.0.1:5000", "spiffe://td/ns/a/sa/b", "10.0.0.9:80")
+    fast, other = new_context(*args), new_context(*args)
+    assert fast == RequestContext(
+        direction="inbound",
+        request_id="req-1",
+        downstream_addr="10.0.0.1:5000",
+        peer_identity="spiffe://td/ns/a/sa/b",
+        original_dst="10.0.0.9:80",
+    )
+    for item in dataclasses.fields(RequestContext):
+        assert getattr(fast, item.name) == getattr(RequestContext(), item.name) or item.name in (
+            "direction",
+            "request_id",
+            "downstream_addr",
+            "peer_identity",
+            "original_dst",
+        )
+    assert fast.attributes is not other.attributes and fast.claims is not other.claims
+    assert fast.previous_endpoints is not other.previous_endpoints
