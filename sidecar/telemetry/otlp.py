@@ -103,10 +103,20 @@ class TraceEncoder:
 
     def encode(self, spans: Iterable[SpanRecord]) -> bytes:
         """One ExportTraceServiceRequest with one ResourceSpans and one ScopeSpans."""
-        body = b"".join([_field(b"\x12", self._span(span)) for span in spans])
-        scope_spans = self._scope + body  # ScopeSpans{scope=1, spans=2}
-        resource_spans = self._resource + _field(b"\x12", scope_spans)
-        return _field(b"\x0a", resource_spans)
+        # The same bytes as nesting _field() calls, but the batch is copied once (one join of
+        # all the pieces) instead of once per level of nesting.
+        parts = [b"", self._scope]  # [0]: the outer headers, known once the size is
+        size = len(self._scope)  # of ScopeSpans{scope=1, spans=2}
+        for span in spans:
+            encoded = self._span(span)
+            head = b"\x12" + _varint(len(encoded))
+            parts.append(head)
+            parts.append(encoded)
+            size += len(head) + len(encoded)
+        # ResourceSpans{resource=1, scope_spans=2}, inside ExportTraceServiceRequest{1}
+        resource_head = self._resource + b"\x12" + _varint(size)
+        parts[0] = b"\x0a" + _varint(len(resource_head) + size) + resource_head
+        return b"".join(parts)
 
     def _attr(self, key: str, value: AttrValue) -> bytes:
         # str and int values (nearly all) are looked up by key, then by value: two lookups of
@@ -176,7 +186,8 @@ class TraceEncoder:
             _PACK_Q(span.end_ns),
         )
         # self._attr, not a bound-method local: compiled by mypyc that is a direct native call
-        parts += [self._attr(k, v) for k, v in span.attributes.items()]
+        for key, value in span.attributes.items():
+            parts.append(self._attr(key, value))
         if span.status or span.status_message:
             status = b"\x18" + _SMALL_VARINTS[span.status]
             if span.status_message:

@@ -8,7 +8,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from sidecar.http import AttrValue
-from sidecar.telemetry.otlp import TraceEncoder
+from sidecar.telemetry.otlp import TraceEncoder, field
 from sidecar.telemetry.spans import KIND_CLIENT, KIND_SERVER, STATUS_ERROR, SpanRecord
 
 RESOURCE = (("service.name", "orders"), ("service.instance.id", "orders-1"))
@@ -157,3 +157,17 @@ def test_attribute_cache_is_bounded() -> None:
         len(v) for v in encoder._int_attrs.values()
     )
     assert 0 < cached <= 4096
+
+
+def test_batch_bytes_equal_the_nested_fields() -> None:
+    # encode() writes the nesting headers around one join; these are the nested fields it
+    # stands for, for batches whose lengths take one, two and three varint bytes.
+    encoder = TraceEncoder([("service.name", "web")], scope_version="1.0")
+    for count in (0, 1, 3, 700):
+        batch = [_span(name=f"GET /{n}", start_ns=n) for n in range(count)]
+        spans = b"".join(field(b"\x12", encoder._span(s)) for s in batch)
+        scope_spans = encoder._scope + spans
+        expected = field(b"\x0a", encoder._resource + field(b"\x12", scope_spans))
+        encoded = encoder.encode(batch)
+        assert encoded == expected
+        assert len(_decode(encoded).resource_spans[0].scope_spans[0].spans) == count
