@@ -946,18 +946,8 @@ def _request_uuid() -> str:
     # 128 random bits as hex; then the version nibble (12) becomes 4 and the variant nibble
     # (16) keeps its two low bits under the 0b10 variant: string ops, no 128-bit arithmetic.
     text = _random_bits(128).to_bytes(16, "big").hex()
-    return (
-        text[:8]
-        + "-"
-        + text[8:12]
-        + "-4"
-        + text[13:16]
-        + "-"
-        + _UUID_VARIANT[text[16]]
-        + text[17:20]
-        + "-"
-        + text[20:]
-    )
+    variant = _UUID_VARIANT[text[16]]
+    return f"{text[:8]}-{text[8:12]}-4{text[13:16]}-{variant}{text[17:20]}-{text[20:]}"
 
 
 _UUID_VARIANT: Final[dict[str, str]] = {f"{n:x}": "89ab"[n & 3] for n in range(16)}

@@ -77,14 +77,20 @@ def outbound_layer(rec: Recorder) -> Layer:
                 ctx.trace_id, ctx.parent_span_id, ctx.tracestate = rec.ids.trace_id(), b"", ""
                 ctx.trace_flags = rec.root_flags(ctx.trace_id)
 
-            def end(done: Done) -> None:
-                finish_outbound(rec, request, start, done)
-
             try:
                 response = await inner(request)
             except BaseException as exc:
-                end(_failure(exc))
+                finish_outbound(rec, request, start, _failure(exc))
                 raise
+            body = response.body
+            if isinstance(body, bytes):  # (no closure to build for the common buffered body)
+                done = Done(response.status, _own_error(ctx), len(body))
+                finish_outbound(rec, request, start, done)
+                return response
+
+            def end(done: Done) -> None:
+                finish_outbound(rec, request, start, done)
+
             return _observe(response, _own_error(ctx), end)
 
         return handle
@@ -112,14 +118,20 @@ def attempt_layer(rec: Recorder) -> Layer:
             forwarded = request.with_headers(headers)
             start = rec.now_ns()
 
-            def end(done: Done) -> None:
-                finish_attempt(rec, request, number, span_id, start, done)
-
             try:
                 response = await inner(forwarded)
             except BaseException as exc:
-                end(_failure(exc))
+                finish_attempt(rec, request, number, span_id, start, _failure(exc))
                 raise
+            body = response.body
+            if isinstance(body, bytes):
+                done = Done(response.status, "", len(body))
+                finish_attempt(rec, request, number, span_id, start, done)
+                return response
+
+            def end(done: Done) -> None:
+                finish_attempt(rec, request, number, span_id, start, done)
+
             return _observe(response, "", end)
 
         return handle
@@ -147,14 +159,20 @@ def inbound_layer(rec: Recorder) -> Layer:
             )
             forwarded = request.with_headers(headers)
 
-            def end(done: Done) -> None:
-                finish_inbound(rec, request, span_id, parent, start, done)
-
             try:
                 response = await inner(forwarded)
             except BaseException as exc:
-                end(_failure(exc))
+                finish_inbound(rec, request, span_id, parent, start, _failure(exc))
                 raise
+            body = response.body
+            if isinstance(body, bytes):
+                done = Done(response.status, _own_error(ctx), len(body))
+                finish_inbound(rec, request, span_id, parent, start, done)
+                return response
+
+            def end(done: Done) -> None:
+                finish_inbound(rec, request, span_id, parent, start, done)
+
             return _observe(response, _own_error(ctx), end)
 
         return handle
