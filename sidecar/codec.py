@@ -27,6 +27,7 @@ from sidecar.http import (
     Request,
     RequestContext,
     Response,
+    header_name,
     new_context,
     new_request,
 )
@@ -479,7 +480,7 @@ class _ServerProtocol(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self._count_head(len(name) + len(value) + 4)
         assert self._current is not None
-        self._current.headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+        self._current.headers.append((header_name(name), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         self._in_head = False

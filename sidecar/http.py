@@ -26,6 +26,7 @@ __all__ = [
     "RequestContext",
     "Response",
     "Trailers",
+    "header_name",
     "header_value",
     "new_context",
     "new_request",
@@ -293,6 +294,21 @@ def new_response(
     put(response, "reason", reason)
     put(response, "trailers", trailers)
     return response
+
+
+_HEADER_NAMES: Final[dict[bytes, str]] = {}
+_HEADER_NAMES_MAX: Final = 256
+
+
+def header_name(raw: bytes) -> str:
+    """The lower-case str of a header name as received (latin-1); the first 256 distinct names
+    are cached, so the usual few are not decoded and lowered again on every message."""
+    name = _HEADER_NAMES.get(raw)
+    if name is None:
+        name = raw.decode("latin-1").lower()
+        if len(_HEADER_NAMES) < _HEADER_NAMES_MAX:
+            _HEADER_NAMES[raw] = name
+    return name
 
 
 def header_value(headers: Headers, name: str) -> str | None:

@@ -30,7 +30,15 @@ from sidecar.errors import (
     UpstreamReset,
     UpstreamTimeout,
 )
-from sidecar.http import Body, BodyStream, Endpoint, Request, Response, new_response
+from sidecar.http import (
+    Body,
+    BodyStream,
+    Endpoint,
+    Request,
+    Response,
+    header_name,
+    new_response,
+)
 from sidecar.stack import Clock, monotonic
 
 __all__ = ["Connector", "UpstreamConfig", "UpstreamPool", "dial"]
@@ -325,7 +333,7 @@ class _Connection(asyncio.Protocol):
             self._extra = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+        self.headers.append((header_name(name), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         status = int(self._parser.get_status_code())

@@ -12,6 +12,7 @@ from sidecar.http import (
     RequestContext,
     Response,
     Trailers,
+    header_name,
     new_context,
     new_request,
     new_response,
@@ -100,3 +101,14 @@ def test_new_context_is_the_constructors_context_with_fresh_containers() -> None
         )
     assert fast.attributes is not other.attributes and fast.claims is not other.claims
     assert fast.previous_endpoints is not other.previous_endpoints
+
+
+def test_header_name_is_latin1_lower_case_and_its_cache_bounded() -> None:
+    from sidecar import http
+
+    assert header_name(b"Content-Length") == "content-length"
+    assert header_name(b"Content-Length") == "content-length"  # (cached)
+    assert header_name(b"X-\xc9t\xe9") == "x-\xe9t\xe9"  # latin-1, lowered like str.lower
+    for n in range(600):
+        assert header_name(f"X-Many-{n}".encode()) == f"x-many-{n}"
+    assert len(http._HEADER_NAMES) <= 256
