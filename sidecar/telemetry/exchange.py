@@ -169,7 +169,7 @@ def finish_outbound(rec: Recorder, request: Request, start: int, done: Done) -> 
         done.nbytes,
     )
     _record_grpc(rec, ctx, True, upstream, (now - start) / 1e6)
-    decisions = _DECISIONS.intersection(attrs)
+    decisions = [key for key in attrs if key in _DECISIONS]  # (attrs: a few keys)
     if decisions:
         for key in decisions:
             rec.decisions.inc((upstream, key[9:]))  # without the "meshlens." prefix
