@@ -124,12 +124,24 @@ def test_bootstrap_tokens_cover_every_demo_service() -> None:
         assert sidecar["environment"]["MESH_SIDECAR_BOOTSTRAP_TOKEN"] == scopes[f"demo/{service}"]
 
 
-def test_dockerfile_is_minimal_python_slim_pip_install() -> None:
+def test_dockerfile_is_python_slim_with_the_compiled_sidecar() -> None:
     text = (ROOT / "deploy/Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.11-slim$", text, re.M)
-    assert re.search(r"pip install .*-c constraints\.txt \.", text)
-    assert 'ENTRYPOINT ["meshlens"]' in text
-    for source in re.findall(r"^COPY (\S+) ", text, re.M):
+    stages = re.split(r"^FROM ", text, flags=re.M)[1:]
+    assert [s.split("\n", 1)[0] for s in stages] == [
+        "python:3.11-slim AS native",
+        "python:3.11-slim",
+    ]
+    build, runtime = stages
+    assert "python scripts/build_native.py" in build and "gcc" in build
+    # The runtime stage has no compiler: it takes the build and installs editable, so
+    # sidecar/_native.py finds build/native next to the sources it was compiled from.
+    assert "COPY --from=native /src/build/native ./build/native" in runtime
+    assert re.search(r"pip install .*-c constraints\.txt -e \.", runtime)
+    assert "gcc" not in runtime and 'ENTRYPOINT ["meshlens"]' in runtime
+    # Both stages copy the same sources (the hashes in the manifest must match).
+    copies = [re.findall(r"^COPY (?!--from)(\S+) ", s, re.M) for s in stages]
+    assert set(copies[1]) <= set(copies[0])
+    for source in copies[0]:
         assert (ROOT / source).exists(), source
 
 
