@@ -155,19 +155,24 @@ def finish_outbound(rec: Recorder, request: Request, start: int, done: Done) -> 
     flags = response_flags(done.error, _FAULT_DELAY in attrs)
     endpoint = ctx.endpoint
     upstream = ctx.upstream or split_host_port(request.authority)[0]
-    rec.istio_outbound.record(
-        (
+    identity = endpoint.identity if endpoint else ""
+    if flags == "-" and attrs.get("rpc.system") != "grpc":  # (series bound per upstream)
+        rec.istio_outbound.record_plain(
             upstream,
-            endpoint.identity if endpoint else "",
+            identity,
             done.status,
-            flags,
             "unknown",
-            *_istio_protocol(ctx),
-        ),
-        (now - start) / 1e6,
-        _request_size(request),
-        done.nbytes,
-    )
+            (now - start) / 1e6,
+            _request_size(request),
+            done.nbytes,
+        )
+    else:
+        rec.istio_outbound.record(
+            (upstream, identity, done.status, flags, "unknown", *_istio_protocol(ctx)),
+            (now - start) / 1e6,
+            _request_size(request),
+            done.nbytes,
+        )
     _record_grpc(rec, ctx, True, upstream, (now - start) / 1e6)
     decisions = [key for key in attrs if key in _DECISIONS]  # (attrs: a few keys)
     if decisions:
@@ -219,10 +224,15 @@ def finish_attempt(
     method = normalize_method(request.method)
     status, error = done.status, done.error
     error_type = error or (str(status) if status >= 400 else "")
-    rec.durations.record_client(
-        (method, ctx.upstream or host, port, status, error_type, request.version),
-        (now - start) / 1e9,
-    )
+    if error_type:
+        rec.durations.record_client(
+            (method, ctx.upstream or host, port, status, error_type, request.version),
+            (now - start) / 1e9,
+        )
+    else:  # (series bound per server address)
+        rec.durations.record_client_plain(
+            ctx.upstream or host, method, port, status, request.version, (now - start) / 1e9
+        )
     if not ctx.trace_flags & SAMPLED:
         return
     attrs: dict[str, AttrValue] = {
@@ -261,18 +271,34 @@ def finish_inbound(
     flags = response_flags(error, _FAULT_DELAY in ctx.attributes)
     peer = ctx.peer_identity
     security = "mutual_tls" if peer else "none"
-    rec.istio_inbound.record(
-        (peer_from_spiffe(peer), peer, status, flags, security, *_istio_protocol(ctx)),
-        (now - start) / 1e6,
-        _request_size(request),
-        done.nbytes,
-    )
+    if flags == "-" and ctx.attributes.get("rpc.system") != "grpc":  # (bound per peer)
+        rec.istio_inbound.record_plain(
+            peer_from_spiffe(peer),
+            peer,
+            status,
+            security,
+            (now - start) / 1e6,
+            _request_size(request),
+            done.nbytes,
+        )
+    else:
+        rec.istio_inbound.record(
+            (peer_from_spiffe(peer), peer, status, flags, security, *_istio_protocol(ctx)),
+            (now - start) / 1e6,
+            _request_size(request),
+            done.nbytes,
+        )
     _record_grpc(rec, ctx, False, rec.service, (now - start) / 1e6)
     error_type = error or (str(status) if status >= 500 else "")
-    rec.durations.record_server(
-        (method, request.scheme, status, ctx.route, error_type, request.version),
-        (now - start) / 1e9,
-    )
+    if error_type:
+        rec.durations.record_server(
+            (method, request.scheme, status, ctx.route, error_type, request.version),
+            (now - start) / 1e9,
+        )
+    else:  # (series bound per route)
+        rec.durations.record_server_plain(
+            ctx.route, method, request.scheme, status, request.version, (now - start) / 1e9
+        )
     if ctx.trace_flags & SAMPLED:
         peer_host, peer_port = split_host_port(ctx.downstream_addr)
         forwarded_for = header_value(request.headers, "x-forwarded-for")

@@ -122,10 +122,31 @@ class _Series:
         self.resp_sum = 0
 
 
+def _count(series: _Series, duration_ms: float, request_bytes: int, response_bytes: int) -> None:
+    series.count += 1
+    series.duration[bucket_index(DURATION_BUCKETS_MS, duration_ms)] += 1
+    series.duration_sum += duration_ms
+    series.req[bucket_index(SIZE_BUCKETS_BYTES, request_bytes)] += 1
+    series.req_sum += request_bytes
+    series.resp[bucket_index(SIZE_BUCKETS_BYTES, response_bytes)] += 1
+    series.resp_sum += response_bytes
+
+
+class _Bound:
+    """The plain-HTTP series of one peer (its principal and security policy), by status."""
+
+    __slots__ = ("by_status", "principal", "security")
+
+    def __init__(self, principal: str, security: str) -> None:
+        self.principal = principal
+        self.security = security
+        self.by_status: dict[int, _Series] = {}
+
+
 class IstioMetrics:
     """One reporter's (source or destination) Istio request metrics."""
 
-    __slots__ = ("_max_series", "_on_overflow", "_outbound", "_series", "_workload")
+    __slots__ = ("_max_series", "_on_overflow", "_outbound", "_plain", "_series", "_workload")
 
     def __init__(
         self,
@@ -140,6 +161,7 @@ class IstioMetrics:
         self._max_series = max_series
         self._on_overflow = on_overflow
         self._series: dict[_Key, _Series] = {}
+        self._plain: dict[str, _Bound] = {}  # record_plain's series, per peer then status
 
     def record(
         self,
@@ -150,20 +172,46 @@ class IstioMetrics:
     ) -> None:
         """Count one request; `key` = (peer service, peer principal, status, flags, security,
         protocol, grpc status)."""
+        series = self._series_for(key)
+        if series is not None:
+            _count(series, duration_ms, request_bytes, response_bytes)
+
+    def record_plain(
+        self,
+        peer: str,
+        principal: str,
+        status: int,
+        security: str,
+        duration_ms: float,
+        request_bytes: int,
+        response_bytes: int,
+    ) -> None:
+        """`record((peer, principal, status, "-", security, "http", ""), ...)`: a plain HTTP
+        exchange without response flags, the common case. Its series are bound per peer once
+        (a dict by status), so a request looks up two small keys instead of a 7-label tuple."""
+        bound = self._plain.get(peer)
+        if bound is not None and bound.principal == principal and bound.security == security:
+            series = bound.by_status.get(status)
+            if series is not None:
+                _count(series, duration_ms, request_bytes, response_bytes)
+                return
+        series = self._series_for((peer, principal, status, "-", security, "http", ""))
+        if series is None:
+            return
+        if bound is None or bound.principal != principal or bound.security != security:
+            bound = self._plain[peer] = _Bound(principal, security)  # (bounded: one per peer)
+        bound.by_status[status] = series
+        _count(series, duration_ms, request_bytes, response_bytes)
+
+    def _series_for(self, key: _Key) -> _Series | None:
         series = self._series.get(key)
         if series is None:
             if len(self._series) >= self._max_series:
                 self._on_overflow("istio_requests_total")
-                return
+                return None
             series = _Series(self._label_text(key))
             self._series[key] = series
-        series.count += 1
-        series.duration[bucket_index(DURATION_BUCKETS_MS, duration_ms)] += 1
-        series.duration_sum += duration_ms
-        series.req[bucket_index(SIZE_BUCKETS_BYTES, request_bytes)] += 1
-        series.req_sum += request_bytes
-        series.resp[bucket_index(SIZE_BUCKETS_BYTES, response_bytes)] += 1
-        series.resp_sum += response_bytes
+        return series
 
     def _label_text(self, key: _Key) -> str:
         peer, peer_principal, code, flags, security, protocol, grpc_status = key

@@ -87,3 +87,47 @@ def test_series_cap_stops_new_label_sets() -> None:
     _, samples = parse_prometheus("\n".join(lines) + "\n")
     assert len([1 for n, _, _ in samples if n == "istio_requests_total"]) == 2
     assert overflow == ["istio_requests_total", "istio_requests_total"]
+
+
+def _render(pair: IstioPair) -> list[str]:
+    lines: list[str] = []
+    pair.render_into(lines)
+    return lines
+
+
+def test_record_plain_is_record_with_no_flags_over_http() -> None:
+    general, _ = _pair()
+    plain, _ = _pair()
+    calls = [
+        ("orders", "spiffe://a", 200, 1.0, 10, 20),
+        ("orders", "spiffe://a", 200, 7.0, 0, 2000),
+        ("orders", "spiffe://a", 503, 3.0, 5, 0),
+        ("orders", "spiffe://b", 200, 1.0, 0, 0),  # another principal: rebinds the peer
+        ("orders", "spiffe://a", 200, 2.0, 1, 1),  # and back
+        ("users", "", 404, 0.2, 0, 0),
+    ]
+    for peer, principal, code, ms, req, resp in calls:
+        general.outbound.record((peer, principal, code, "-", "unknown", "http", ""), ms, req, resp)
+        plain.outbound.record_plain(peer, principal, code, "unknown", ms, req, resp)
+        general.inbound.record(
+            (peer, principal, code, "-", "mutual_tls", "http", ""), ms, req, resp
+        )
+        plain.inbound.record_plain(peer, principal, code, "mutual_tls", ms, req, resp)
+    # a flagged request in between lands in its own series on both
+    general.outbound.record(("orders", "spiffe://a", 200, "UT", "unknown", "http", ""), 1, 0, 0)
+    plain.outbound.record(("orders", "spiffe://a", 200, "UT", "unknown", "http", ""), 1, 0, 0)
+    plain.outbound.record_plain("orders", "spiffe://a", 200, "unknown", 4.0, 0, 0)
+    general.outbound.record(("orders", "spiffe://a", 200, "-", "unknown", "http", ""), 4.0, 0, 0)
+    assert _render(plain) == _render(general)
+    _, samples = parse_prometheus("\n".join(_render(plain)) + "\n")
+    totals = [v for n, _, v in samples if n == "istio_requests_total"]
+    assert sorted(totals) == [1, 1, 1, 1, 1, 1, 1, 3, 4]
+
+
+def test_record_plain_respects_the_series_cap() -> None:
+    pair, overflow = _pair(max_series=2)
+    for code in (200, 201, 202, 200, 202):
+        pair.outbound.record_plain("orders", "", code, "unknown", 1.0, 0, 0)
+    _, samples = parse_prometheus("\n".join(_render(pair)) + "\n")
+    assert sorted(v for n, _, v in samples if n == "istio_requests_total") == [1, 2]
+    assert overflow == ["istio_requests_total", "istio_requests_total"]

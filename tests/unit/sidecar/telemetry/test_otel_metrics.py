@@ -67,3 +67,48 @@ def test_hand_encoding_matches_the_generated_protobuf_classes() -> None:
     assert server.min == server.max == 0.5 and server.HasField("sum")
     # re-serialising the decoded message gives the same bytes: no unknown or misplaced fields
     assert decoded.SerializeToString() == encoded
+
+
+def _points(durations: HttpDurations) -> dict[str, list[tuple[object, ...]]]:
+    request = ExportMetricsServiceRequest()
+    request.ParseFromString(durations.encode((("service.name", "checkout"),), now_ns=5_000))
+    out: dict[str, list[tuple[object, ...]]] = {}
+    for metric in request.resource_metrics[0].scope_metrics[0].metrics:
+        out[metric.name] = sorted(
+            (
+                tuple(sorted((kv.key, str(kv.value)) for kv in p.attributes)),
+                p.count,
+                round(p.sum, 9),
+                tuple(p.bucket_counts),
+                p.min,
+                p.max,
+            )
+            for p in metric.histogram.data_points
+        )
+    return out
+
+
+def test_plain_records_equal_the_general_ones_and_share_the_cap() -> None:
+    general = HttpDurations(start_ns=1, max_series=4, on_overflow=lambda _: None)
+    overflow: list[str] = []
+    plain = HttpDurations(start_ns=1, max_series=4, on_overflow=overflow.append)
+    clients = [
+        ("orders", "GET", 8080, 200, "1.1", 0.004),
+        ("orders", "GET", 8080, 200, "1.1", 0.3),
+        ("orders", "POST", 8080, 200, "1.1", 0.02),  # another method: rebinds the server
+        ("orders", "GET", 8080, 204, "1.1", 0.01),
+        ("orders", "GET", 9090, 200, "2", 0.01),
+        ("users", "GET", 80, 200, "1.1", 0.5),  # past the cap of 4 series
+    ]
+    for server, method, port, status, version, s in clients:
+        general.record_client((method, server, port, status, "", version), s)
+        plain.record_client_plain(server, method, port, status, version, s)
+    general.record_client(("GET", "orders", 8080, 503, "503", "1.1"), 0.1)
+    plain.record_client(("GET", "orders", 8080, 503, "503", "1.1"), 0.1)
+    servers = [("pay", "GET", "http", 200, "1.1", 0.1), ("pay", "GET", "https", 200, "1.1", 0.2)]
+    for route, method, scheme, status, version, s in servers * 2:
+        general.record_server((method, scheme, status, route, "", version), s)
+        plain.record_server_plain(route, method, scheme, status, version, s)
+    assert _points(plain) == _points(general)
+    assert len(_points(plain)["http.client.request.duration"]) == 4
+    assert overflow == ["http.client.request.duration"] * 2
