@@ -3,9 +3,10 @@
 For each labelled case: baseline = the day's fault-free minute plus the case's spans before the
 injection time; window = the spans from the injection on. Spans are parsed by our CSV importer.
 The traces carry no status codes. When the log slice of the same minutes is present
-(`MESHLENS_TRAINTICKET_LOGS`, default DATASET/logs: `caseNN_HH_MM_log.csv.gz` beside each trace
-file), a span an ERROR/FATAL log line names (its TraceID/SpanID) counts as failed, as
-`analytics.rca.repository.load_spans` does with otel_logs in production.
+(`MESHLENS_TRAINTICKET_LOGS`, default bench/rca/data/nezha-train-ticket-logs:
+`caseNN_HH_MM_log.csv.gz` for each trace file), a span an ERROR/FATAL log line names (its
+TraceID/SpanID) counts as failed, as `analytics.rca.repository.load_spans` does with otel_logs in
+production.
 Rankings compared on the same spans: meshlens (analytics.rca) with and without the logs, the
 ranker before this wave ("meshlens-before": traces only, shifts judged by the baseline spread
 alone), and two naive baselines, largest latency z-score (median total duration per operation)
@@ -42,7 +43,13 @@ DATASET = Path(
         Path(__file__).resolve().parents[3] / "shared" / "datasets" / "nezha-train-ticket",
     )
 )
-LOGS = Path(os.environ.get("MESHLENS_TRAINTICKET_LOGS", DATASET / "logs"))
+# The log slice of the same minutes ships with the bench (MIT, see its LICENSE and README).
+LOGS = Path(
+    os.environ.get(
+        "MESHLENS_TRAINTICKET_LOGS",
+        Path(__file__).resolve().parent / "data" / "nezha-train-ticket-logs",
+    )
+)
 Ranker = Callable[[Sequence[SpanRow], Sequence[SpanRow]], list[str]]
 _LEVEL = re.compile(r"\b(TRACE|DEBUG|INFO|WARN|WARNING|ERROR|FATAL)\b")
 
