@@ -8,7 +8,8 @@ decisions to put on the span) lives in one `RequestContext` shared by all layers
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import FunctionType
 from typing import Final
@@ -20,6 +21,7 @@ __all__ = [
     "AttrValue",
     "Body",
     "BodyStream",
+    "DeadlineTimer",
     "Endpoint",
     "Headers",
     "Request",
@@ -67,6 +69,45 @@ class Endpoint:
         return f"{self.host}:{self.port}"
 
 
+class DeadlineTimer:
+    """The one timer of a request's deadline (armed by layers/timeout.py at `deadline`).
+
+    The HTTP/1.1 upstream waiting for response headers until that same deadline does not arm a
+    second timer: it sets `expire` for the time of its wait. Firing, the timer lets `expire` fail
+    that wait as the upstream's own timer would have (it returns True), then fires again a
+    millisecond later, like the layer's separate timer did; otherwise it cancels the task
+    (`fired`), which the timeout layer reports as the request's timeout.
+    """
+
+    __slots__ = ("deadline", "expire", "fired", "handle", "task")
+
+    def __init__(self, task: asyncio.Task[object], deadline: float) -> None:
+        self.task = task
+        self.deadline = deadline
+        self.fired = False
+        self.expire: Callable[[], bool] | None = None
+        self.handle: asyncio.TimerHandle | None = None
+
+    def arm(self, delay_s: float) -> None:
+        # (the task's loop: get_running_loop() costs a getpid() syscall per call)
+        self.handle = self.task.get_loop().call_later(delay_s, self)
+
+    def cancel(self) -> None:
+        self.expire = None
+        if self.handle is not None:
+            self.handle.cancel()
+
+    def __call__(self) -> None:
+        expire = self.expire
+        if expire is not None:
+            self.expire = None
+            if expire():
+                self.arm(0.001)
+                return
+        self.fired = True
+        self.task.cancel()
+
+
 @dataclass(slots=True)
 class RequestContext:
     """Mutable per-request state shared by the layers of one stack invocation.
@@ -89,6 +130,7 @@ class RequestContext:
     attempt: int = 1
     previous_endpoints: list[Endpoint] = field(default_factory=list)
     deadline: float | None = None  # monotonic clock deadline covering all attempts
+    deadline_timer: DeadlineTimer | None = None  # the timer at `deadline` (layers/timeout.py)
     connect_timeout_s: float = 5.0  # set by the balancer from the upstream's config
     idle_timeout_s: float | None = None  # max gap between body chunks (timeout layer sets it)
     trace_id: bytes = b""
@@ -176,6 +218,7 @@ def new_context(
     context.attempt = 1
     context.previous_endpoints = []
     context.deadline = None
+    context.deadline_timer = None
     context.connect_timeout_s = 5.0
     context.idle_timeout_s = None
     context.trace_id = b""

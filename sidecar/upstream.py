@@ -33,6 +33,7 @@ from sidecar.errors import (
 from sidecar.http import (
     Body,
     BodyStream,
+    DeadlineTimer,
     Endpoint,
     Request,
     Response,
@@ -111,6 +112,7 @@ class _Connection(asyncio.Protocol):
         self._parser: Any = None
         self._head_method = ""
         self._headers_waiter: asyncio.Future[None] | None = None
+        self._wait_s = 0.0  # the pending header wait's timeout, when the deadline timer ends it
         self._error: ProxyError | None = None
         self.status = 0
         self.reason = ""
@@ -240,7 +242,9 @@ class _Connection(asyncio.Protocol):
         self._close_delimited = False
         self.uses += 1
 
-    async def wait_headers(self, timeout_s: float) -> None:
+    async def wait_headers(self, timeout_s: float, shared: DeadlineTimer | None = None) -> None:
+        """Wait `timeout_s` for the response head; `shared`: the request's deadline timer, due
+        when this wait ends, which then ends it (one timer per request instead of two)."""
         if self._error is not None:
             raise self._error
         if self.headers_done:
@@ -250,6 +254,15 @@ class _Connection(asyncio.Protocol):
             loop = self._loop = asyncio.get_running_loop()
         waiter = loop.create_future()
         self._headers_waiter = waiter
+        if shared is not None:
+            self._wait_s = timeout_s
+            shared.expire = self._expire
+            try:
+                await waiter
+            finally:
+                shared.expire = None
+                self._headers_waiter = None
+            return
         timer = loop.call_later(timeout_s, self._time_out, waiter, timeout_s)
         try:
             await waiter
@@ -260,6 +273,14 @@ class _Connection(asyncio.Protocol):
     def _time_out(self, waiter: asyncio.Future[None], timeout_s: float) -> None:
         if not waiter.done():
             waiter.set_exception(UpstreamTimeout(after_s=timeout_s))
+
+    def _expire(self) -> bool:
+        """The shared deadline timer fired: fail a pending wait as its own timer would have."""
+        waiter = self._headers_waiter
+        if waiter is None or waiter.done():
+            return False
+        waiter.set_exception(UpstreamTimeout(after_s=self._wait_s))
+        return True
 
     def _wake(self) -> None:
         waiter = self._headers_waiter
@@ -507,7 +528,8 @@ class UpstreamPool:
                     conn.pump = asyncio.get_running_loop().create_task(
                         _pump(conn, body, chunked), name="upstream-request-body"
                     )
-            await conn.wait_headers(self._headers_timeout(request))
+            timeout_s, shared = self._headers_timeout(request)
+            await conn.wait_headers(timeout_s, shared)
         except UpstreamReset as exc:
             conn.abort()
             if reused and not conn.received_any and request.replayable:
@@ -524,12 +546,20 @@ class UpstreamPool:
         response_body = conn.take_body(request.context.idle_timeout_s)
         return new_response(conn.status, headers, response_body)
 
-    def _headers_timeout(self, request: Request) -> float:
+    def _headers_timeout(self, request: Request) -> tuple[float, DeadlineTimer | None]:
+        """How long to wait for the response head, and the request's deadline timer when it is
+        due when that wait ends (its own deadline is the request's)."""
+        context = request.context
         timeout = self.config.response_timeout_s
-        deadline = request.context.deadline
+        deadline = context.deadline
         if deadline is not None:
-            timeout = min(timeout, max(0.001, deadline - self._clock()))
-        return timeout
+            left = max(0.001, deadline - self._clock())
+            if left < timeout:
+                timer = context.deadline_timer
+                if timer is not None and timer.deadline == deadline:
+                    return left, timer
+                return left, None
+        return timeout, None
 
     def _tunnel(
         self, conn: _Connection, headers: tuple[tuple[str, str], ...], body: BodyStream

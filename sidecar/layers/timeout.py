@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from sidecar.errors import UpstreamTimeout
-from sidecar.http import Request, Response, header_value, with_header
+from sidecar.http import DeadlineTimer, Request, Response, header_value, with_header
 from sidecar.stack import Clock, Handler, Layer, monotonic
 
 __all__ = ["DEADLINE_HEADER", "TimeoutConfig", "timeout_layer"]
@@ -92,14 +92,15 @@ def timeout_layer(config: TimeoutConfig, *, clock: Clock = monotonic) -> Layer:
             deadline = clock() + budget_s
             if context.deadline is None or deadline < context.deadline:
                 context.deadline = deadline
-            # What asyncio.timeout does, without its Timeout object and two coroutines.
+            # What asyncio.timeout does, without its Timeout object and two coroutines; the
+            # HTTP/1.1 upstream's wait for response headers shares the timer (DeadlineTimer).
             task = asyncio.current_task()
             if task is None:  # not in a task (no loop to cancel us): nothing can bound the wait
                 return await inner(request)
             cancelling = task.cancelling()
-            timer = _Timer(task)
-            # (the task's loop: get_running_loop() costs a getpid() syscall per call)
-            handle = task.get_loop().call_later(budget_s, timer)
+            timer = DeadlineTimer(task, deadline)
+            timer.arm(budget_s)
+            outer, context.deadline_timer = context.deadline_timer, timer
             try:
                 return await inner(request)
             except asyncio.CancelledError as exc:
@@ -109,25 +110,12 @@ def timeout_layer(config: TimeoutConfig, *, clock: Clock = monotonic) -> Layer:
                     raise UpstreamTimeout(after_s=budget_s) from exc
                 raise
             finally:
-                handle.cancel()
+                timer.cancel()
+                context.deadline_timer = outer
 
         return handle
 
     return wrap
-
-
-class _Timer:
-    """Cancels `task` when the request's budget runs out."""
-
-    __slots__ = ("fired", "task")
-
-    def __init__(self, task: asyncio.Task[object]) -> None:
-        self.task = task
-        self.fired = False
-
-    def __call__(self) -> None:
-        self.fired = True
-        self.task.cancel()
 
 
 def _observe(inner: Handler, request_s: float | None, clock: Clock) -> Handler:

@@ -20,6 +20,7 @@ from sidecar.errors import (
     UpstreamTimeout,
 )
 from sidecar.http import Endpoint, Request, RequestContext
+from sidecar.layers.timeout import TimeoutConfig, timeout_layer
 from sidecar.upstream import UpstreamConfig, UpstreamPool
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -319,3 +320,63 @@ async def test_response_without_length_ends_when_the_upstream_closes(
     net.servers[0].send(b"part two")
     net.servers[0].close()
     assert await response.body.read_all() == b"part one part two"  # type: ignore[attr-defined]
+
+
+async def test_the_timeout_layer_and_the_header_wait_share_one_timer(
+    pool: UpstreamPool, net: FakeNetwork, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loop = asyncio.get_running_loop()
+    timers: list[float] = []
+    call_later = loop.call_later
+
+    def counting(delay: float, callback: Any, *args: Any) -> asyncio.TimerHandle:
+        timers.append(delay)
+        return call_later(delay, callback, *args)
+
+    monkeypatch.setattr(loop, "call_later", counting)
+    handler = timeout_layer(TimeoutConfig(request_s=0.02, propagate=False), clock=clock)(pool)
+
+    assert (await handler(request())).status == 200  # answered: one timer, cancelled
+    assert timers == [0.02]
+
+    # no answer: the shared timer ends the header wait with the upstream's own error
+    net.actions.append(lambda _: b"")
+    timers.clear()
+    req = request()
+    ctx = req.context
+    with pytest.raises(UpstreamTimeout, match=r"after 0\.02s") as info:
+        await handler(req)
+    assert type(info.value) is UpstreamTimeout and "meshlens.timeout.fired" not in ctx.attributes
+    # no second timer for the header wait (the request's timer re-arms 1 ms once it ended it)
+    assert timers[0] == 0.02 and 0.02 not in timers[1:] and 0.001 in timers
+    assert ctx.deadline_timer is None
+    assert not asyncio.current_task().cancelling()  # type: ignore[union-attr]
+
+
+async def test_the_shared_timer_still_ends_the_request_after_the_header_wait(
+    clock: FakeClock,
+) -> None:
+    """A layer inside the timeout goes on waiting after the header wait timed out (as a retry
+    could): the request's own timeout follows a millisecond later, as with two timers."""
+    waited: list[bool] = []
+
+    async def inner(req: Request) -> Any:
+        timer = req.context.deadline_timer
+        assert timer is not None and timer.deadline == req.context.deadline
+        wait = asyncio.get_running_loop().create_future()
+
+        def expire() -> bool:
+            waited.append(True)
+            wait.set_result(None)
+            return True
+
+        timer.expire = expire
+        await wait  # "the header wait", ended by the shared timer
+        await asyncio.sleep(5)  # then the request's timer cancels this
+
+    req = request()
+    ctx = req.context
+    handler = timeout_layer(TimeoutConfig(request_s=0.01, propagate=False), clock=clock)(inner)
+    with pytest.raises(UpstreamTimeout, match=r"after 0\.01s"):
+        await handler(req)
+    assert waited == [True] and ctx.attributes["meshlens.timeout.fired"] == "request"
