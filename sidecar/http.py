@@ -57,16 +57,15 @@ class Endpoint:
     weight: int = 1
     labels: tuple[tuple[str, str], ...] = ()
     identity: str = ""  # expected SPIFFE id when the mesh speaks mTLS to it
+    # "host:port", built once (read per request: balancer, outlier detection, access log)
+    address: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
             raise ValueError(f"port must be in 1..65535, got {self.port}")
         if self.weight < 0:
             raise ValueError(f"weight must be >= 0, got {self.weight}")
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        object.__setattr__(self, "address", f"{self.host}:{self.port}")
 
 
 class DeadlineTimer:

@@ -8,6 +8,7 @@ import pytest
 
 from sidecar.errors import BodyTooLarge
 from sidecar.http import (
+    Endpoint,
     Request,
     RequestContext,
     Response,
@@ -112,3 +113,14 @@ def test_header_name_is_latin1_lower_case_and_its_cache_bounded() -> None:
     for n in range(600):
         assert header_name(f"X-Many-{n}".encode()) == f"x-many-{n}"
     assert len(http._HEADER_NAMES) <= 256
+
+
+def test_endpoint_address_is_built_once_and_stays_out_of_eq_hash_and_repr() -> None:
+    a = Endpoint("10.0.0.1", 8080, service="orders")
+    assert a.address == "10.0.0.1:8080"
+    assert dataclasses.replace(a, port=9090).address == "10.0.0.1:9090"
+    assert a == Endpoint("10.0.0.1", 8080, service="orders")
+    assert hash(a) == hash(Endpoint("10.0.0.1", 8080, service="orders"))
+    assert "address" not in repr(a)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        a.address = "elsewhere:1"  # type: ignore[misc]
