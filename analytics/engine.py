@@ -14,7 +14,6 @@ its spans have landed. Both paths' anomalies are grouped into the same incidents
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -37,6 +36,7 @@ from analytics.anomalies import (
 from analytics.anomalies.repository import IncidentRepository
 from analytics.callgraph import EdgePoint, TimeWindow, edge_series
 from analytics.callgraph.service import Stats
+from analytics.periodic import PeriodicComponent
 from analytics.rca import Candidate, rank_root_causes
 from analytics.rca.repository import load_spans
 from collector.schema.meshlens_edges_1m import SIDECAR_SPAN
@@ -252,7 +252,7 @@ class _Ranked:
     candidates: tuple[Candidate, ...]
 
 
-class AnalysisEngine:
+class AnalysisEngine(PeriodicComponent):
     """A component: analyze the last `lookback_s` and upsert incidents, from the per-minute
     aggregates every `interval_s` and, with `fine` (default FINE_DETECTOR), from raw-span buckets
     every `fine.step_s`, `settle_s` after each bucket ends (spans take ~1-2 s to land).
@@ -262,6 +262,7 @@ class AnalysisEngine:
     """
 
     name = "analysis"
+    _failure_message = "analysis run failed"
 
     def __init__(
         self,
@@ -279,6 +280,7 @@ class AnalysisEngine:
             raise ValueError("interval_s must be > 0 and lookback_s >= 60")
         if settle_s < 0 or rank_every_s < 0:
             raise ValueError("settle_s and rank_every_s must be >= 0")
+        super().__init__()
         self._store = store
         self._repo = IncidentRepository(store)
         self._interval_s = interval_s
@@ -288,29 +290,15 @@ class AnalysisEngine:
         self._settle_s = settle_s
         self._rank_every_s = rank_every_s
         self._wall_clock = wall_clock
-        self._task: asyncio.Task[None] | None = None
         self._minute_at: float | None = None
         self._minute_found: list[Anomaly] = []
         self._known: dict[str, tuple[datetime, datetime, frozenset[str]]] = {}
         self._ranked: dict[str, _Ranked] = {}
         self._opened: set[str] = set()
         self._seen: dict[tuple[str, str, datetime], datetime] = {}
-        self.runs = 0
-        self.failures = 0
 
-    async def start(self) -> None:
+    async def _prepare(self) -> None:
         await self._repo.ensure_table()
-        self._task = asyncio.create_task(self._loop(), name="meshlens-analysis")
-
-    async def shutdown(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    def addresses(self) -> dict[str, str]:
-        return {}
 
     async def run_once(self) -> list[AnalyzedIncident]:
         """Analyze the lookback (minute path when due, fine path always) and store incidents."""
@@ -408,14 +396,3 @@ class AnalysisEngine:
             return self._interval_s
         step = self._fine.step_s
         return step - (self._wall_clock() - self._settle_s) % step or float(step)
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.run_once()  # new incidents and anomalies are logged as they appear
-            except Exception:
-                # Task boundary: a store outage or one bad window must not end the analysis;
-                # the next run re-analyzes the whole lookback, so nothing is lost.
-                self.failures += 1
-                logger.exception("analysis run failed", extra={"failures": self.failures})
-            await asyncio.sleep(self._delay())

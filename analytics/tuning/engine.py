@@ -9,7 +9,6 @@ writes); the serving control plane picks the new version up on its store sync.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -17,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from analytics.controlplane.audit import AuditLog
 from analytics.controlplane.policies import PolicyStore
 from analytics.controlplane.repository import ControlPlaneRepository
+from analytics.periodic import PeriodicComponent
 from analytics.tuning.service import TuningOptions, TuningService
 from collector.store import Store
 
@@ -25,10 +25,11 @@ __all__ = ["TuningEngine"]
 logger = logging.getLogger(__name__)
 
 
-class TuningEngine:
+class TuningEngine(PeriodicComponent):
     """A component owning the tuning loop's background task."""
 
     name = "tuning"
+    _failure_message = "tuning round failed"
 
     def __init__(
         self,
@@ -41,31 +42,17 @@ class TuningEngine:
     ) -> None:
         if interval_s <= 0:
             raise ValueError("interval_s must be > 0")
+        super().__init__(sleep)
         repository = ControlPlaneRepository(store)
         audit = AuditLog(repository, clock=wall_clock)
         policies = PolicyStore(repository, audit, on_change=lambda: None, clock=wall_clock)
         self._cp_repository = repository
         self.service = TuningService(store, policies, audit, options=options, wall_clock=wall_clock)
         self._interval_s = interval_s
-        self._sleep = sleep
-        self._task: asyncio.Task[None] | None = None
-        self.runs = 0
-        self.failures = 0
 
-    async def start(self) -> None:
+    async def _prepare(self) -> None:
         await self._cp_repository.create_tables()
         await self.service.ensure_tables()
-        self._task = asyncio.create_task(self._loop(), name="meshlens-tuning")
-
-    async def shutdown(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    def addresses(self) -> dict[str, str]:
-        return {}
 
     async def run_once(self) -> None:
         """One refresh and one verification round."""
@@ -78,13 +65,5 @@ class TuningEngine:
                 extra={"suggestions": len(found.suggestions), "judged": len(verified)},
             )
 
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except Exception:
-                # Task boundary: a store outage or one bad window must not end the loop; the
-                # next round recomputes everything from the store, so nothing is lost.
-                self.failures += 1
-                logger.exception("tuning round failed", extra={"failures": self.failures})
-            await self._sleep(self._interval_s)
+    def _delay(self) -> float:
+        return self._interval_s
