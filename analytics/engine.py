@@ -223,10 +223,14 @@ async def _fine_anomalies(store: Store, end: datetime, cfg: DetectorConfig) -> l
     return await asyncio.to_thread(detect_fine, points, evaluate_from, cfg)
 
 
-async def rank_incident(store: Store, incident: Incident) -> tuple[Candidate, ...]:
-    """The top root-cause candidates of `incident` (its window against the 30 min before)."""
+async def rank_incident(
+    store: Store, incident: Incident, *, until: datetime | None = None
+) -> tuple[Candidate, ...]:
+    """The top root-cause candidates of `incident` (its window against the 30 min before);
+    `until` caps the window (the engine's clock: an offline replay must not see later spans)."""
     baseline = await load_spans(store, incident.start - RCA_BASELINE, incident.start)
-    spans = await load_spans(store, incident.start, incident.end + timedelta(minutes=1))
+    end = incident.end + timedelta(minutes=1)
+    spans = await load_spans(store, incident.start, min(end, until) if until else end)
     ranked = await asyncio.to_thread(rank_root_causes, baseline, spans)
     involved = set(incident.services)
     # Services named by an anomaly first among equals: the ranking orders, the scope filters.
@@ -386,7 +390,8 @@ class AnalysisEngine(PeriodicComponent):
         span = (incident.start, incident.end)
         if cached and (cached.span == span or t - cached.at < self._rank_every_s):
             return cached.candidates
-        candidates = await rank_incident(self._store, incident)
+        until = datetime.fromtimestamp(t, UTC)
+        candidates = await rank_incident(self._store, incident, until=until)
         self._ranked[incident.id] = _Ranked(span, t, candidates)
         return candidates
 
