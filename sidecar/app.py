@@ -31,7 +31,6 @@ from sidecar.cpclient import (
     wait_synced,
 )
 from sidecar.discovery import DynamicEndpoints, LayeredEndpoints
-from sidecar.errors import NoRoute
 from sidecar.http import Endpoint, Request, Response
 from sidecar.identity import (
     CpClientCertificates,
@@ -44,7 +43,7 @@ from sidecar.jwks import pool_fetch
 from sidecar.layers.authz import Authorizer, AuthzConfig
 from sidecar.layers.grpc import grpc_attempt_layer, grpc_layer
 from sidecar.layers.jwt import Authenticator, JwtConfig, jwt_layer
-from sidecar.protocols import LazyH2Pool, protocol_terminal
+from sidecar.protocols import LazyH2Pool, OwnListeners, guarded_terminal, protocol_terminal
 from sidecar.stack import Handler, Layer
 from sidecar.telemetry import Telemetry, TelemetryConfig
 from sidecar.tls import (
@@ -151,11 +150,8 @@ class Sidecar:
         self.upstream = UpstreamPool(UpstreamConfig(), tls=self.tls.client)
         self.h2_upstream = LazyH2Pool(tls=self.tls.client)
         self._protocols: dict[str, str] = {}  # upstream name -> its configured protocol
-        self._terminal = protocol_terminal(
-            self.upstream,
-            self.h2_upstream,
-            lambda r: self._protocols.get(r.context.upstream, "auto"),
-        )
+        # (compiled, no coroutine of its own: the pool's own call is the only await level)
+        self._terminal = protocol_terminal(self.upstream, self.h2_upstream, self._protocols)
         self.identity: IdentityManager | None = None
         self.authz = Authorizer(AuthzConfig())
         self.jwt = Authenticator(JwtConfig())
@@ -216,10 +212,11 @@ class Sidecar:
         self._stopped = asyncio.Event()
         self._drain_task: asyncio.Task[None] | None = None
         self._stopping = False
-        self._own_ports: frozenset[int] = frozenset()
-        self._own_hosts = frozenset(
-            {"127.0.0.1", "localhost", "::1", "0.0.0.0", options.listen_host}
+        self._own = OwnListeners(
+            frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0", options.listen_host})
         )
+        # the pool, refusing requests that would come straight back into this sidecar
+        self._outbound_terminal = guarded_terminal(self._terminal, self._own, restore_authority)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -242,7 +239,7 @@ class Sidecar:
         outbound = await self.outbound.start(host, opts.outbound_port)
         admin = await self.admin.start(host, opts.admin_port)
         self.addresses = SidecarAddresses(admin=admin, outbound=outbound, inbound=inbound)
-        self._own_ports = frozenset((admin[1], outbound[1]))
+        self._own.ports = frozenset((admin[1], outbound[1]))
         if self.cp is not None:
             self.cp.registration = Registration(
                 self.options.service,
@@ -322,7 +319,9 @@ class Sidecar:
             config = config if config is not None else parse_config({})
             endpoints = LayeredEndpoints(self.endpoints, static_endpoints(config))
         if config is not None:
-            self._protocols = {name: u.protocol for name, u in config.upstreams.items()}
+            protocols = {name: u.protocol for name, u in config.upstreams.items()}
+            self._protocols.clear()  # in place: the terminal reads this dict
+            self._protocols.update(protocols)
         old_out = previous.outbound if previous is not None else None
         old_in = previous.inbound if previous is not None else None
         outbound: BuiltStack = build_outbound(
@@ -352,17 +351,6 @@ class Sidecar:
             authorizer=self.authz,
         )
         return ActiveStacks(outbound, inbound, outbound.version, source)
-
-    async def _outbound_terminal(self, request: Request) -> Response:
-        """The pool, refusing requests that would come straight back into this sidecar."""
-        endpoint = request.context.endpoint
-        if (
-            endpoint is not None
-            and endpoint.port in self._own_ports
-            and endpoint.host in self._own_hosts
-        ):
-            raise NoRoute(f"{endpoint.address} is this sidecar's own listener (request loop)")
-        return await self._terminal(restore_authority(request))
 
     def _capture_layers(self, config: SidecarConfig | None) -> list[Layer]:
         """With --capture: route redirected connections by their original destination."""
@@ -408,7 +396,7 @@ class Sidecar:
             f"upstreams.{name}.endpoints: {e.address} is this sidecar's own listener"
             for name, spec in config.upstreams.items()
             for e in spec.endpoints
-            if e.port in self._own_ports and e.host in self._own_hosts
+            if self._own.includes(e.host, e.port)
         ]
         if errors:
             raise ConfigError(errors)
