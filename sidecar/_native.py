@@ -54,6 +54,7 @@ MODULES: tuple[str, ...] = (
     "sidecar/layers/budget.py",
     "sidecar/layers/fallback.py",
     "sidecar/layers/fault.py",
+    "sidecar/layers/fused.py",
     "sidecar/layers/grpc.py",
     "sidecar/layers/outlier.py",
     "sidecar/layers/proxy_errors.py",

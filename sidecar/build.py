@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random as _random
+import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,14 +24,15 @@ from sidecar.layers.balance import Balancer, balance_layer
 from sidecar.layers.breaker import Breaker, breaker_layer
 from sidecar.layers.budget import BudgetConfig, RetryBudget
 from sidecar.layers.fallback import FallbackConfig, FallbackStats, fallback_layer
-from sidecar.layers.fault import fault_layer
+from sidecar.layers.fault import FaultConfig, fault_layer
+from sidecar.layers.fused import UpstreamUnit, fused_route, fusible_stages
 from sidecar.layers.outlier import OutlierDetector, outlier_layer
 from sidecar.layers.proxy_errors import proxy_errors_layer
 from sidecar.layers.ratelimit import RateLimitConfig, RateLimiter, ratelimit_layer
-from sidecar.layers.retry import RetryConfig, retry_layer
+from sidecar.layers.retry import Retry, RetryConfig, retry_layer_of
 from sidecar.layers.routing import passthrough_layer, routing_layer
 from sidecar.layers.timeout import TimeoutConfig, timeout_layer
-from sidecar.stack import Clock, Handler, Layer, Sleep, compose, monotonic
+from sidecar.stack import AttemptStage, Clock, Handler, Layer, Sleep, compose, monotonic
 
 __all__ = ["BuiltStack", "build_inbound", "build_outbound", "static_endpoints"]
 
@@ -121,6 +123,11 @@ class _Upstreams:
                 name, spec.balance, source, health=detector, clock=clock, random=random
             )
             self.breakers[name] = Breaker(name, spec.limits)
+        # the same objects, one lookup per attempt for a fused route (sidecar/layers/fused.py)
+        self.units = {
+            name: UpstreamUnit(balancer, self.breakers.get(name), self.detectors.get(name))
+            for name, balancer in self.balancers.items()
+        }
 
     def _reuse(self, name: str, previous: _Upstreams, source: EndpointSource) -> None:
         self.balancers[name] = previous.balancers[name].rebind(source)
@@ -152,6 +159,20 @@ def _same_policy(old: UpstreamSpec, new: UpstreamSpec) -> bool:
     return (old.balance, old.limits, old.outlier) == (new.balance, new.limits, new.outlier)
 
 
+@dataclass(slots=True)
+class _RoutePlan:
+    """A route's policy layers in order, and the objects behind them (shared with a fused
+    form of the route)."""
+
+    name: str
+    layers: list[Layer]
+    timeout: TimeoutConfig
+    retry: Retry | None = None
+    limiter: RateLimiter | None = None
+    limit_enforce: bool = True
+    fault: FaultConfig | None = None
+
+
 class _Policies:
     """Per-route policy layers and the state behind them (budgets, limiters) for /stats.
 
@@ -166,6 +187,7 @@ class _Policies:
         self.budgets: dict[str, RetryBudget] = {}
         self.limiters: dict[str, RateLimiter] = {}
         self.fallbacks: dict[str, tuple[FallbackConfig, FallbackStats]] = {}
+        self.fused_routes: list[str] = []  # routes running as one fused coroutine
         self._previous = previous
 
     def limiter(self, name: str, config: RateLimitConfig) -> RateLimiter:
@@ -183,26 +205,73 @@ class _Policies:
     def route(
         self, name: str, spec: RouteSpec | None, timeout: TimeoutConfig, retry: RetryConfig | None
     ) -> list[Layer]:
-        layers: list[Layer] = []
+        return self.plan(name, spec, timeout, retry).layers
+
+    def plan(
+        self, name: str, spec: RouteSpec | None, timeout: TimeoutConfig, retry: RetryConfig | None
+    ) -> _RoutePlan:
+        """The route's policy layers, and the objects behind them for a fused route."""
+        plan = _RoutePlan(name, [], timeout)
         entry: dict[str, Any] = {}
         if spec is not None and spec.ratelimit is not None:
             limiter = self.limiter(name, spec.ratelimit)
-            layers.append(ratelimit_layer(spec.ratelimit, limiter=limiter))
+            plan.layers.append(ratelimit_layer(spec.ratelimit, limiter=limiter))
+            plan.limiter, plan.limit_enforce = limiter, spec.ratelimit.enforce
             entry["ratelimit"] = limiter.stats
         if spec is not None and spec.fault is not None:
-            layers.append(fault_layer(spec.fault, sleep=self.sleep, random=self.random))
-        layers.append(timeout_layer(timeout, clock=self.clock))
+            plan.layers.append(fault_layer(spec.fault, sleep=self.sleep, random=self.random))
+            plan.fault = spec.fault
+        plan.layers.append(timeout_layer(timeout, clock=self.clock))
         if retry is not None:
             budget = self._budget(name, retry.budget) if retry.budget else None
-            layers.append(
-                retry_layer(
-                    retry, clock=self.clock, sleep=self.sleep, random=self.random, budget=budget
-                )
-            )
+            plan.retry = Retry(retry, self.clock, self.sleep, self.random, time.time, budget)
+            plan.layers.append(retry_layer_of(plan.retry))
             if budget is not None:
                 entry["retry_budget"] = budget.stats
         self.stats[name] = entry
-        return layers
+        return plan
+
+    def fused(
+        self,
+        plan: _RoutePlan,
+        per_attempt: Sequence[Layer],
+        tail: Sequence[Layer],
+        upstreams: _Upstreams,
+        fuse: bool,
+    ) -> Layer:
+        """The route's layers then the per-attempt `tail` (`per_attempt`, balance, breaker,
+        outlier), as one fused coroutine per request (sidecar/layers/fused.py) when it covers
+        them, else the layered chain."""
+        layers = [*plan.layers, *tail]
+        retry = plan.retry
+        if not (
+            fuse
+            and plan.timeout.enforce
+            and (retry is None or retry.config.per_try_s is None)
+            and fusible_stages(per_attempt)
+        ):
+            return _chain(layers)
+        stages = [stage for stage in per_attempt if isinstance(stage, AttemptStage)]
+        self.fused_routes.append(plan.name)
+
+        def wrap(terminal: Handler) -> Handler:
+            return fused_route(
+                full=compose(layers, terminal),
+                full_attempt=compose(tail, terminal),
+                terminal=terminal,
+                units=upstreams.units,
+                stages=stages,
+                timeout=plan.timeout,
+                retry=retry,
+                limiter=plan.limiter,
+                limit_enforce=plan.limit_enforce,
+                fault=plan.fault,
+                clock=self.clock,
+                sleep=self.sleep,
+                random=self.random,
+            )
+
+        return wrap
 
     def fallback(self, spec: RouteSpec, route: Sequence[Layer], tail: Sequence[Layer]) -> Layer:
         """The route's layers, wrapped in its fallback (if any); a fallback upstream gets the
@@ -239,10 +308,13 @@ def build_outbound(
     random: Random = _random.random,
     previous: BuiltStack | None = None,
     own_addresses: Collection[tuple[str, int]] = (),
+    fuse: bool = True,
 ) -> BuiltStack:
     """The outbound stack (app -> upstream services) for `config` (None: all defaults).
 
     `own_addresses` are the sidecar's listeners ((host, port)); passthrough refuses them (no loop).
+    `fuse`: a route without a fallback runs as one fused coroutine (sidecar/layers/fused.py,
+    same decisions and telemetry); False keeps every route's layered chain.
 
     Pass the active stack as `previous` to keep the state (RTT estimates, ejections, breaker
     counts, retry budgets, rate-limit buckets) of upstreams and routes whose policy is unchanged.
@@ -253,14 +325,16 @@ def build_outbound(
     upstreams = _Upstreams(config, source, clock, random, old.upstreams if old else None)
     policies = _Policies(clock, sleep, random, old.policies if old else None)
     tail = [*per_attempt, *upstreams.layers(clock)]
-    routes = {
-        spec.name: policies.fallback(
-            spec, [*policies.route(spec.name, spec, spec.timeout, spec.retry), *tail], tail
-        )
-        for spec in config.routes
-    }
+    routes: dict[str, Layer] = {}
+    for spec in config.routes:
+        plan = policies.plan(spec.name, spec, spec.timeout, spec.retry)
+        if spec.fallback is None:
+            routes[spec.name] = policies.fused(plan, per_attempt, tail, upstreams, fuse)
+        else:
+            routes[spec.name] = policies.fallback(spec, [*plan.layers, *tail], tail)
     default_retry = RetryConfig(max_buffer_bytes=config.max_request_body_buffer_bytes)
-    default = _chain([*policies.route("default", None, TimeoutConfig(), default_retry), *tail])
+    default_plan = policies.plan("default", None, TimeoutConfig(), default_retry)
+    default = policies.fused(default_plan, per_attempt, tail, upstreams, fuse)
     passthrough = _chain(
         [
             # outside the mesh: do not leak our deadline header
@@ -303,6 +377,7 @@ def build_outbound(
             "outlier",
             "terminal",
         ],
+        "fused_routes": list(policies.fused_routes),
         "config": config_to_dict(config),
     }
     return BuiltStack(handler, config.version, description, stats, _State(policies, upstreams))

@@ -36,7 +36,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from sidecar.http import Request, Response
 
-__all__ = ["Clock", "Handler", "Layer", "Sleep", "compose", "monotonic"]
+__all__ = ["AttemptStage", "Clock", "Handler", "Layer", "Sleep", "compose", "monotonic"]
 
 Handler = Callable[[Request], Awaitable[Response]]
 Layer = Callable[[Handler], Handler]
@@ -52,3 +52,35 @@ def compose(layers: Sequence[Layer], terminal: Handler) -> Handler:
     for layer in reversed(layers):
         handler = layer(handler)
     return handler
+
+
+class AttemptStage:
+    """A per-attempt layer that a fused route (sidecar/layers/fused.py) can run without a
+    coroutine of its own: `begin` before the attempt, then `end` with its response or `fail`
+    with its exception, exactly what the layer does around `await inner(request)`.
+
+    Called as a Layer it is that layer (the full chain). `bypass(request)` True means the
+    request needs the layer's full form (e.g. gRPC): the fused route then takes its full chain.
+    `passive`: begin/end/fail do nothing (only `bypass` matters); `may_bypass`: `bypass` may
+    return True (else it is never asked).
+    """
+
+    def __init__(self, *, passive: bool = False, may_bypass: bool = False) -> None:
+        self.passive = passive
+        self.may_bypass = may_bypass
+
+    def __call__(self, inner: Handler) -> Handler:
+        raise NotImplementedError
+
+    def bypass(self, request: Request) -> bool:
+        return False
+
+    def begin(self, request: Request) -> tuple[Request, object]:
+        """The request to send on (this layer's `forwarded`) and a token for `end`/`fail`."""
+        return request, None
+
+    def end(self, request: Request, token: object, response: Response) -> Response:
+        return response
+
+    def fail(self, request: Request, token: object, exc: BaseException) -> None:
+        return None

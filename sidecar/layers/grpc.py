@@ -12,11 +12,12 @@ from collections.abc import Awaitable, Callable
 
 from sidecar.errors import ERROR_HEADER, UpstreamTimeout
 from sidecar.http import BodyStream, Request, Response, header_value, with_header
-from sidecar.stack import Clock, Handler, Layer, monotonic
+from sidecar.stack import AttemptStage, Clock, Handler, Layer, monotonic
 
 __all__ = [
     "GRPC_CODES",
     "STATUS_ATTR",
+    "GrpcAttemptLayer",
     "format_timeout",
     "grpc_attempt_layer",
     "grpc_layer",
@@ -193,10 +194,22 @@ def grpc_layer(*, clock: Clock = monotonic) -> Layer:
     return wrap
 
 
-def grpc_attempt_layer(*, clock: Clock = monotonic) -> Layer:
-    """Per attempt: forward the remaining deadline as grpc-timeout; record this try's status."""
+class GrpcAttemptLayer(AttemptStage):
+    """Per attempt: forward the remaining deadline as grpc-timeout; record this try's status.
 
-    def wrap(inner: Handler) -> Handler:
+    Nothing to do for other requests: as an AttemptStage it passes them (a fused route runs
+    it without a coroutine) and bypasses gRPC ones (their route takes the full chain)."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(passive=True, may_bypass=True)
+        self.clock = clock
+
+    def bypass(self, request: Request) -> bool:
+        return is_grpc(request)
+
+    def __call__(self, inner: Handler) -> Handler:
+        clock = self.clock
+
         def handle(request: Request) -> Awaitable[Response]:
             return grpc(request) if is_grpc(request) else inner(request)
 
@@ -212,4 +225,7 @@ def grpc_attempt_layer(*, clock: Clock = monotonic) -> Layer:
 
         return handle
 
-    return wrap
+
+def grpc_attempt_layer(*, clock: Clock = monotonic) -> GrpcAttemptLayer:
+    """Per attempt: forward the remaining deadline as grpc-timeout; record this try's status."""
+    return GrpcAttemptLayer(clock)

@@ -34,9 +34,11 @@ __all__ = [
     "CONDITIONS",
     "GRPC_RETRY_CODES",
     "IDEMPOTENT_METHODS",
+    "Retry",
     "RetryConfig",
     "parse_retry_after",
     "retry_layer",
+    "retry_layer_of",
 ]
 
 CONDITIONS = frozenset({"connect-failure", "reset", "5xx", "gateway-error"})
@@ -187,7 +189,11 @@ def retry_layer(
     """Retry per `config`; pass `budget` to share it (and read its stats)."""
     if budget is None and config.budget is not None:
         budget = RetryBudget(config.budget, clock)
-    retry = _Retry(config, clock, sleep, random, wall_clock, budget)
+    return retry_layer_of(Retry(config, clock, sleep, random, wall_clock, budget))
+
+
+def retry_layer_of(retry: Retry) -> Layer:
+    """The layer running `retry` (a fused route runs the same Retry's first attempt itself)."""
 
     def wrap(inner: Handler) -> Handler:
         def handle(request: Request) -> Awaitable[Response]:
@@ -198,7 +204,7 @@ def retry_layer(
     return wrap
 
 
-class _Retry:
+class Retry:
     """The retry loop of one route (state: the budget)."""
 
     def __init__(
@@ -227,29 +233,75 @@ class _Retry:
         except TimeoutError as exc:
             raise PerTryTimeout(after_s=per_try_s) from exc
 
-    async def _replayable(self, request: Request) -> tuple[Request, str | None]:
-        """The request to send and what limits its retries (None: nothing does)."""
+    def blocked(self, request: Request) -> str | None:
+        """What limits the retries of a request with a buffered body (None: nothing does)."""
         config = self.config
         if config.attempts == 1:
-            return request, "single_attempt"
+            return "single_attempt"
+        if request.method not in IDEMPOTENT_METHODS and not config.allow_non_idempotent:
+            return "non_idempotent"
+        return None
+
+    async def replayable(self, request: Request) -> tuple[Request, str | None]:
+        """The request to send and what limits its retries (None: nothing does)."""
+        config = self.config
         body = request.body
-        if not isinstance(body, bytes):
+        if not isinstance(body, bytes) and config.attempts > 1:
             if body.length is None or body.length > config.max_buffer_bytes:
                 return request, "body_not_buffered"
             if config.enforce:  # observe-only never changes how the body flows
                 buffered = await _buffer(request, config.max_buffer_bytes)
                 assert buffered is not None
                 request = buffered
-        if request.method not in IDEMPOTENT_METHODS and not config.allow_non_idempotent:
-            return request, "non_idempotent"
-        return request, None
+        return request, self.blocked(request)
 
-    async def run(self, inner: Handler, request: Request) -> Response:
-        if self.budget is not None:
-            self.budget.deposit()
-        request, blocked = await self._replayable(request)
+    def reason(self, response: Response) -> str | None:
+        """Why this response is worth another attempt (None: it is not)."""
+        return _status_reason(self.config, response.status) or _grpc_reason(self.config, response)
+
+    def error_reason(self, exc: ProxyError) -> str | None:
+        """Why this failure is worth another attempt (None: it is not)."""
+        return _error_reason(self.config, exc)
+
+    async def resume(
+        self,
+        inner: Handler,
+        request: Request,
+        response: Response | None,
+        error: ProxyError | None,
+        reason: str,
+        blocked: str | None,
+    ) -> Response:
+        """After a first attempt run elsewhere (a fused route) whose outcome has a retry
+        `reason`: what the loop of `run` does next, then its later attempts through `inner`."""
         context = request.context
-        attempt = 1
+        tried = _endpoint(context)
+        if tried is not None:
+            context.previous_endpoints.append(tried)
+        delay = self._delay(request, response, reason, blocked)
+        if delay is None:
+            if error is not None:
+                raise error
+            assert response is not None
+            return response
+        context.attributes["meshlens.retry.reason"] = reason
+        if response is not None:
+            await _discard(response)
+        if delay > 0:
+            await self.sleep(delay)
+        return await self.run(inner, request, 2, blocked)
+
+    async def run(
+        self, inner: Handler, request: Request, first: int = 1, blocked: str | None = None
+    ) -> Response:
+        """Attempts through `inner` until one is final. `first` > 1 continues a request whose
+        earlier attempts ran already (`resume`); `blocked` is then what limits its retries."""
+        if first == 1:
+            if self.budget is not None:
+                self.budget.deposit()
+            request, blocked = await self.replayable(request)
+        context = request.context
+        attempt = first
         while True:
             context.attempt = attempt
             context.endpoint = None
@@ -260,12 +312,10 @@ class _Retry:
                     response = await inner(request)
                 else:
                     response = await self._try(inner, request)
-                reason = _status_reason(self.config, response.status) or _grpc_reason(
-                    self.config, response
-                )
+                reason = self.reason(response)
             except ProxyError as exc:
                 error = exc
-                reason = _error_reason(self.config, exc)
+                reason = self.error_reason(exc)
             tried = _endpoint(context)  # set by the balancer during the attempt
             if tried is not None:
                 context.previous_endpoints.append(tried)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Final
 
 from sidecar.http import Request, RequestContext, Response, new_response
-from sidecar.stack import Handler, Layer
+from sidecar.stack import AttemptStage, Handler, Layer
 from sidecar.telemetry.context import extract
 from sidecar.telemetry.exchange import (
     ATTEMPT,
@@ -24,7 +24,7 @@ from sidecar.telemetry.exchange import (
 from sidecar.telemetry.recorder import Recorder
 from sidecar.telemetry.semconv import ObservedBody, inject
 
-__all__ = ["attempt_layer", "inbound_layer", "outbound_layer"]
+__all__ = ["AttemptLayer", "attempt_layer", "inbound_layer", "outbound_layer"]
 
 ERROR_REASON: Final = "meshlens.error.reason"  # written by layers/proxy_errors.py
 
@@ -98,45 +98,76 @@ def outbound_layer(rec: Recorder) -> Layer:
     return wrap
 
 
-def attempt_layer(rec: Recorder) -> Layer:
-    """Per attempt (inside retry): a CLIENT span, its traceparent upstream, client duration."""
+class _Attempt:
+    """What `AttemptLayer.begin` hands to `end`/`fail`: this attempt's number, span, start."""
 
-    def wrap(inner: Handler) -> Handler:
+    __slots__ = ("number", "span_id", "start")
+
+    def __init__(self, number: int, span_id: bytes, start: int) -> None:
+        self.number = number
+        self.span_id = span_id
+        self.start = start
+
+
+class AttemptLayer(AttemptStage):
+    """Per attempt (inside retry): a CLIENT span, its traceparent upstream, client duration.
+
+    A Layer, and an AttemptStage a fused route runs without a coroutine of its own."""
+
+    def __init__(self, rec: Recorder) -> None:
+        super().__init__()
+        self.rec = rec
+
+    def begin(self, request: Request) -> tuple[Request, object]:
+        rec = self.rec
+        ctx = request.context
+        attrs = ctx.attributes
+        previous = attrs.get(ATTEMPT, 0)
+        number = (previous if isinstance(previous, int) else 0) + 1
+        attrs[ATTEMPT] = number
+        if number > 1:
+            reason = attrs.get("meshlens.retry.reason", "unknown")
+            rec.retries.inc((ctx.upstream, str(reason)))
+        span_id = rec.ids.span_id()
+        headers = inject(request.headers, ctx.trace_id, span_id, ctx.trace_flags, ctx.tracestate)
+        forwarded = request.with_headers(headers)
+        return forwarded, _Attempt(number, span_id, rec.now_ns())
+
+    def end(self, request: Request, token: object, response: Response) -> Response:
+        assert isinstance(token, _Attempt)
+        rec = self.rec
+        body = response.body
+        if isinstance(body, bytes):
+            done = Done(response.status, "", len(body))
+            finish_attempt(rec, request, token.number, token.span_id, token.start, done)
+            return response
+        number, span_id, start = token.number, token.span_id, token.start
+
+        def end(done: Done) -> None:
+            finish_attempt(rec, request, number, span_id, start, done)
+
+        return _observe(response, "", end)
+
+    def fail(self, request: Request, token: object, exc: BaseException) -> None:
+        assert isinstance(token, _Attempt)
+        finish_attempt(self.rec, request, token.number, token.span_id, token.start, _failure(exc))
+
+    def __call__(self, inner: Handler) -> Handler:
         async def handle(request: Request) -> Response:
-            ctx = request.context
-            attrs = ctx.attributes
-            previous = attrs.get(ATTEMPT, 0)
-            number = (previous if isinstance(previous, int) else 0) + 1
-            attrs[ATTEMPT] = number
-            if number > 1:
-                reason = attrs.get("meshlens.retry.reason", "unknown")
-                rec.retries.inc((ctx.upstream, str(reason)))
-            span_id = rec.ids.span_id()
-            headers = inject(
-                request.headers, ctx.trace_id, span_id, ctx.trace_flags, ctx.tracestate
-            )
-            forwarded = request.with_headers(headers)
-            start = rec.now_ns()
-
+            forwarded, token = self.begin(request)
             try:
                 response = await inner(forwarded)
             except BaseException as exc:
-                finish_attempt(rec, request, number, span_id, start, _failure(exc))
+                self.fail(request, token, exc)
                 raise
-            body = response.body
-            if isinstance(body, bytes):
-                done = Done(response.status, "", len(body))
-                finish_attempt(rec, request, number, span_id, start, done)
-                return response
-
-            def end(done: Done) -> None:
-                finish_attempt(rec, request, number, span_id, start, done)
-
-            return _observe(response, "", end)
+            return self.end(request, token, response)
 
         return handle
 
-    return wrap
+
+def attempt_layer(rec: Recorder) -> AttemptLayer:
+    """Per attempt (inside retry): a CLIENT span, its traceparent upstream, client duration."""
+    return AttemptLayer(rec)
 
 
 def inbound_layer(rec: Recorder) -> Layer:

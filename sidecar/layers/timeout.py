@@ -11,10 +11,24 @@ from dataclasses import dataclass
 from typing import Final
 
 from sidecar.errors import UpstreamTimeout
-from sidecar.http import DeadlineTimer, Request, Response, header_value, with_header
+from sidecar.http import (
+    DeadlineTimer,
+    Request,
+    RequestContext,
+    Response,
+    header_value,
+    with_header,
+)
 from sidecar.stack import Clock, Handler, Layer, monotonic
 
-__all__ = ["DEADLINE_HEADER", "TimeoutConfig", "timeout_layer"]
+__all__ = [
+    "DEADLINE_HEADER",
+    "TimeoutConfig",
+    "arm_deadline",
+    "deadline_budget",
+    "deadline_fired",
+    "timeout_layer",
+]
 
 DEADLINE_HEADER: Final = "x-meshlens-timeout-ms"
 
@@ -52,6 +66,61 @@ def _budget(theirs: str | None, request_s: float | None) -> float | None:
     return budget_s if request_s is None or budget_s < request_s else request_s
 
 
+def deadline_budget(
+    request: Request, request_s: float | None, idle_s: float | None, propagate: bool
+) -> tuple[Request, float | None]:
+    """The timeout layer before its wait: the idle timeout, the budget (None: no deadline),
+    shortened by the caller's and forwarded in x-meshlens-timeout-ms with `propagate`;
+    UpstreamTimeout when the caller's deadline has already passed."""
+    context = request.context
+    if idle_s is not None:
+        context.idle_timeout_s = idle_s
+    budget_s = request_s
+    if propagate:
+        theirs = header_value(request.headers, DEADLINE_HEADER)
+        budget_s = _budget(theirs, request_s)
+        if budget_s is not None:
+            if budget_s != request_s:
+                context.attributes["meshlens.timeout.caller_budget_ms"] = budget_s * 1e3
+            ms = str(max(0, int(budget_s * 1000.0)))
+            if theirs is None:  # nothing to replace: append (no rebuild of the tuple)
+                headers = (*request.headers, (DEADLINE_HEADER, ms))
+            else:
+                headers = with_header(request.headers, DEADLINE_HEADER, ms)
+            request = request.with_headers(headers)
+    if budget_s is not None and budget_s <= 0:
+        context.attributes["meshlens.timeout.fired"] = "caller_deadline"
+        raise UpstreamTimeout("the caller's deadline has already passed")
+    return request, budget_s
+
+
+def arm_deadline(context: RequestContext, budget_s: float, clock: Clock) -> DeadlineTimer | None:
+    """Set context.deadline and arm the request's one timer (None: not in a task).
+
+    What asyncio.timeout does, without its Timeout object and two coroutines; the HTTP/1.1
+    upstream's wait for response headers shares the timer (DeadlineTimer). The caller puts it
+    on context.deadline_timer, and cancels it and restores the previous one when done."""
+    deadline = clock() + budget_s
+    if context.deadline is None or deadline < context.deadline:
+        context.deadline = deadline
+    task = asyncio.current_task()
+    if task is None:
+        return None
+    timer = DeadlineTimer(task, deadline)
+    timer.arm(budget_s)
+    return timer
+
+
+def deadline_fired(context: RequestContext, timer: DeadlineTimer, cancelling: int) -> bool:
+    """For a cancel during the wait: True (recorded; raise UpstreamTimeout) when it is ours, i.e.
+    our timer fired and no one else cancelled the task meanwhile (`cancelling`: the task's
+    count before we armed); False: re-raise the cancel."""
+    if timer.fired and timer.task.uncancel() <= cancelling:
+        context.attributes["meshlens.timeout.fired"] = "request"
+        return True
+    return False
+
+
 def timeout_layer(config: TimeoutConfig, *, clock: Clock = monotonic) -> Layer:
     """Bound the whole exchange (up to response headers) by `config.request_s`.
 
@@ -68,45 +137,19 @@ def timeout_layer(config: TimeoutConfig, *, clock: Clock = monotonic) -> Layer:
             return _observe(inner, request_s, clock)
 
         async def handle(request: Request) -> Response:
-            context = request.context
-            if idle_s is not None:
-                context.idle_timeout_s = idle_s
-            budget_s = request_s
-            if propagate:
-                theirs = header_value(request.headers, DEADLINE_HEADER)
-                budget_s = _budget(theirs, request_s)
-                if budget_s is not None:
-                    if budget_s != request_s:
-                        context.attributes["meshlens.timeout.caller_budget_ms"] = budget_s * 1e3
-                    ms = str(max(0, int(budget_s * 1000.0)))
-                    if theirs is None:  # nothing to replace: append (no rebuild of the tuple)
-                        headers = (*request.headers, (DEADLINE_HEADER, ms))
-                    else:
-                        headers = with_header(request.headers, DEADLINE_HEADER, ms)
-                    request = request.with_headers(headers)
+            request, budget_s = deadline_budget(request, request_s, idle_s, propagate)
             if budget_s is None:
                 return await inner(request)
-            if budget_s <= 0:
-                context.attributes["meshlens.timeout.fired"] = "caller_deadline"
-                raise UpstreamTimeout("the caller's deadline has already passed")
-            deadline = clock() + budget_s
-            if context.deadline is None or deadline < context.deadline:
-                context.deadline = deadline
-            # What asyncio.timeout does, without its Timeout object and two coroutines; the
-            # HTTP/1.1 upstream's wait for response headers shares the timer (DeadlineTimer).
-            task = asyncio.current_task()
-            if task is None:  # not in a task (no loop to cancel us): nothing can bound the wait
+            context = request.context
+            timer = arm_deadline(context, budget_s, clock)
+            if timer is None:  # not in a task (no loop to cancel us): nothing bounds the wait
                 return await inner(request)
-            cancelling = task.cancelling()
-            timer = DeadlineTimer(task, deadline)
-            timer.arm(budget_s)
             outer, context.deadline_timer = context.deadline_timer, timer
+            cancelling = timer.task.cancelling()
             try:
                 return await inner(request)
             except asyncio.CancelledError as exc:
-                # Ours only if we fired and no one else cancelled the task meanwhile.
-                if timer.fired and task.uncancel() <= cancelling:
-                    context.attributes["meshlens.timeout.fired"] = "request"
+                if deadline_fired(context, timer, cancelling):
                     raise UpstreamTimeout(after_s=budget_s) from exc
                 raise
             finally:

@@ -1,0 +1,224 @@
+"""A route's layers fused into one coroutine: ratelimit, fault, timeout, retry, the per-attempt
+stage (telemetry's attempt span), balance, breaker and outlier, then the terminal.
+
+The layered chain (sidecar/build.py, the order of sidecar/stack.py) awaits one coroutine per
+layer on every request; this runs the same code of each layer in one frame, in the same order,
+with the same state (limiter, budget, balancers, breakers, detectors, the same clock and random
+draws). What the fused frame does not do itself, it hands to the layered chain:
+- a request some attempt stage must see in full (gRPC: `AttemptStage.bypass`) takes the route's
+  full chain from the start;
+- an attempt whose outcome is retry-eligible goes on in `Retry.resume`, whose further attempts
+  run through the layered per-attempt chain (attempt span, balance, breaker, outlier).
+Routes the fused form does not cover (fallback, per-try timeout, observe-only timeout, attempt
+stages it cannot run) keep the layered chain: sidecar/build.py decides (`fusible`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+
+from sidecar.errors import FaultAbort, NoRoute, ProxyError, RateLimited, UpstreamTimeout
+from sidecar.http import Request, Response
+from sidecar.layers.balance import Balancer
+from sidecar.layers.breaker import Breaker
+from sidecar.layers.fault import FaultConfig
+from sidecar.layers.outlier import OutlierDetector
+from sidecar.layers.ratelimit import RateLimiter
+from sidecar.layers.retry import Retry
+from sidecar.layers.timeout import TimeoutConfig, arm_deadline, deadline_budget, deadline_fired
+from sidecar.stack import AttemptStage, Clock, Handler, Sleep
+
+__all__ = ["UpstreamUnit", "fused_route", "fusible_stages"]
+
+
+class UpstreamUnit:
+    """The per-attempt state of one upstream: its balancer, breaker and outlier detector."""
+
+    __slots__ = ("balancer", "breaker", "detector")
+
+    def __init__(
+        self, balancer: Balancer, breaker: Breaker | None, detector: OutlierDetector | None
+    ) -> None:
+        self.balancer = balancer
+        self.breaker = breaker
+        self.detector = detector
+
+
+def fusible_stages(stages: Sequence[object]) -> bool:
+    """True when a fused route can run these per-attempt layers: all AttemptStages, at most
+    one of them doing anything (begin/end/fail) for the requests it does not bypass."""
+    if not all(isinstance(stage, AttemptStage) for stage in stages):
+        return False
+    return sum(1 for s in stages if isinstance(s, AttemptStage) and not s.passive) <= 1
+
+
+def fused_route(
+    *,
+    full: Handler,
+    full_attempt: Handler,
+    terminal: Handler,
+    units: Mapping[str, UpstreamUnit],
+    stages: Sequence[AttemptStage],
+    timeout: TimeoutConfig,
+    retry: Retry | None,
+    limiter: RateLimiter | None,
+    limit_enforce: bool,
+    fault: FaultConfig | None,
+    clock: Clock,
+    sleep: Sleep,
+    random: Callable[[], float],
+) -> Handler:
+    """The route's handler: `full` is its layered chain, `full_attempt` the layered per-attempt
+    chain (stages, balance, breaker, outlier, `terminal`), `units` by upstream name."""
+    active = [s for s in stages if not s.passive]
+    assert len(active) <= 1, "fusible_stages() first"
+    stage = active[0] if active else None
+    bypassers = tuple(s for s in stages if s.may_bypass)
+    request_s, idle_s, propagate = timeout.request_s, timeout.idle_s, timeout.propagate
+    assert timeout.enforce, "an observe-only timeout is not fused"
+    assert retry is None or retry.config.per_try_s is None, "a per-try timeout is not fused"
+    budget = retry.budget if retry is not None else None
+    admit = limiter.admit if limiter is not None else None
+    delay_ms = fault.delay_ms if fault is not None else 0.0
+    delay_s = delay_ms / 1000.0
+    delay_p = fault.delay_percent / 100.0 if fault is not None else 0.0
+    abort_p = fault.abort_percent / 100.0 if fault is not None else 0.0
+    abort_status = fault.abort_status if fault is not None else 503
+    fault_enforce = fault.enforce if fault is not None else True
+
+    async def run(request: Request) -> Response:
+        context = request.context
+        attrs = context.attributes
+        # -- ratelimit (layers/ratelimit.py) --
+        if admit is not None and not admit(request):
+            if limit_enforce:
+                attrs["meshlens.ratelimit.limited"] = True
+                raise RateLimited("local rate limit exceeded")
+            attrs["meshlens.ratelimit.would_limit"] = True
+        # -- fault (layers/fault.py) --
+        if delay_p > 0.0 and random() < delay_p:
+            if fault_enforce:
+                attrs["meshlens.fault.delay_ms"] = delay_ms
+                await sleep(delay_s)
+            else:
+                attrs["meshlens.fault.would_delay_ms"] = delay_ms
+        if abort_p > 0.0 and random() < abort_p:
+            if fault_enforce:
+                attrs["meshlens.fault.abort"] = abort_status
+                raise FaultAbort(f"fault injected: abort {abort_status}", status=abort_status)
+            attrs["meshlens.fault.would_abort"] = abort_status
+        # -- timeout (layers/timeout.py) --
+        request, budget_s = deadline_budget(request, request_s, idle_s, propagate)
+        timer = arm_deadline(context, budget_s, clock) if budget_s is not None else None
+        outer = context.deadline_timer
+        cancelling = 0
+        if timer is not None:
+            context.deadline_timer = timer
+            cancelling = timer.task.cancelling()
+        try:
+            # -- retry (layers/retry.py), its first attempt --
+            blocked: str | None = None
+            if retry is not None:
+                if budget is not None:
+                    budget.deposit()
+                if isinstance(request.body, bytes):
+                    blocked = retry.blocked(request)
+                else:
+                    request, blocked = await retry.replayable(request)
+                context.attempt = 1
+                context.endpoint = None
+            response: Response | None = None
+            error: ProxyError | None = None
+            reason: str | None = None
+            try:
+                # -- the attempt stage (layers/telemetry.py: the attempt span) --
+                forwarded = request
+                token: object = None
+                if stage is not None:
+                    forwarded, token = stage.begin(request)
+                try:
+                    # -- balance (layers/balance.py) --
+                    unit = units.get(context.upstream)
+                    if unit is None:
+                        raise NoRoute(f"no balancer for upstream {context.upstream!r}")
+                    balancer = unit.balancer
+                    state = balancer.pick(forwarded)
+                    context.endpoint = state.endpoint
+                    context.connect_timeout_s = balancer.config.connect_timeout_s
+                    state.in_flight += 1
+                    state.requests += 1
+                    start = clock()
+                    failed = True
+                    try:
+                        # -- breaker (layers/breaker.py) --
+                        breaker = unit.breaker
+                        if breaker is not None and not breaker.try_acquire():
+                            await breaker.acquire(forwarded)
+                        try:
+                            # -- outlier (layers/outlier.py) --
+                            detector = unit.detector
+                            endpoint = context.endpoint
+                            host = None
+                            if detector is not None and endpoint is not None:
+                                host = detector.begin(endpoint)
+                            if detector is None or host is None:
+                                response = await terminal(forwarded)
+                            else:
+                                began = clock()
+                                try:
+                                    response = await terminal(forwarded)
+                                except (ProxyError, asyncio.CancelledError):
+                                    detector.record(host, forwarded, None, clock() - began)
+                                    raise
+                                detector.record(host, forwarded, response.status, clock() - began)
+                        finally:
+                            if breaker is not None:
+                                breaker.release()
+                        status = response.status
+                        failed = status >= 500 or status == 429
+                    finally:
+                        state.in_flight -= 1
+                        balancer.finish(state, clock() - start, failed)
+                except BaseException as exc:
+                    if stage is not None:
+                        stage.fail(request, token, exc)
+                    raise
+                if stage is not None:
+                    response = stage.end(request, token, response)
+                if retry is not None:
+                    reason = retry.reason(response)
+            except ProxyError as exc:
+                if retry is None:
+                    raise
+                error = exc
+                reason = retry.error_reason(exc)
+            if retry is None:
+                assert response is not None
+                return response
+            if reason is not None:  # retry-eligible: the retry loop goes on, layered
+                return await retry.resume(full_attempt, request, response, error, reason, blocked)
+            tried = context.endpoint
+            if tried is not None:
+                context.previous_endpoints.append(tried)
+            if error is not None:
+                raise error
+            assert response is not None
+            return response
+        except asyncio.CancelledError as exc:
+            if timer is not None and deadline_fired(context, timer, cancelling):
+                assert budget_s is not None
+                raise UpstreamTimeout(after_s=budget_s) from exc
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+                context.deadline_timer = outer
+
+    def handle(request: Request) -> Awaitable[Response]:
+        for bypasser in bypassers:
+            if bypasser.bypass(request):
+                return full(request)
+        return run(request)
+
+    return handle
