@@ -17,10 +17,15 @@ from sidecar.telemetry.spans import SpanRecord
 __all__ = ["TraceEncoder", "encode_key_values", "field", "rejected_spans"]
 
 _PACK_Q: Final = struct.Struct("<Q").pack
+# kind (field 6, varint < 128), start_time_unix_nano (7, fixed64), end_time_unix_nano (8, fixed64)
+_PACK_KIND_TIMES: Final = struct.Struct("<BBBQBQ").pack
 _PACK_I: Final = struct.Struct("<I").pack
 _PACK_D: Final = struct.Struct("<d").pack
 _SMALL_VARINTS: Final = tuple(bytes((n,)) for n in range(128))
 _CACHE_LIMIT: Final = 4096
+_SET_CACHE_LIMIT: Final = 512  # attribute sets cached whole
+_SET_MISSES: Final = 64  # this many misses in a row: stop looking sets up for _SET_SKIP spans
+_SET_SKIP: Final = 4096
 # Span.flags bits 8 and 9: "has is_remote" and "parent is remote" (the parent lives in the app).
 _FLAG_HAS_REMOTE: Final = 0x100
 _FLAG_REMOTE: Final = 0x200
@@ -77,9 +82,12 @@ class TraceEncoder:
         "_attr_cache",
         "_attr_count",
         "_int_attrs",
+        "_misses",
         "_name_cache",
         "_resource",
         "_scope",
+        "_set_cache",
+        "_skip",
         "_str_attrs",
     )
 
@@ -100,6 +108,11 @@ class TraceEncoder:
         self._int_attrs: dict[str, dict[int, bytes]] = {}
         self._attr_count = 0
         self._name_cache: dict[str, bytes] = {}
+        # whole attribute sets (keys, values) -> their encoding: spans of one route and endpoint
+        # repeat the same set; misses (e.g. a path per request) turn it off for a while
+        self._set_cache: dict[tuple[tuple[str, ...], tuple[AttrValue, ...]], bytes] = {}
+        self._misses = 0
+        self._skip = 0
 
     def encode(self, spans: Iterable[SpanRecord]) -> bytes:
         """One ExportTraceServiceRequest with one ResourceSpans and one ScopeSpans."""
@@ -148,6 +161,35 @@ class TraceEncoder:
         self._attr_cache[cache_key] = encoded
         return encoded
 
+    def _attributes(self, attributes: dict[str, AttrValue]) -> bytes:
+        """The span's attributes (repeated field 9), whole sets cached when they repeat."""
+        if self._skip > 0:
+            self._skip -= 1
+            return self._each(attributes)
+        values = tuple(attributes.values())
+        for value in values:  # exact str and int only (True == 1 == 1.0 share a hash)
+            kind = type(value)
+            if kind is not str and kind is not int:
+                return self._each(attributes)
+        key = (tuple(attributes), values)
+        cached = self._set_cache.get(key)
+        if cached is not None:
+            self._misses = 0
+            return cached
+        encoded = self._each(attributes)
+        if len(self._set_cache) >= _SET_CACHE_LIMIT:
+            self._set_cache.clear()
+        self._set_cache[key] = encoded
+        self._misses += 1
+        if self._misses >= _SET_MISSES:  # sets do not repeat now: encode attribute by attribute
+            self._misses = 0
+            self._skip = _SET_SKIP
+        return encoded
+
+    def _each(self, attributes: dict[str, AttrValue]) -> bytes:
+        # self._attr, not a bound-method local: compiled by mypyc that is a direct native call
+        return b"".join([self._attr(key, value) for key, value in attributes.items()])
+
     def _new_attr(self, key: str, value: AttrValue) -> bytes:
         """The encoded attribute, counted against the cache limit (all caches cleared when
         reached: high-cardinality values such as paths must not grow them)."""
@@ -176,18 +218,9 @@ class TraceEncoder:
         if span.parent_span_id:
             parts += (b"\x22\x08", span.parent_span_id)
             flags |= _FLAG_HAS_REMOTE | _FLAG_REMOTE
-        parts += (
-            self._name(span.name),
-            b"\x30",
-            _SMALL_VARINTS[span.kind],
-            b"\x39",
-            _PACK_Q(span.start_ns),
-            b"\x41",
-            _PACK_Q(span.end_ns),
-        )
-        # self._attr, not a bound-method local: compiled by mypyc that is a direct native call
-        for key, value in span.attributes.items():
-            parts.append(self._attr(key, value))
+        parts.append(self._name(span.name))
+        parts.append(_PACK_KIND_TIMES(0x30, span.kind, 0x39, span.start_ns, 0x41, span.end_ns))
+        parts.append(self._attributes(span.attributes))
         if span.status or span.status_message:
             status = b"\x18" + _SMALL_VARINTS[span.status]
             if span.status_message:

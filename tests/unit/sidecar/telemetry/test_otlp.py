@@ -171,3 +171,42 @@ def test_batch_bytes_equal_the_nested_fields() -> None:
         encoded = encoder.encode(batch)
         assert encoded == expected
         assert len(_decode(encoded).resource_spans[0].scope_spans[0].spans) == count
+
+
+def _spans_of(data: bytes) -> list[trace_pb2.Span]:
+    return list(_decode(data).resource_spans[0].scope_spans[0].spans)
+
+
+def test_repeated_attribute_sets_encode_the_same_as_each_attribute() -> None:
+    encoder = TraceEncoder(RESOURCE)
+    base: dict[str, AttrValue] = {"http.request.method": "GET", "server.port": 80, "r": "api"}
+    sets: list[dict[str, AttrValue]] = [
+        base,
+        dict(base),  # the same set again: from the cache
+        {"http.request.method": "GET", "server.port": 80, "q": "api"},  # same values, other key
+        {"http.request.method": "GET", "server.port": True, "r": "api"},  # bool: never cached
+        {"http.request.method": "GET", "server.port": 1, "r": "api"},
+        {"http.request.method": "GET", "server.port": True, "r": "api"},  # bool: never cached
+        {"http.request.method": "GET", "server.port": 1.0, "r": "api"},  # float: never cached
+        {"http.request.method": "GET", "server.port": 1, "r": "api"},
+    ]
+    spans = [_span(attributes=a) for a in sets]
+    decoded = _spans_of(encoder.encode(spans))
+    assert [_attrs(s) for s in decoded] == sets
+    kinds = [s.attributes[1].value.WhichOneof("value") for s in decoded]
+    assert kinds == ["int_value"] * 2 + ["int_value", "bool_value", "int_value"] + [
+        "bool_value",
+        "double_value",
+        "int_value",
+    ]
+    fresh = TraceEncoder(RESOURCE)  # set by set in a new encoder: the same bytes
+    assert encoder.encode(spans) == fresh.encode(spans)
+
+
+def test_attribute_sets_that_do_not_repeat_stop_the_set_cache_and_stay_correct() -> None:
+    encoder = TraceEncoder(RESOURCE)
+    spans = [_span(attributes={"url.full": f"http://a/items/{n}", "n": n}) for n in range(5000)]
+    decoded = _spans_of(encoder.encode(spans))
+    assert [_attrs(s) for s in decoded] == [s.attributes for s in spans]
+    assert encoder._skip > 0  # 64 misses in a row: looked up no more for a while
+    assert len(encoder._set_cache) <= 512
