@@ -339,19 +339,24 @@ class Model(Spec):
         out: dict[str, Any] = {}
         bad = False
         for name, spec in self.fields.items():
+            where = (*path, name)
             if name in value:
-                raw = _run_hook(spec.before, value[name], (*path, name), errors)
+                raw = value[name]
+                if spec.before is not None:
+                    raw = _run_hook(spec.before, raw, where, errors)
             elif spec.default is REQUIRED:
-                raw = errors.add((*path, name), "Field required")
+                raw = errors.add(where, "Field required")
             else:
                 raw = spec.default
-            item = BAD if raw is BAD else spec.spec.check(raw, (*path, name), errors)
-            if item is not BAD:
-                item = _run_hook(spec.after, item, (*path, name), errors)
-            bad = bad or item is BAD
+            item = BAD if raw is BAD else spec.spec.check(raw, where, errors)
+            if item is BAD:
+                bad = True
+            elif spec.after is not None:
+                item = _run_hook(spec.after, item, where, errors)
+                bad = bad or item is BAD
             out[name] = item
         for key in value:
-            if key not in self.fields:
+            if key not in out:  # every field is in `out`
                 bad = True
                 errors.add((*path, key), "unknown field")
         if bad:
