@@ -91,8 +91,15 @@ LIVE_DETECTOR = DetectorConfig(min_run_points=2)
 # deviation must last two buckets: an alert 10-15 s after a shift starts, plus `settle_s`.
 # (10 s buckets alerted 23-33 s after a shift in the first live run: too close to 30 s.)
 # Evaluated over the last FINE_EVALUATE only (the minute path covers the rest of the lookback).
+# A tail-only (p99) deviation must last four buckets, 20 s: a 5 s bucket's p99 is its slowest
+# request or two, which a host stall moves for 10-15 s (DetectorConfig.tail_min_run_points;
+# bench/rca/README.md "live replay").
 FINE_DETECTOR = DetectorConfig(
-    step_s=5, baseline_minutes=10, min_baseline_points=12, min_run_points=2
+    step_s=5,
+    baseline_minutes=10,
+    min_baseline_points=12,
+    min_run_points=2,
+    tail_min_run_points=4,
 )
 FINE_EVALUATE = timedelta(minutes=2)
 
@@ -207,20 +214,32 @@ def _floor(at: datetime, step_s: int) -> datetime:
     return datetime.fromtimestamp(int(at.timestamp()) // step_s * step_s, UTC)
 
 
-async def _minute_anomalies(store: Store, window: TimeWindow, cfg: DetectorConfig) -> list[Anomaly]:
+Edges = frozenset[tuple[str, str]]
+
+
+def _edges(points: Sequence[EdgePoint]) -> Edges:
+    """The service map the points show (caller, callee), for grouping by neighbourhood."""
+    return frozenset((p.caller, p.callee) for p in points)
+
+
+async def _minute_anomalies(
+    store: Store, window: TimeWindow, cfg: DetectorConfig
+) -> tuple[list[Anomaly], Edges]:
     # The slow burn-rate alert looks 6 h back. Daily seasonality would need days of history,
     # which the engine does not fetch yet (detect_deviations uses it when given).
     back = timedelta(minutes=max(cfg.baseline_minutes, 360))
     points = await edge_series(store, TimeWindow(window.start - back, window.end))
-    return await asyncio.to_thread(detect, points, window, cfg)
+    return await asyncio.to_thread(detect, points, window, cfg), _edges(points)
 
 
-async def _fine_anomalies(store: Store, end: datetime, cfg: DetectorConfig) -> list[Anomaly]:
+async def _fine_anomalies(
+    store: Store, end: datetime, cfg: DetectorConfig
+) -> tuple[list[Anomaly], Edges]:
     """Fine-path anomalies in the FINE_EVALUATE before `end` (a bucket boundary)."""
     evaluate_from = end - FINE_EVALUATE
     history = TimeWindow(evaluate_from - timedelta(minutes=cfg.baseline_minutes), end)
     points = await fine_edge_series(store, history, cfg.step_s)
-    return await asyncio.to_thread(detect_fine, points, evaluate_from, cfg)
+    return await asyncio.to_thread(detect_fine, points, evaluate_from, cfg), _edges(points)
 
 
 async def rank_incident(
@@ -233,8 +252,10 @@ async def rank_incident(
     spans = await load_spans(store, incident.start, min(end, until) if until else end)
     ranked = await asyncio.to_thread(rank_root_causes, baseline, spans)
     involved = set(incident.services)
-    # Services named by an anomaly first among equals: the ranking orders, the scope filters.
-    ranked.sort(key=lambda c: (-c.score, c.service not in involved, c.service))
+    # Services the incident's anomalies name first, then the rest (the window's spans also hold
+    # whatever else went wrong in the mesh meanwhile: another incident's cause must not take
+    # this one's top places); the ranking orders within each.
+    ranked.sort(key=lambda c: (c.service not in involved, -c.score, c.service))
     return tuple(ranked[:TOP_CANDIDATES])
 
 
@@ -242,10 +263,10 @@ async def analyze(
     store: Store, window: TimeWindow, *, cfg: DetectorConfig | None = None
 ) -> list[AnalyzedIncident]:
     """Incidents starting in `window` with ranked root causes (series history: 6 h before)."""
-    anomalies = await _minute_anomalies(store, window, cfg or LIVE_DETECTOR)
+    anomalies, edges = await _minute_anomalies(store, window, cfg or LIVE_DETECTOR)
     return [
         AnalyzedIncident(incident, await rank_incident(store, incident))
-        for incident in group_incidents(anomalies)
+        for incident in group_incidents(anomalies, edges=edges)
     ]
 
 
@@ -296,6 +317,7 @@ class AnalysisEngine(PeriodicComponent):
         self._wall_clock = wall_clock
         self._minute_at: float | None = None
         self._minute_found: list[Anomaly] = []
+        self._minute_edges: Edges = frozenset()
         self._known: dict[str, tuple[datetime, datetime, frozenset[str]]] = {}
         self._ranked: dict[str, _Ranked] = {}
         self._opened: set[str] = set()
@@ -311,17 +333,22 @@ class AnalysisEngine(PeriodicComponent):
         if self._minute_at is None or t - self._minute_at >= self._interval_s:
             minute = wall.replace(second=0, microsecond=0)
             window = TimeWindow(minute - self._lookback, minute)
-            self._minute_found = await _minute_anomalies(self._store, window, self._cfg)
+            self._minute_found, self._minute_edges = await _minute_anomalies(
+                self._store, window, self._cfg
+            )
             self._minute_at = t
         anomalies = list(self._minute_found)
+        edges = set(self._minute_edges)
         if self._fine is not None:
             end = _floor(wall - timedelta(seconds=self._settle_s), self._fine.step_s)
-            anomalies += await _fine_anomalies(self._store, end, self._fine)
+            fine_found, fine_edges = await _fine_anomalies(self._store, end, self._fine)
+            anomalies += fine_found
+            edges |= fine_edges
         self._forget(wall - self._lookback)
         self._log_new(anomalies)
         found = []
         used: set[str] = set()
-        for incident in group_incidents(anomalies):
+        for incident in group_incidents(anomalies, edges=edges):
             stable = self._stable(incident, used)
             analyzed = AnalyzedIncident(stable, await self._candidates(stable, t))
             found.append(analyzed)

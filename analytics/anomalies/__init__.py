@@ -11,13 +11,14 @@ from analytics.anomalies.detectors import (
     detect_deviations,
     detect_edge_changes,
 )
-from analytics.anomalies.incidents import Incident, group_incidents
+from analytics.anomalies.incidents import Incident, ServiceMap, group_incidents
 
 __all__ = [
     "Anomaly",
     "DetectorConfig",
     "Incident",
     "Point",
+    "ServiceMap",
     "detect_burn_rate",
     "detect_change_points",
     "detect_deviations",

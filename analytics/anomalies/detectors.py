@@ -85,6 +85,13 @@ class DetectorConfig:
     # Consecutive points a deviation must last before it is reported (an alert's `for:`):
     # 1 reports single-point spikes; 2 ignores them at the cost of one step of delay.
     min_run_points: int = 1
+    # Consecutive points a tail-only deviation (latency_p99 of a series that also carries the
+    # median) must last; 0 = min_run_points. A bucket of a few dozen requests has the slowest
+    # one or two as its p99, so a host hiccup (a scheduling stall, a GC pause) that delays a
+    # handful of requests moves it for a bucket or two; a shift every request pays moves the
+    # median as well (reported after min_run_points), and one only some requests pay (a slow
+    # replica, a partial fault) lasts as long as the fault does.
+    tail_min_run_points: int = 0
     # The series' step (bucket width) in seconds: 60 for the per-minute aggregates, less for
     # the live engine's fine buckets from raw spans. Runs are merged and counted in steps;
     # `baseline_minutes` and the burn-rate windows stay wall-clock minutes.
@@ -99,6 +106,8 @@ class DetectorConfig:
             raise ValueError("change_min_segment must be >= 2")
         if self.min_run_points < 1:
             raise ValueError("min_run_points must be >= 1")
+        if self.tail_min_run_points < 0:
+            raise ValueError("tail_min_run_points must be >= 0")
         if not 0 < self.step_s <= 60 or 60 % self.step_s:
             raise ValueError(f"step_s must divide 60 (1..60), got {self.step_s}")
 
@@ -193,10 +202,13 @@ def detect_deviations(
             if _fires(cfg, name, p, value, expected, z):
                 found.append(Anomaly(subject, name, p.minute, p.minute, value, expected, z))
     runs = _merge_runs(found, cfg.step)
-    if cfg.min_run_points > 1:
-        least = cfg.step * (cfg.min_run_points - 1)
-        runs = [a for a in runs if a.end - a.start >= least]
-    return runs
+    least = cfg.step * (cfg.min_run_points - 1)
+    tail_points = cfg.tail_min_run_points or cfg.min_run_points
+    with_median = bool(points) and all(p.p50_ms is not None for p in points)
+    tail_least = cfg.step * (tail_points - 1) if with_median else least
+    return [
+        a for a in runs if a.end - a.start >= (tail_least if a.signal == "latency_p99" else least)
+    ]
 
 
 def _merge_runs(found: list[Anomaly], step: timedelta) -> list[Anomaly]:

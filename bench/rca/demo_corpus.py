@@ -158,12 +158,17 @@ def detect_p99_only(
 
 Detector = Callable[[Sequence[EdgePoint], TimeWindow, DetectorConfig], list[Anomaly]]
 # name -> (detect function, config): p99 alone, then each change on top of the last; the last
-# is what analytics.engine runs (LIVE_DETECTOR) since this evaluation.
+# is what analytics.engine runs (LIVE_DETECTOR) since this evaluation; "+graph" is the last with
+# grouping by call-graph neighbourhood (the engine since the live replay).
 DETECTORS: dict[str, tuple[Detector, DetectorConfig]] = {
     "p99-only": (detect_p99_only, DETECTOR),
     "+median": (detect, DETECTOR),
     "+median+2-run": (detect, replace(DETECTOR, min_run_points=2)),
+    "+graph": (detect, replace(DETECTOR, min_run_points=2)),
 }
+# Variants that group anomalies by call-graph neighbourhood (the service map the spans show), as
+# analytics.engine does since the live replay (bench/rca/live_replay.py); the others by time.
+GROUPED_BY_CALLS = frozenset({"+graph"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +201,8 @@ def sliding_detection(
             if key not in seen:
                 seen[key] = a
                 first[key] = k
-    return Detection(tuple(group_incidents(list(seen.values()))), first)
+    edges = {(p.caller, p.callee) for p in points} if detector in GROUPED_BY_CALLS else None
+    return Detection(tuple(group_incidents(list(seen.values()), edges=edges)), first)
 
 
 def _bucket(ns: int, t0_ns: int, bucket_ns: int = BUCKET_NS) -> int:

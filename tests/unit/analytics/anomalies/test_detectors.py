@@ -192,3 +192,44 @@ def test_a_fine_step_counts_runs_in_buckets_and_keeps_the_baseline_in_minutes() 
         with pytest.raises(ValueError, match="step_s"):
             DetectorConfig(step_s=bad)
     assert fine.step == timedelta(seconds=10)
+
+
+def _with_median(n: int) -> list[Point]:
+    return [Point(_minute(i), 30 + i % 4, 0, 20.0 + i % 3, 8.0 + i % 2) for i in range(n)]
+
+
+def test_a_tail_only_deviation_must_last_tail_min_run_points() -> None:
+    cfg = DetectorConfig(min_run_points=2, tail_min_run_points=4)
+    # A stall delays the slowest few requests for two buckets: p99 up, median steady.
+    blip = [*_with_median(20), *(Point(_minute(20 + i), 30, 0, 200.0, 8.5) for i in range(2))]
+    assert detect_deviations("a->b", blip, _minute(20), DetectorConfig(min_run_points=2))
+    assert detect_deviations("a->b", blip, _minute(20), cfg) == []
+    # The same shift lasting four buckets is reported.
+    lasting = [*_with_median(20), *(Point(_minute(20 + i), 30, 0, 200.0, 8.5) for i in range(4))]
+    found = detect_deviations("a->b", lasting, _minute(20), cfg)
+    assert [(a.signal, a.start, a.end) for a in found] == [
+        ("latency_p99", _minute(20), _minute(23))
+    ]
+
+
+def test_a_shift_every_request_pays_is_reported_by_the_median_after_min_run_points() -> None:
+    cfg = DetectorConfig(min_run_points=2, tail_min_run_points=4)
+    slow = [*_with_median(20), *(Point(_minute(20 + i), 30, 0, 200.0, 150.0) for i in range(2))]
+    found = detect_deviations("a->b", slow, _minute(20), cfg)
+    assert [(a.signal, a.start, a.end) for a in found] == [
+        ("latency_p50", _minute(20), _minute(21))
+    ]
+
+
+def test_without_a_median_the_p99_is_the_only_latency_signal_and_keeps_min_run_points() -> None:
+    cfg = DetectorConfig(min_run_points=2, tail_min_run_points=4)
+    blind = [
+        Point(p.minute, p.requests, p.errors, p.p99_ms)
+        for p in [*_with_median(20), *(Point(_minute(20 + i), 30, 0, 200.0) for i in range(2))]
+    ]
+    found = detect_deviations("a->b", blind, _minute(20), cfg)
+    assert [(a.signal, a.start, a.end) for a in found] == [
+        ("latency_p99", _minute(20), _minute(21))
+    ]
+    with pytest.raises(ValueError, match="tail_min_run_points"):
+        DetectorConfig(tail_min_run_points=-1)
