@@ -853,17 +853,27 @@ class _ServerProtocol(asyncio.Protocol):
         status = response.status
         keep = p.keep_alive and not force_close and not self._draining and not self._closing
         no_body = p.method == "HEAD" or status in _NO_BODY_STATUSES or status < 200
-        lines = [f"HTTP/1.1 {status} {response.reason or _PHRASE_STR.get(status, 'Unknown')}\r\n"]
+        reason = response.reason
+        line = None if reason else _STATUS_LINES.get(status)
+        if line is None:
+            line = f"HTTP/1.1 {status} {reason or _PHRASE_STR.get(status, 'Unknown')}\r\n"
+        lines = [line]
         for name, value in response.headers:
             if name in HOP_BY_HOP or (name == "content-length" and not no_body):
                 continue
-            lines.append(f"{name}: {value}\r\n")
+            # (pieces joined once: an f-string per line is a string built and freed each)
+            lines.append(name)
+            lines.append(": ")
+            lines.append(value)
+            lines.append("\r\n")
         body = response.body
         chunked = False
         if no_body:
             body = b""
         elif isinstance(body, bytes):
-            lines.append(f"content-length: {len(body)}\r\n")
+            lines.append("content-length: ")
+            lines.append(str(len(body)))
+            lines.append("\r\n")
         elif body.length is not None:
             lines.append(f"content-length: {body.length}\r\n")
         elif p.version == "1.1":
@@ -940,6 +950,9 @@ class _ServerProtocol(asyncio.Protocol):
 
 
 _PHRASE_STR: Final = {int(s): s.phrase for s in HTTPStatus}
+_STATUS_LINES: Final = {
+    code: f"HTTP/1.1 {code} {phrase}\r\n" for code, phrase in _PHRASE_STR.items()
+}
 
 
 def _request_uuid() -> str:

@@ -641,21 +641,27 @@ def _check_identity(conn: _Dialed, endpoint: Endpoint) -> None:
 def _serialise_head(request: Request, endpoint: Endpoint) -> tuple[bytes, bool, bool]:
     """The request head bytes, whether it asks for an upgrade, and whether it is chunked."""
     host = request.authority or endpoint.address
-    lines = [f"{request.method} {request.target} HTTP/1.1\r\nhost: {host}\r\n"]
+    # pieces appended and joined once: an f-string per line is a string built (and freed) each
+    lines = [request.method, " ", request.target, " HTTP/1.1\r\nhost: ", host, "\r\n"]
     upgrade = ""
     for name, value in request.headers:
         if name in HOP_BY_HOP or name == "host" or name == "content-length":
             if name == "upgrade":
                 upgrade = value
             continue
-        lines.append(f"{name}: {value}\r\n")
+        lines.append(name)
+        lines.append(": ")
+        lines.append(value)
+        lines.append("\r\n")
     body = request.body
     chunked = False
     if upgrade:
         lines.append(f"connection: upgrade\r\nupgrade: {upgrade}\r\n")
     elif isinstance(body, bytes):
         if body or request.method in _BODY_METHODS:
-            lines.append(f"content-length: {len(body)}\r\n")
+            lines.append("content-length: ")
+            lines.append(str(len(body)))
+            lines.append("\r\n")
     elif body.length is not None:
         lines.append(f"content-length: {body.length}\r\n")
     else:
