@@ -36,6 +36,19 @@ def _load_native() -> object:
 
 
 def build(verbose: bool = False) -> str:
+    """Build under an exclusive lock: two builds at once (make native from two shells) would
+    otherwise share native-src/, native-obj/ and the output directory."""
+    lock_path = ROOT / "build" / "native.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("w") as lock:
+        with contextlib.suppress(ImportError, OSError):
+            import fcntl
+
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build(verbose)
+
+
+def _build(verbose: bool) -> str:
     native: object = _load_native()
     modules: tuple[str, ...] = native.MODULES  # type: ignore[attr-defined]
     out: Path = native.BUILD_DIR  # type: ignore[attr-defined]
@@ -45,7 +58,9 @@ def build(verbose: bool = False) -> str:
     if manifest.is_file():
         with contextlib.suppress(OSError, ValueError):
             old = json.loads(manifest.read_text())
-            if old.get("modules") == hashes and old.get("interpreter") == tag:
+            fresh = old.get("modules") == hashes and old.get("interpreter") == tag
+            # (and complete: every compiled file there, as sidecar/_native.py checks)
+            if fresh and native._check(out)[0] is not None:  # type: ignore[attr-defined]
                 return "up to date"
     try:
         from mypyc.build import mypycify
