@@ -87,11 +87,9 @@ _FLAGS_HEX: Final[tuple[str, ...]] = tuple(f"{flags:02x}" for flags in range(256
 
 def format_traceparent(trace_id: bytes, span_id: bytes, flags: int) -> str:
     """Render a version-00 `traceparent`."""
-    # One hex conversion and a table for the flags: this runs once per request and attempt.
-    ids = (trace_id + span_id).hex()
-    cut = 2 * len(trace_id)
+    # Runs once per request and attempt: a table for the flags, one string built.
     text = _FLAGS_HEX[flags] if 0 <= flags < 256 else f"{flags:02x}"
-    return "00-" + ids[:cut] + "-" + ids[cut:] + "-" + text
+    return f"00-{trace_id.hex()}-{span_id.hex()}-{text}"
 
 
 def _b3_trace_id(text: str) -> bytes | None:

@@ -40,7 +40,21 @@ def normalize_method(method: str) -> str:
 def span_name(method: str, route: str) -> str:
     """`{method} {route}` (or just the method); `HTTP` stands in for an unknown method."""
     verb = "HTTP" if method == "_OTHER" else method
-    return f"{verb} {route}" if route else verb
+    if not route:
+        return verb
+    names = _SPAN_NAMES.get(route)  # (built once per route and method: read per span)
+    if names is None:
+        if len(_SPAN_NAMES) >= _SPAN_NAMES_MAX:
+            _SPAN_NAMES.clear()
+        names = _SPAN_NAMES[route] = {}
+    name = names.get(verb)
+    if name is None:
+        name = names[verb] = f"{verb} {route}"
+    return name
+
+
+_SPAN_NAMES: Final[dict[str, dict[str, str]]] = {}
+_SPAN_NAMES_MAX: Final = 1024
 
 
 def client_status(status: int, proxy_error: str) -> int:

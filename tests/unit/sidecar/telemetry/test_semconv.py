@@ -63,3 +63,15 @@ def test_peer_from_spiffe() -> None:
     assert peer_from_spiffe("spiffe://mesh.local/ns/shop/sa/frontend") == "frontend"
     assert peer_from_spiffe("spiffe://mesh.local/other") == ""
     assert peer_from_spiffe("frontend") == ""
+
+
+def test_span_names_are_cached_per_route_and_method_and_bounded() -> None:
+    from sidecar.telemetry import semconv
+
+    first = span_name("GET", "orders")
+    assert span_name("GET", "orders") is first  # built once
+    assert span_name("_OTHER", "orders") == "HTTP orders"
+    assert span_name("POST", "orders") == "POST orders"
+    for n in range(3000):  # many routes: the cache is cleared, names stay right
+        assert span_name("GET", f"r{n}") == f"GET r{n}"
+    assert len(semconv._SPAN_NAMES) <= 1024
