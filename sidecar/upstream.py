@@ -449,7 +449,9 @@ class UpstreamPool:
     def release(self, conn: _Connection) -> None:
         if conn.closed or self._closed:
             return
-        idle = self._idle.setdefault(conn.key, deque())
+        idle = self._idle.get(conn.key)
+        if idle is None:  # (not setdefault: that builds a deque per call)
+            idle = self._idle[conn.key] = deque()
         if len(idle) >= self.config.max_idle_per_endpoint:
             conn.close()
             return
