@@ -53,6 +53,7 @@ _DECISIONS: Final = frozenset(
 
 
 _GRPC_STATUS: Final = "rpc.grpc.status_code"  # set by layers/grpc.py
+_NEW_TUPLE: Final = tuple.__new__  # (looked up once, not per span)
 # server-side gRPC statuses that are errors (OTel rpc conventions; the rest are the caller's)
 _GRPC_SERVER_ERRORS: Final = frozenset({2, 4, 12, 13, 14, 15})
 
@@ -128,7 +129,7 @@ def _record_span(
 ) -> None:
     # tuple.__new__ with every field, not SpanRecord(...): the NamedTuple's __new__ is an
     # interpreted function even when this module is compiled; the same SpanRecord results.
-    span = tuple.__new__(
+    span = _NEW_TUPLE(
         SpanRecord,
         (
             ctx.trace_id,

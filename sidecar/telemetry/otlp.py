@@ -22,6 +22,7 @@ _PACK_KIND_TIMES: Final = struct.Struct("<BBBQBQ").pack
 _PACK_I: Final = struct.Struct("<I").pack
 _PACK_D: Final = struct.Struct("<d").pack
 _SMALL_VARINTS: Final = tuple(bytes((n,)) for n in range(128))
+_PACK_BB: Final = struct.Struct("<BB").pack
 _CACHE_LIMIT: Final = 4096
 _SET_CACHE_LIMIT: Final = 512  # attribute sets cached whole
 _SET_MISSES: Final = 64  # this many misses in a row: stop looking sets up for _SET_SKIP spans
@@ -34,6 +35,8 @@ _FLAG_REMOTE: Final = 0x200
 def _varint(value: int) -> bytes:
     if value < 128:
         return _SMALL_VARINTS[value]
+    if value < 16384:  # (span and attribute lengths: one call, no bytearray)
+        return _PACK_BB((value & 0x7F) | 0x80, value >> 7)
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)

@@ -210,3 +210,21 @@ def test_attribute_sets_that_do_not_repeat_stop_the_set_cache_and_stay_correct()
     assert [_attrs(s) for s in decoded] == [s.attributes for s in spans]
     assert encoder._skip > 0  # 64 misses in a row: looked up no more for a while
     assert len(encoder._set_cache) <= 512
+
+
+def test_varints_match_the_protobuf_rule_at_every_width() -> None:
+    from sidecar.telemetry.otlp import _varint
+
+    def reference(value: int) -> bytes:
+        out = bytearray()
+        while True:
+            byte = value & 0x7F
+            value >>= 7
+            if value:
+                out.append(byte | 0x80)
+            else:
+                out.append(byte)
+                return bytes(out)
+
+    for value in (0, 1, 127, 128, 300, 16383, 16384, 2**21 - 1, 2**21, 2**35 + 7, 2**63 - 1):
+        assert _varint(value) == reference(value), value
