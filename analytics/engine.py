@@ -31,6 +31,7 @@ from analytics.anomalies import (
     detect_change_points,
     detect_deviations,
     detect_edge_changes,
+    detect_stopped_instances,
     group_incidents,
 )
 from analytics.anomalies.repository import IncidentRepository
@@ -50,6 +51,7 @@ __all__ = [
     "detect",
     "detect_fine",
     "fine_edge_series",
+    "fine_instance_series",
     "rank_incident",
 ]
 
@@ -150,6 +152,41 @@ async def fine_edge_series(store: Store, window: TimeWindow, step_s: int) -> lis
     return out
 
 
+# Server RED per instance (service.instance.id) and `step` seconds from sidecar SERVER spans: a
+# replica that stops answering while its siblings serve (detect_stopped_instances).
+_FINE_INSTANCES = f"""
+SELECT intDiv(toUnixTimestamp(Timestamp), {{step:UInt32}}) * {{step:UInt32}} AS bucket_s,
+       ServiceName AS service,
+       ResourceAttributes['service.instance.id'] AS instance,
+       toUInt64(count()) AS requests,
+       toUInt64(countIf(StatusCode IN ('Error', 'STATUS_CODE_ERROR')
+         OR toUInt16OrZero(SpanAttributes['http.response.status_code']) >= 500)) AS errors
+FROM otel_traces
+WHERE Timestamp >= {{start:DateTime64(9)}} AND Timestamp < {{end:DateTime64(9)}}
+  AND SpanKind IN ('Server', 'SPAN_KIND_SERVER') AND instance != '' AND {SIDECAR_SPAN}
+GROUP BY bucket_s, service, instance
+ORDER BY bucket_s, service, instance
+"""
+
+
+async def fine_instance_series(
+    store: Store, window: TimeWindow, step_s: int
+) -> dict[str, dict[str, list[Point]]]:
+    """Server requests and errors per service, instance and `step_s` bucket of `window`
+    (`Point.minute` is the bucket's start; no latency: p99_ms is 0)."""
+    if step_s < 1:
+        raise ValueError(f"step_s must be >= 1, got {step_s}")
+    rows = await store.query(
+        _FINE_INSTANCES, {"start": window.start, "end": window.end, "step": step_s}
+    )
+    out: dict[str, dict[str, list[Point]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        at = datetime.fromtimestamp(int(r["bucket_s"]), UTC)
+        point = Point(at, int(r["requests"]), int(r["errors"]), 0.0)
+        out[r["service"]][r["instance"]].append(point)
+    return {service: dict(by_instance) for service, by_instance in out.items()}
+
+
 def _worst_median(group: Sequence[EdgePoint]) -> float | None:
     """The highest edge median, or None (median signal off) when an edge has none."""
     medians = [g.stats.p50_ms for g in group]
@@ -239,7 +276,15 @@ async def _fine_anomalies(
     evaluate_from = end - FINE_EVALUATE
     history = TimeWindow(evaluate_from - timedelta(minutes=cfg.baseline_minutes), end)
     points = await fine_edge_series(store, history, cfg.step_s)
-    return await asyncio.to_thread(detect_fine, points, evaluate_from, cfg), _edges(points)
+    instances = await fine_instance_series(store, history, cfg.step_s)
+
+    def run() -> list[Anomaly]:
+        found = detect_fine(points, evaluate_from, cfg)
+        for service, by_instance in sorted(instances.items()):
+            found += detect_stopped_instances(service, by_instance, evaluate_from, cfg)
+        return found
+
+    return await asyncio.to_thread(run), _edges(points)
 
 
 async def rank_incident(
@@ -372,7 +417,7 @@ class AnalysisEngine(PeriodicComponent):
     def _log_new(self, anomalies: Sequence[Anomaly]) -> None:
         """Log each anomaly the first time it is seen (benches time detection from these)."""
         for a in anomalies:
-            key = (a.subject, a.signal, a.start)
+            key = (f"{a.subject}@{a.instance}" if a.instance else a.subject, a.signal, a.start)
             if key in self._seen:
                 continue
             self._seen[key] = a.end
@@ -381,6 +426,7 @@ class AnalysisEngine(PeriodicComponent):
                 extra={
                     "subject": a.subject,
                     "signal": a.signal,
+                    **({"instance": a.instance} if a.instance else {}),
                     "start": a.start.isoformat(),
                     "observed": round(a.observed, 3),
                     "expected": round(a.expected, 3),

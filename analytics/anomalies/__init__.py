@@ -10,6 +10,7 @@ from analytics.anomalies.detectors import (
     detect_change_points,
     detect_deviations,
     detect_edge_changes,
+    detect_stopped_instances,
 )
 from analytics.anomalies.incidents import Incident, ServiceMap, group_incidents
 
@@ -23,5 +24,6 @@ __all__ = [
     "detect_change_points",
     "detect_deviations",
     "detect_edge_changes",
+    "detect_stopped_instances",
     "group_incidents",
 ]

@@ -9,6 +9,9 @@
 - burn rate: multi-window SLO alerts (Google SRE workbook): 1 h and 5 m both above 14.4x,
   or 6 h and 30 m both above 6x the error budget of `slo_target`.
 - new and vanished edges between a baseline period and the evaluated window.
+- stopped instances: one replica of a service answers nothing successfully for a while
+  (`stopped_min_points` buckets) while its siblings keep serving: a crashed replica behind a
+  load balancer that fails over moves no service-level signal at all.
 All are pure functions of their inputs (no clock): CPU-bound callers run them in a thread.
 """
 
@@ -29,6 +32,7 @@ __all__ = [
     "detect_change_points",
     "detect_deviations",
     "detect_edge_changes",
+    "detect_stopped_instances",
 ]
 
 _MAD_SCALE = 1.4826
@@ -61,6 +65,7 @@ class Anomaly:
     observed: float
     expected: float
     score: float
+    instance: str = ""  # the replica, for per-instance signals (instance_stopped)
 
     @property
     def services(self) -> tuple[str, ...]:
@@ -92,6 +97,10 @@ class DetectorConfig:
     # median as well (reported after min_run_points), and one only some requests pay (a slow
     # replica, a partial fault) lasts as long as the fault does.
     tail_min_run_points: int = 0
+    # Consecutive buckets an instance must answer nothing successfully while its siblings
+    # serve before it counts as stopped. A load balancer on a busy host starves a healthy
+    # replica for a few buckets now and then (10-15 s seen live at 5 s buckets); a crash lasts.
+    stopped_min_points: int = 8
     # The series' step (bucket width) in seconds: 60 for the per-minute aggregates, less for
     # the live engine's fine buckets from raw spans. Runs are merged and counted in steps;
     # `baseline_minutes` and the burn-rate windows stay wall-clock minutes.
@@ -108,6 +117,8 @@ class DetectorConfig:
             raise ValueError("min_run_points must be >= 1")
         if self.tail_min_run_points < 0:
             raise ValueError("tail_min_run_points must be >= 0")
+        if self.stopped_min_points < 1:
+            raise ValueError("stopped_min_points must be >= 1")
         if not 0 < self.step_s <= 60 or 60 % self.step_s:
             raise ValueError(f"step_s must divide 60 (1..60), got {self.step_s}")
 
@@ -337,4 +348,72 @@ def detect_edge_changes(
             found.append(
                 Anomaly(edge, "vanished_edge", start, end, 0.0, float(count), float(count))
             )
+    return found
+
+
+def _served(p: Point) -> int:
+    return p.requests - p.errors
+
+
+def detect_stopped_instances(
+    service: str,
+    instances: Mapping[str, Sequence[Point]],
+    evaluate_from: datetime,
+    cfg: DetectorConfig,
+) -> list[Anomaly]:
+    """Instances of `service` (server RED per instance and bucket) that answered no request
+    successfully for `cfg.stopped_min_points` consecutive buckets ending at or after
+    `evaluate_from`, while the other instances together answered at least `cfg.min_requests`
+    in each of them, having answered some in the `baseline_minutes` before the silence.
+
+    One anomaly per silence (subject: the service, `instance`: the replica; start: its first
+    silent bucket), observed 0 against the instance's mean answers per bucket before it."""
+    if len(instances) < 2:
+        return []
+    served: dict[str, dict[datetime, int]] = {
+        name: {p.minute: _served(p) for p in points} for name, points in instances.items()
+    }
+    buckets = sorted({m for by_bucket in served.values() for m in by_bucket})
+    if not buckets:
+        return []
+    grid = [
+        buckets[0] + cfg.step * k for k in range(int((buckets[-1] - buckets[0]) / cfg.step) + 1)
+    ]
+    found = []
+    for name in sorted(served):
+        own = served[name]
+        silent = [
+            own.get(b, 0) == 0
+            and sum(by.get(b, 0) for other, by in served.items() if other != name)
+            >= cfg.min_requests
+            for b in grid
+        ]
+        k = 0
+        while k < len(grid):
+            if not silent[k]:
+                k += 1
+                continue
+            end = k
+            while end + 1 < len(grid) and silent[end + 1]:
+                end += 1
+            start_at, end_at = grid[k], grid[end]
+            before = [
+                own.get(b, 0)
+                for b in grid[:k]
+                if b >= start_at - timedelta(minutes=cfg.baseline_minutes)
+            ]
+            if end - k + 1 >= cfg.stopped_min_points and end_at >= evaluate_from and any(before):
+                found.append(
+                    Anomaly(
+                        service,
+                        "instance_stopped",
+                        start_at,
+                        end_at,
+                        0.0,
+                        statistics.fmean(before),
+                        float(end - k + 1),
+                        instance=name,
+                    )
+                )
+            k = end + 1
     return found

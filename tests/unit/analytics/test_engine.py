@@ -12,7 +12,7 @@ import pytest
 
 from analytics.anomalies.repository import IncidentRepository
 from analytics.callgraph import TimeWindow
-from analytics.engine import AnalysisEngine, analyze, fine_edge_series
+from analytics.engine import AnalysisEngine, analyze, fine_edge_series, fine_instance_series
 from analytics.main import create_app
 from collector.store import Store
 from tests.conftest import Span, trace_columns
@@ -212,3 +212,50 @@ async def test_unconnected_services_failing_together_are_separate_incidents(stor
     assert set(by_start[0].incident.services) <= {"web", "api", "db"}
     assert set(by_start[1].incident.services) <= {"webb", "apib", "dbb"}
     assert [f.candidates[0].service for f in by_start] == ["db", "dbb"]
+
+
+def _replica_spans(seconds: int, crash_at_s: int) -> list[Span]:
+    """Sidecar server spans of two `cat` replicas, 4 requests a second between them; cat-1
+    stops answering at `crash_at_s` and cat-2 takes all of them."""
+    base_ns = int(minute(0).timestamp()) * 1_000_000_000
+    spans = []
+    for q in range(seconds * 4):
+        at_s = q / 4
+        instance = "cat-2" if at_s >= crash_at_s or q % 2 else "cat-1"
+        spans.append(
+            Span(
+                "cat",
+                "GET /item",
+                f"{q + 1:032x}",
+                f"{q + 1:016x}",
+                base_ns + q * 250_000_000,
+                3_000_000,
+                attributes={"meshlens.route": "item", "http.response.status_code": "200"},
+                resource={"service.name": "cat", "service.instance.id": instance},
+            )
+        )
+    return spans
+
+
+async def test_the_fine_path_reports_a_replica_that_stopped_while_its_sibling_serves(
+    store: Store,
+) -> None:
+    await store.insert("otel_traces", trace_columns(_replica_spans(180, crash_at_s=60)))
+    series = await fine_instance_series(store, TimeWindow(minute(0), minute(3)), 5)
+    assert sorted(series) == ["cat"] and sorted(series["cat"]) == ["cat-1", "cat-2"]
+    assert [p.requests for p in series["cat"]["cat-1"]] == [10] * 12
+    assert {p.requests for p in series["cat"]["cat-2"][12:]} == {20}
+
+    engine = AnalysisEngine(store, wall_clock=lambda: minute(2).timestamp() + 3.0)
+    await engine._repo.ensure_table()
+    found = await engine.run_once()
+
+    assert len(found) == 1
+    (stopped,) = found[0].incident.anomalies
+    assert (stopped.subject, stopped.signal, stopped.instance) == (
+        "cat",
+        "instance_stopped",
+        "cat-1",
+    )
+    assert stopped.start == minute(1) and found[0].incident.services == ("cat",)
+    assert found[0].record()["anomalies"][0]["instance"] == "cat-1"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -13,6 +14,7 @@ from analytics.anomalies import (
     detect_change_points,
     detect_deviations,
     detect_edge_changes,
+    detect_stopped_instances,
 )
 
 T0 = datetime(2026, 3, 1, 0, 0, tzinfo=UTC)
@@ -233,3 +235,68 @@ def test_without_a_median_the_p99_is_the_only_latency_signal_and_keeps_min_run_p
     ]
     with pytest.raises(ValueError, match="tail_min_run_points"):
         DetectorConfig(tail_min_run_points=-1)
+
+
+def _at(k: int) -> datetime:
+    return T0 + timedelta(seconds=5 * k)
+
+
+FINE = DetectorConfig(step_s=5, baseline_minutes=10, stopped_min_points=8)
+
+
+def _replicas(
+    n: int, *, one: Callable[[int], tuple[int, int]], two: Callable[[int], tuple[int, int]]
+) -> dict[str, list[Point]]:
+    """Two replicas' (requests, errors) per 5 s bucket k; (0, 0) buckets are left out."""
+    out: dict[str, list[Point]] = {"cat-1": [], "cat-2": []}
+    for k in range(n):
+        for name, f in (("cat-1", one), ("cat-2", two)):
+            requests, errors = f(k)
+            if requests:
+                out[name].append(Point(_at(k), requests, errors, 0.0))
+    return out
+
+
+def test_a_replica_answering_nothing_while_its_sibling_serves_is_stopped() -> None:
+    # cat-1 crashes at bucket 20: nothing, then one failed probe; cat-2 takes the traffic.
+    crashed = _replicas(
+        40,
+        one=lambda k: (10, 0) if k < 20 else ((1, 1) if k == 30 else (0, 0)),
+        two=lambda k: (10, 0) if k < 20 else (20, 0),
+    )
+    found = detect_stopped_instances("cat", crashed, _at(30), FINE)
+    assert [(a.subject, a.signal, a.instance, a.start, a.end) for a in found] == [
+        ("cat", "instance_stopped", "cat-1", _at(20), _at(39))
+    ]
+    assert found[0].expected == pytest.approx(10.0) and found[0].score == 20.0
+    # Seven silent buckets are not enough yet (a starved replica comes back within a few).
+    early = {k: [p for p in v if p.minute < _at(27)] for k, v in crashed.items()}
+    assert detect_stopped_instances("cat", early, _at(20), FINE) == []
+    late = {k: [p for p in v if p.minute < _at(28)] for k, v in crashed.items()}
+    assert [a.end for a in detect_stopped_instances("cat", late, _at(20), FINE)] == [_at(27)]
+
+
+def test_a_starved_replica_a_quiet_service_or_a_lone_instance_is_not_stopped() -> None:
+    # cat-1 gets nothing for 4 buckets now and then (load balancing), then serves again.
+    starved = _replicas(60, one=lambda k: (0, 0) if k % 20 < 4 else (8, 0), two=lambda k: (12, 0))
+    assert detect_stopped_instances("cat", starved, _at(0), FINE) == []
+    # No traffic at all: the siblings serve fewer than min_requests, nothing is judged.
+    quiet = _replicas(40, one=lambda k: (5, 0) if k < 10 else (0, 0), two=lambda k: (1, 0))
+    assert detect_stopped_instances("cat", quiet, _at(0), FINE) == []
+    # A replica that never served (a new one warming up) has no baseline to stop from.
+    fresh = _replicas(40, one=lambda k: (0, 0), two=lambda k: (20, 0))
+    assert detect_stopped_instances("cat", fresh, _at(0), FINE) == []
+    lone = {"cat-1": [Point(_at(k), 10, 0, 0.0) for k in range(10)]}
+    assert detect_stopped_instances("cat", lone, _at(0), FINE) == []
+    # The silence ended before the evaluated window: reported then, not again.
+    old = _replicas(60, one=lambda k: (0, 0) if 10 <= k < 20 else (10, 0), two=lambda k: (10, 0))
+    assert len(detect_stopped_instances("cat", old, _at(0), FINE)) == 1
+    assert detect_stopped_instances("cat", old, _at(30), FINE) == []
+    with pytest.raises(ValueError, match="stopped_min_points"):
+        DetectorConfig(stopped_min_points=0)
+
+
+def test_a_replica_failing_every_request_counts_as_answering_nothing() -> None:
+    failing = _replicas(40, one=lambda k: (10, 0) if k < 20 else (10, 10), two=lambda k: (10, 0))
+    found = detect_stopped_instances("cat", failing, _at(20), FINE)
+    assert [(a.instance, a.start) for a in found] == [("cat-1", _at(20))]
