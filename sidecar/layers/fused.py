@@ -26,7 +26,13 @@ from sidecar.layers.fault import FaultConfig
 from sidecar.layers.outlier import OutlierDetector
 from sidecar.layers.ratelimit import RateLimiter
 from sidecar.layers.retry import Retry
-from sidecar.layers.timeout import TimeoutConfig, arm_deadline, deadline_budget, deadline_fired
+from sidecar.layers.timeout import (
+    TimeoutConfig,
+    arm_deadline,
+    deadline_budget,
+    deadline_fired,
+    deadline_tail,
+)
 from sidecar.stack import AttemptStage, Clock, Handler, Sleep
 
 __all__ = ["UpstreamUnit", "fused_route", "fusible_stages"]
@@ -76,6 +82,7 @@ def fused_route(
     stage = active[0] if active else None
     bypassers = tuple(s for s in stages if s.may_bypass)
     request_s, idle_s, propagate = timeout.request_s, timeout.idle_s, timeout.propagate
+    tail = deadline_tail(request_s)
     assert timeout.enforce, "an observe-only timeout is not fused"
     assert retry is None or retry.config.per_try_s is None, "a per-try timeout is not fused"
     budget = retry.budget if retry is not None else None
@@ -109,7 +116,7 @@ def fused_route(
                 raise FaultAbort(f"fault injected: abort {abort_status}", status=abort_status)
             attrs["meshlens.fault.would_abort"] = abort_status
         # -- timeout (layers/timeout.py) --
-        request, budget_s = deadline_budget(request, request_s, idle_s, propagate)
+        request, budget_s = deadline_budget(request, request_s, idle_s, propagate, tail)
         timer = arm_deadline(context, budget_s, clock) if budget_s is not None else None
         outer = context.deadline_timer
         cancelling = 0

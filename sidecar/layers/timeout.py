@@ -13,6 +13,7 @@ from typing import Final
 from sidecar.errors import UpstreamTimeout
 from sidecar.http import (
     DeadlineTimer,
+    Headers,
     Request,
     RequestContext,
     Response,
@@ -27,6 +28,7 @@ __all__ = [
     "arm_deadline",
     "deadline_budget",
     "deadline_fired",
+    "deadline_tail",
     "timeout_layer",
 ]
 
@@ -66,12 +68,25 @@ def _budget(theirs: str | None, request_s: float | None) -> float | None:
     return budget_s if request_s is None or budget_s < request_s else request_s
 
 
+def deadline_tail(request_s: float | None) -> Headers:
+    """The x-meshlens-timeout-ms header forwarding a whole `request_s` budget, as a tuple to
+    append (built once per route; () without a budget)."""
+    if request_s is None:
+        return ()
+    return ((DEADLINE_HEADER, str(max(0, int(request_s * 1000.0)))),)
+
+
 def deadline_budget(
-    request: Request, request_s: float | None, idle_s: float | None, propagate: bool
+    request: Request,
+    request_s: float | None,
+    idle_s: float | None,
+    propagate: bool,
+    tail: Headers | None = None,
 ) -> tuple[Request, float | None]:
     """The timeout layer before its wait: the idle timeout, the budget (None: no deadline),
     shortened by the caller's and forwarded in x-meshlens-timeout-ms with `propagate`;
-    UpstreamTimeout when the caller's deadline has already passed."""
+    UpstreamTimeout when the caller's deadline has already passed. `tail`: deadline_tail of
+    `request_s` (else built here)."""
     context = request.context
     if idle_s is not None:
         context.idle_timeout_s = idle_s
@@ -80,14 +95,16 @@ def deadline_budget(
         theirs = header_value(request.headers, DEADLINE_HEADER)
         budget_s = _budget(theirs, request_s)
         if budget_s is not None:
-            if budget_s != request_s:
-                context.attributes["meshlens.timeout.caller_budget_ms"] = budget_s * 1e3
-            ms = str(max(0, int(budget_s * 1000.0)))
-            if theirs is None:  # nothing to replace: append (no rebuild of the tuple)
-                headers = (*request.headers, (DEADLINE_HEADER, ms))
+            if theirs is None:  # our whole budget; nothing to replace: append
+                if tail is None:
+                    tail = deadline_tail(request_s)
+                request = request.with_headers(request.headers + tail)
             else:
+                if budget_s != request_s:
+                    context.attributes["meshlens.timeout.caller_budget_ms"] = budget_s * 1e3
+                ms = str(max(0, int(budget_s * 1000.0)))
                 headers = with_header(request.headers, DEADLINE_HEADER, ms)
-            request = request.with_headers(headers)
+                request = request.with_headers(headers)
     if budget_s is not None and budget_s <= 0:
         context.attributes["meshlens.timeout.fired"] = "caller_deadline"
         raise UpstreamTimeout("the caller's deadline has already passed")
@@ -131,13 +148,14 @@ def timeout_layer(config: TimeoutConfig, *, clock: Clock = monotonic) -> Layer:
     request_s = config.request_s
     idle_s = config.idle_s
     propagate = config.propagate
+    tail = deadline_tail(request_s)
 
     def wrap(inner: Handler) -> Handler:
         if not config.enforce:
             return _observe(inner, request_s, clock)
 
         async def handle(request: Request) -> Response:
-            request, budget_s = deadline_budget(request, request_s, idle_s, propagate)
+            request, budget_s = deadline_budget(request, request_s, idle_s, propagate, tail)
             if budget_s is None:
                 return await inner(request)
             context = request.context
