@@ -6,7 +6,8 @@ detection (`analytics.engine.detect`) on the same synthetic mesh, measured in th
 The mesh: a chain of `--edges` edges, steady traffic with jitter. The fine path sees what it
 queries every 5 s: the 2 minutes it evaluates plus 10 minutes of baseline in 5 s buckets; the
 minute path sees what it queries every 60 s: 6 h of minute points (burn rates look 6 h back),
-evaluating the last 15 minutes. Printed: the median seconds per run and the share of one core
+evaluating the last 15 minutes. The fine path also judges every service's replicas (two each,
+`detect_stopped_instances`). Printed: the median seconds per run and the share of one core
 each path takes at its own interval.
 """
 
@@ -22,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from analytics.anomalies import Point, detect_stopped_instances
 from analytics.callgraph import EdgePoint, TimeWindow
 from analytics.callgraph.service import Stats
 from analytics.engine import FINE_DETECTOR, FINE_EVALUATE, LIVE_DETECTOR, detect, detect_fine
@@ -38,6 +40,16 @@ def _mesh(edges: int, steps: int, step: timedelta, seed: int = 1) -> list[EdgePo
             stats = Stats(60, 0, 12.0, 0.0, 11.0, p50, 20.0, p99)
             out.append(EdgePoint(T0 + k * step, f"s{i}", f"s{i + 1}", stats))
     return out
+
+
+def _replicas(services: int, steps: int, step: timedelta) -> dict[str, dict[str, list[Point]]]:
+    return {
+        f"s{i + 1}": {
+            f"s{i + 1}-{r}": [Point(T0 + k * step, 30, 0, 0.0) for k in range(steps)]
+            for r in (1, 2)
+        }
+        for i in range(services)
+    }
 
 
 def _median_s(run: object, repeat: int) -> float:
@@ -60,9 +72,15 @@ def main(argv: list[str]) -> int:
     fine_end = T0 + fine_history
     minute = _mesh(args.edges, 360, timedelta(minutes=1))
     window = TimeWindow(T0 + timedelta(minutes=345), T0 + timedelta(minutes=360))
-    fine_s = _median_s(
-        lambda: detect_fine(fine, fine_end - FINE_EVALUATE, FINE_DETECTOR), args.repeat
-    )
+    replicas = _replicas(args.edges, int(fine_history / step), step)
+
+    def fine_run() -> None:
+        evaluate_from = fine_end - FINE_EVALUATE
+        detect_fine(fine, evaluate_from, FINE_DETECTOR)
+        for service, by_instance in replicas.items():
+            detect_stopped_instances(service, by_instance, evaluate_from, FINE_DETECTOR)
+
+    fine_s = _median_s(fine_run, args.repeat)
     minute_s = _median_s(lambda: detect(minute, window, LIVE_DETECTOR), args.repeat)
     print(f"mesh: {args.edges} edges; median of {args.repeat} runs")
     print(
