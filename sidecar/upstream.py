@@ -677,11 +677,15 @@ def _response_headers(conn: _Connection) -> tuple[tuple[str, str], ...]:
     if conn.status == 101:
         return tuple(conn.headers)
     keep_length = conn.status in _NO_BODY_STATUSES or conn._head_method == "HEAD"
-    return tuple(
-        (k, v)
-        for k, v in conn.headers
-        if k not in HOP_BY_HOP and (keep_length or k != "content-length")
-    )
+    kept: list[object] = []
+    # `item` as an object: compiled, a tuple[str, str] variable is unpacked, and keeping it
+    # would build a new tuple for every header
+    items = cast("list[object]", conn.headers)
+    for item in items:
+        name = cast("tuple[str, str]", item)[0]
+        if name not in HOP_BY_HOP and (keep_length or name != "content-length"):
+            kept.append(item)
+    return cast("tuple[tuple[str, str], ...]", tuple(kept))
 
 
 async def _pump(

@@ -5,7 +5,7 @@ span status rules, header injection of our trace context, address splitting, str
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Final
+from typing import Final, cast
 
 from sidecar.http import BodyStream, Headers
 from sidecar.telemetry.context import (
@@ -70,11 +70,15 @@ def server_status(status: int, proxy_error: str) -> int:
 def inject(headers: Headers, trace_id: bytes, span_id: bytes, flags: int, state: str) -> Headers:
     """`headers` with our traceparent (and tracestate; B3 too if the caller spoke B3) replacing
     any trace headers it had."""
-    kept = []
+    kept: list[object] = []
     b3 = False
-    for item in headers:
-        if item[0] in TRACE_HEADERS:
-            b3 = b3 or item[0] in B3_HEADERS
+    # `item` as an object: compiled, a tuple[str, str] variable is unpacked, and appending it
+    # would build a new tuple for every header kept
+    items: tuple[object, ...] = headers
+    for item in items:
+        name = cast("tuple[str, str]", item)[0]
+        if name in TRACE_HEADERS:
+            b3 = b3 or name in B3_HEADERS
         else:
             kept.append(item)
     kept.append(("traceparent", format_traceparent(trace_id, span_id, flags)))
@@ -82,7 +86,7 @@ def inject(headers: Headers, trace_id: bytes, span_id: bytes, flags: int, state:
         kept.append(("tracestate", state))
     if b3:
         kept.extend(format_b3_headers(trace_id, span_id, flags))
-    return tuple(kept)
+    return cast(Headers, tuple(kept))
 
 
 def split_host_port(address: str) -> tuple[str, int]:
