@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import httptools
 
@@ -538,12 +538,16 @@ class _ServerProtocol(asyncio.Protocol):
         host = ""
         forwarded = ""
         upgrade = ""
-        out: list[tuple[str, str]] = []
-        for name, value in p.headers:
+        # the received (name, value) tuples are kept as objects: compiled, a tuple[str, str]
+        # is unpacked, and appending it would build a new tuple for every header
+        out: list[object] = []
+        items = cast("list[object]", p.headers)
+        for item in items:
+            name, value = cast("tuple[str, str]", item)
             if name not in _SPECIAL and name not in HOP_BY_HOP:
                 if name == "x-request-id":
                     p.request_id = value
-                out.append((name, value))
+                out.append(item)
                 continue
             if name == "content-length":
                 value = value.strip()
@@ -556,7 +560,7 @@ class _ServerProtocol(asyncio.Protocol):
                 connection = f"{connection},{value}" if connection else value
             elif name == "host":
                 host = value.strip()
-                out.append((name, value))
+                out.append(item)
             elif name == "expect":
                 if value.strip().lower() == "100-continue":
                     p.expect_continue = p.version == "1.1"
@@ -571,14 +575,15 @@ class _ServerProtocol(asyncio.Protocol):
             if codings[-1] != "chunked" or codings.count("chunked") != 1:
                 raise BadRequest("unsupported Transfer-Encoding")
         if p.upgrade and upgrade.strip().lower() == "h2c" and not transfer_encoding:
-            settings = [v for k, v in out if k == "http2-settings"]
+            pairs = cast("list[tuple[str, str]]", out)
+            settings = [v for k, v in pairs if k == "http2-settings"]
             if len(settings) == 1 and content_length in (None, "0"):
                 p.h2_settings = settings[0]  # the codec switches to HTTP/2 (sidecar/h2server.py)
         if connection:
             named = {t.strip().lower() for t in connection.split(",")} - {"close", "keep-alive"}
             named.discard("upgrade")
             if named:
-                out = [(k, v) for k, v in out if k not in named]
+                out = [h for h in out if cast("tuple[str, str]", h)[0] not in named]
         self._resolve_target(p, host)
         if not p.request_id:
             p.request_id = _request_uuid()
@@ -596,7 +601,7 @@ class _ServerProtocol(asyncio.Protocol):
             p.body = self._new_body(None)
         elif content_length is not None and int(content_length) > 0:
             p.body = self._new_body(int(content_length))
-        p.headers = out
+        p.headers = cast("list[tuple[str, str]]", out)
 
     def _resolve_target(self, p: _Pending, host: str) -> None:
         url = b"".join(self._url_parts)
