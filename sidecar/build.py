@@ -24,7 +24,7 @@ from sidecar.layers.balance import Balancer, balance_layer
 from sidecar.layers.breaker import Breaker, breaker_layer
 from sidecar.layers.budget import BudgetConfig, RetryBudget
 from sidecar.layers.fallback import FallbackConfig, FallbackStats, fallback_layer
-from sidecar.layers.fault import FaultConfig, fault_layer
+from sidecar.layers.fault import Fault, fault_layer
 from sidecar.layers.fused import UpstreamUnit, fused_route, fusible_stages
 from sidecar.layers.outlier import OutlierDetector, outlier_layer
 from sidecar.layers.proxy_errors import proxy_errors_layer
@@ -169,8 +169,7 @@ class _RoutePlan:
     timeout: TimeoutConfig
     retry: Retry | None = None
     limiter: RateLimiter | None = None
-    limit_enforce: bool = True
-    fault: FaultConfig | None = None
+    fault: Fault | None = None
 
 
 class _Policies:
@@ -216,11 +215,11 @@ class _Policies:
         if spec is not None and spec.ratelimit is not None:
             limiter = self.limiter(name, spec.ratelimit)
             plan.layers.append(ratelimit_layer(spec.ratelimit, limiter=limiter))
-            plan.limiter, plan.limit_enforce = limiter, spec.ratelimit.enforce
+            plan.limiter = limiter
             entry["ratelimit"] = limiter.stats
         if spec is not None and spec.fault is not None:
             plan.layers.append(fault_layer(spec.fault, sleep=self.sleep, random=self.random))
-            plan.fault = spec.fault
+            plan.fault = Fault(spec.fault, self.random)
         plan.layers.append(timeout_layer(timeout, clock=self.clock))
         if retry is not None:
             budget = self._budget(name, retry.budget) if retry.budget else None
@@ -264,11 +263,9 @@ class _Policies:
                 timeout=plan.timeout,
                 retry=retry,
                 limiter=plan.limiter,
-                limit_enforce=plan.limit_enforce,
                 fault=plan.fault,
                 clock=self.clock,
                 sleep=self.sleep,
-                random=self.random,
             )
 
         return wrap

@@ -13,7 +13,7 @@ from sidecar.errors import FaultAbort
 from sidecar.http import Request, Response
 from sidecar.stack import Handler, Layer, Sleep
 
-__all__ = ["FaultConfig", "fault_layer"]
+__all__ = ["Fault", "FaultConfig", "fault_layer"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +37,40 @@ class FaultConfig:
             raise ValueError(f"abort_status must be in 200..599, got {self.abort_status}")
 
 
+class Fault:
+    """The decisions of one route's fault config, shared by the layer and a fused route
+    (sidecar/layers/fused.py): the same random draws, in the same order."""
+
+    __slots__ = ("abort_p", "config", "delay_p", "delay_s", "random", "status")
+
+    def __init__(self, config: FaultConfig, random: Callable[[], float]) -> None:
+        self.config = config
+        self.random = random
+        self.delay_s = config.delay_ms / 1000.0
+        self.delay_p = config.delay_percent / 100.0
+        self.abort_p = config.abort_percent / 100.0
+        self.status = config.abort_status
+
+    def delay(self, request: Request) -> float | None:
+        """Seconds to wait before forwarding (None: no delay), recorded on the request."""
+        if self.delay_p > 0.0 and self.random() < self.delay_p:
+            config = self.config
+            if config.enforce:
+                request.context.attributes["meshlens.fault.delay_ms"] = config.delay_ms
+                return self.delay_s
+            request.context.attributes["meshlens.fault.would_delay_ms"] = config.delay_ms
+        return None
+
+    def abort(self, request: Request) -> None:
+        """Raise the injected abort (FaultAbort) when drawn; observe-only, record it."""
+        if self.abort_p > 0.0 and self.random() < self.abort_p:
+            status = self.status
+            if self.config.enforce:
+                request.context.attributes["meshlens.fault.abort"] = status
+                raise FaultAbort(f"fault injected: abort {status}", status=status)
+            request.context.attributes["meshlens.fault.would_abort"] = status
+
+
 def fault_layer(
     config: FaultConfig,
     *,
@@ -44,26 +78,14 @@ def fault_layer(
     random: Callable[[], float] = _random.random,
 ) -> Layer:
     """Inject the configured delay (before forwarding) and abort (instead of forwarding)."""
-    delay_s = config.delay_ms / 1000.0
-    delay_p = config.delay_percent / 100.0
-    abort_p = config.abort_percent / 100.0
-    status = config.abort_status
-    enforce = config.enforce
+    fault = Fault(config, random)
 
     def wrap(inner: Handler) -> Handler:
         async def handle(request: Request) -> Response:
-            attrs = request.context.attributes
-            if delay_p > 0.0 and random() < delay_p:
-                if enforce:
-                    attrs["meshlens.fault.delay_ms"] = config.delay_ms
-                    await sleep(delay_s)
-                else:
-                    attrs["meshlens.fault.would_delay_ms"] = config.delay_ms
-            if abort_p > 0.0 and random() < abort_p:
-                if enforce:
-                    attrs["meshlens.fault.abort"] = status
-                    raise FaultAbort(f"fault injected: abort {status}", status=status)
-                attrs["meshlens.fault.would_abort"] = status
+            delay_s = fault.delay(request)
+            if delay_s is not None:
+                await sleep(delay_s)
+            fault.abort(request)
             return await inner(request)
 
         return handle

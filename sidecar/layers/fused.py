@@ -16,13 +16,13 @@ stages it cannot run) keep the layered chain: sidecar/build.py decides (`fusible
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 
-from sidecar.errors import FaultAbort, NoRoute, ProxyError, RateLimited, UpstreamTimeout
+from sidecar.errors import NoRoute, ProxyError, UpstreamTimeout
 from sidecar.http import Request, Response
 from sidecar.layers.balance import Balancer
 from sidecar.layers.breaker import Breaker
-from sidecar.layers.fault import FaultConfig
+from sidecar.layers.fault import Fault
 from sidecar.layers.outlier import OutlierDetector
 from sidecar.layers.ratelimit import RateLimiter
 from sidecar.layers.retry import Retry
@@ -69,11 +69,9 @@ def fused_route(
     timeout: TimeoutConfig,
     retry: Retry | None,
     limiter: RateLimiter | None,
-    limit_enforce: bool,
-    fault: FaultConfig | None,
+    fault: Fault | None,
     clock: Clock,
     sleep: Sleep,
-    random: Callable[[], float],
 ) -> Handler:
     """The route's handler: `full` is its layered chain, `full_attempt` the layered per-attempt
     chain (stages, balance, breaker, outlier, `terminal`), `units` by upstream name."""
@@ -86,35 +84,17 @@ def fused_route(
     assert timeout.enforce, "an observe-only timeout is not fused"
     assert retry is None or retry.config.per_try_s is None, "a per-try timeout is not fused"
     budget = retry.budget if retry is not None else None
-    admit = limiter.admit if limiter is not None else None
-    delay_ms = fault.delay_ms if fault is not None else 0.0
-    delay_s = delay_ms / 1000.0
-    delay_p = fault.delay_percent / 100.0 if fault is not None else 0.0
-    abort_p = fault.abort_percent / 100.0 if fault is not None else 0.0
-    abort_status = fault.abort_status if fault is not None else 503
-    fault_enforce = fault.enforce if fault is not None else True
 
     async def run(request: Request) -> Response:
         context = request.context
-        attrs = context.attributes
-        # -- ratelimit (layers/ratelimit.py) --
-        if admit is not None and not admit(request):
-            if limit_enforce:
-                attrs["meshlens.ratelimit.limited"] = True
-                raise RateLimited("local rate limit exceeded")
-            attrs["meshlens.ratelimit.would_limit"] = True
-        # -- fault (layers/fault.py) --
-        if delay_p > 0.0 and random() < delay_p:
-            if fault_enforce:
-                attrs["meshlens.fault.delay_ms"] = delay_ms
+        # -- ratelimit (layers/ratelimit.py), fault (layers/fault.py) --
+        if limiter is not None:
+            limiter.check(request)
+        if fault is not None:
+            delay_s = fault.delay(request)
+            if delay_s is not None:
                 await sleep(delay_s)
-            else:
-                attrs["meshlens.fault.would_delay_ms"] = delay_ms
-        if abort_p > 0.0 and random() < abort_p:
-            if fault_enforce:
-                attrs["meshlens.fault.abort"] = abort_status
-                raise FaultAbort(f"fault injected: abort {abort_status}", status=abort_status)
-            attrs["meshlens.fault.would_abort"] = abort_status
+            fault.abort(request)
         # -- timeout (layers/timeout.py) --
         request, budget_s = deadline_budget(request, request_s, idle_s, propagate, tail)
         timer = arm_deadline(context, budget_s, clock) if budget_s is not None else None

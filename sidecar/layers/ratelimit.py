@@ -96,6 +96,14 @@ class RateLimiter:
         self.limited += 1
         return False
 
+    def check(self, request: Request) -> None:
+        """The layer's decision: RateLimited over the rate (observe-only: recorded)."""
+        if not self.admit(request):
+            if self.config.enforce:
+                request.context.attributes["meshlens.ratelimit.limited"] = True
+                raise RateLimited("local rate limit exceeded")
+            request.context.attributes["meshlens.ratelimit.would_limit"] = True
+
     def stats(self) -> dict[str, Any]:
         return {
             "rps": self.config.rps,
@@ -116,16 +124,11 @@ def ratelimit_layer(
         limiter = RateLimiter(config, clock)
     elif limiter.config != config:
         raise ValueError("limiter was built from a different RateLimitConfig")
-    enforce = config.enforce
-    admit = limiter.admit
+    check = limiter.check
 
     def wrap(inner: Handler) -> Handler:
         async def handle(request: Request) -> Response:
-            if not admit(request):
-                if enforce:
-                    request.context.attributes["meshlens.ratelimit.limited"] = True
-                    raise RateLimited("local rate limit exceeded")
-                request.context.attributes["meshlens.ratelimit.would_limit"] = True
+            check(request)
             return await inner(request)
 
         return handle
