@@ -4,7 +4,8 @@ Everything is built up front, once per version (per-route stacks, per-upstream b
 and outlier detectors); the per-request path only runs handlers. Order (sidecar/stack.py):
 outer (telemetry) -> proxy_errors -> ratelimit -> routing -> per route: fallback, ratelimit,
 fault, timeout, retry -> per_attempt (attempt span) -> balance -> breaker -> outlier -> terminal
-(upstream).
+(upstream). An outbound route without a fallback runs that per-route part as one fused coroutine
+(sidecar/layers/fused.py) when it can; `fuse=False` keeps every route layered.
 """
 
 from __future__ import annotations
