@@ -10,7 +10,7 @@ draws). What the fused frame does not do itself, it hands to the layered chain:
 - an attempt whose outcome is retry-eligible goes on in `Retry.resume`, whose further attempts
   run through the layered per-attempt chain (attempt span, balance, breaker, outlier).
 Routes the fused form does not cover (fallback, per-try timeout, observe-only timeout, attempt
-stages it cannot run) keep the layered chain: sidecar/build.py decides (`fusible`).
+stages it cannot run) keep the layered chain: sidecar/build.py decides (`_Policies.fused`).
 """
 
 from __future__ import annotations
