@@ -216,6 +216,21 @@ class Balancer:
         state.sample(0.0, now, self.config.decay_s)  # Tower decays the estimate toward 0 on read
         return state.rtt_s * load
 
+    def take(self, request: Request) -> EndpointState:
+        """Pick this attempt's endpoint, point the request's context at it, count it in flight."""
+        state = self.pick(request)
+        context = request.context
+        context.endpoint = state.endpoint
+        context.connect_timeout_s = self.config.connect_timeout_s
+        state.in_flight += 1
+        state.requests += 1
+        return state
+
+    def give_back(self, state: EndpointState, elapsed_s: float, failed: bool) -> None:
+        """The attempt `take` counted is over: out of flight, outcome into the estimate."""
+        state.in_flight -= 1
+        self.finish(state, elapsed_s, failed)
+
     def finish(self, state: EndpointState, elapsed_s: float, failed: bool) -> None:
         """Feed one attempt's outcome into the endpoint's RTT estimate."""
         if failed:
@@ -251,11 +266,7 @@ def balance_layer(balancers: Mapping[str, Balancer], *, clock: Clock = monotonic
             balancer = balancers.get(context.upstream)
             if balancer is None:
                 raise NoRoute(f"no balancer for upstream {context.upstream!r}")
-            state = balancer.pick(request)
-            context.endpoint = state.endpoint
-            context.connect_timeout_s = balancer.config.connect_timeout_s
-            state.in_flight += 1
-            state.requests += 1
+            state = balancer.take(request)
             start = clock()
             failed = True
             try:
@@ -263,8 +274,7 @@ def balance_layer(balancers: Mapping[str, Balancer], *, clock: Clock = monotonic
                 failed = response.status >= 500 or response.status == 429
                 return response
             finally:
-                state.in_flight -= 1
-                balancer.finish(state, clock() - start, failed)
+                balancer.give_back(state, clock() - start, failed)
 
         return handle
 

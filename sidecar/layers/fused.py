@@ -130,11 +130,7 @@ def fused_route(
                     if unit is None:
                         raise NoRoute(f"no balancer for upstream {context.upstream!r}")
                     balancer = unit.balancer
-                    state = balancer.pick(forwarded)
-                    context.endpoint = state.endpoint
-                    context.connect_timeout_s = balancer.config.connect_timeout_s
-                    state.in_flight += 1
-                    state.requests += 1
+                    state = balancer.take(forwarded)
                     start = clock()
                     failed = True
                     try:
@@ -165,8 +161,7 @@ def fused_route(
                         status = response.status
                         failed = status >= 500 or status == 429
                     finally:
-                        state.in_flight -= 1
-                        balancer.finish(state, clock() - start, failed)
+                        balancer.give_back(state, clock() - start, failed)
                 except BaseException as exc:
                     if stage is not None:
                         stage.fail(request, token, exc)
