@@ -545,34 +545,20 @@ def main() -> int:
             ]
             fixed: list[RateResult] = []
             if shutil.which("h2load") and args.rate > 0:
-                fixed = [
-                    measure_fixed_rate(
-                        "direct", f"http://127.0.0.1:{up}/", args, None, [], workdir
-                    ),
-                    measure_fixed_rate(
-                        "nginx proxy_pass",
-                        f"http://127.0.0.1:{px}/",
-                        args,
-                        None,
-                        [nginx_pid],
-                        workdir,
-                    ),
-                    measure_fixed_rate(
-                        "sidecar (outbound)",
-                        f"http://127.0.0.1:{one_out}/",
-                        args,
-                        "app",
-                        [one_pid],
-                        workdir,
-                    ),
-                    measure_fixed_rate(
+                targets: list[tuple[str, str, str | None, list[int]]] = [
+                    ("direct", f"http://127.0.0.1:{up}/", None, []),
+                    ("nginx proxy_pass", f"http://127.0.0.1:{px}/", None, [nginx_pid]),
+                    ("sidecar (outbound)", f"http://127.0.0.1:{one_out}/", "app", [one_pid]),
+                    (
                         "sidecar pair HTTP/1.1 (out+in)",
                         f"http://127.0.0.1:{client_out}/",
-                        args,
                         "app",
                         [client_pid, server_pid],
-                        workdir,
                     ),
+                ]
+                fixed = [
+                    measure_fixed_rate(name, url, args, host, pids, workdir)
+                    for name, url, host, pids in targets
                 ]
             h2 = h2_rows(procs, workdir, args, collector) if shutil.which("h2load") else []
         finally:
