@@ -173,6 +173,13 @@ def _evaluate_dir(run_dir: Path) -> Outcome | None:
     return evaluate_run(run_dir.name, truth, opened_incidents(lines), found_anomalies(lines))
 
 
+def _verdict(o: Outcome) -> str:
+    if o.kind == "nofault":
+        return "fault-free                      "
+    found = f"detected {o.detect_s:6.1f}s" if o.detect_s is not None else "missed         "
+    return f"{found}  top1@detect={'yes' if o.top1 else 'no'}"
+
+
 def report(outcomes: Sequence[Outcome]) -> str:
     rows = [
         f"{'fault kind':<12} {'runs':>4} {'detected':>9} {'median':>7} {'max':>7}"
@@ -200,12 +207,7 @@ def report(outcomes: Sequence[Outcome]) -> str:
         f" precision {true / max(true + false, 1):.1%} (first matching incident per fault"
         f" / those + false ones)"
     )
-    rows += [
-        f"  {o.name:<34} "
-        + (f"detected {o.detect_s:6.1f}s" if o.detect_s is not None else "missed         ")
-        + f"  top1@detect={'yes' if o.top1 else 'no'}  false={o.false_incidents}"
-        for o in outcomes
-    ]
+    rows += [f"  {o.name:<34} {_verdict(o)}  false={o.false_incidents}" for o in outcomes]
     return "\n".join(rows)
 
 
