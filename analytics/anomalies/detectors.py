@@ -97,10 +97,16 @@ class DetectorConfig:
     # median as well (reported after min_run_points), and one only some requests pay (a slow
     # replica, a partial fault) lasts as long as the fault does.
     tail_min_run_points: int = 0
-    # Consecutive buckets an instance must answer nothing successfully while its siblings
-    # serve before it counts as stopped. A load balancer on a busy host starves a healthy
-    # replica for a few buckets now and then (10-15 s seen live at 5 s buckets); a crash lasts.
-    stopped_min_points: int = 8
+    # A replica counts as stopped (detect_stopped_instances) after answering nothing
+    # successfully for `stopped_min_points` consecutive buckets while its siblings serve, once
+    # the successes it would have served by its own earlier share reach
+    # `stopped_min_expected`, and only if that share was at least `stopped_min_share` of an
+    # equal split. The sidecars' balancers (P2C over EWMA latency) starve a healthy replica as
+    # a whole for up to 15 s (3 buckets of 5 s; the recorded live runs, bench/rca/README.md),
+    # whatever its share, so counts alone do not separate that from a crash: 4 buckets.
+    stopped_min_points: int = 4
+    stopped_min_expected: float = 30.0
+    stopped_min_share: float = 0.5
     # The series' step (bucket width) in seconds: 60 for the per-minute aggregates, less for
     # the live engine's fine buckets from raw spans. Runs are merged and counted in steps;
     # `baseline_minutes` and the burn-rate windows stay wall-clock minutes.
@@ -119,6 +125,8 @@ class DetectorConfig:
             raise ValueError("tail_min_run_points must be >= 0")
         if self.stopped_min_points < 1:
             raise ValueError("stopped_min_points must be >= 1")
+        if self.stopped_min_expected < 0 or not 0 <= self.stopped_min_share <= 1:
+            raise ValueError("stopped_min_expected must be >= 0 and stopped_min_share in [0, 1]")
         if not 0 < self.step_s <= 60 or 60 % self.step_s:
             raise ValueError(f"step_s must divide 60 (1..60), got {self.step_s}")
 
@@ -362,12 +370,25 @@ def detect_stopped_instances(
     cfg: DetectorConfig,
 ) -> list[Anomaly]:
     """Instances of `service` (server RED per instance and bucket) that answered no request
-    successfully for `cfg.stopped_min_points` consecutive buckets ending at or after
-    `evaluate_from`, while the other instances together answered at least `cfg.min_requests`
-    in each of them, having answered some in the `baseline_minutes` before the silence.
+    successfully in a run of consecutive buckets, ending at or after `evaluate_from`, in each
+    of which their siblings answered some, when that silence is implausible for a working
+    replica: at least `cfg.stopped_min_points` buckets long, and the successes it would
+    have answered (the siblings' successes during the silence times its share of the
+    service's successes in the `baseline_minutes` before it, relative to theirs; at most an
+    equal split) at least `cfg.stopped_min_expected`; its share at least
+    `cfg.stopped_min_share` of an equal split (a replica the balancer was not really using
+    says nothing by staying unused).
+
+    Why these numbers (DetectorConfig): were requests spread independently by share, zero of
+    30 expected would have a chance of e^-30; but the balancer starves a replica as a whole
+    for up to 15 s now and then (3 buckets of 5 s; its siblings served 141-156 meanwhile),
+    so the run must also outlast that. A quiet service is judged later (when 30 are expected),
+    never on a few missing requests. Every replica silent at once (traffic stopped, a
+    scale-down to zero) is no silence: no sibling serves. One replica removed on purpose looks
+    the same as a crashed one: no inventory of intended replicas is read.
 
     One anomaly per silence (subject: the service, `instance`: the replica; start: its first
-    silent bucket), observed 0 against the instance's mean answers per bucket before it."""
+    silent bucket), observed 0 against the expected successes, score: the silent buckets."""
     if len(instances) < 2:
         return []
     served: dict[str, dict[datetime, int]] = {
@@ -379,15 +400,12 @@ def detect_stopped_instances(
     grid = [
         buckets[0] + cfg.step * k for k in range(int((buckets[-1] - buckets[0]) / cfg.step) + 1)
     ]
+    equal = 1.0 / len(served)
     found = []
     for name in sorted(served):
         own = served[name]
-        silent = [
-            own.get(b, 0) == 0
-            and sum(by.get(b, 0) for other, by in served.items() if other != name)
-            >= cfg.min_requests
-            for b in grid
-        ]
+        others = [sum(by.get(b, 0) for other, by in served.items() if other != name) for b in grid]
+        silent = [own.get(b, 0) == 0 and others[i] > 0 for i, b in enumerate(grid)]
         k = 0
         while k < len(grid):
             if not silent[k]:
@@ -397,12 +415,20 @@ def detect_stopped_instances(
             while end + 1 < len(grid) and silent[end + 1]:
                 end += 1
             start_at, end_at = grid[k], grid[end]
-            before = [
-                own.get(b, 0)
-                for b in grid[:k]
-                if b >= start_at - timedelta(minutes=cfg.baseline_minutes)
-            ]
-            if end - k + 1 >= cfg.stopped_min_points and end_at >= evaluate_from and any(before):
+            since = start_at - timedelta(minutes=cfg.baseline_minutes)
+            before = [i for i in range(k) if grid[i] >= since]
+            mine = sum(own.get(grid[i], 0) for i in before)
+            theirs = sum(others[i] for i in before)
+            share = mine / (mine + theirs) if mine else 0.0
+            # Its successes per sibling success before the silence, at most an equal split's.
+            ratio = min(mine / theirs, equal / (1.0 - equal)) if theirs else equal / (1 - equal)
+            expected = ratio * sum(others[k : end + 1])
+            if (
+                end - k + 1 >= cfg.stopped_min_points
+                and end_at >= evaluate_from
+                and share >= cfg.stopped_min_share * equal
+                and expected >= cfg.stopped_min_expected
+            ):
                 found.append(
                     Anomaly(
                         service,
@@ -410,7 +436,7 @@ def detect_stopped_instances(
                         start_at,
                         end_at,
                         0.0,
-                        statistics.fmean(before),
+                        expected,
                         float(end - k + 1),
                         instance=name,
                     )

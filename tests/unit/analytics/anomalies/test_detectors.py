@@ -241,7 +241,7 @@ def _at(k: int) -> datetime:
     return T0 + timedelta(seconds=5 * k)
 
 
-FINE = DetectorConfig(step_s=5, baseline_minutes=10, stopped_min_points=8)
+FINE = DetectorConfig(step_s=5, baseline_minutes=10)
 
 
 def _replicas(
@@ -268,21 +268,54 @@ def test_a_replica_answering_nothing_while_its_sibling_serves_is_stopped() -> No
     assert [(a.subject, a.signal, a.instance, a.start, a.end) for a in found] == [
         ("cat", "instance_stopped", "cat-1", _at(20), _at(39))
     ]
-    assert found[0].expected == pytest.approx(10.0) and found[0].score == 20.0
-    # Seven silent buckets are not enough yet (a starved replica comes back within a few).
-    early = {k: [p for p in v if p.minute < _at(27)] for k, v in crashed.items()}
+    # Its share was half: one success per sibling success, 20 buckets of 20.
+    assert found[0].expected == pytest.approx(400.0) and found[0].score == 20.0
+
+    def until(k: int) -> dict[str, list[Point]]:
+        return {n: [p for p in v if p.minute < _at(k)] for n, v in crashed.items()}
+
+    # Three silent buckets (15 s) are not enough, whatever the count (a starved replica comes
+    # back within three); the fourth, 20 s after the crash, is.
+    assert detect_stopped_instances("cat", until(23), _at(20), FINE) == []
+    assert [a.end for a in detect_stopped_instances("cat", until(24), _at(20), FINE)] == [_at(23)]
+
+
+def test_a_quiet_service_is_judged_once_the_expected_successes_add_up() -> None:
+    # 2 successes per replica and bucket: after the crash, 4 per bucket to cat-2, 4 expected
+    # per bucket for cat-1: 30 after 8 buckets, not after 4.
+    quiet = _replicas(
+        40, one=lambda k: (2, 0) if k < 20 else (0, 0), two=lambda k: (2, 0) if k < 20 else (4, 0)
+    )
+    ends = [a.end for a in detect_stopped_instances("cat", quiet, _at(20), FINE)]
+    assert ends == [_at(39)]
+    early = {n: [p for p in v if p.minute < _at(27)] for n, v in quiet.items()}
     assert detect_stopped_instances("cat", early, _at(20), FINE) == []
-    late = {k: [p for p in v if p.minute < _at(28)] for k, v in crashed.items()}
-    assert [a.end for a in detect_stopped_instances("cat", late, _at(20), FINE)] == [_at(27)]
+    later = {n: [p for p in v if p.minute < _at(28)] for n, v in quiet.items()}
+    assert len(detect_stopped_instances("cat", later, _at(20), FINE)) == 1
 
 
-def test_a_starved_replica_a_quiet_service_or_a_lone_instance_is_not_stopped() -> None:
-    # cat-1 gets nothing for 4 buckets now and then (load balancing), then serves again.
-    starved = _replicas(60, one=lambda k: (0, 0) if k % 20 < 4 else (8, 0), two=lambda k: (12, 0))
+def test_a_starved_slow_or_unused_replica_or_a_lone_instance_is_not_stopped() -> None:
+    # cat-1 gets nothing for 3 buckets now and then (the balancer starving it), then serves:
+    # 90 successes expected each time, but not 4 buckets long.
+    starved = _replicas(
+        60,
+        one=lambda k: (0, 0) if k % 20 < 3 else (15, 0),
+        two=lambda k: (30, 0) if k % 20 < 3 else (15, 0),
+    )
     assert detect_stopped_instances("cat", starved, _at(0), FINE) == []
-    # No traffic at all: the siblings serve fewer than min_requests, nothing is judged.
-    quiet = _replicas(40, one=lambda k: (5, 0) if k < 10 else (0, 0), two=lambda k: (1, 0))
-    assert detect_stopped_instances("cat", quiet, _at(0), FINE) == []
+    # A slower replica the balancer sends less to, still some in every bucket.
+    slower = _replicas(60, one=lambda k: (1, 0), two=lambda k: (30, 0))
+    assert detect_stopped_instances("cat", slower, _at(0), FINE) == []
+    # A replica that was barely used (1 in 31 before, less than half an equal share) says
+    # nothing by going silent, however long.
+    unused = _replicas(60, one=lambda k: (1, 0) if k < 20 else (0, 0), two=lambda k: (30, 0))
+    assert detect_stopped_instances("cat", unused, _at(0), FINE) == []
+    # No traffic at all (every caller stops at once, or a scale-down to zero): no sibling
+    # serves, so nothing is judged.
+    stopped = _replicas(
+        40, one=lambda k: (10, 0) if k < 10 else (0, 0), two=lambda k: (10, 0) if k < 10 else (0, 0)
+    )
+    assert detect_stopped_instances("cat", stopped, _at(0), FINE) == []
     # A replica that never served (a new one warming up) has no baseline to stop from.
     fresh = _replicas(40, one=lambda k: (0, 0), two=lambda k: (20, 0))
     assert detect_stopped_instances("cat", fresh, _at(0), FINE) == []
@@ -294,6 +327,24 @@ def test_a_starved_replica_a_quiet_service_or_a_lone_instance_is_not_stopped() -
     assert detect_stopped_instances("cat", old, _at(30), FINE) == []
     with pytest.raises(ValueError, match="stopped_min_points"):
         DetectorConfig(stopped_min_points=0)
+    with pytest.raises(ValueError, match="stopped_min_share"):
+        DetectorConfig(stopped_min_share=1.5)
+
+
+def test_three_replicas_expect_the_silent_ones_share_of_the_siblings_successes() -> None:
+    # cat-3 crashes; cat-1 and cat-2 serve 10 each per bucket after it: 10 expected per bucket
+    # (its share was a third: half of what the two siblings serve), 40 after 4 buckets.
+    points = {
+        name: [
+            Point(_at(k), n, 0, 0.0)
+            for k in range(24)
+            if (n := (0 if name == "cat-3" and k >= 20 else (10 if k >= 20 else 6)))
+        ]
+        for name in ("cat-1", "cat-2", "cat-3")
+    }
+    found = detect_stopped_instances("cat", points, _at(20), FINE)
+    assert [(a.instance, a.start, a.end) for a in found] == [("cat-3", _at(20), _at(23))]
+    assert found[0].expected == pytest.approx(40.0)
 
 
 def test_a_replica_failing_every_request_counts_as_answering_nothing() -> None:
