@@ -230,8 +230,8 @@ class Stack:
                     versions[service] = int((await response.json())["version"])
         await self.wait_versions(versions)
 
-    async def documents(self) -> dict[str, dict[str, Any]]:
-        """The current policy document of every service."""
+    async def _policies(self) -> dict[str, dict[str, Any]]:
+        """The control plane's policy record (version, document, ...) of every service."""
         assert self.cp is not None
         out: dict[str, dict[str, Any]] = {}
         async with aiohttp.ClientSession(timeout=_HTTP, headers=self.headers) as session:
@@ -239,19 +239,15 @@ class Stack:
                 url = f"{self.cp.url}{CP_API}/policies/{svc.name}"
                 async with session.get(url) as response:
                     if response.status == 200:
-                        out[svc.name] = dict((await response.json())["document"])
+                        out[svc.name] = dict(await response.json())
         return out
 
+    async def documents(self) -> dict[str, dict[str, Any]]:
+        """The current policy document of every service."""
+        return {name: dict(p["document"]) for name, p in (await self._policies()).items()}
+
     async def current_versions(self) -> dict[str, int]:
-        assert self.cp is not None
-        out: dict[str, int] = {}
-        async with aiohttp.ClientSession(timeout=_HTTP, headers=self.headers) as session:
-            for svc in self.topology.services:
-                url = f"{self.cp.url}{CP_API}/policies/{svc.name}"
-                async with session.get(url) as response:
-                    if response.status == 200:
-                        out[svc.name] = int((await response.json())["version"])
-        return out
+        return {name: int(p["version"]) for name, p in (await self._policies()).items()}
 
     async def wait_versions(self, versions: dict[str, int], timeout_s: float = 30.0) -> None:
         assert self.mesh is not None
