@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +24,11 @@ from analytics.tuning.rules import (
 )
 from analytics.tuning.stats import Attempt, EdgeKey, EdgeStats, edge_stats
 
-__all__ = ["Proposals", "at_the_bottleneck", "propose"]
+__all__ = ["MIN_CALLER_SHARE", "Proposals", "at_the_bottleneck", "propose", "share_the_callee"]
+
+# A caller sending less than this share of a saturated callee's calls cannot fill it on its own:
+# it is left without a limit (its floor of 2 would exceed its share of the callee anyway).
+MIN_CALLER_SHARE = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +90,8 @@ def propose(
         limits[edge] = suggest_concurrency(s)
         avoid = frozenset(failing.get(edge.caller, ()))
         keep(suggest_fallback(s, documents.get(edge.caller), failing_upstreams=avoid))
-    for result in at_the_bottleneck(limits):
+    checked = dict(zip(limits, at_the_bottleneck(limits), strict=True))
+    for result in share_the_callee(stats, checked):
         keep(result)
     for layered in retry_layers(policies, _failures(stats)):
         keep(layered)
@@ -114,9 +120,12 @@ def at_the_bottleneck(
     """Concurrency limits only where latency rises on its own: a caller whose upstream's own
     calls knee too only inherits that latency, and a limit there would refuse calls the
     upstream could still serve while the real bottleneck stays unprotected."""
+    # A callee is saturated when any of its callers saw a knee (the capacity is the callee's);
+    # its callers' callers only inherit that latency.
+    saturated = {e.upstream for e, r in limits.items() if isinstance(r, Suggestion)}
     kneeing: dict[str, list[EdgeKey]] = {}
-    for edge, result in limits.items():
-        if isinstance(result, Suggestion):
+    for edge in limits:
+        if edge.upstream in saturated and edge.upstream != edge.caller:
             kneeing.setdefault(edge.caller, []).append(edge)
     out: list[Suggestion | Refusal | None] = []
     for edge, result in limits.items():
@@ -132,3 +141,91 @@ def at_the_bottleneck(
             )
         out.append(result)
     return out
+
+
+def share_the_callee(
+    stats: Mapping[EdgeKey, EdgeStats],
+    limits: Mapping[EdgeKey, Suggestion | Refusal | None],
+) -> list[Suggestion | Refusal | None]:
+    """Concurrency limits for every caller of a saturated callee, not only the one that saw it.
+
+    The capacity is the callee's: a knee seen from one caller (`limits`, already checked by
+    `at_the_bottleneck`) means the callee saturates for all of them, and a caller left without
+    a limit fills it alone. The callee's knee concurrency is the kneeing caller's in flight at
+    its knee divided by that caller's share of the callee's calls (they wait in the same queue,
+    so by Little's law their in-flight counts are in proportion to their rates; of several
+    kneeing callers the busiest one is used). It is split by each caller's share of the
+    callee's calls (L = max(2, 1.2 x share x knee), one suggestion per caller, on its busiest
+    route to the callee); a caller below `MIN_CALLER_SHARE` is refused with the reason.
+    Callees with a single caller keep that caller's own result.
+    """
+    by_callee: dict[str, list[EdgeKey]] = {}
+    for edge in limits:
+        by_callee.setdefault(edge.upstream, []).append(edge)
+    out: dict[EdgeKey, Suggestion | Refusal | None] = dict(limits)
+    for callee, edges in by_callee.items():
+        knees = [(e, r) for e in edges if isinstance(r := limits[e], Suggestion)]
+        callers = {e.caller for e in edges}
+        if not knees or len(callers) < 2:
+            continue
+        calls: dict[str, int] = {}
+        busiest: dict[str, EdgeKey] = {}
+        for e in edges:
+            n = stats[e].requests
+            calls[e.caller] = calls.get(e.caller, 0) + n
+            if e.caller not in busiest or n > stats[busiest[e.caller]].requests:
+                busiest[e.caller] = e
+        total = sum(calls.values())
+        if total == 0:
+            continue
+        source_edge, source = max(knees, key=lambda k: (calls[k[0].caller], k[0].route))
+        source_share = calls[source_edge.caller] / total
+        knee = float(source.evidence["knee_concurrency"]) / source_share
+        pending_s = source.change["limits"]["pending_timeout_s"]
+        for e in edges:
+            out[e] = None
+        for caller in sorted(callers):
+            edge, share = busiest[caller], calls[caller] / total
+            evidence: dict[str, Any] = {
+                "window_s": stats[edge].window_s,
+                "requests": calls[caller],
+                "callee_requests": total,
+                "traffic_share": round(share, 3),
+                "knee_from": source_edge.label(),
+                "source_knee_concurrency": source.evidence["knee_concurrency"],
+                "callee_knee_concurrency": round(knee, 2),
+            }
+            if share < MIN_CALLER_SHARE:
+                out[edge] = Refusal(
+                    "concurrency",
+                    edge,
+                    f"{callee} saturates (knee seen by {source_edge.label()}) but {caller} sends "
+                    f"only {share:.1%} of its calls (< {MIN_CALLER_SHARE:.0%}): too little to "
+                    "fill it, left without a limit",
+                    evidence,
+                )
+                continue
+            part = knee * share
+            limit = max(2, math.ceil(part * 1.2))
+            evidence["knee_share"] = round(part, 2)
+            change = {
+                "limits": {
+                    "max_connections": limit,
+                    "max_pending": limit,
+                    "max_requests": 2 * limit,
+                    "pending_timeout_s": pending_s,
+                }
+            }
+            out[edge] = Suggestion(
+                "concurrency",
+                edge,
+                "upstream",
+                change,
+                evidence,
+                source.confidence,
+                f"{callee}: at most {limit} concurrent requests from {caller}, as many waiting "
+                f"for at most {pending_s * 1000:.0f} ms, the rest refused at once ({share:.0%} "
+                f"of {callee}'s calls, of a knee at {knee:.1f} in flight seen by "
+                f"{source_edge.label()})",
+            )
+    return [out[e] for e in limits]
