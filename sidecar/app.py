@@ -46,6 +46,7 @@ from sidecar.layers.jwt import Authenticator, JwtConfig, jwt_layer
 from sidecar.protocols import LazyH2Pool, OwnListeners, guarded_terminal, protocol_terminal
 from sidecar.stack import Handler, Layer
 from sidecar.telemetry import Telemetry, TelemetryConfig
+from sidecar.telemetry.transport import COMPRESSIONS
 from sidecar.tls import (
     MODES,
     Credentials,
@@ -70,6 +71,7 @@ class SidecarOptions:
     app_host: str = "127.0.0.1"
     config_path: str | None = None
     collector_url: str | None = None
+    otlp_compression: str = "none"  # of the OTLP export bodies: none | gzip
     control_plane_url: str | None = None
     listen_host: str = "127.0.0.1"
     admin_port: int = 15000
@@ -110,6 +112,10 @@ class SidecarOptions:
             raise ValueError("drain_timeout_s and reload_interval_s must be > 0")
         if self.control_plane_url and self.config_path:
             raise ValueError("use either a control plane or a config file, not both")
+        if self.otlp_compression not in COMPRESSIONS:
+            raise ValueError(
+                f"otlp_compression must be none or gzip, got {self.otlp_compression!r}"
+            )
         if self.mtls not in MODES:
             raise ValueError(f"mtls must be one of {', '.join(MODES)}, got {self.mtls!r}")
         files = (self.cert_file, self.key_file, self.ca_file)
@@ -161,6 +167,7 @@ class Sidecar:
                 service=options.service,
                 instance=self.instance,
                 collector_url=options.collector_url,
+                otlp_compression=options.otlp_compression,
                 access_log=options.access_log,
                 export_interval_s=options.telemetry_export_interval_s,
                 namespace=options.namespace,

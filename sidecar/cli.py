@@ -15,6 +15,7 @@ from sidecar.app import Sidecar, SidecarOptions
 from sidecar.capture import CaptureConfig, CaptureError, CaptureSession
 from sidecar.config import ConfigError
 from sidecar.identity import IdentityError
+from sidecar.telemetry.transport import COMPRESSIONS
 
 __all__ = ["register", "run"]
 
@@ -29,6 +30,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--app-host", default="127.0.0.1", help="host of the local app")
     parser.add_argument("--config", default=None, help="policy file (YAML or JSON), hot-reloaded")
     parser.add_argument("--collector", default=None, help="OTLP/HTTP URL, e.g. http://host:4318")
+    parser.add_argument(
+        "--otlp-compression",
+        choices=COMPRESSIONS,
+        default=None,
+        help="compression of OTLP export bodies (default: env OTEL_EXPORTER_OTLP_COMPRESSION, "
+        "else none, as in the OpenTelemetry SDKs)",
+    )
     parser.add_argument(
         "--control-plane",
         default=None,
@@ -120,6 +128,20 @@ def _bootstrap_token(args: argparse.Namespace) -> str | None:
     return token or None
 
 
+def _otlp_compression(args: argparse.Namespace) -> str:
+    """--otlp-compression, else OTEL_EXPORTER_OTLP_COMPRESSION (the OTel SDKs' variable), else
+    none."""
+    chosen: str | None = getattr(args, "otlp_compression", None)
+    if chosen is not None:
+        return chosen
+    value = os.environ.get("OTEL_EXPORTER_OTLP_COMPRESSION", "").strip().lower()
+    if not value:
+        return "none"
+    if value not in COMPRESSIONS:
+        raise ValueError(f"OTEL_EXPORTER_OTLP_COMPRESSION must be none or gzip, got {value!r}")
+    return value
+
+
 def _capture_config(args: argparse.Namespace) -> CaptureConfig | None:
     if not getattr(args, "capture", False):
         return None
@@ -157,6 +179,7 @@ def run(args: argparse.Namespace) -> int:
             app_host=args.app_host,
             config_path=args.config,
             collector_url=args.collector,
+            otlp_compression=_otlp_compression(args),
             control_plane_url=args.control_plane,
             listen_host=args.listen,
             admin_port=args.admin_port,

@@ -30,7 +30,7 @@ from sidecar.telemetry.otel_metrics import HttpDurations
 from sidecar.telemetry.otlp import TraceEncoder
 from sidecar.telemetry.recorder import Recorder
 from sidecar.telemetry.spans import SpanBuffer
-from sidecar.telemetry.transport import HttpTransport, RetryPolicy, Transport
+from sidecar.telemetry.transport import COMPRESSIONS, HttpTransport, RetryPolicy, Transport
 
 __all__ = ["PROMETHEUS_CONTENT_TYPE", "Telemetry", "TelemetryConfig"]
 
@@ -49,6 +49,7 @@ class TelemetryConfig:
     workload: str = ""  # default: the service name
     principal: str = ""  # our SPIFFE id when mTLS is on
     collector_url: str | None = None  # OTLP/HTTP base URL, e.g. http://127.0.0.1:4318
+    otlp_compression: str = "none"  # or gzip (the OTel SDKs' default is none too)
     sample_ratio: float = 1.0  # for traces this sidecar starts; callers' decisions are kept
     max_queue_spans: int = 4096  # ~0.8 KB each: a stalled collector costs at most ~3 MB
     batch_size: int = 512
@@ -74,6 +75,8 @@ class TelemetryConfig:
             ("http://", "https://")
         ):
             problems.append(f"collector_url must be http(s)://host:port, got {self.collector_url}")
+        if self.otlp_compression not in COMPRESSIONS:
+            problems.append(f"otlp_compression must be none or gzip, got {self.otlp_compression!r}")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -172,7 +175,11 @@ class Telemetry:
             now_ns=now_ns,
         )
         if transport is None and config.collector_url is not None:
-            transport = HttpTransport(config.collector_url, timeout_s=config.export_timeout_s)
+            transport = HttpTransport(
+                config.collector_url,
+                timeout_s=config.export_timeout_s,
+                compression=config.otlp_compression,
+            )
         if transport is not None:
             self._exporter = OtlpExporter(
                 transport=transport,

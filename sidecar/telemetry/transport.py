@@ -1,4 +1,9 @@
-"""OTLP/HTTP transport: POST protobuf bodies (gzip) to a collector, with OTLP's retry rules.
+"""OTLP/HTTP transport: POST protobuf bodies to a collector, with OTLP's retry rules.
+
+Bodies go uncompressed by default, as the OpenTelemetry SDKs send them
+(OTEL_EXPORTER_OTLP_COMPRESSION defaults to none): a sidecar usually exports to a node-local
+collector, where gzip costs CPU per span and saves nothing that matters. `compression="gzip"`
+(`meshlens sidecar --otlp-compression gzip`) compresses them at level 1.
 
 Retries only what the OTLP spec calls retryable (429, 502, 503, 504, and connection failures),
 honours Retry-After (seconds or HTTP date), else exponential backoff with full jitter.
@@ -22,6 +27,7 @@ from sidecar.stack import Clock, Sleep, monotonic
 from sidecar.upstream import UpstreamConfig, UpstreamPool
 
 __all__ = [
+    "COMPRESSIONS",
     "RETRYABLE_STATUSES",
     "ExportOutcome",
     "HttpTransport",
@@ -34,6 +40,7 @@ __all__ = [
 ]
 
 RETRYABLE_STATUSES = frozenset((429, 502, 503, 504))
+COMPRESSIONS = ("none", "gzip")  # the values OTEL_EXPORTER_OTLP_COMPRESSION allows
 _MAX_RESPONSE_BYTES = 4 * 1024 * 1024  # the OTLP spec caps responses at 4 MiB
 
 
@@ -87,14 +94,18 @@ class HttpTransport:
     the sidecar process loads no HTTP client library; https:// uses aiohttp (imported only then).
     """
 
-    def __init__(self, base_url: str, *, timeout_s: float = 10.0, compress: bool = True) -> None:
+    def __init__(
+        self, base_url: str, *, timeout_s: float = 10.0, compression: str = "none"
+    ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"collector URL must be http(s)://host:port, got {base_url!r}")
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        if compression not in COMPRESSIONS:
+            raise ValueError(f"compression must be none or gzip, got {compression!r}")
         self._base = base_url.rstrip("/")
         self._timeout_s = timeout_s
-        self._compress = compress
+        self._gzip = compression == "gzip"
         self._tls = base_url.startswith("https://")
         self._session: Any = None  # aiohttp.ClientSession, https only
         self._pool: UpstreamPool | None = None
@@ -111,7 +122,7 @@ class HttpTransport:
 
     async def post(self, path: str, body: bytes) -> TransportResult:
         headers: list[tuple[str, str]] = [("content-type", "application/x-protobuf")]
-        if self._compress:
+        if self._gzip:
             body = gzip.compress(body, compresslevel=1)
             headers.append(("content-encoding", "gzip"))
         if self._tls:

@@ -16,6 +16,7 @@ pytestmark = pytest.mark.timeout(30)
 
 
 async def test_posts_gzip_protobuf_under_the_url_prefix_and_reuses_the_connection() -> None:
+    """With compression="gzip" (`--otlp-compression gzip`)."""
     seen: list[Request] = []
 
     async def collector(request: Request) -> Response:
@@ -26,7 +27,7 @@ async def test_posts_gzip_protobuf_under_the_url_prefix_and_reuses_the_connectio
 
     server = HttpServer(ServerConfig(direction="inbound"), lambda: collector)
     host, port = await server.start("127.0.0.1", 0)
-    transport = HttpTransport(f"http://{host}:{port}/otlp/", timeout_s=5.0)
+    transport = HttpTransport(f"http://{host}:{port}/otlp/", timeout_s=5.0, compression="gzip")
     try:
         busy = await transport.post("/v1/traces", b"spans" * 100)
         ok = await transport.post("/v1/metrics", b"metrics")
@@ -43,6 +44,28 @@ async def test_posts_gzip_protobuf_under_the_url_prefix_and_reuses_the_connectio
     assert header_value(first.headers, "content-encoding") == "gzip"
     assert isinstance(first.body, bytes) and gzip.decompress(first.body) == b"spans" * 100
     assert len(server.connections) == 1  # one keep-alive connection carried both
+
+
+async def test_posts_uncompressed_protobuf_by_default() -> None:
+    seen: list[Request] = []
+
+    async def collector(request: Request) -> Response:
+        seen.append(request)
+        return Response(200, (("content-type", "application/x-protobuf"),), b"")
+
+    server = HttpServer(ServerConfig(direction="inbound"), lambda: collector)
+    host, port = await server.start("127.0.0.1", 0)
+    transport = HttpTransport(f"http://{host}:{port}", timeout_s=5.0)
+    try:
+        ok = await transport.post("/v1/traces", b"spans" * 100)
+    finally:
+        await transport.close()
+        await server.close()
+    assert ok.status == 200
+    (request,) = seen
+    assert header_value(request.headers, "content-type") == "application/x-protobuf"
+    assert header_value(request.headers, "content-encoding") is None
+    assert request.body == b"spans" * 100
 
 
 async def test_refused_connection_is_a_transport_error() -> None:
@@ -79,3 +102,6 @@ def test_bad_urls_are_refused() -> None:
     for url in ("127.0.0.1:4318", "http://", "http://host:notaport"):
         with pytest.raises(ValueError):
             HttpTransport(url)
+    for compression in ("deflate", "GZIP", ""):
+        with pytest.raises(ValueError, match="compression must be none or gzip"):
+            HttpTransport("http://127.0.0.1:4318", compression=compression)
