@@ -84,7 +84,9 @@ class TraceEncoder:
     __slots__ = (
         "_attr_cache",
         "_attr_count",
+        "_flags",
         "_int_attrs",
+        "_last",
         "_misses",
         "_name_cache",
         "_resource",
@@ -111,9 +113,12 @@ class TraceEncoder:
         self._int_attrs: dict[str, dict[int, bytes]] = {}
         self._attr_count = 0
         self._name_cache: dict[str, bytes] = {}
-        # whole attribute sets (keys, values) -> their encoding: spans of one route and endpoint
+        # whole attribute sets, values -> (keys, encoding): spans of one route and endpoint
         # repeat the same set; misses (e.g. a path per request) turn it off for a while
-        self._set_cache: dict[tuple[tuple[str, ...], tuple[AttrValue, ...]], bytes] = {}
+        self._set_cache: dict[tuple[AttrValue, ...], tuple[tuple[str, ...], bytes]] = {}
+        # span name -> (keys, values, encoding) of the last cached set of a span of that name
+        self._last: dict[str, tuple[tuple[str, ...], tuple[AttrValue, ...], bytes]] = {}
+        self._flags: dict[int, bytes] = {}  # Span.flags -> its field (a handful of values)
         self._misses = 0
         self._skip = 0
 
@@ -164,8 +169,22 @@ class TraceEncoder:
         self._attr_cache[cache_key] = encoded
         return encoded
 
-    def _attributes(self, attributes: dict[str, AttrValue]) -> bytes:
+    def _attributes(self, name: str, attributes: dict[str, AttrValue]) -> bytes:
         """The span's attributes (repeated field 9), whole sets cached when they repeat."""
+        # First the last set of a span of this name (spans of one route repeat it): compared
+        # item by item, no tuple built or hashed. Its values are all exact str or int.
+        last = self._last.get(name)
+        if last is not None:
+            keys, olds, encoded = last
+            if len(keys) == len(attributes):
+                i = 0
+                for key, value in attributes.items():
+                    old = olds[i]
+                    if type(value) is not type(old) or value != old or key != keys[i]:
+                        break
+                    i += 1
+                else:
+                    return encoded
         if self._skip > 0:
             self._skip -= 1
             return self._each(attributes)
@@ -174,20 +193,40 @@ class TraceEncoder:
             kind = type(value)
             if kind is not str and kind is not int:
                 return self._each(attributes)
-        key = (tuple(attributes), values)
-        cached = self._set_cache.get(key)
-        if cached is not None:
-            self._misses = 0
-            return cached
+        # Looked up by the values alone (one tuple built and hashed, not two); the keys are
+        # checked against the entry's in order, without building their tuple.
+        entry = self._set_cache.get(values)
+        if entry is not None:
+            keys = entry[0]
+            if len(keys) == len(attributes):
+                i = 0
+                for key in attributes:
+                    if key != keys[i]:
+                        break
+                    i += 1
+                else:
+                    self._misses = 0
+                    self._remember(name, keys, values, entry[1])
+                    return entry[1]
         encoded = self._each(attributes)
         if len(self._set_cache) >= _SET_CACHE_LIMIT:
             self._set_cache.clear()
-        self._set_cache[key] = encoded
+        keys = tuple(attributes)
+        self._set_cache[values] = (keys, encoded)
+        self._remember(name, keys, values, encoded)
         self._misses += 1
         if self._misses >= _SET_MISSES:  # sets do not repeat now: encode attribute by attribute
             self._misses = 0
             self._skip = _SET_SKIP
         return encoded
+
+    def _remember(
+        self, name: str, keys: tuple[str, ...], values: tuple[AttrValue, ...], encoded: bytes
+    ) -> None:
+        last = self._last
+        if len(last) >= _SET_CACHE_LIMIT and name not in last:
+            last.clear()
+        last[name] = (keys, values, encoded)
 
     def _each(self, attributes: dict[str, AttrValue]) -> bytes:
         # self._attr, not a bound-method local: compiled by mypyc that is a direct native call
@@ -223,13 +262,18 @@ class TraceEncoder:
             flags |= _FLAG_HAS_REMOTE | _FLAG_REMOTE
         parts.append(self._name(span.name))
         parts.append(_PACK_KIND_TIMES(0x30, span.kind, 0x39, span.start_ns, 0x41, span.end_ns))
-        parts.append(self._attributes(span.attributes))
+        parts.append(self._attributes(span.name, span.attributes))
         if span.status or span.status_message:
             status = b"\x18" + _SMALL_VARINTS[span.status]
             if span.status_message:
                 status = _field(b"\x12", span.status_message.encode()) + status
             parts.append(_field(b"\x7a", status))
-        parts += (b"\x85\x01", _PACK_I(flags))
+        encoded_flags = self._flags.get(flags)
+        if encoded_flags is None:
+            encoded_flags = b"\x85\x01" + _PACK_I(flags)
+            if len(self._flags) < 64:
+                self._flags[flags] = encoded_flags
+        parts.append(encoded_flags)
         return b"".join(parts)
 
 

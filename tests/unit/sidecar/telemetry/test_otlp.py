@@ -184,6 +184,7 @@ def test_repeated_attribute_sets_encode_the_same_as_each_attribute() -> None:
         base,
         dict(base),  # the same set again: from the cache
         {"http.request.method": "GET", "server.port": 80, "q": "api"},  # same values, other key
+        base,  # and back
         {"http.request.method": "GET", "server.port": True, "r": "api"},  # bool: never cached
         {"http.request.method": "GET", "server.port": 1, "r": "api"},
         {"http.request.method": "GET", "server.port": True, "r": "api"},  # bool: never cached
@@ -194,13 +195,27 @@ def test_repeated_attribute_sets_encode_the_same_as_each_attribute() -> None:
     decoded = _spans_of(encoder.encode(spans))
     assert [_attrs(s) for s in decoded] == sets
     kinds = [s.attributes[1].value.WhichOneof("value") for s in decoded]
-    assert kinds == ["int_value"] * 2 + ["int_value", "bool_value", "int_value"] + [
+    assert kinds == ["int_value"] * 3 + ["int_value", "bool_value", "int_value"] + [
         "bool_value",
         "double_value",
         "int_value",
     ]
     fresh = TraceEncoder(RESOURCE)  # set by set in a new encoder: the same bytes
     assert encoder.encode(spans) == fresh.encode(spans)
+
+
+def test_sets_of_equal_values_under_other_keys_or_key_orders_keep_their_own_keys() -> None:
+    encoder = TraceEncoder(RESOURCE)
+    sets: list[dict[str, AttrValue]] = [
+        {"a": "x", "b": "x"},
+        {"b": "x", "a": "x"},  # the same values: other key order
+        {"a": "x", "b": "x"},
+        {"a": "x", "c": "x"},
+        {"a": "x", "b": "x", "c": "x"},
+        {"a": "x", "b": "x"},
+    ]
+    decoded = _spans_of(encoder.encode([_span(attributes=a) for a in sets]))
+    assert [[kv.key for kv in s.attributes] for s in decoded] == [list(a) for a in sets]
 
 
 def test_attribute_sets_that_do_not_repeat_stop_the_set_cache_and_stay_correct() -> None:
