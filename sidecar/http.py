@@ -9,6 +9,7 @@ decisions to put on the span) lives in one `RequestContext` shared by all layers
 from __future__ import annotations
 
 import asyncio
+import heapq
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import FunctionType
@@ -21,6 +22,7 @@ __all__ = [
     "AttrValue",
     "Body",
     "BodyStream",
+    "DeadlineQueue",
     "DeadlineTimer",
     "Endpoint",
     "Headers",
@@ -44,6 +46,10 @@ AttrValue = str | int | float | bool
 
 
 Body = bytes | BodyStream
+
+_heappush: Final = heapq.heappush
+_heappop: Final = heapq.heappop
+_heapify: Final = heapq.heapify
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,24 +82,39 @@ class DeadlineTimer:
     that wait as the upstream's own timer would have (it returns True), then fires again a
     millisecond later, like the layer's separate timer did; otherwise it cancels the task
     (`fired`), which the timeout layer reports as the request's timeout.
+
+    With a `queue` (a DeadlineQueue, one per timeout layer or fused route) it shares that
+    queue's one loop timer instead of arming its own.
     """
 
-    __slots__ = ("deadline", "expire", "fired", "handle", "task")
+    __slots__ = ("deadline", "entry", "expire", "fired", "handle", "queue", "task")
 
-    def __init__(self, task: asyncio.Task[object], deadline: float) -> None:
+    def __init__(
+        self, task: asyncio.Task[object], deadline: float, queue: DeadlineQueue | None = None
+    ) -> None:
         self.task = task
         self.deadline = deadline
         self.fired = False
         self.expire: Callable[[], bool] | None = None
         self.handle: asyncio.TimerHandle | None = None
+        self.queue = queue
+        self.entry = 0  # the queue entry (its sequence number) that fires it; 0: none
 
     def arm(self, delay_s: float) -> None:
+        queue = self.queue
+        if queue is not None and queue.add(self, delay_s):
+            return
         # (the task's loop: get_running_loop() costs a getpid() syscall per call)
         self.handle = self.task.get_loop().call_later(delay_s, self)
 
     def cancel(self) -> None:
         self.expire = None
-        if self.handle is not None:
+        if self.entry:
+            self.entry = 0
+            queue = self.queue
+            assert queue is not None
+            queue.cancelled()
+        elif self.handle is not None:
             self.handle.cancel()
 
     def __call__(self) -> None:
@@ -105,6 +126,91 @@ class DeadlineTimer:
                 return
         self.fired = True
         self.task.cancel()
+
+
+class DeadlineQueue:
+    """Deadline timers of one loop sharing one loop timer, armed at the earliest of them.
+
+    A request's timer costs a heap push instead of a loop timer (call_later: a handle and a
+    libuv timer armed, then cancelled); a cancelled entry stays in the heap until it is due or
+    the cancelled ones outnumber the rest (then they are dropped). The loop timer fires when the
+    earliest entry is due, exactly when that entry's own timer would have, and fires every entry
+    due by then in deadline order. Timers of another loop than the queue's use their own.
+    """
+
+    __slots__ = ("_at", "_cancelled", "_handle", "_heap", "_loop", "_seq")
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._heap: list[tuple[float, int, DeadlineTimer]] = []
+        self._handle: asyncio.TimerHandle | None = None
+        self._at = 0.0  # when the loop timer fires
+        self._seq = 0
+        self._cancelled = 0  # cancelled entries still in the heap
+
+    def __len__(self) -> int:
+        """Entries that will fire (not cancelled)."""
+        return len(self._heap) - self._cancelled
+
+    def add(self, timer: DeadlineTimer, delay_s: float) -> bool:
+        """Fire `timer` in `delay_s`; False (nothing done) if it belongs to another loop."""
+        loop = timer.task.get_loop()
+        if loop is not self._loop:
+            if len(self._heap) > self._cancelled:
+                return False
+            if self._handle is not None:
+                self._handle.cancel()
+                self._handle = None
+            self._loop = loop
+            self._heap.clear()
+            self._cancelled = 0
+        now = loop.time()
+        when = now + delay_s
+        self._seq += 1
+        timer.entry = self._seq
+        heap = self._heap
+        _heappush(heap, (when, self._seq, timer))
+        if self._handle is None or when < self._at:
+            if self._handle is not None:
+                self._handle.cancel()
+            self._at = when
+            self._handle = loop.call_later(delay_s, self._fire)
+        return True
+
+    def cancelled(self) -> None:
+        """One entry was cancelled (DeadlineTimer.cancel)."""
+        self._cancelled += 1
+        heap = self._heap
+        if self._cancelled == len(heap):
+            heap.clear()  # (the loop timer stays: re-armed if still needed when it fires)
+            self._cancelled = 0
+        elif self._cancelled > 64 and self._cancelled * 2 > len(heap):
+            live = [entry for entry in heap if entry[2].entry == entry[1]]
+            _heapify(live)
+            self._heap = live
+            self._cancelled = 0
+
+    def _fire(self) -> None:
+        self._handle = None
+        loop = self._loop
+        assert loop is not None
+        heap = self._heap
+        due: list[tuple[float, int, DeadlineTimer]] = []
+        limit = max(self._at, loop.time())
+        while heap and heap[0][0] <= limit:
+            entry = _heappop(heap)
+            if entry[2].entry == entry[1]:
+                due.append(entry)
+            else:
+                self._cancelled -= 1
+        if heap:
+            when = heap[0][0]
+            self._at = when
+            self._handle = loop.call_later(when - loop.time(), self._fire)
+        for _when, seq, timer in due:
+            if timer.entry == seq:  # (not cancelled meanwhile)
+                timer.entry = 0
+                timer()
 
 
 @dataclass(slots=True)

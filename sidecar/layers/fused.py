@@ -19,7 +19,7 @@ import asyncio
 from collections.abc import Awaitable, Mapping, Sequence
 
 from sidecar.errors import NoRoute, ProxyError, UpstreamTimeout
-from sidecar.http import Request, Response
+from sidecar.http import DeadlineQueue, Request, Response
 from sidecar.layers.balance import Balancer
 from sidecar.layers.breaker import Breaker
 from sidecar.layers.fault import Fault
@@ -84,6 +84,7 @@ def fused_route(
     assert timeout.enforce, "an observe-only timeout is not fused"
     assert retry is None or retry.config.per_try_s is None, "a per-try timeout is not fused"
     budget = retry.budget if retry is not None else None
+    queue = DeadlineQueue()  # the deadline timers of this route's requests
 
     async def run(request: Request) -> Response:
         context = request.context
@@ -97,7 +98,7 @@ def fused_route(
             fault.abort(request)
         # -- timeout (layers/timeout.py) --
         request, budget_s = deadline_budget(request, request_s, idle_s, propagate, tail)
-        timer = arm_deadline(context, budget_s, clock) if budget_s is not None else None
+        timer = arm_deadline(context, budget_s, clock, queue) if budget_s is not None else None
         outer = context.deadline_timer
         cancelling = 0
         if timer is not None:

@@ -12,6 +12,7 @@ from typing import Final
 
 from sidecar.errors import UpstreamTimeout
 from sidecar.http import (
+    DeadlineQueue,
     DeadlineTimer,
     Headers,
     Request,
@@ -111,8 +112,11 @@ def deadline_budget(
     return request, budget_s
 
 
-def arm_deadline(context: RequestContext, budget_s: float, clock: Clock) -> DeadlineTimer | None:
-    """Set context.deadline and arm the request's one timer (None: not in a task).
+def arm_deadline(
+    context: RequestContext, budget_s: float, clock: Clock, queue: DeadlineQueue | None = None
+) -> DeadlineTimer | None:
+    """Set context.deadline and arm the request's one timer (None: not in a task), in `queue`
+    (the caller's: its requests' timers share one loop timer) when given.
 
     What asyncio.timeout does, without its Timeout object and two coroutines; the HTTP/1.1
     upstream's wait for response headers shares the timer (DeadlineTimer). The caller puts it
@@ -123,7 +127,7 @@ def arm_deadline(context: RequestContext, budget_s: float, clock: Clock) -> Dead
     task = asyncio.current_task()
     if task is None:
         return None
-    timer = DeadlineTimer(task, deadline)
+    timer = DeadlineTimer(task, deadline, queue)
     timer.arm(budget_s)
     return timer
 
@@ -153,13 +157,14 @@ def timeout_layer(config: TimeoutConfig, *, clock: Clock = monotonic) -> Layer:
     def wrap(inner: Handler) -> Handler:
         if not config.enforce:
             return _observe(inner, request_s, clock)
+        queue = DeadlineQueue()  # the deadline timers of this handler's requests
 
         async def handle(request: Request) -> Response:
             request, budget_s = deadline_budget(request, request_s, idle_s, propagate, tail)
             if budget_s is None:
                 return await inner(request)
             context = request.context
-            timer = arm_deadline(context, budget_s, clock)
+            timer = arm_deadline(context, budget_s, clock, queue)
             if timer is None:  # not in a task (no loop to cancel us): nothing bounds the wait
                 return await inner(request)
             outer, context.deadline_timer = context.deadline_timer, timer

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from sidecar.errors import BodyTooLarge
 from sidecar.http import (
+    DeadlineQueue,
+    DeadlineTimer,
     Endpoint,
     Request,
     RequestContext,
@@ -124,3 +129,123 @@ def test_endpoint_address_is_built_once_and_stays_out_of_eq_hash_and_repr() -> N
     assert "address" not in repr(a)
     with pytest.raises(dataclasses.FrozenInstanceError):
         a.address = "elsewhere:1"  # type: ignore[misc]
+
+
+# -- DeadlineQueue: request deadline timers sharing one loop timer -------------------------------
+
+
+def _count_loop_timers(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    loop = asyncio.get_running_loop()
+    delays: list[float] = []
+    call_later = loop.call_later
+
+    def counting(delay: float, callback: Any, *args: Any) -> asyncio.TimerHandle:
+        delays.append(delay)
+        return call_later(delay, callback, *args)
+
+    monkeypatch.setattr(loop, "call_later", counting)
+    return delays
+
+
+async def _idle_tasks(n: int) -> list[asyncio.Task[None]]:
+    tasks = [asyncio.get_running_loop().create_task(asyncio.sleep(30)) for _ in range(n)]
+    await asyncio.sleep(0)  # started: a cancel now ends them with CancelledError
+    return tasks
+
+
+async def _finish(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_deadlines_in_increasing_order_share_one_loop_timer_and_fire_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tasks = await _idle_tasks(4)
+    delays = _count_loop_timers(monkeypatch)
+    queue = DeadlineQueue()
+    fired: list[int] = []
+    timers = [DeadlineTimer(t, 0.0, queue) for t in tasks]
+
+    def recorder(n: int) -> Callable[[], bool]:
+        def expire() -> bool:
+            fired.append(n)
+            return False  # not a header wait: the timer goes on to cancel its task
+
+        return expire
+
+    for n, timer in enumerate(timers):
+        timer.expire = recorder(n)
+        timer.arm(0.01 + n * 0.005)
+    timers[2].cancel()
+    assert delays == [0.01] and len(queue) == 3
+    for _ in range(100):  # bounded: up to 1 s
+        if len(fired) == 3 and all(t.done() for t in (tasks[0], tasks[1], tasks[3])):
+            break
+        await asyncio.sleep(0.01)
+    assert fired == [0, 1, 3]  # the cancelled one never fires
+    assert [t.fired for t in timers] == [True, True, False, True]
+    assert [t.cancelled() for t in tasks] == [True, True, False, True]
+    assert len(queue) == 0
+    await _finish(tasks)
+
+
+async def test_an_earlier_deadline_rearms_the_loop_timer(monkeypatch: pytest.MonkeyPatch) -> None:
+    tasks = await _idle_tasks(2)
+    delays = _count_loop_timers(monkeypatch)
+    queue = DeadlineQueue()
+    late = DeadlineTimer(tasks[0], 0.0, queue)
+    early = DeadlineTimer(tasks[1], 0.0, queue)
+    late.arm(30.0)
+    early.arm(0.01)
+    assert delays == [30.0, 0.01]
+    for _ in range(100):
+        if tasks[1].done():
+            break
+        await asyncio.sleep(0.01)
+    assert early.fired and tasks[1].cancelled()
+    assert not late.fired and not tasks[0].done()
+    late.cancel()
+    assert len(queue) == 0
+    await _finish(tasks)
+
+
+async def test_cancelled_entries_are_dropped_so_the_heap_stays_bounded() -> None:
+    (task,) = await _idle_tasks(1)
+    queue = DeadlineQueue()
+    keep = DeadlineTimer(task, 0.0, queue)
+    keep.arm(60.0)  # one live entry: the heap is never simply emptied
+    for _ in range(1000):
+        timer = DeadlineTimer(task, 0.0, queue)
+        timer.arm(30.0)
+        timer.cancel()
+    assert len(queue) == 1
+    assert len(queue._heap) <= 2 * 65 + 1
+    keep.cancel()
+    assert len(queue) == 0
+    await _finish([task])
+
+
+async def test_a_timer_of_another_loop_arms_its_own_loop_timer() -> None:
+    (task,) = await _idle_tasks(1)
+    queue = DeadlineQueue()
+    mine = DeadlineTimer(task, 0.0, queue)
+    mine.arm(30.0)
+
+    def other_loop() -> tuple[bool, bool]:
+        async def arm() -> tuple[bool, bool]:
+            current = asyncio.current_task()
+            assert current is not None
+            timer = DeadlineTimer(current, 0.0, queue)
+            timer.arm(30.0)
+            own = timer.handle is not None and timer.entry == 0
+            timer.cancel()
+            return own, timer.handle is not None and timer.handle.cancelled()
+
+        return asyncio.run(arm())
+
+    assert await asyncio.to_thread(other_loop) == (True, True)
+    assert len(queue) == 1
+    mine.cancel()
+    await _finish([task])
