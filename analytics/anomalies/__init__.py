@@ -12,7 +12,7 @@ from analytics.anomalies.detectors import (
     detect_edge_changes,
     detect_stopped_instances,
 )
-from analytics.anomalies.incidents import Incident, ServiceMap, group_incidents
+from analytics.anomalies.incidents import Incident, ServiceMap, group_incidents, opens_incident
 
 __all__ = [
     "Anomaly",
@@ -26,4 +26,5 @@ __all__ = [
     "detect_edge_changes",
     "detect_stopped_instances",
     "group_incidents",
+    "opens_incident",
 ]

@@ -7,6 +7,15 @@ incident already names. A fault spreads along calls (to its callers, their calle
 each step of the spread shows up as an anomaly of its own, so one fault's anomalies stay one
 incident; an unrelated blip elsewhere in the mesh at the same time opens its own incident and
 does not take over (or rename, or re-rank) the real one.
+
+With `tail_min`, a short tail-only anomaly (a `latency_p99` run shorter than `tail_min`) is
+context, not evidence: it never opens an incident and no stronger anomaly joins a group of such
+anomalies alone; it joins an incident opened by a stronger signal (errors, the median, the rate,
+a burn rate, a stopped replica, a tail rise that has lasted `tail_min`) within reach. A 5 s
+bucket's p99 is its slowest request or two: a host stall moves it for tens of seconds, and a
+fault that every request or many requests pay moves a stronger signal too. Were such a rise to
+open the incident, the fault that follows it in the same neighbourhood would join it and the
+incident would start (and be ranked) before the fault.
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ from datetime import datetime, timedelta
 
 from analytics.anomalies.detectors import Anomaly
 
-__all__ = ["Incident", "ServiceMap", "group_incidents"]
+__all__ = ["Incident", "ServiceMap", "group_incidents", "opens_incident"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +81,13 @@ class _Group:
     anomalies: list[Anomaly]
     end: datetime
     reach: set[str]  # services within `hops` of one the group names
+    opened: bool  # holds an anomaly that may open an incident
+
+
+def opens_incident(anomaly: Anomaly, tail_min: timedelta) -> bool:
+    """Whether `anomaly` may open an incident: any signal but a tail-only latency rise
+    (`latency_p99`) that has lasted less than `tail_min` (module docstring)."""
+    return anomaly.signal != "latency_p99" or anomaly.end - anomaly.start >= tail_min
 
 
 def group_incidents(
@@ -80,26 +96,38 @@ def group_incidents(
     gap_minutes: int = 2,
     edges: Iterable[tuple[str, str]] | None = None,
     hops: int = 2,
+    tail_min: timedelta = timedelta(0),
 ) -> list[Incident]:
     """Anomalies sorted by start join the earliest incident still open (its last anomaly ended
     at most `gap_minutes` before) that, given `edges`, reaches one of their services within
-    `hops` calls; otherwise they begin a new incident (module docstring)."""
+    `hops` calls; otherwise they begin a new incident (module docstring). With `tail_min`, an
+    anomaly that may open an incident (`opens_incident`) joins only a group that holds one
+    such already, and groups without one are no incidents."""
     if gap_minutes < 0:
         raise ValueError(f"gap_minutes must be >= 0, got {gap_minutes}")
     if hops < 0:
         raise ValueError(f"hops must be >= 0, got {hops}")
+    if tail_min < timedelta(0):
+        raise ValueError(f"tail_min must be >= 0, got {tail_min}")
     gap = timedelta(minutes=gap_minutes)
     graph = ServiceMap(edges) if edges is not None else None
     groups: list[_Group] = []
     for a in sorted(anomalies, key=lambda a: (a.start, a.subject, a.signal)):
         services = set(a.services)
+        opens = opens_incident(a, tail_min)
         home = next(
-            (g for g in groups if a.start <= g.end + gap and (graph is None or services & g.reach)),
+            (
+                g
+                for g in groups
+                if a.start <= g.end + gap
+                and (graph is None or services & g.reach)
+                and (g.opened or not opens)
+            ),
             None,
         )
         reach = set().union(*(graph.near(s, hops) for s in services)) if graph else set()
         if home is None:
-            groups.append(_Group([a], a.end, reach))
+            groups.append(_Group([a], a.end, reach, opens))
         else:
             home.anomalies.append(a)
             home.end = max(home.end, a.end)
@@ -112,4 +140,5 @@ def group_incidents(
             tuple(g.anomalies),
         )
         for g in groups
+        if g.opened
     ]
