@@ -82,6 +82,7 @@ class _Capture(logging.Handler):
                     seconds(extra["start"]),
                     tuple(extra["services"]),
                     tuple(extra["root_causes"]),
+                    tuple((a["subject"], seconds(a["start"])) for a in extra.get("anomalies", ())),
                 )
             )
 
@@ -163,7 +164,13 @@ def _outcomes(run_dir: Path, result: dict[str, Any]) -> tuple[Outcome, Outcome, 
     live = evaluate_run(run_dir.name, truth, opened_incidents(lines), found_anomalies(lines))
     found = [Found(**{**f}) for f in result["found"]]
     opened = [
-        Opened(o["at_s"], o["start_s"], tuple(o["services"]), tuple(o["root_causes"]))
+        Opened(
+            o["at_s"],
+            o["start_s"],
+            tuple(o["services"]),
+            tuple(o["root_causes"]),
+            tuple((subject, at) for subject, at in o.get("anomalies", ())),
+        )
         for o in result["opened"]
     ]
     replayed = evaluate_run(run_dir.name, truth, opened, found)
@@ -172,6 +179,8 @@ def _outcomes(run_dir: Path, result: dict[str, Any]) -> tuple[Outcome, Outcome, 
 
 def _side_by_side(pairs: Sequence[tuple[Outcome, Outcome, dict[str, Any]]]) -> str:
     def cell(o: Outcome) -> str:
+        if o.kind == "nofault":
+            return f"  free        false={o.false_incidents}"
         t = f"{o.detect_s:5.1f}s" if o.detect_s is not None else "  miss"
         return f"{t} top1={'y' if o.top1 else 'n'} false={o.false_incidents}"
 

@@ -59,12 +59,16 @@ def record_case(into: Path, case: Scenario) -> int:
     return done.returncode
 
 
-def record_nofault(into: Path, topology: str, index: int, duration_s: float) -> int:
+def record_nofault(
+    into: Path, topology: str, index: int, duration_s: float, *, seed: int | None = None
+) -> int:
+    """A fault-free run of `topology` (load seed `seed`, default 100 + index)."""
     run_dir = into / f"{topology}-nofault-{index}"
     if (run_dir / "truth.json").is_file():
         return 0
     run_dir.mkdir(parents=True, exist_ok=True)
-    command = _demo(run_dir, ["--topology", topology, "--no-faults", "--seed", str(100 + index)])
+    load_seed = 100 + index if seed is None else seed
+    command = _demo(run_dir, ["--topology", topology, "--no-faults", "--seed", str(load_seed)])
     with (run_dir / "demo.log").open("w") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=log)
         try:
