@@ -247,7 +247,9 @@ def finish_attempt(
     }
     if number > 1:
         attrs["http.request.resend_count"] = number - 1
-    attrs.update(ctx.attributes)
+    extra = ctx.attributes
+    if len(extra) != 1 or ATTEMPT not in extra:  # (else it holds only what is set next)
+        attrs.update(extra)
     attrs[ATTEMPT] = number
     if status:
         attrs["http.response.status_code"] = status

@@ -70,11 +70,18 @@ def server_status(status: int, proxy_error: str) -> int:
 def inject(headers: Headers, trace_id: bytes, span_id: bytes, flags: int, state: str) -> Headers:
     """`headers` with our traceparent (and tracestate; B3 too if the caller spoke B3) replacing
     any trace headers it had."""
-    kept: list[object] = []
-    b3 = False
     # `item` as an object: compiled, a tuple[str, str] variable is unpacked, and appending it
     # would build a new tuple for every header kept
     items: tuple[object, ...] = headers
+    for item in items:
+        if cast("tuple[str, str]", item)[0] in TRACE_HEADERS:
+            break
+    else:  # no trace headers to replace (the usual request): one tuple concatenation
+        traceparent = ("traceparent", format_traceparent(trace_id, span_id, flags))
+        ours: Headers = (traceparent, ("tracestate", state)) if state else (traceparent,)
+        return headers + ours
+    kept: list[object] = []
+    b3 = False
     for item in items:
         name = cast("tuple[str, str]", item)[0]
         if name in TRACE_HEADERS:

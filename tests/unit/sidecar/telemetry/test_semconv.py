@@ -51,6 +51,14 @@ def test_inject_without_b3_input_writes_only_w3c() -> None:
     assert out[1][1].endswith("-00")
 
 
+def test_inject_without_trace_headers_keeps_every_header_and_appends_ours() -> None:
+    headers = (("host", "app"), ("accept", "*/*"), ("x-a", "1"))
+    traceparent = ("traceparent", f"00-{TRACE.hex()}-{SPAN.hex()}-01")
+    assert inject(headers, TRACE, SPAN, 1, "") == (*headers, traceparent)
+    assert inject(headers, TRACE, SPAN, 1, "v=1") == (*headers, traceparent, ("tracestate", "v=1"))
+    assert inject((), TRACE, SPAN, 1, "") == (traceparent,)
+
+
 def test_split_host_port() -> None:
     assert split_host_port("10.0.0.1:8080") == ("10.0.0.1", 8080)
     assert split_host_port("orders") == ("orders", 0)
