@@ -8,6 +8,7 @@ request in order to the current handler stack and writes the responses back, str
 from __future__ import annotations
 
 import asyncio
+import binascii
 import logging
 import random
 from collections import deque
@@ -962,11 +963,53 @@ _STATUS_LINES: Final = {
 
 def _request_uuid() -> str:
     """A random (version 4) UUID; ids need uniqueness, not secrecy, so no syscall per request."""
-    # 128 random bits as hex; then the version nibble (12) becomes 4 and the variant nibble
-    # (16) keeps its two low bits under the 0b10 variant: string ops, no 128-bit arithmetic.
-    text = _random_bits(128).to_bytes(16, "big").hex()
-    variant = _UUID_VARIANT[text[16]]
-    return f"{text[:8]}-{text[8:12]}-4{text[13:16]}-{variant}{text[17:20]}-{text[20:]}"
+    return _UUIDS.next()
 
 
-_UUID_VARIANT: Final[dict[str, str]] = {f"{n:x}": "89ab"[n & 3] for n in range(16)}
+class _UuidSource:
+    """Random version-4 UUID strings, formatted a batch at a time.
+
+    One PRNG draw of 256 x 128 bits is laid out as 256 UUID strings by strided byte copies (the
+    work per id is one slice); every id still takes 128 fresh bits of the process's PRNG (seeded
+    from os.urandom), as one draw per id did, of which the version nibble becomes 4 and the
+    variant nibble keeps its two low bits under the 0b10 variant (122 random bits, as UUID4).
+    """
+
+    __slots__ = ("_pos", "_text")
+
+    def __init__(self) -> None:
+        self._text = ""
+        self._pos = 0
+
+    def next(self) -> str:
+        text, pos = self._text, self._pos
+        if pos >= len(text):
+            text = self._text = _uuid_batch(_UUID_BATCH)
+            pos = 0
+        self._pos = pos + 36
+        return text[pos : pos + 36]
+
+
+def _uuid_batch(count: int) -> str:
+    """`count` random version-4 UUID strings, concatenated (36 characters each)."""
+    digits = binascii.hexlify(_random_bits(128 * count).to_bytes(16 * count, "big"))
+    out = bytearray(b"-" * (36 * count))
+    for target, source in _UUID_DIGITS:  # one strided copy per digit position
+        out[target::36] = digits[source::32]
+    out[14::36] = b"4" * count
+    out[19::36] = digits[16::32].translate(_UUID_VARIANT)
+    return out.decode("ascii")
+
+
+_UUID_BATCH: Final = 256
+# (position in the UUID string, random hex digit) of the 30 digits copied as drawn: the digit
+# 12 is replaced by the version and the digit 16 becomes the variant nibble.
+_UUID_DIGITS: Final = tuple(
+    zip(
+        (*range(8), *range(9, 13), *range(15, 18), *range(20, 23), *range(24, 36)),
+        (*range(12), *range(13, 16), *range(17, 32)),
+        strict=True,
+    )
+)
+_UUID_VARIANT: Final = bytes.maketrans(b"0123456789abcdef", b"89ab89ab89ab89ab")
+_UUIDS: Final = _UuidSource()

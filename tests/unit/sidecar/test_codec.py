@@ -359,6 +359,17 @@ async def test_a_body_that_fails_unexpectedly_drops_only_that_connection() -> No
     assert server.connections == set()
 
 
+def test_request_ids_take_every_digit_at_every_random_position() -> None:
+    # ids are formatted a batch at a time: each of the 30 random positions of the string
+    # (all but the dashes, the version and the variant) varies over all 16 hex digits
+    ids = [_request_uuid() for _ in range(1024)]  # four batches
+    random_positions = [i for i in range(36) if i not in (8, 13, 14, 18, 19, 23)]
+    for i in random_positions:
+        assert {text[i] for text in ids} == set("0123456789abcdef"), i
+    assert {text[14] for text in ids} == {"4"}
+    assert {text[8] + text[13] + text[18] + text[23] for text in ids} == {"----"}
+
+
 def test_request_ids_are_random_version_4_uuids() -> None:
     import uuid
     from collections import Counter
