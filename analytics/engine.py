@@ -53,6 +53,7 @@ __all__ = [
     "detect_fine",
     "fine_edge_series",
     "fine_instance_series",
+    "fine_unreachable",
     "rank_incident",
 ]
 
@@ -195,6 +196,36 @@ async def fine_instance_series(
     return {service: dict(by_instance) for service, by_instance in out.items()}
 
 
+# Buckets in which an instance's own sidecar could not reach its app (connection refused): the
+# replica is down, not starved by the balancer (detect_stopped_instances' `unreachable`).
+_FINE_UNREACHABLE = f"""
+SELECT DISTINCT intDiv(toUnixTimestamp(Timestamp), {{step:UInt32}}) * {{step:UInt32}} AS bucket_s,
+       ServiceName AS service,
+       ResourceAttributes['service.instance.id'] AS instance
+FROM otel_traces
+WHERE Timestamp >= {{start:DateTime64(9)}} AND Timestamp < {{end:DateTime64(9)}}
+  AND SpanKind IN ('Server', 'SPAN_KIND_SERVER') AND instance != '' AND {SIDECAR_SPAN}
+  AND SpanAttributes['meshlens.error.reason'] = 'connect_failure'
+ORDER BY bucket_s, service, instance
+"""
+
+
+async def fine_unreachable(
+    store: Store, window: TimeWindow, step_s: int
+) -> dict[str, dict[str, set[datetime]]]:
+    """Per service and instance, the `step_s` buckets of `window` (their starts) in which the
+    instance's sidecar reported its app unreachable (meshlens.error.reason=connect_failure)."""
+    if step_s < 1:
+        raise ValueError(f"step_s must be >= 1, got {step_s}")
+    rows = await store.query(
+        _FINE_UNREACHABLE, {"start": window.start, "end": window.end, "step": step_s}
+    )
+    out: dict[str, dict[str, set[datetime]]] = defaultdict(lambda: defaultdict(set))
+    for r in rows:
+        out[r["service"]][r["instance"]].add(datetime.fromtimestamp(int(r["bucket_s"]), UTC))
+    return {service: dict(by_instance) for service, by_instance in out.items()}
+
+
 def _worst_median(group: Sequence[EdgePoint]) -> float | None:
     """The highest edge median, or None (median signal off) when an edge has none."""
     medians = [g.stats.p50_ms for g in group]
@@ -285,11 +316,14 @@ async def _fine_anomalies(
     history = TimeWindow(evaluate_from - timedelta(minutes=cfg.baseline_minutes), end)
     points = await fine_edge_series(store, history, cfg.step_s)
     instances = await fine_instance_series(store, history, cfg.step_s)
+    unreachable = await fine_unreachable(store, history, cfg.step_s)
 
     def run() -> list[Anomaly]:
         found = detect_fine(points, evaluate_from, cfg)
         for service, by_instance in sorted(instances.items()):
-            found += detect_stopped_instances(service, by_instance, evaluate_from, cfg)
+            found += detect_stopped_instances(
+                service, by_instance, evaluate_from, cfg, unreachable.get(service)
+            )
         return found
 
     return await asyncio.to_thread(run), _edges(points)

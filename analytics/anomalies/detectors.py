@@ -20,7 +20,7 @@ from __future__ import annotations
 import bisect
 import math
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -107,6 +107,11 @@ class DetectorConfig:
     stopped_min_points: int = 4
     stopped_min_expected: float = 30.0
     stopped_min_share: float = 0.5
+    # ...or `stopped_unreachable_points` buckets when the replica's own sidecar reported its
+    # app unreachable (connection refused: meshlens.error.reason=connect_failure) in the bucket
+    # before the silence or during it: direct evidence the balancer's starvation never gives
+    # (in the 28 recorded live runs such reports came only from crashed replicas).
+    stopped_unreachable_points: int = 2
     # The series' step (bucket width) in seconds: 60 for the per-minute aggregates, less for
     # the live engine's fine buckets from raw spans. Runs are merged and counted in steps;
     # `baseline_minutes` and the burn-rate windows stay wall-clock minutes.
@@ -123,8 +128,8 @@ class DetectorConfig:
             raise ValueError("min_run_points must be >= 1")
         if self.tail_min_run_points < 0:
             raise ValueError("tail_min_run_points must be >= 0")
-        if self.stopped_min_points < 1:
-            raise ValueError("stopped_min_points must be >= 1")
+        if self.stopped_min_points < 1 or self.stopped_unreachable_points < 1:
+            raise ValueError("stopped_min_points and stopped_unreachable_points must be >= 1")
         if self.stopped_min_expected < 0 or not 0 <= self.stopped_min_share <= 1:
             raise ValueError("stopped_min_expected must be >= 0 and stopped_min_share in [0, 1]")
         if not 0 < self.step_s <= 60 or 60 % self.step_s:
@@ -368,6 +373,7 @@ def detect_stopped_instances(
     instances: Mapping[str, Sequence[Point]],
     evaluate_from: datetime,
     cfg: DetectorConfig,
+    unreachable: Mapping[str, Collection[datetime]] | None = None,
 ) -> list[Anomaly]:
     """Instances of `service` (server RED per instance and bucket) that answered no request
     successfully in a run of consecutive buckets, ending at or after `evaluate_from`, in each
@@ -388,7 +394,11 @@ def detect_stopped_instances(
     the same as a crashed one: no inventory of intended replicas is read.
 
     One anomaly per silence (subject: the service, `instance`: the replica; start: its first
-    silent bucket), observed 0 against the expected successes, score: the silent buckets."""
+    silent bucket), observed 0 against the expected successes, score: the silent buckets.
+
+    `unreachable`: per instance, the buckets in which its own sidecar could not reach its app
+    (connection refused); a silence that begins right after such a bucket or holds one needs
+    only `cfg.stopped_unreachable_points` buckets (the other conditions stay)."""
     if len(instances) < 2:
         return []
     served: dict[str, dict[datetime, int]] = {
@@ -423,8 +433,11 @@ def detect_stopped_instances(
             # Its successes per sibling success before the silence, at most an equal split's.
             ratio = min(mine / theirs, equal / (1.0 - equal)) if theirs else equal / (1 - equal)
             expected = ratio * sum(others[k : end + 1])
+            reported = (unreachable or {}).get(name, ())
+            confirmed = any(start_at - cfg.step <= b <= end_at for b in reported)
+            least = cfg.stopped_unreachable_points if confirmed else cfg.stopped_min_points
             if (
-                end - k + 1 >= cfg.stopped_min_points
+                end - k + 1 >= least
                 and end_at >= evaluate_from
                 and share >= cfg.stopped_min_share * equal
                 and expected >= cfg.stopped_min_expected

@@ -12,7 +12,13 @@ import pytest
 
 from analytics.anomalies.repository import IncidentRepository
 from analytics.callgraph import TimeWindow
-from analytics.engine import AnalysisEngine, analyze, fine_edge_series, fine_instance_series
+from analytics.engine import (
+    AnalysisEngine,
+    analyze,
+    fine_edge_series,
+    fine_instance_series,
+    fine_unreachable,
+)
 from analytics.main import create_app
 from collector.store import Store
 from tests.conftest import Span, trace_columns
@@ -259,3 +265,45 @@ async def test_the_fine_path_reports_a_replica_that_stopped_while_its_sibling_se
     )
     assert stopped.start == minute(1) and found[0].incident.services == ("cat",)
     assert found[0].record()["anomalies"][0]["instance"] == "cat-1"
+
+
+def _refused_spans(at_s: float, count: int) -> list[Span]:
+    """cat-1's sidecar answering 502 because its app refused the connection (it crashed)."""
+    base_ns = int(minute(0).timestamp()) * 1_000_000_000 + int(at_s * 1e9)
+    return [
+        Span(
+            "cat",
+            "GET /item",
+            f"{0xF000 + i:032x}",
+            f"{0xF000 + i:016x}",
+            base_ns + i * 1_000_000,
+            1_000_000,
+            status="Error",
+            attributes={
+                "meshlens.route": "item",
+                "http.response.status_code": "502",
+                "meshlens.error.reason": "connect_failure",
+            },
+            resource={"service.name": "cat", "service.instance.id": "cat-1"},
+        )
+        for i in range(count)
+    ]
+
+
+async def test_a_replica_its_sidecar_reports_unreachable_is_stopped_after_two_buckets(
+    store: Store,
+) -> None:
+    await store.insert("otel_traces", trace_columns(_replica_spans(75, crash_at_s=60)))
+    at = minute(1).timestamp() + 13.0  # the buckets 60-65 s and 65-70 s are complete
+
+    async def stopped() -> list[str]:
+        engine = AnalysisEngine(store, wall_clock=lambda: at)
+        await engine._repo.ensure_table()
+        found = await engine.run_once()
+        return [a.instance for f in found for a in f.incident.anomalies]
+
+    assert await stopped() == []  # two silent buckets alone: a starved replica looks the same
+    await store.insert("otel_traces", trace_columns(_refused_spans(60.5, 3)))
+    window = TimeWindow(minute(0), minute(2))
+    assert await fine_unreachable(store, window, 5) == {"cat": {"cat-1": {minute(1)}}}
+    assert await stopped() == ["cat-1"]

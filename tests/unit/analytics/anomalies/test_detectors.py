@@ -351,3 +351,33 @@ def test_a_replica_failing_every_request_counts_as_answering_nothing() -> None:
     failing = _replicas(40, one=lambda k: (10, 0) if k < 20 else (10, 10), two=lambda k: (10, 0))
     found = detect_stopped_instances("cat", failing, _at(20), FINE)
     assert [(a.instance, a.start) for a in found] == [("cat-1", _at(20))]
+
+
+def test_a_silent_replica_whose_sidecar_reported_its_app_unreachable_is_stopped_sooner() -> None:
+    # cat-1 crashes in bucket 20: its sidecar's connection refused reported in that bucket
+    # (a few requests still answered in it), silent from bucket 21 on.
+    crashed = _replicas(
+        40,
+        one=lambda k: (10, 0) if k < 20 else ((4, 2) if k == 20 else (0, 0)),
+        two=lambda k: (10, 0) if k < 20 else (20, 0),
+    )
+
+    def until(k: int) -> dict[str, list[Point]]:
+        return {n: [p for p in v if p.minute < _at(k)] for n, v in crashed.items()}
+
+    refused = {"cat-1": {_at(20)}}
+    # Two silent buckets (21, 22) with the report: stopped; without it, two are not enough.
+    found = detect_stopped_instances("cat", until(23), _at(20), FINE, refused)
+    assert [(a.instance, a.start, a.end, a.score) for a in found] == [
+        ("cat-1", _at(21), _at(22), 2.0)
+    ]
+    assert detect_stopped_instances("cat", until(23), _at(20), FINE) == []
+    assert detect_stopped_instances("cat", until(22), _at(20), FINE, refused) == []
+    # A report long before the silence, or one for the sibling, is no evidence for this one.
+    assert detect_stopped_instances("cat", until(23), _at(20), FINE, {"cat-1": {_at(5)}}) == []
+    assert detect_stopped_instances("cat", until(23), _at(20), FINE, {"cat-2": {_at(20)}}) == []
+    # The other conditions stay: a barely used replica says nothing, report or not.
+    unused = _replicas(30, one=lambda k: (1, 0) if k < 20 else (0, 0), two=lambda k: (30, 0))
+    assert detect_stopped_instances("cat", unused, _at(0), FINE, {"cat-1": {_at(20)}}) == []
+    with pytest.raises(ValueError, match="stopped_unreachable_points"):
+        DetectorConfig(stopped_unreachable_points=0)
