@@ -215,6 +215,82 @@ def finish_outbound(rec: Recorder, request: Request, start: int, done: Done) -> 
         _access(rec, request, "outbound", start, now, done, flags, b"")
 
 
+_ROUTE: Final = "meshlens.route"
+_UPSTREAM: Final = "meshlens.upstream"
+
+
+class _AttemptBase:
+    """The attempt span attributes fixed for one endpoint host, port, method, protocol
+    version, upstream, route, scheme and authority (in their order, `url.full` left to fill)."""
+
+    __slots__ = (
+        "attrs",
+        "authority",
+        "method",
+        "name",
+        "port",
+        "route",
+        "scheme",
+        "upstream",
+        "url",
+        "version",
+    )
+
+    def __init__(
+        self,
+        attrs: dict[str, AttrValue],
+        method: str,
+        port: int,
+        request: Request,
+        upstream: str,
+        route: str,
+    ) -> None:
+        self.attrs = attrs
+        self.method, self.port, self.upstream, self.route = method, port, upstream, route
+        self.scheme, self.authority, self.version = (
+            request.scheme,
+            request.authority,
+            request.version,
+        )
+        self.url = f"{request.scheme}://{request.authority}"
+        self.name = span_name(method, route)
+
+    def fits(self, method: str, port: int, request: Request, upstream: str, route: str) -> bool:
+        return (
+            self.port == port
+            and self.method == method
+            and self.version == request.version
+            and self.authority == request.authority
+            and self.route == route
+            and self.upstream == upstream
+            and self.scheme == request.scheme
+        )
+
+
+def _attempt_base(
+    method: str, host: str, port: int, request: Request, upstream: str, route: str
+) -> _AttemptBase:
+    attrs: dict[str, AttrValue] = {
+        "http.request.method": method,
+        "server.address": host,
+        "server.port": port,
+        "url.full": "",
+        "network.protocol.version": request.version,
+        "meshlens.upstream": upstream,
+        "meshlens.route": route,
+    }
+    base = _AttemptBase(attrs, method, port, request, upstream, route)
+    if len(_ATTEMPT_BASES) >= _ATTEMPT_BASES_MAX:
+        _ATTEMPT_BASES.clear()
+    _ATTEMPT_BASES[host] = base
+    return base
+
+
+# endpoint host -> the last base of an attempt to it (bounded: hosts are few, values checked)
+_ATTEMPT_BASES: Final[dict[str, _AttemptBase]] = {}
+_ATTEMPT_BASES_MAX: Final = 256
+
+
 def finish_attempt(
     rec: Recorder, request: Request, number: int, span_id: bytes, start: int, done: Done
 ) -> None:
@@ -236,28 +312,31 @@ def finish_attempt(
         )
     if not ctx.trace_flags & SAMPLED:
         return
-    attrs: dict[str, AttrValue] = {
-        "http.request.method": method,
-        "server.address": host,
-        "server.port": port,
-        "url.full": f"{request.scheme}://{request.authority}{request.path}",
-        "network.protocol.version": request.version,
-        "meshlens.upstream": ctx.upstream,
-        "meshlens.route": ctx.route,
-    }
+    upstream, route = ctx.upstream, ctx.route
+    base = _ATTEMPT_BASES.get(host)
+    if base is None or not base.fits(method, port, request, upstream, route):
+        base = _attempt_base(method, host, port, request, upstream, route)
+    attrs = base.attrs.copy()  # (a copy of a dict in that order, not 7 items inserted)
+    attrs["url.full"] = base.url + request.path
     if number > 1:
         attrs["http.request.resend_count"] = number - 1
     extra = ctx.attributes
-    if len(extra) != 1 or ATTEMPT not in extra:  # (else it holds only what is set next)
+    size = len(extra)
+    # Else it holds only what is set next and the route and upstream the base already has.
+    plain = ATTEMPT in extra and (
+        size == 1 or (size == 3 and extra.get(_ROUTE) == route and extra.get(_UPSTREAM) == upstream)
+    )
+    if not plain:
         attrs.update(extra)
     attrs[ATTEMPT] = number
     if status:
         attrs["http.response.status_code"] = status
     if error_type:
         attrs["error.type"] = error_type
-    name = _rpc_name(attrs) or span_name(method, ctx.route)
+    # (rpc.* and the gRPC status come from the context's attributes only)
+    name = base.name if plain else _rpc_name(attrs) or base.name
     span_status = client_status(status, error)
-    if _GRPC_STATUS in attrs and attrs[_GRPC_STATUS] != 0:
+    if not plain and _GRPC_STATUS in attrs and attrs[_GRPC_STATUS] != 0:
         span_status = STATUS_ERROR  # OTel rpc conventions: any non-OK status on the client
     _record_span(
         rec, ctx, span_id, ctx.parent_span_id, name, KIND_CLIENT, start, span_status, attrs

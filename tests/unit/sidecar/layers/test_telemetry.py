@@ -417,3 +417,58 @@ async def test_recorded_spans_are_complete_span_records() -> None:
     assert span == SpanRecord(*span[:-1])  # status_message defaults to ""
     assert span.status_message == ""
     assert span.tracestate == "app=1"
+
+
+async def test_attempt_spans_to_one_host_keep_their_own_fixed_attributes() -> None:
+    # The attempt span's fixed attributes are prepared once per endpoint host and reused while
+    # method, port, version, scheme, authority, upstream and route match: vary each in turn.
+    telemetry = make_telemetry()
+    cases = [
+        ("GET", 8080, "1.1", "http", "orders", "orders", "r1", "/a"),
+        ("GET", 8080, "1.1", "http", "orders", "orders", "r1", "/b"),
+        ("POST", 8080, "1.1", "http", "orders", "orders", "r1", "/a"),
+        ("POST", 9090, "1.1", "http", "orders", "orders", "r1", "/a"),
+        ("POST", 9090, "2", "http", "orders", "orders", "r1", "/a"),
+        ("POST", 9090, "2", "https", "orders", "orders", "r1", "/a"),
+        ("POST", 9090, "2", "https", "orders:81", "orders", "r1", "/a"),
+        ("POST", 9090, "2", "https", "orders:81", "billing", "r1", "/a"),
+        ("POST", 9090, "2", "https", "orders:81", "billing", "r2", "/a"),
+        ("GET", 8080, "1.1", "http", "orders", "orders", "r1", "/c"),
+    ]
+    for method, port, version, scheme, authority, upstream_name, route_name, path in cases:
+
+        def set_route(inner: Handler, up: str = upstream_name, name: str = route_name) -> Handler:
+            async def handle(req: Request) -> Response:
+                req.context.upstream, req.context.route = up, name
+                req.context.attributes["meshlens.route"] = name
+                req.context.attributes["meshlens.upstream"] = up
+                return await inner(req)
+
+            return handle
+
+        def set_endpoint(inner: Handler, port: int = port) -> Handler:
+            async def handle(req: Request) -> Response:
+                req.context.endpoint = Endpoint("10.0.0.7", port)
+                return await inner(req)
+
+            return handle
+
+        chain = compose(
+            [telemetry.outbound_layer(), set_route, telemetry.attempt_layer(), set_endpoint],
+            ScriptedUpstream([Response(200, body=b"ok")]),
+        )
+        request = Request(method, path, authority=authority, scheme=scheme, version=version)
+        await chain(request)
+        (span,) = spans(telemetry)
+        assert list(span.attributes.items()) == [
+            ("http.request.method", method),
+            ("server.address", "10.0.0.7"),
+            ("server.port", port),
+            ("url.full", f"{scheme}://{authority}{path}"),
+            ("network.protocol.version", version),
+            ("meshlens.upstream", upstream_name),
+            ("meshlens.route", route_name),
+            ("meshlens.attempt", 1),
+            ("http.response.status_code", 200),
+        ]
+        assert span.name == f"{method} {route_name}"
