@@ -180,8 +180,11 @@ class TraceEncoder:
                 i = 0
                 for key, value in attributes.items():
                     old = olds[i]
-                    if type(value) is not type(old) or value != old or key != keys[i]:
-                        break
+                    # (mostly the same objects: the attempt span's fixed attributes are a
+                    # copy of one dict per route and endpoint)
+                    if value is not old or key is not keys[i]:
+                        if type(value) is not type(old) or value != old or key != keys[i]:
+                            break
                     i += 1
                 else:
                     return encoded
@@ -253,28 +256,43 @@ class TraceEncoder:
         return encoded
 
     def _span(self, span: SpanRecord) -> bytes:
-        parts = [b"\x0a\x10", span.trace_id, b"\x12\x08", span.span_id]
-        if span.tracestate:
-            parts.append(_field(b"\x1a", span.tracestate.encode()))
+        tracestate = span.tracestate
+        state = _field(b"\x1a", tracestate.encode()) if tracestate else b""
         flags = span.flags & 0xFF
-        if span.parent_span_id:
-            parts += (b"\x22\x08", span.parent_span_id)
+        parent = span.parent_span_id
+        if parent:
+            parent_tag = b"\x22\x08"
             flags |= _FLAG_HAS_REMOTE | _FLAG_REMOTE
-        parts.append(self._name(span.name))
-        parts.append(_PACK_KIND_TIMES(0x30, span.kind, 0x39, span.start_ns, 0x41, span.end_ns))
-        parts.append(self._attributes(span.name, span.attributes))
+        else:
+            parent_tag = b""
+        status = b""
         if span.status or span.status_message:
             status = b"\x18" + _SMALL_VARINTS[span.status]
             if span.status_message:
                 status = _field(b"\x12", span.status_message.encode()) + status
-            parts.append(_field(b"\x7a", status))
+            status = _field(b"\x7a", status)
         encoded_flags = self._flags.get(flags)
         if encoded_flags is None:
             encoded_flags = b"\x85\x01" + _PACK_I(flags)
             if len(self._flags) < 64:
                 self._flags[flags] = encoded_flags
-        parts.append(encoded_flags)
-        return b"".join(parts)
+        # one join of a tuple (no list grown per field); empty pieces are fields left out
+        return b"".join(
+            (
+                b"\x0a\x10",
+                span.trace_id,
+                b"\x12\x08",
+                span.span_id,
+                state,
+                parent_tag,
+                parent,
+                self._name(span.name),
+                _PACK_KIND_TIMES(0x30, span.kind, 0x39, span.start_ns, 0x41, span.end_ns),
+                self._attributes(span.name, span.attributes),
+                status,
+                encoded_flags,
+            )
+        )
 
 
 class _Malformed(Exception):
