@@ -30,8 +30,8 @@ __all__ = [
 SAMPLED: Final = 0x01
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 _HEX: Final = frozenset("0123456789abcdef")
-_ZERO_TRACE = bytes(16)
-_ZERO_SPAN = bytes(8)
+_ZERO_TRACE: Final = bytes(16)
+_ZERO_SPAN: Final = bytes(8)
 B3_HEADERS: Final = frozenset(
     ("b3", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags")
 )
@@ -89,7 +89,10 @@ def format_traceparent(trace_id: bytes, span_id: bytes, flags: int) -> str:
     """Render a version-00 `traceparent`."""
     # Runs once per request and attempt: a table for the flags, one string built.
     text = _FLAGS_HEX[flags] if 0 <= flags < 256 else f"{flags:02x}"
-    return f"00-{trace_id.hex()}-{span_id.hex()}-{text}"
+    return f"00-{_hex(trace_id)}-{_hex(span_id)}-{text}"
+
+
+_hex: Final = bytes.hex  # (called, not looked up as a method per id)
 
 
 def _b3_trace_id(text: str) -> bytes | None:
@@ -185,21 +188,39 @@ def format_b3_headers(trace_id: bytes, span_id: bytes, flags: int) -> Headers:
 
 
 class IdSource:
-    """Random trace and span ids from a fast PRNG (ids need uniqueness, not secrecy)."""
+    """Random trace and span ids from a fast PRNG (ids need uniqueness, not secrecy).
 
-    __slots__ = ("_bits",)
+    The ids are cut from a buffer refilled by one draw of 4096 bits (one PRNG call and one
+    conversion per 32 trace ids or 64 span ids instead of one each); all-zero ids are skipped.
+    """
+
+    __slots__ = ("_bits", "_buf", "_pos")
 
     def __init__(self, seed: int | None = None) -> None:
         self._bits = random.Random(seed).getrandbits
+        self._buf = b""
+        self._pos = 0
+
+    def _take(self, size: int) -> bytes:
+        pos = self._pos
+        buf = self._buf
+        if pos + size > len(buf):
+            buf = self._buf = self._bits(_ID_BUFFER * 8).to_bytes(_ID_BUFFER, "big")
+            pos = 0
+        self._pos = pos + size
+        return buf[pos : pos + size]
 
     def trace_id(self) -> bytes:
         while True:
-            value = self._bits(128)
-            if value:
-                return value.to_bytes(16, "big")
+            value = self._take(16)
+            if value != _ZERO_TRACE:
+                return value
 
     def span_id(self) -> bytes:
         while True:
-            value = self._bits(64)
-            if value:
-                return value.to_bytes(8, "big")
+            value = self._take(8)
+            if value != _ZERO_SPAN:
+                return value
+
+
+_ID_BUFFER: Final = 512  # bytes

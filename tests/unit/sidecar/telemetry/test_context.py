@@ -149,3 +149,22 @@ def test_format_traceparent_flags_and_id_lengths() -> None:
             f"00-{trace_id.hex()}-{span_id.hex()}-{flags:02x}"
         )
     assert format_traceparent(b"\xab" * 4, b"\xcd", 1) == "00-abababab-cd-01"
+
+
+def test_id_source_skips_all_zero_ids_across_buffer_refills() -> None:
+    ids = IdSource(seed=3)
+    draws: list[int] = []
+
+    def bits(count: int) -> int:
+        # each 512-byte buffer: a zero span id, a span id of ones, a zero trace id, then 0x02s
+        draws.append(count)
+        return int.from_bytes(bytes(8) + b"\x01" * 8 + bytes(16) + b"\x02" * 480, "big")
+
+    ids._bits = bits
+    assert ids.span_id() == b"\x01" * 8  # the zero id before it is skipped
+    assert ids.trace_id() == b"\x02" * 16  # likewise
+    assert draws == [4096]
+    for _ in range(29):  # the rest of the buffer: 29 more trace ids of 0x02
+        assert ids.trace_id() == b"\x02" * 16
+    assert ids.span_id() == b"\x01" * 8  # a refill: zero skipped again
+    assert draws == [4096, 4096]
