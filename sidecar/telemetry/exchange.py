@@ -27,6 +27,8 @@ from sidecar.telemetry.spans import KIND_CLIENT, KIND_SERVER, STATUS_ERROR, Span
 __all__ = ["ATTEMPT", "Done", "finish_attempt", "finish_inbound", "finish_outbound"]
 
 ATTEMPT: Final = "meshlens.attempt"
+_ROUTE: Final = "meshlens.route"
+_UPSTREAM: Final = "meshlens.upstream"
 _FAULT_DELAY: Final = "meshlens.fault.delay_ms"
 _EJECTED: Final = "meshlens.outlier.ejected"
 _BUDGET: Final = "meshlens.retry.budget_exhausted"
@@ -153,11 +155,13 @@ def finish_outbound(rec: Recorder, request: Request, start: int, done: Done) -> 
     ctx = request.context
     attrs = ctx.attributes
     now = rec.now_ns()
-    flags = response_flags(done.error, _FAULT_DELAY in attrs)
+    # The usual request: routed, one attempt sent, nothing decided, no fault delay, not gRPC.
+    plain = len(attrs) == 3 and ATTEMPT in attrs and _ROUTE in attrs and _UPSTREAM in attrs
+    flags = response_flags(done.error, not plain and _FAULT_DELAY in attrs)
     endpoint = ctx.endpoint
     upstream = ctx.upstream or split_host_port(request.authority)[0]
     identity = endpoint.identity if endpoint else ""
-    if flags == "-" and attrs.get("rpc.system") != "grpc":  # (series bound per upstream)
+    if flags == "-" and (plain or attrs.get("rpc.system") != "grpc"):  # (bound per upstream)
         rec.istio_outbound.record_plain(
             upstream,
             identity,
@@ -174,8 +178,11 @@ def finish_outbound(rec: Recorder, request: Request, start: int, done: Done) -> 
             _request_size(request),
             done.nbytes,
         )
-    _record_grpc(rec, ctx, True, upstream, (now - start) / 1e6)
-    decisions = [key for key in attrs if key in _DECISIONS]  # (attrs: a few keys)
+    if plain:
+        decisions: list[str] = []
+    else:
+        _record_grpc(rec, ctx, True, upstream, (now - start) / 1e6)
+        decisions = [key for key in attrs if key in _DECISIONS]  # (attrs: a few keys)
     if decisions:
         for key in decisions:
             rec.decisions.inc((upstream, key[9:]))  # without the "meshlens." prefix
@@ -184,7 +191,7 @@ def finish_outbound(rec: Recorder, request: Request, start: int, done: Done) -> 
     if flags == "URX" or _BUDGET in decisions:
         rec.budget_exhausted.inc((upstream,))
     sampled = ctx.trace_flags & SAMPLED
-    if ATTEMPT not in attrs and sampled:
+    if sampled and not plain and ATTEMPT not in attrs:
         # Nothing was sent upstream (rate limited, no route, fault): one CLIENT span says why.
         span_attrs: dict[str, AttrValue] = {
             "http.request.method": normalize_method(request.method),
@@ -213,10 +220,6 @@ def finish_outbound(rec: Recorder, request: Request, start: int, done: Done) -> 
         rec.unsampled.inc(("outbound",))
     if rec.access_log is not None:
         _access(rec, request, "outbound", start, now, done, flags, b"")
-
-
-_ROUTE: Final = "meshlens.route"
-_UPSTREAM: Final = "meshlens.upstream"
 
 
 class _AttemptBase:

@@ -23,6 +23,7 @@ _PACK_I: Final = struct.Struct("<I").pack
 _PACK_D: Final = struct.Struct("<d").pack
 _SMALL_VARINTS: Final = tuple(bytes((n,)) for n in range(128))
 _PACK_BB: Final = struct.Struct("<BB").pack
+_VARINTS_2: Final[dict[int, bytes]] = {}  # two-byte varints met so far (at most 16256)
 _CACHE_LIMIT: Final = 4096
 _SET_CACHE_LIMIT: Final = 512  # attribute sets cached whole
 _SET_MISSES: Final = 64  # this many misses in a row: stop looking sets up for _SET_SKIP spans
@@ -35,8 +36,11 @@ _FLAG_REMOTE: Final = 0x200
 def _varint(value: int) -> bytes:
     if value < 128:
         return _SMALL_VARINTS[value]
-    if value < 16384:  # (span and attribute lengths: one call, no bytearray)
-        return _PACK_BB((value & 0x7F) | 0x80, value >> 7)
+    if value < 16384:  # (span and attribute lengths: cached, they repeat)
+        encoded = _VARINTS_2.get(value)
+        if encoded is None:
+            encoded = _VARINTS_2[value] = _PACK_BB((value & 0x7F) | 0x80, value >> 7)
+        return encoded
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
