@@ -112,6 +112,9 @@ def deadline_budget(
     return request, budget_s
 
 
+_current_task: Final = asyncio.current_task  # (no module attribute lookup per request)
+
+
 def arm_deadline(
     context: RequestContext, budget_s: float, clock: Clock, queue: DeadlineQueue | None = None
 ) -> DeadlineTimer | None:
@@ -124,7 +127,7 @@ def arm_deadline(
     deadline = clock() + budget_s
     if context.deadline is None or deadline < context.deadline:
         context.deadline = deadline
-    task = asyncio.current_task()
+    task = _current_task()
     if task is None:
         return None
     timer = DeadlineTimer(task, deadline, queue)

@@ -54,7 +54,7 @@ class SpanBuffer:
     can send early instead of waiting for its timer.
     """
 
-    __slots__ = ("_batch_size", "_items", "_max_spans", "_on_drop", "_on_ready")
+    __slots__ = ("_append", "_batch_size", "_items", "_max_spans", "_on_drop", "_on_ready")
 
     def __init__(
         self,
@@ -67,6 +67,7 @@ class SpanBuffer:
         if max_spans < 1 or batch_size < 1:
             raise ValueError("max_spans and batch_size must be >= 1")
         self._items: deque[SpanRecord] = deque()
+        self._append = self._items.append  # (bound once: no method lookup per span)
         self._max_spans = max_spans
         self._batch_size = batch_size
         self._on_drop = on_drop
@@ -81,7 +82,7 @@ class SpanBuffer:
         if len(items) >= self._max_spans:
             self._on_drop("queue_full", 1)
             return
-        items.append(span)
+        self._append(span)
         if len(items) == self._batch_size and self._on_ready is not None:
             self._on_ready()
 
