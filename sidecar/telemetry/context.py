@@ -154,6 +154,11 @@ def extract(headers: Headers) -> TraceContext | None:
     Once a `traceparent` header is present, its validity alone decides (no fallback to B3), as
     W3C says a receiver must restart the trace when traceparent is invalid.
     """
+    for name, _ in headers:
+        if name in TRACE_HEADERS:
+            break
+    else:  # no trace headers (a request the app did not trace): nothing built
+        return None
     traceparent: str | None = None
     tracestate: list[str] = []
     b3: dict[str, str] = {}
