@@ -17,8 +17,8 @@ from sidecar.telemetry.spans import SpanRecord
 __all__ = ["TraceEncoder", "encode_key_values", "field", "rejected_spans"]
 
 _PACK_Q: Final = struct.Struct("<Q").pack
-# kind (field 6, varint < 128), start_time_unix_nano (7, fixed64), end_time_unix_nano (8, fixed64)
-_PACK_KIND_TIMES: Final = struct.Struct("<BBBQBQ").pack
+# start_time_unix_nano (7, fixed64, its tag in the cached head), end_time_unix_nano (8, fixed64)
+_PACK_TIMES: Final = struct.Struct("<QBQ").pack
 _PACK_I: Final = struct.Struct("<I").pack
 _PACK_D: Final = struct.Struct("<d").pack
 _SMALL_VARINTS: Final = tuple(bytes((n,)) for n in range(128))
@@ -116,7 +116,8 @@ class TraceEncoder:
         self._str_attrs: dict[str, dict[str, bytes]] = {}
         self._int_attrs: dict[str, dict[int, bytes]] = {}
         self._attr_count = 0
-        self._name_cache: dict[str, bytes] = {}
+        # span name -> (kind, the name (field 5), kind (6) and start time tag (7) encoded)
+        self._name_cache: dict[str, tuple[int, bytes]] = {}
         # whole attribute sets, values -> (keys, encoding): spans of one route and endpoint
         # repeat the same set; misses (e.g. a path per request) turn it off for a while
         self._set_cache: dict[tuple[AttrValue, ...], tuple[tuple[str, ...], bytes]] = {}
@@ -250,13 +251,15 @@ class TraceEncoder:
         self._attr_count += 1
         return _field(b"\x4a", _key_value(key, value))
 
-    def _name(self, name: str) -> bytes:
-        encoded = self._name_cache.get(name)
-        if encoded is None:
-            if len(self._name_cache) >= _CACHE_LIMIT:
-                self._name_cache.clear()
-            encoded = _field(b"\x2a", name.encode())
-            self._name_cache[name] = encoded
+    def _head(self, name: str, kind: int) -> bytes:
+        """The span's name and kind fields and the start time's tag (one piece per name)."""
+        cached = self._name_cache.get(name)
+        if cached is not None and cached[0] == kind:
+            return cached[1]
+        if len(self._name_cache) >= _CACHE_LIMIT:
+            self._name_cache.clear()
+        encoded = _field(b"\x2a", name.encode()) + b"\x30" + _varint(kind) + b"\x39"
+        self._name_cache[name] = (kind, encoded)
         return encoded
 
     def _span(self, span: SpanRecord) -> bytes:
@@ -290,8 +293,8 @@ class TraceEncoder:
                 state,
                 parent_tag,
                 parent,
-                self._name(span.name),
-                _PACK_KIND_TIMES(0x30, span.kind, 0x39, span.start_ns, 0x41, span.end_ns),
+                self._head(span.name, span.kind),
+                _PACK_TIMES(span.start_ns, 0x41, span.end_ns),
                 self._attributes(span.name, span.attributes),
                 status,
                 encoded_flags,

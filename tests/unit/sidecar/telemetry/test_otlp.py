@@ -243,3 +243,18 @@ def test_varints_match_the_protobuf_rule_at_every_width() -> None:
 
     for value in (0, 1, 127, 128, 300, 16383, 16384, 2**21 - 1, 2**21, 2**35 + 7, 2**63 - 1):
         assert _varint(value) == reference(value), value
+
+
+def test_one_name_in_client_and_server_spans_keeps_each_kind_and_times() -> None:
+    # the name, kind and start time tag are one cached piece per name: a name met with
+    # another kind must not take the cached kind
+    encoder = TraceEncoder(RESOURCE)
+    kinds = [KIND_CLIENT, KIND_SERVER, KIND_SERVER, KIND_CLIENT, 1, KIND_CLIENT]
+    spans = [_span(kind=kind, start_ns=n, end_ns=2**64 - 1 - n) for n, kind in enumerate(kinds)]
+    for _round in range(2):
+        decoded = _spans_of(encoder.encode(spans))
+        assert [s.kind for s in decoded] == kinds
+        assert [s.name for s in decoded] == ["GET checkout"] * len(kinds)
+        assert [(s.start_time_unix_nano, s.end_time_unix_nano) for s in decoded] == [
+            (n, 2**64 - 1 - n) for n in range(len(kinds))
+        ]
