@@ -22,7 +22,13 @@ from sidecar.telemetry.semconv import (
     span_name,
     split_host_port,
 )
-from sidecar.telemetry.spans import KIND_CLIENT, KIND_SERVER, STATUS_ERROR, SpanRecord
+from sidecar.telemetry.spans import (
+    KIND_CLIENT,
+    KIND_SERVER,
+    STATUS_ERROR,
+    AttrTemplate,
+    SpanRecord,
+)
 
 __all__ = ["ATTEMPT", "Done", "finish_attempt", "finish_inbound", "finish_outbound"]
 
@@ -55,6 +61,8 @@ _DECISIONS: Final = frozenset(
 
 
 _GRPC_STATUS: Final = "rpc.grpc.status_code"  # set by layers/grpc.py
+_URL_FULL: Final = "url.full"
+_STATUS_CODE: Final = "http.response.status_code"
 _NEW_TUPLE: Final = tuple.__new__  # (looked up once, not per span)
 # server-side gRPC statuses that are errors (OTel rpc conventions; the rest are the caller's)
 _GRPC_SERVER_ERRORS: Final = frozenset({2, 4, 12, 13, 14, 15})
@@ -128,6 +136,7 @@ def _record_span(
     start: int,
     status: int,
     attrs: dict[str, AttrValue],
+    template: AttrTemplate | None = None,
 ) -> None:
     # tuple.__new__ with every field, not SpanRecord(...): the NamedTuple's __new__ is an
     # interpreted function even when this module is compiled; the same SpanRecord results.
@@ -146,6 +155,7 @@ def _record_span(
             attrs,
             ctx.tracestate,
             "",
+            template,
         ),
     )
     rec.spans.add(span)
@@ -234,6 +244,7 @@ class _AttemptBase:
         "port",
         "route",
         "scheme",
+        "template",
         "upstream",
         "url",
         "version",
@@ -257,6 +268,15 @@ class _AttemptBase:
         )
         self.url = f"{request.scheme}://{request.authority}"
         self.name = span_name(method, route)
+        # the attributes of a first attempt with a response and nothing else set (the usual
+        # span): these, url.full and the status varying
+        self.template = AttrTemplate(
+            (
+                *((key, None if key == _URL_FULL else value) for key, value in attrs.items()),
+                (ATTEMPT, 1),
+                (_STATUS_CODE, None),
+            )
+        )
 
     def fits(self, method: str, port: int, request: Request, upstream: str, route: str) -> bool:
         return (
@@ -320,7 +340,7 @@ def finish_attempt(
     if base is None or not base.fits(method, port, request, upstream, route):
         base = _attempt_base(method, host, port, request, upstream, route)
     attrs = base.attrs.copy()  # (a copy of a dict in that order, not 7 items inserted)
-    attrs["url.full"] = base.url + request.path
+    attrs[_URL_FULL] = base.url + request.path
     if number > 1:
         attrs["http.request.resend_count"] = number - 1
     extra = ctx.attributes
@@ -333,16 +353,27 @@ def finish_attempt(
         attrs.update(extra)
     attrs[ATTEMPT] = number
     if status:
-        attrs["http.response.status_code"] = status
+        attrs[_STATUS_CODE] = status
     if error_type:
         attrs["error.type"] = error_type
+    # (the template's keys, in its order: nothing added before or after)
+    template = base.template if plain and number == 1 and status and not error_type else None
     # (rpc.* and the gRPC status come from the context's attributes only)
     name = base.name if plain else _rpc_name(attrs) or base.name
     span_status = client_status(status, error)
     if not plain and _GRPC_STATUS in attrs and attrs[_GRPC_STATUS] != 0:
         span_status = STATUS_ERROR  # OTel rpc conventions: any non-OK status on the client
     _record_span(
-        rec, ctx, span_id, ctx.parent_span_id, name, KIND_CLIENT, start, span_status, attrs
+        rec,
+        ctx,
+        span_id,
+        ctx.parent_span_id,
+        name,
+        KIND_CLIENT,
+        start,
+        span_status,
+        attrs,
+        template,
     )
 
 

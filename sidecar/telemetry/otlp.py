@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from typing import Final
 
 from sidecar.http import AttrValue
-from sidecar.telemetry.spans import SpanRecord
+from sidecar.telemetry.spans import AttrTemplate, SpanRecord
 
 __all__ = ["TraceEncoder", "encode_key_values", "field", "rejected_spans"]
 
@@ -228,6 +228,50 @@ class TraceEncoder:
             self._skip = _SET_SKIP
         return encoded
 
+    def _templated(self, template: AttrTemplate, attributes: dict[str, AttrValue]) -> bytes:
+        """The attributes of a span recorded with `template`: its shared ones pre-encoded,
+        only the varying ones looked up (the same bytes as encoding each in order)."""
+        fixed, varying = self._template(template)
+        # fixed[0] varying[0] fixed[1] varying[1] ... fixed[n]
+        parts = [fixed[0]]
+        i = 0
+        for key in varying:
+            parts.append(self._vary(template, i, key, attributes[key]))
+            i += 1
+            parts.append(fixed[i])
+        return b"".join(parts)
+
+    def _template(self, template: AttrTemplate) -> tuple[tuple[bytes, ...], tuple[str, ...]]:
+        encoded = template.encoded
+        if encoded is None:
+            encoded = template.encoded = self._template_pieces(template)
+        return encoded
+
+    def _vary(self, template: AttrTemplate, i: int, key: str, value: AttrValue) -> bytes:
+        """The encoded varying attribute `i` of a templated span: the last one's when the
+        value is the same (same type, equal)."""
+        old = template.last_values[i]
+        if value is old or (type(value) is type(old) and value == old):
+            return template.last_encoded[i]
+        encoded = self._attr(key, value)
+        template.last_values[i] = value
+        template.last_encoded[i] = encoded
+        return encoded
+
+    def _template_pieces(self, template: AttrTemplate) -> tuple[tuple[bytes, ...], tuple[str, ...]]:
+        fixed: list[bytes] = []
+        varying: list[str] = []
+        run: list[bytes] = []
+        for key, value in template.items:
+            if value is None:
+                fixed.append(b"".join(run))
+                varying.append(key)
+                run = []
+            else:
+                run.append(_field(b"\x4a", _key_value(key, value)))
+        fixed.append(b"".join(run))
+        return tuple(fixed), tuple(varying)
+
     def _remember(
         self, name: str, keys: tuple[str, ...], values: tuple[AttrValue, ...], encoded: bytes
     ) -> None:
@@ -283,6 +327,35 @@ class TraceEncoder:
             encoded_flags = b"\x85\x01" + _PACK_I(flags)
             if len(self._flags) < 64:
                 self._flags[flags] = encoded_flags
+        attributes = span.attributes
+        template = span.template
+        if template is not None and len(template.items) == len(attributes):
+            fixed, varying = self._template(template)
+            if len(varying) == 2:  # (the usual attempt span: url.full and the status vary)
+                key0, key1 = varying
+                return b"".join(
+                    (
+                        b"\x0a\x10",
+                        span.trace_id,
+                        b"\x12\x08",
+                        span.span_id,
+                        state,
+                        parent_tag,
+                        parent,
+                        self._head(span.name, span.kind),
+                        _PACK_TIMES(span.start_ns, 0x41, span.end_ns),
+                        fixed[0],
+                        self._vary(template, 0, key0, attributes[key0]),
+                        fixed[1],
+                        self._vary(template, 1, key1, attributes[key1]),
+                        fixed[2],
+                        status,
+                        encoded_flags,
+                    )
+                )
+            encoded_attributes = self._templated(template, attributes)
+        else:
+            encoded_attributes = self._attributes(span.name, attributes)
         # one join of a tuple (no list grown per field); empty pieces are fields left out
         return b"".join(
             (
@@ -295,7 +368,7 @@ class TraceEncoder:
                 parent,
                 self._head(span.name, span.kind),
                 _PACK_TIMES(span.start_ns, 0x41, span.end_ns),
-                self._attributes(span.name, span.attributes),
+                encoded_attributes,
                 status,
                 encoded_flags,
             )

@@ -18,6 +18,7 @@ __all__ = [
     "STATUS_ERROR",
     "STATUS_OK",
     "STATUS_UNSET",
+    "AttrTemplate",
     "SpanBuffer",
     "SpanRecord",
 ]
@@ -30,8 +31,37 @@ STATUS_OK: Final = 1
 STATUS_ERROR: Final = 2
 
 
+class AttrTemplate:
+    """The attribute keys of spans of one shape, in order, with the values they all share.
+
+    A span recorded with a template holds exactly these keys in this order, with these values
+    except where the template has None (those vary per span). The encoder pre-encodes the
+    shared ones once per template (`encoded`, its to fill) instead of comparing them per span.
+    """
+
+    __slots__ = ("encoded", "items", "last_encoded", "last_values")
+
+    def __init__(self, items: tuple[tuple[str, AttrValue | None], ...]) -> None:
+        self.items = items
+        # (the encoder's: the shared attributes' bytes around the varying keys, and the
+        # last value of each varying key with its encoding)
+        self.encoded: tuple[tuple[bytes, ...], tuple[str, ...]] | None = None
+        varying = sum(1 for _key, value in items if value is None)
+        self.last_values: list[AttrValue | None] = [None] * varying
+        self.last_encoded: list[bytes] = [b""] * varying
+
+    def __eq__(self, other: object) -> bool:  # a value: its items (the rest is a cache)
+        return isinstance(other, AttrTemplate) and self.items == other.items
+
+    def __hash__(self) -> int:
+        return hash(self.items)
+
+    def __repr__(self) -> str:
+        return f"AttrTemplate({self.items!r})"
+
+
 class SpanRecord(NamedTuple):
-    """One finished span."""
+    """One finished span (`template`: the shape of its attributes, or None)."""
 
     trace_id: bytes
     span_id: bytes
@@ -45,6 +75,7 @@ class SpanRecord(NamedTuple):
     attributes: dict[str, AttrValue]
     tracestate: str = ""
     status_message: str = ""
+    template: AttrTemplate | None = None
 
 
 class SpanBuffer:

@@ -414,8 +414,10 @@ async def test_recorded_spans_are_complete_span_records() -> None:
     (span,) = spans(telemetry)
     assert type(span) is SpanRecord
     assert len(span) == len(SpanRecord._fields)
-    assert span == SpanRecord(*span[:-1])  # status_message defaults to ""
+    # (the last field, the attribute template, is the attempt's own object: passed as is)
+    assert span == SpanRecord(*span[:-2], template=span.template)  # status_message defaults to ""
     assert span.status_message == ""
+    assert span.template is not None
     assert span.tracestate == "app=1"
 
 
@@ -472,3 +474,51 @@ async def test_attempt_spans_to_one_host_keep_their_own_fixed_attributes() -> No
             ("http.response.status_code", 200),
         ]
         assert span.name == f"{method} {route_name}"
+
+
+async def test_attempt_spans_with_and_without_a_template_encode_the_same() -> None:
+    # The usual attempt span (first attempt, a response, nothing else set) carries its
+    # attributes' template and the encoder writes the shared ones pre-encoded; every span
+    # must decode to the same protobuf as when its attributes are encoded one by one.
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    from sidecar.telemetry.otlp import TraceEncoder
+
+    telemetry = make_telemetry()
+    responses: list[Response | Exception] = [
+        Response(200, body=b"ok"),
+        Response(204, body=b""),
+        Response(404, body=b"no"),  # error.type: no template
+        UpstreamConnectError("refused"),  # an error, then a retry (resend count)
+        Response(200, body=b"ok"),
+        Response(201, body=b"ok"),
+    ]
+    handler = outbound(telemetry, ScriptedUpstream(responses))
+    for _ in range(5):
+        response = await handler(app_request())
+        await read_all(response)
+    recorded = spans(telemetry)
+    client = [s for s in recorded if s.kind == KIND_CLIENT]
+    templated = [s for s in client if s.template is not None]
+    assert [s.attributes["http.response.status_code"] for s in templated] == [200, 204, 201]
+    assert all(s.attributes["meshlens.attempt"] == 1 for s in templated)
+    assert len(templated) < len(client)  # the 404, the reset and its retry have none
+    plain = [s._replace(template=None) for s in recorded]
+    for _round in range(2):  # (the second with the template's pieces already encoded)
+        encoder = TraceEncoder([("service.name", "web")])
+        with_template, without = encoder.encode(recorded), encoder.encode(plain)
+        assert with_template == without
+        fresh = TraceEncoder([("service.name", "web")]).encode(plain)
+        assert with_template == fresh
+        decoded, expected = ExportTraceServiceRequest(), ExportTraceServiceRequest()
+        decoded.ParseFromString(with_template)
+        expected.ParseFromString(fresh)
+        assert decoded == expected
+        (spans_out,) = [ss.spans for rs in decoded.resource_spans for ss in rs.scope_spans]
+        assert [
+            {kv.key: kv.value for kv in span.attributes}["url.full"].string_value
+            for span in spans_out
+            if span.kind == 3
+        ] == [str(s.attributes["url.full"]) for s in client]

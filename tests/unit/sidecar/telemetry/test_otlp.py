@@ -258,3 +258,36 @@ def test_one_name_in_client_and_server_spans_keeps_each_kind_and_times() -> None
         assert [(s.start_time_unix_nano, s.end_time_unix_nano) for s in decoded] == [
             (n, 2**64 - 1 - n) for n in range(len(kinds))
         ]
+
+
+def test_templated_attributes_encode_like_each_attribute_for_any_shape() -> None:
+    # A template's shared values are pre-encoded and its varying ones (None) looked up per
+    # span, remembering the last value: the bytes must be those of the plain encoding, for
+    # templates with no, one, two and three varying keys, values changing or repeating,
+    # including values equal across types (1, True, 1.0) and templates whose length differs
+    # from the attributes (then unused).
+    from sidecar.telemetry.spans import AttrTemplate
+
+    shapes: list[tuple[tuple[str, AttrValue | None], ...]] = [
+        (("a", "x"), ("b", 2)),
+        (("a", "x"), ("v", None), ("b", 2)),
+        (("a", "x"), ("v", None), ("b", 2), ("w", None)),
+        (("v", None), ("a", "x"), ("w", None), ("b", 2), ("u", None)),
+    ]
+    values: list[AttrValue] = [1, 1, True, 1.0, "1", "/a", "/a", "/b", 200, 200, 503]
+    for items in shapes:
+        template = AttrTemplate(items)
+        spans = []
+        for n, value in enumerate(values):
+            attributes = {
+                key: (value if key == "v" else n if key == "w" else "u") if fixed is None else fixed
+                for key, fixed in items
+            }
+            spans.append(_span(span_id=n.to_bytes(8, "big"), attributes=attributes))
+        spans.append(_span(attributes={"a": "x"}))  # (length differs: encoded each)
+        templated = [s._replace(template=template) for s in spans]
+        for _round in range(2):
+            encoder = TraceEncoder(RESOURCE)
+            assert encoder.encode(templated) == TraceEncoder(RESOURCE).encode(spans)
+            decoded = _spans_of(encoder.encode(templated))
+            assert [_attrs(s) for s in decoded] == [s.attributes for s in spans]
