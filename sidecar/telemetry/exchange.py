@@ -134,10 +134,12 @@ def _record_span(
     name: str,
     kind: int,
     start: int,
+    end: int,
     status: int,
     attrs: dict[str, AttrValue],
     template: AttrTemplate | None = None,
 ) -> None:
+    # (end: the instant the exchange's metrics measured, read once)
     # tuple.__new__ with every field, not SpanRecord(...): the NamedTuple's __new__ is an
     # interpreted function even when this module is compiled; the same SpanRecord results.
     span = _NEW_TUPLE(
@@ -149,7 +151,7 @@ def _record_span(
             name,
             kind,
             start,
-            rec.now_ns(),
+            end,
             ctx.trace_flags,
             status,
             attrs,
@@ -223,6 +225,7 @@ def finish_outbound(rec: Recorder, request: Request, start: int, done: Done) -> 
             name,
             KIND_CLIENT,
             start,
+            now,
             status,
             span_attrs,
         )
@@ -371,6 +374,7 @@ def finish_attempt(
         name,
         KIND_CLIENT,
         start,
+        now,
         span_status,
         attrs,
         template,
@@ -442,7 +446,7 @@ def finish_inbound(
         span_status = server_status(status, error)
         if attrs.get(_GRPC_STATUS) in _GRPC_SERVER_ERRORS:
             span_status = STATUS_ERROR
-        _record_span(rec, ctx, span_id, parent, name, KIND_SERVER, start, span_status, attrs)
+        _record_span(rec, ctx, span_id, parent, name, KIND_SERVER, start, now, span_status, attrs)
     else:
         rec.unsampled.inc(("inbound",))
     if rec.access_log is not None:
