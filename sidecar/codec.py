@@ -391,6 +391,9 @@ class _ServerProtocol(asyncio.Protocol):
         self._original_dst = ""
         self.peer_identity = ""  # verified SPIFFE id of the caller, set by the mTLS listener
         self._seen_data = False
+        # the read being parsed; whether it starts a request (the parser between requests)
+        self._chunk = b""
+        self._fresh = False
         self.busy = False
         self.last_active = self._loop.time()
 
@@ -450,6 +453,7 @@ class _ServerProtocol(asyncio.Protocol):
             if data.startswith(b"PRI * HTTP/2"):  # HTTP/2 client preface: h2c or TLS with ALPN h2
                 self._hand_over_h2(data)
                 return
+        self._chunk, self._fresh = data, self._current is None
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -459,6 +463,7 @@ class _ServerProtocol(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._reject(self._reject_error or BadRequest(f"malformed request: {exc}"))
             return
+        self._chunk = b""  # (not kept alive past its parse)
         if self._in_head:  # a header line still incomplete after this read: bound it too
             self._head_raw += len(data)
             if self._head_raw > self._config.max_header_bytes:
@@ -489,7 +494,7 @@ class _ServerProtocol(asyncio.Protocol):
         assert p is not None
         parser = self._parser
         p.method = parser.get_method().decode("ascii")
-        p.version = parser.get_http_version()
+        p.version = self._version_11() or parser.get_http_version()
         p.keep_alive = parser.should_keep_alive()
         p.upgrade = parser.should_upgrade()
         try:
@@ -506,6 +511,22 @@ class _ServerProtocol(asyncio.Protocol):
             self._task = self._loop.create_task(self._serve())
         else:
             self._wake()
+
+    def _version_11(self) -> str:
+        """ "1.1" when the request whose head just ended is the first of this read and the read
+        starts with it (its request line here) and its line ends in `HTTP/1.1\\r\\n` right after
+        method SP url SP; else "" (the caller asks httptools: get_http_version formats a str per
+        request). A request line with leading CRLFs or extra spaces does not match there (no
+        CRLF comes before its end), so it is asked too."""
+        if not self._fresh:
+            return ""
+        self._fresh = False
+        parts = self._url_parts
+        p = self._current
+        if len(parts) != 1 or p is None:
+            return ""
+        at = len(p.method) + len(parts[0]) + 2
+        return "1.1" if self._chunk[at : at + 10] == b"HTTP/1.1\r\n" else ""
 
     def on_body(self, body: bytes) -> None:
         p = self._current

@@ -382,3 +382,63 @@ def test_request_ids_are_random_version_4_uuids() -> None:
         assert str(parsed) == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122
         variants[text[19]] += 1
     assert set(variants) == set("89ab")  # the variant nibble's two low bits stay random
+
+
+@pytest.mark.parametrize(
+    ("reads", "versions"),
+    [
+        (  # pipelined in one read, 1.0 between 1.1s
+            [
+                b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n"
+                b"GET /b HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+                b"GET /c HTTP/1.1\r\nHost: a\r\n\r\n"
+            ],
+            ["1.1", "1.0", "1.1"],
+        ),
+        (  # the version split across reads, the next read holding only HTTP/1.1
+            [
+                b"GET /a HTTP/1",
+                b".0\r\nConnection: keep-alive\r\n\r\n",
+                b"GET /b HTTP/1.1\r\nHost: a\r\n\r\n",
+            ],
+            ["1.0", "1.1"],
+        ),
+        (  # the head ends in a read without any HTTP/
+            [b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n", b"X-A: b\r\n\r\n"],
+            ["1.0"],
+        ),
+        (  # " HTTP/1.1\r\n" in a header value of a 1.0 request
+            [b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\nX-V: a HTTP/1.1\r\n\r\n"],
+            ["1.0"],
+        ),
+        ([b"GET /HTTP/1.1 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"], ["1.0"]),  # in the path
+        ([b"GET /a HTTP/1.1\r\nHost: a\r\n", b"\r\n"], ["1.1"]),
+        (  # reads that end at a request's end
+            [
+                b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n",
+                b"GET /b HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+            ],
+            ["1.1", "1.0"],
+        ),
+        (  # a read that starts inside a body, then a request
+            [
+                b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nab",
+                b"cdGET /b HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+            ],
+            ["1.1", "1.0"],
+        ),
+        ([b"\r\nGET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"], ["1.0"]),  # leading CRLF
+        ([b"\r\nGET /a HTTP/1.1\r\nHost: a\r\n\r\n"], ["1.1"]),
+        ([b"GET /a HTTP/1.1\r\nHost: a\r\nX-V: HTTP/1.1\r\n\r\n"], ["1.1"]),
+    ],
+)
+async def test_request_versions_are_parsed_whatever_the_reads(
+    reads: list[bytes], versions: list[str]
+) -> None:
+    handler = Recorder()
+    _, protocol, transport = connect(handler)
+    for data in reads:
+        protocol.data_received(data)
+    await settle()
+    assert [request.version for request in handler.requests] == versions
+    assert bytes(transport.out).count(b"HTTP/1.1 200 ") == len(versions)
