@@ -28,7 +28,7 @@ from sidecar.layers.fallback import FallbackConfig, FallbackStats, fallback_laye
 from sidecar.layers.fault import Fault, fault_layer
 from sidecar.layers.fused import UpstreamUnit, fused_route, fusible_stages
 from sidecar.layers.outlier import OutlierDetector, outlier_layer
-from sidecar.layers.proxy_errors import proxy_errors_layer
+from sidecar.layers.proxy_errors import proxy_errors_layer, routed_errors_layer
 from sidecar.layers.ratelimit import RateLimitConfig, RateLimiter, ratelimit_layer
 from sidecar.layers.retry import Retry, RetryConfig, retry_layer_of
 from sidecar.layers.routing import passthrough_layer, routing_layer
@@ -238,11 +238,13 @@ class _Policies:
         tail: Sequence[Layer],
         upstreams: _Upstreams,
         fuse: bool,
+        errors: bool = False,
     ) -> Layer:
         """The route's layers then the per-attempt `tail` (`per_attempt`, balance, breaker,
         outlier), as one fused coroutine per request (sidecar/layers/fused.py) when it covers
-        them, else the layered chain."""
-        layers = [*plan.layers, *tail]
+        them, else the layered chain. `errors`: the route maps its own ProxyErrors (in the
+        fused frame, else a proxy_errors layer first)."""
+        layers = [proxy_errors_layer(), *plan.layers, *tail] if errors else [*plan.layers, *tail]
         retry = plan.retry
         if not (
             fuse
@@ -267,15 +269,20 @@ class _Policies:
                 fault=plan.fault,
                 clock=self.clock,
                 sleep=self.sleep,
+                map_errors=errors,
             )
 
         return wrap
 
-    def fallback(self, spec: RouteSpec, route: Sequence[Layer], tail: Sequence[Layer]) -> Layer:
+    def fallback(
+        self, spec: RouteSpec, route: Sequence[Layer], tail: Sequence[Layer], errors: bool = False
+    ) -> Layer:
         """The route's layers, wrapped in its fallback (if any); a fallback upstream gets the
-        route's timeout and the per-attempt tail (balance, breaker, outlier) of its own."""
+        route's timeout and the per-attempt tail (balance, breaker, outlier) of its own.
+        `errors`: a proxy_errors layer first (the route maps its own ProxyErrors)."""
+        first = [proxy_errors_layer()] if errors else []
         if spec.fallback is None:
-            return _chain(route)
+            return _chain([*first, *route])
         config = spec.fallback
         old = self._previous.fallbacks.get(spec.name) if self._previous else None
         stats = old[1] if old is not None and old[0] == config else FallbackStats()
@@ -286,7 +293,7 @@ class _Policies:
         def wrap(terminal: Handler) -> Handler:
             service = compose(service_layers, terminal) if config.upstream else None
             layer = fallback_layer(config, service=service, stats=stats)
-            return compose([layer, *route], terminal)
+            return compose([*first, layer, *route], terminal)
 
         return wrap
 
@@ -323,25 +330,30 @@ def build_outbound(
     upstreams = _Upstreams(config, source, clock, random, old.upstreams if old else None)
     policies = _Policies(clock, sleep, random, old.policies if old else None)
     tail = [*per_attempt, *upstreams.layers(clock)]
+    # fused (and no global rate limit between the proxy_errors layer and the routing): every
+    # route maps its own ProxyErrors, a fused route in its own frame, and the proxy_errors
+    # layer only what the routing raises itself (no coroutine of its own per routed request)
+    inside = fuse and config.ratelimit is None
     routes: dict[str, Layer] = {}
     for spec in config.routes:
         plan = policies.plan(spec.name, spec, spec.timeout, spec.retry)
         if spec.fallback is None:
-            routes[spec.name] = policies.fused(plan, per_attempt, tail, upstreams, fuse)
+            routes[spec.name] = policies.fused(plan, per_attempt, tail, upstreams, fuse, inside)
         else:
-            routes[spec.name] = policies.fallback(spec, [*plan.layers, *tail], tail)
+            routes[spec.name] = policies.fallback(spec, [*plan.layers, *tail], tail, inside)
     default_retry = RetryConfig(max_buffer_bytes=config.max_request_body_buffer_bytes)
     default_plan = policies.plan("default", None, TimeoutConfig(), default_retry)
-    default = policies.fused(default_plan, per_attempt, tail, upstreams, fuse)
+    default = policies.fused(default_plan, per_attempt, tail, upstreams, fuse, inside)
     passthrough = _chain(
         [
+            *([proxy_errors_layer()] if inside else []),
             # outside the mesh: do not leak our deadline header
             *policies.route("passthrough", None, TimeoutConfig(propagate=False), None),
             *per_attempt,
             passthrough_layer(refuse=own_addresses),
         ]
     )
-    front: list[Layer] = [*outer, proxy_errors_layer()]
+    front: list[Layer] = [*outer, routed_errors_layer() if inside else proxy_errors_layer()]
     limiter = None
     if config.ratelimit is not None:
         limiter = policies.limiter(_GLOBAL, config.ratelimit)

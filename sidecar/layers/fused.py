@@ -24,6 +24,7 @@ from sidecar.layers.balance import Balancer
 from sidecar.layers.breaker import Breaker
 from sidecar.layers.fault import Fault
 from sidecar.layers.outlier import OutlierDetector
+from sidecar.layers.proxy_errors import map_error
 from sidecar.layers.ratelimit import RateLimiter
 from sidecar.layers.retry import Retry
 from sidecar.layers.timeout import (
@@ -72,9 +73,13 @@ def fused_route(
     fault: Fault | None,
     clock: Clock,
     sleep: Sleep,
+    map_errors: bool = False,
 ) -> Handler:
     """The route's handler: `full` is its layered chain, `full_attempt` the layered per-attempt
-    chain (stages, balance, breaker, outlier, `terminal`), `units` by upstream name."""
+    chain (stages, balance, breaker, outlier, `terminal`), `units` by upstream name.
+
+    `map_errors`: a `ProxyError` the route ends with becomes its marked response here, as the
+    proxy_errors layer outside the routing would make it (`full` must map its own then)."""
     active = [s for s in stages if not s.passive]
     assert len(active) <= 1, "fusible_stages() first"
     stage = active[0] if active else None
@@ -87,116 +92,125 @@ def fused_route(
     queue = DeadlineQueue()  # the deadline timers of this route's requests
 
     async def run(request: Request) -> Response:
-        context = request.context
-        # -- ratelimit (layers/ratelimit.py), fault (layers/fault.py) --
-        if limiter is not None:
-            limiter.check(request)
-        if fault is not None:
-            delay_s = fault.delay(request)
-            if delay_s is not None:
-                await sleep(delay_s)
-            fault.abort(request)
-        # -- timeout (layers/timeout.py) --
-        request, budget_s = deadline_budget(request, request_s, idle_s, propagate, tail)
-        timer = arm_deadline(context, budget_s, clock, queue) if budget_s is not None else None
-        outer = context.deadline_timer
-        cancelling = 0
-        if timer is not None:
-            context.deadline_timer = timer
-            cancelling = timer.task.cancelling()
         try:
-            # -- retry (layers/retry.py), its first attempt --
-            blocked: str | None = None
-            if retry is not None:
-                if budget is not None:
-                    budget.deposit()
-                if isinstance(request.body, bytes):
-                    blocked = retry.blocked(request)
-                else:
-                    request, blocked = await retry.replayable(request)
-                context.attempt = 1
-                context.endpoint = None
-            response: Response | None = None
-            error: ProxyError | None = None
-            reason: str | None = None
+            context = request.context
+            # -- ratelimit (layers/ratelimit.py), fault (layers/fault.py) --
+            if limiter is not None:
+                limiter.check(request)
+            if fault is not None:
+                delay_s = fault.delay(request)
+                if delay_s is not None:
+                    await sleep(delay_s)
+                fault.abort(request)
+            # -- timeout (layers/timeout.py) --
+            request, budget_s = deadline_budget(request, request_s, idle_s, propagate, tail)
+            timer = arm_deadline(context, budget_s, clock, queue) if budget_s is not None else None
+            outer = context.deadline_timer
+            cancelling = 0
+            if timer is not None:
+                context.deadline_timer = timer
+                cancelling = timer.task.cancelling()
             try:
-                # -- the attempt stage (layers/telemetry.py: the attempt span) --
-                forwarded = request
-                token: object = None
-                if stage is not None:
-                    forwarded, token = stage.begin(request)
-                try:
-                    # -- balance (layers/balance.py) --
-                    unit = units.get(context.upstream)
-                    if unit is None:
-                        raise NoRoute(f"no balancer for upstream {context.upstream!r}")
-                    balancer = unit.balancer
-                    state = balancer.take(forwarded)
-                    start = clock()
-                    failed = True
-                    try:
-                        # -- breaker (layers/breaker.py) --
-                        breaker = unit.breaker
-                        if breaker is not None and not breaker.try_acquire():
-                            await breaker.acquire(forwarded)
-                        try:
-                            # -- outlier (layers/outlier.py) --
-                            detector = unit.detector
-                            endpoint = context.endpoint
-                            host = None
-                            if detector is not None and endpoint is not None:
-                                host = detector.begin(endpoint)
-                            if detector is None or host is None:
-                                response = await terminal(forwarded)
-                            else:
-                                began = clock()
-                                try:
-                                    response = await terminal(forwarded)
-                                except (ProxyError, asyncio.CancelledError):
-                                    detector.record(host, forwarded, None, clock() - began)
-                                    raise
-                                detector.record(host, forwarded, response.status, clock() - began)
-                        finally:
-                            if breaker is not None:
-                                breaker.release()
-                        status = response.status
-                        failed = status >= 500 or status == 429
-                    finally:
-                        balancer.give_back(state, clock() - start, failed)
-                except BaseException as exc:
-                    if stage is not None:
-                        stage.fail(request, token, exc)
-                    raise
-                if stage is not None:
-                    response = stage.end(request, token, response)
+                # -- retry (layers/retry.py), its first attempt --
+                blocked: str | None = None
                 if retry is not None:
-                    reason = retry.reason(response)
-            except ProxyError as exc:
+                    if budget is not None:
+                        budget.deposit()
+                    if isinstance(request.body, bytes):
+                        blocked = retry.blocked(request)
+                    else:
+                        request, blocked = await retry.replayable(request)
+                    context.attempt = 1
+                    context.endpoint = None
+                response: Response | None = None
+                error: ProxyError | None = None
+                reason: str | None = None
+                try:
+                    # -- the attempt stage (layers/telemetry.py: the attempt span) --
+                    forwarded = request
+                    token: object = None
+                    if stage is not None:
+                        forwarded, token = stage.begin(request)
+                    try:
+                        # -- balance (layers/balance.py) --
+                        unit = units.get(context.upstream)
+                        if unit is None:
+                            raise NoRoute(f"no balancer for upstream {context.upstream!r}")
+                        balancer = unit.balancer
+                        state = balancer.take(forwarded)
+                        start = clock()
+                        failed = True
+                        try:
+                            # -- breaker (layers/breaker.py) --
+                            breaker = unit.breaker
+                            if breaker is not None and not breaker.try_acquire():
+                                await breaker.acquire(forwarded)
+                            try:
+                                # -- outlier (layers/outlier.py) --
+                                detector = unit.detector
+                                endpoint = context.endpoint
+                                host = None
+                                if detector is not None and endpoint is not None:
+                                    host = detector.begin(endpoint)
+                                if detector is None or host is None:
+                                    response = await terminal(forwarded)
+                                else:
+                                    began = clock()
+                                    try:
+                                        response = await terminal(forwarded)
+                                    except (ProxyError, asyncio.CancelledError):
+                                        detector.record(host, forwarded, None, clock() - began)
+                                        raise
+                                    detector.record(
+                                        host, forwarded, response.status, clock() - began
+                                    )
+                            finally:
+                                if breaker is not None:
+                                    breaker.release()
+                            status = response.status
+                            failed = status >= 500 or status == 429
+                        finally:
+                            balancer.give_back(state, clock() - start, failed)
+                    except BaseException as exc:
+                        if stage is not None:
+                            stage.fail(request, token, exc)
+                        raise
+                    if stage is not None:
+                        response = stage.end(request, token, response)
+                    if retry is not None:
+                        reason = retry.reason(response)
+                except ProxyError as exc:
+                    if retry is None:
+                        raise
+                    error = exc
+                    reason = retry.error_reason(exc)
                 if retry is None:
-                    raise
-                error = exc
-                reason = retry.error_reason(exc)
-            if retry is None:
+                    assert response is not None
+                    return response
+                if reason is not None:  # retry-eligible: the retry loop goes on, layered
+                    return await retry.resume(
+                        full_attempt, request, response, error, reason, blocked
+                    )
+                tried = context.endpoint
+                if tried is not None:
+                    context.previous_endpoints.append(tried)
+                if error is not None:
+                    raise error
                 assert response is not None
                 return response
-            if reason is not None:  # retry-eligible: the retry loop goes on, layered
-                return await retry.resume(full_attempt, request, response, error, reason, blocked)
-            tried = context.endpoint
-            if tried is not None:
-                context.previous_endpoints.append(tried)
-            if error is not None:
-                raise error
-            assert response is not None
-            return response
-        except asyncio.CancelledError as exc:
-            if timer is not None and deadline_fired(context, timer, cancelling):
-                assert budget_s is not None
-                raise UpstreamTimeout(after_s=budget_s) from exc
-            raise
-        finally:
-            if timer is not None:
-                timer.cancel()
-                context.deadline_timer = outer
+            except asyncio.CancelledError as exc:
+                if timer is not None and deadline_fired(context, timer, cancelling):
+                    assert budget_s is not None
+                    raise UpstreamTimeout(after_s=budget_s) from exc
+                raise
+            finally:
+                if timer is not None:
+                    timer.cancel()
+                    context.deadline_timer = outer
+        except ProxyError as exc:  # (the route's end, after its timer is given back)
+            if not map_errors:
+                raise
+            return map_error(request, exc)
 
     def handle(request: Request) -> Awaitable[Response]:
         for bypasser in bypassers:

@@ -13,7 +13,7 @@ import pytest
 
 from sidecar.build import BuiltStack, build_outbound
 from sidecar.config import parse_config
-from sidecar.errors import UpstreamConnectError, UpstreamReset
+from sidecar.errors import ERROR_HEADER, UpstreamConnectError, UpstreamReset
 from sidecar.http import Request, Response
 from sidecar.layers.grpc import grpc_attempt_layer, grpc_layer
 from sidecar.telemetry import Telemetry, TelemetryConfig
@@ -304,3 +304,37 @@ def test_routes_the_fused_form_does_not_cover_keep_the_layered_chain() -> None:
         parse_config(_doc({})), terminal=terminal, per_attempt=[lambda inner: inner]
     )
     assert stack.describe()["fused_routes"] == []  # a per-attempt layer it cannot run
+
+
+@pytest.mark.parametrize("global_limit", [False, True])
+async def test_proxy_generated_errors_are_the_same(global_limit: bool) -> None:
+    """Fused (without a global rate limit) every route maps its own ProxyErrors and the
+    routing's own (no route) are mapped outside: the same marked responses, reasons, spans and
+    metrics as the one proxy_errors layer outside the routing of the layered form."""
+
+    def upstream() -> ScriptedUpstream:
+        return ScriptedUpstream(
+            statuses=[UpstreamConnectError("refused"), UpstreamReset("reset")], default=200
+        )
+
+    def requests() -> list[Request]:
+        return [
+            *_requests(2),  # the api route (no retry): connect error, reset
+            make_request(target="/api/x"),  # no host: no route (raised by the routing)
+            make_request(target="/x", authority="elsewhere:0"),  # passthrough refuses it
+            *_requests(1, target="/other"),  # default route
+            *_requests(2, headers=(("content-type", "application/grpc"),)),  # bypass, mapped
+        ]
+
+    doc = _doc({})
+    if global_limit:
+        doc["ratelimit"] = {"rps": 1, "burst": 6}
+    out = await _same(doc, upstream, requests)
+    outcomes = [o["outcome"] for o in out]
+    assert [o[0] for o in outcomes[:6]] == [503, 502, 404, 404, 200, 200]
+    reasons = [dict(o[1]).get(ERROR_HEADER) for o in outcomes]
+    assert reasons[:5] == ["connect_failure", "upstream_reset", "no_route", "no_route", None]
+    for o, reason in zip(out, reasons, strict=True):
+        assert o["attributes"].get("meshlens.error.reason") == reason
+    if global_limit:  # the 6th and 7th requests over the global limit
+        assert reasons[5:] == [None, "rate_limited"]
