@@ -139,12 +139,19 @@ def fused_route(
                         balancer = unit.balancer
                         state = balancer.take(forwarded)
                         start = clock()
+                        # (one reading serves both ends the layers read back to back: the
+                        # balancer's start is the outlier's unless the breaker queued it, the
+                        # outlier's end the balancer's)
+                        began = start
+                        ended = start
+                        timed = False
                         failed = True
                         try:
                             # -- breaker (layers/breaker.py) --
                             breaker = unit.breaker
                             if breaker is not None and not breaker.try_acquire():
                                 await breaker.acquire(forwarded)
+                                began = clock()
                             try:
                                 # -- outlier (layers/outlier.py) --
                                 detector = unit.detector
@@ -155,22 +162,21 @@ def fused_route(
                                 if detector is None or host is None:
                                     response = await terminal(forwarded)
                                 else:
-                                    began = clock()
                                     try:
                                         response = await terminal(forwarded)
                                     except (ProxyError, asyncio.CancelledError):
                                         detector.record(host, forwarded, None, clock() - began)
                                         raise
-                                    detector.record(
-                                        host, forwarded, response.status, clock() - began
-                                    )
+                                    ended = clock()
+                                    timed = True
+                                    detector.record(host, forwarded, response.status, ended - began)
                             finally:
                                 if breaker is not None:
                                     breaker.release()
                             status = response.status
                             failed = status >= 500 or status == 429
                         finally:
-                            balancer.give_back(state, clock() - start, failed)
+                            balancer.give_back(state, (ended if timed else clock()) - start, failed)
                     except BaseException as exc:
                         if stage is not None:
                             stage.fail(request, token, exc)

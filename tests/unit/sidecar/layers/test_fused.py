@@ -276,6 +276,7 @@ async def test_a_breaker_at_its_limit_is_the_same(max_pending: int) -> None:
         second = asyncio.create_task(rig.send(_requests(1)[0]))
         for _ in range(5):
             await asyncio.sleep(0)
+        rig.clock.advance(0.25)  # time passes while the first is upstream, the second queued
         gate.event.set()
         results = [await first, await second]
         observed.append((results, rig.state(), gate.calls))
