@@ -184,9 +184,9 @@ class Balancer:
             candidates = self._candidates(request)
         elif not candidates:
             raise NoHealthyUpstream(f"no endpoints for upstream {self.service!r}")
-        now = self._clock()
         if len(candidates) == 1:
             return candidates[0]
+        now = self._clock()  # (not read for one candidate)
         if self.config.lb == "round_robin":
             return self._round_robin(candidates, now)
         n = len(candidates)
