@@ -110,6 +110,9 @@ class _Connection(asyncio.Protocol):
         self.uses = 0
         self.idle_since = 0.0
         self._parser: Any = None
+        # the last response's parser when that response ended cleanly on a kept-alive
+        # connection (llhttp is then at a message start): the next exchange parses with it
+        self._spare: Any = None
         self._head_method = ""
         self._headers_waiter: asyncio.Future[None] | None = None
         self._wait_s = 0.0  # the pending header wait's timeout, when the deadline timer ends it
@@ -227,7 +230,12 @@ class _Connection(asyncio.Protocol):
     # -- exchange -------------------------------------------------------------------------
 
     def begin(self, method: str) -> None:
-        self._parser = httptools.HttpResponseParser(self)
+        parser = self._spare
+        if parser is None:
+            parser = httptools.HttpResponseParser(self)
+        else:
+            self._spare = None
+        self._parser = parser
         self._head_method = method
         self._headers_waiter = None
         self._error = None
@@ -339,6 +347,8 @@ class _Connection(asyncio.Protocol):
             and (self.pump is None or self.pump.done())
             and self.status != 101
         )
+        if reusable and self._head_method != "HEAD" and not self._close_delimited:
+            self._spare = self._parser  # (a HEAD response's parser still expects its body)
         self._parser = None
         if not self.taken:
             self._reusable = reusable  # settled once the exchange has read status and headers

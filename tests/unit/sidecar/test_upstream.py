@@ -385,3 +385,37 @@ async def test_the_shared_timer_still_ends_the_request_after_the_header_wait(
     with pytest.raises(UpstreamTimeout, match=r"after 0\.01s"):
         await handler(req)
     assert waited == [True] and ctx.attributes["meshlens.timeout.fired"] == "request"
+
+
+async def test_one_kept_alive_connection_parses_each_response_afresh(
+    pool: UpstreamPool, net: FakeNetwork
+) -> None:
+    """Responses of every framing one after another on one connection (its parser carried
+    over from a cleanly ended response, never from a HEAD response's): each parsed alone."""
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+    )
+    script: list[tuple[str, bytes, tuple[int, bytes]]] = [
+        ("GET", OK, (200, b"ok")),
+        ("GET", chunked, (200, b"abcde")),
+        ("GET", b"HTTP/1.1 204 No Content\r\n\r\n", (204, b"")),
+        ("GET", b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + OK, (200, b"ok")),
+        ("HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", (200, b"")),
+        ("GET", b"HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\nnope", (404, b"nope")),
+        ("GET", OK, (200, b"ok")),
+    ]
+    for method, raw, expected in script:
+        net.actions.append(_answer(raw))
+        response = await pool(request(method=method))
+        body = response.body
+        if not isinstance(body, bytes):
+            chunks = []
+            while chunk := await body.read():
+                chunks.append(chunk)
+            body = b"".join(chunks)
+        assert (response.status, body) == expected
+    assert len(net.servers) == 1  # every response kept the connection
+
+
+def _answer(raw: bytes) -> Action:
+    return lambda _: raw
