@@ -20,7 +20,17 @@ HTTP/2 rows (when h2load from nghttp2-client is installed): h2load, 8 connection
 against nginx serving h2c directly and through the sidecar(s) speaking h2 end to end; req/s and
 the mean request time added vs direct h2 (h2load reports no percentiles).
 
-    python bench/sidecar_proxy.py [--duration 5] [--connections 32] [--rate 1000]
+Rounds (`--rounds N`, default 3): one noisy moment on this shared machine must not decide a goal.
+Each round runs every saturated wrk scenario once in a fixed order (direct, nginx, core, sidecar,
+pure Python, pair) and then every fixed-rate scenario (direct, nginx, sidecar, pair), so each
+sidecar figure has an nginx baseline from the same round. Per round the ratios are computed
+(req/s x nginx, added p50 vs nginx's added p50, saturated and fixed rate); the tables show each
+scenario's median over rounds (RSS: median and max; non-2xx/failed: summed), and each goal line
+shows every round's value, the median the goal is judged on, and how many rounds met it. The
+processes are started once for all rounds (later rounds' RSS is measured after more load). The
+HTTP/2 rows run once (no goal). `--rounds 1` is a single pass as before.
+
+    python bench/sidecar_proxy.py [--rounds 3] [--duration 5] [--connections 32] [--rate 1000]
 """
 
 from __future__ import annotations
@@ -32,10 +42,12 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -248,45 +260,184 @@ def native_mode() -> str:
     return out.stdout.strip() or "unknown"
 
 
-def report(results: list[Result]) -> str:
+def _median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+def _median_or_none(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return _median(present) if present else None
+
+
+def _check_rounds(rounds: Sequence[Sequence[Any]]) -> list[str]:
+    """The scenario names, which every round must run in the same order."""
+    if not rounds or not rounds[0]:
+        raise ValueError("no rounds to aggregate")
+    names = [r.name for r in rounds[0]]
+    for number, round_ in enumerate(rounds[1:], start=2):
+        if [r.name for r in round_] != names:
+            raise ValueError(f"round {number} ran other scenarios than round 1")
+    return names
+
+
+def _baselines(round_: Sequence[Any]) -> tuple[Any, Any]:
+    """(direct, nginx) of one round: the first row and the first nginx row."""
+    nginx = next((r for r in round_ if r.name.startswith("nginx")), None)
+    if nginx is None:
+        raise ValueError("a round has no nginx row to compare with")
+    return round_[0], nginx
+
+
+def _sidecar(round_: Sequence[Any]) -> Any:
+    """The first one-sidecar row of a round, or None."""
+    return next((r for r in round_ if r.name.startswith("sidecar (")), None)
+
+
+@dataclass(frozen=True)
+class GoalLine:
+    """One goal judged on the median over rounds; `values` holds every round's figure."""
+
+    goal: str
+    values: tuple[float, ...]
+    limit: float
+    higher_is_better: bool
+    fmt: str  # e.g. "{:.2f}x"
+
+    @property
+    def median(self) -> float:
+        return _median(self.values)
+
+    def meets(self, value: float) -> bool:
+        return value >= self.limit if self.higher_is_better else value <= self.limit
+
+    @property
+    def met(self) -> bool:
+        return self.meets(self.median)
+
+    @property
+    def met_rounds(self) -> int:
+        return sum(self.meets(v) for v in self.values)
+
+    def text(self) -> str:
+        verdict = "met" if self.met else "NOT met"
+        if len(self.values) == 1:
+            return f"  {self.goal:<36}{self.fmt.format(self.values[0]):>10}  {verdict}"
+        each = " / ".join(self.fmt.format(v) for v in self.values)
+        return (
+            f"  {self.goal:<39} {each} -> median {self.fmt.format(self.median)}  {verdict}"
+            f" ({self.met_rounds}/{len(self.values)} rounds met it)"
+        )
+
+
+@dataclass(frozen=True)
+class Row:
+    """One saturated scenario over all rounds: medians (RSS also max, non-2xx summed)."""
+
+    name: str
+    rps: float
+    x_nginx: float
+    p50_ms: float
+    p99_ms: float
+    added_p50_ms: float
+    cpu_us: float | None
+    rss_mb: float | None
+    rss_max_mb: float | None
+    errors: int
+
+
+def median_rows(rounds: Sequence[Sequence[Result]]) -> list[Row]:
+    """Per scenario, the median over rounds; ratios and added latency are per round first."""
+    names = _check_rounds(rounds)
+    bases = [_baselines(r) for r in rounds]
+    rows = []
+    for i, name in enumerate(names):
+        runs = [r[i] for r in rounds]
+        rss = [r.rss_mb for r in runs if r.rss_mb is not None]
+        rows.append(
+            Row(
+                name,
+                _median([r.rps for r in runs]),
+                _median([r.rps / n.rps for r, (_, n) in zip(runs, bases, strict=True)]),
+                _median([r.p50_ms for r in runs]),
+                _median([r.p99_ms for r in runs]),
+                _median([r.p50_ms - d.p50_ms for r, (d, _) in zip(runs, bases, strict=True)]),
+                _median_or_none([r.cpu_us for r in runs]),
+                _median(rss) if rss else None,
+                max(rss) if rss else None,
+                sum(r.errors for r in runs),
+            )
+        )
+    return rows
+
+
+def _added_ratio(one: Any, direct: Any, nginx: Any) -> float:
+    """The sidecar's added p50 over nginx's added p50 (floored at 1 us)."""
+    return float((one.p50_ms - direct.p50_ms) / max(nginx.p50_ms - direct.p50_ms, 1e-3))
+
+
+def saturated_goals(rounds: Sequence[Sequence[Result]]) -> list[GoalLine]:
+    """The one-sidecar goals, one figure per round (empty without a sidecar row)."""
+    _check_rounds(rounds)
+    if _sidecar(rounds[0]) is None:
+        return []
+    ones: list[Result] = [_sidecar(r) for r in rounds]
+    bases = [_baselines(r) for r in rounds]
+    pairs = list(zip(ones, bases, strict=True))
+    return [
+        GoalLine(
+            "one hop >= 0.50x nginx req/s",
+            tuple(o.rps / n.rps for o, (_, n) in pairs),
+            0.5,
+            True,
+            "{:.2f}x",
+        ),
+        GoalLine(
+            "added p50 <= 2x nginx's (saturated)",
+            tuple(_added_ratio(o, d, n) for o, (d, n) in pairs),
+            2.0,
+            False,
+            "{:.1f}x",
+        ),
+        GoalLine(
+            "<= 100 us CPU/request", tuple(o.cpu_us or 0.0 for o in ones), 100, False, "{:.0f} us"
+        ),
+        GoalLine(
+            "RSS <= 40 MB under load", tuple(o.rss_mb or 0.0 for o in ones), 40, False, "{:.0f} MB"
+        ),
+    ]
+
+
+def report(rounds: Sequence[Sequence[Result]]) -> str:
     """The results table (also returned as text for bench/results/sidecar_proxy.md)."""
-    direct = results[0]
-    nginx = next(r for r in results if r.name.startswith("nginx"))
+    rows = median_rows(rounds)
+    many = len(rounds) > 1
     lines = [
         f"{'scenario':<31}{'req/s':>9}{'x nginx':>9}{'p50 ms':>9}{'p99 ms':>9}"
-        f"{'+p50 ms':>9}{'CPU us/req':>12}{'RSS MB':>8}{'non-2xx':>9}"
+        f"{'+p50 ms':>9}{'CPU us/req':>12}{'RSS MB':>8}{'RSS max' if many else '':>8}{'non-2xx':>9}"
     ]
-    for r in results:
+    for r in rows:
         cpu = f"{r.cpu_us:.0f}" if r.cpu_us is not None else "-"
         rss = f"{r.rss_mb:.0f}" if r.rss_mb is not None else "-"
+        rss_max = (f"{r.rss_max_mb:.0f}" if r.rss_max_mb is not None else "-") if many else ""
         lines.append(
-            f"{r.name:<31}{r.rps:>9.0f}{r.rps / nginx.rps:>9.2f}{r.p50_ms:>9.2f}"
-            f"{r.p99_ms:>9.2f}{r.p50_ms - direct.p50_ms:>9.2f}{cpu:>12}{rss:>8}{r.errors:>9}"
+            f"{r.name:<31}{r.rps:>9.0f}{r.x_nginx:>9.2f}{r.p50_ms:>9.2f}"
+            f"{r.p99_ms:>9.2f}{r.added_p50_ms:>9.2f}{cpu:>12}{rss:>8}{rss_max:>8}{r.errors:>9}"
         )
-    one = next((r for r in results if r.name.startswith("sidecar (")), None)
-    if one is not None:
-        nginx_added = max(nginx.p50_ms - direct.p50_ms, 1e-3)
-        checks = [
-            (
-                "one hop >= 0.50x nginx req/s",
-                f"{one.rps / nginx.rps:.2f}x",
-                one.rps >= 0.5 * nginx.rps,
-            ),
-            (
-                "added p50 <= 2x nginx's (saturated)",
-                f"{(one.p50_ms - direct.p50_ms) / nginx_added:.1f}x",
-                one.p50_ms - direct.p50_ms <= 2 * nginx_added,
-            ),
-            ("<= 100 us CPU/request", f"{one.cpu_us:.0f} us", (one.cpu_us or 0) <= 100),
-            ("RSS <= 40 MB under load", f"{one.rss_mb:.0f} MB", (one.rss_mb or 0) <= 40),
-        ]
-        lines.append("goals (one sidecar, full telemetry exported):")
-        for goal, value, met in checks:
-            lines.append(f"  {goal:<36}{value:>10}  {'met' if met else 'NOT met'}")
+    goals = saturated_goals(rounds)
+    if goals:
+        judged = f", median of {len(rounds)} rounds" if many else ""
+        lines.append(f"goals (one sidecar, full telemetry exported{judged}):")
+        lines.extend(g.text() for g in goals)
     lines.append(
         "CPU and RSS are the proxy processes only (the pair sums CPU of both sidecars); "
-        "ratios are against nginx from this same run"
+        "ratios are against nginx from the same run" + (" and round" if many else "")
     )
+    if many:
+        lines.append(
+            f"each figure is the median over {len(rounds)} rounds (non-2xx: summed); every round "
+            "runs all scenarios in the same order with the same processes, started once, so "
+            "later rounds' RSS is measured after more load (RSS max: the largest over rounds)"
+        )
     lines.append(f"sidecar modules: {native_mode()} (pure Python row: MESHLENS_PURE_PYTHON=1)")
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     lines.append(f"load average after the run: {load} (other work on these {os.cpu_count()} CPUs)")
@@ -362,31 +513,86 @@ def measure_fixed_rate(
     return result
 
 
-def report_fixed_rate(results: list[RateResult], rate: int) -> str:
-    """Latency at a fixed rate below saturation, added vs direct from this run."""
-    direct = results[0]
-    nginx = next(r for r in results if r.name.startswith("nginx"))
+@dataclass(frozen=True)
+class RateRow:
+    """One fixed-rate scenario over all rounds: medians (added vs direct per round first)."""
+
+    name: str
+    rps: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    added_p50_ms: float
+    added_p90_ms: float
+    added_p99_ms: float
+    vcpu_per_krps: float | None
+    failed: int
+
+
+def _added(
+    runs: Sequence[tuple[RateResult, RateResult]], pick: Callable[[RateResult], float]
+) -> float:
+    """Median over rounds of (scenario - direct) for one percentile."""
+    return _median([pick(r) - pick(d) for r, d in runs])
+
+
+def median_rate_rows(rounds: Sequence[Sequence[RateResult]]) -> list[RateRow]:
+    names = _check_rounds(rounds)
+    directs = [r[0] for r in rounds]
+    rows = []
+    for i, name in enumerate(names):
+        runs = list(zip([r[i] for r in rounds], directs, strict=True))
+
+        rows.append(
+            RateRow(
+                name,
+                _median([r.rps for r, _ in runs]),
+                _median([r.p50_ms for r, _ in runs]),
+                _median([r.p90_ms for r, _ in runs]),
+                _median([r.p99_ms for r, _ in runs]),
+                _added(runs, lambda r: r.p50_ms),
+                _added(runs, lambda r: r.p90_ms),
+                _added(runs, lambda r: r.p99_ms),
+                _median_or_none([r.vcpu_per_krps for r, _ in runs]),
+                sum(r.failed for r, _ in runs),
+            )
+        )
+    return rows
+
+
+def fixed_rate_goal(rounds: Sequence[Sequence[RateResult]], rate: int) -> GoalLine | None:
+    """Added p50 vs nginx's added p50 at the fixed rate, one figure per round."""
+    _check_rounds(rounds)
+    if _sidecar(rounds[0]) is None:
+        return None
+    ratios = []
+    for round_ in rounds:
+        direct, nginx = _baselines(round_)
+        ratios.append(_added_ratio(_sidecar(round_), direct, nginx))
+    return GoalLine(
+        f"added p50 <= 2x nginx's at {rate} req/s", tuple(ratios), 2.0, False, "{:.1f}x"
+    )
+
+
+def report_fixed_rate(rounds: Sequence[Sequence[RateResult]], rate: int) -> str:
+    """Latency at a fixed rate below saturation, added vs direct from the same round."""
+    many = len(rounds) > 1
     lines = [
-        f"fixed rate (Istio's method): h2load --h1, {rate} req/s over 16 connections:",
+        f"fixed rate (Istio's method): h2load --h1, {rate} req/s over 16 connections"
+        + (f", median of {len(rounds)} rounds:" if many else ":"),
         f"{'scenario':<31}{'req/s':>8}{'p50 ms':>8}{'p90 ms':>8}{'p99 ms':>8}"
         f"{'+p50':>7}{'+p90':>7}{'+p99':>7}{'vCPU/1k rps':>13}{'failed':>8}",
     ]
-    for r in results:
+    for r in median_rate_rows(rounds):
         vcpu = f"{r.vcpu_per_krps:.3f}" if r.vcpu_per_krps is not None else "-"
         lines.append(
             f"{r.name:<31}{r.rps:>8.0f}{r.p50_ms:>8.3f}{r.p90_ms:>8.3f}{r.p99_ms:>8.3f}"
-            f"{r.p50_ms - direct.p50_ms:>7.3f}{r.p90_ms - direct.p90_ms:>7.3f}"
-            f"{r.p99_ms - direct.p99_ms:>7.3f}{vcpu:>13}{r.failed:>8}"
+            f"{r.added_p50_ms:>7.3f}{r.added_p90_ms:>7.3f}"
+            f"{r.added_p99_ms:>7.3f}{vcpu:>13}{r.failed:>8}"
         )
-    one = next((r for r in results if r.name.startswith("sidecar (")), None)
-    if one is not None:
-        nginx_added = max(nginx.p50_ms - direct.p50_ms, 1e-3)
-        added = one.p50_ms - direct.p50_ms
-        verdict = "met" if added <= 2 * nginx_added else "NOT met"
-        lines.append(
-            f"  added p50 <= 2x nginx's added p50 at {rate} req/s: "
-            f"{added / nginx_added:.1f}x  {verdict}"
-        )
+    goal = fixed_rate_goal(rounds, rate)
+    if goal is not None:
+        lines.append(goal.text())
     text = "\n".join(lines)
     print(text)
     return text
@@ -470,6 +676,22 @@ def h2_rows(
     ]
 
 
+def round_summary(round_: Sequence[Result], fixed: Sequence[Sequence[RateResult]]) -> str:
+    """One round's goal ratios, printed as the rounds go."""
+    direct, nginx = _baselines(round_)
+    one = _sidecar(round_)
+    if one is None:
+        return "done"
+    text = (
+        f"one hop {one.rps / nginx.rps:.2f}x nginx req/s, "
+        f"added p50 {_added_ratio(one, direct, nginx):.1f}x nginx's (saturated)"
+    )
+    if fixed:
+        f_direct, f_nginx = _baselines(fixed[-1])
+        text += f", {_added_ratio(_sidecar(fixed[-1]), f_direct, f_nginx):.1f}x (fixed rate)"
+    return text
+
+
 def write_results(text: str, args: argparse.Namespace) -> Path:
     """Keep the table of this run in bench/results/sidecar_proxy.md (gitignored)."""
     path = REPO / "bench" / "results" / "sidecar_proxy.md"
@@ -478,6 +700,7 @@ def write_results(text: str, args: argparse.Namespace) -> Path:
     path.write_text(
         f"# bench/sidecar_proxy.py ({when})\n\n"
         f"wrk, {args.connections} connections, {args.duration} s per scenario, "
+        f"{args.rounds} round{'s' if args.rounds > 1 else ''} (medians; HTTP/2 once), "
         f"{os.cpu_count()} CPUs\n\n```\n{text}\n```\n"
     )
     return path
@@ -485,14 +708,19 @@ def write_results(text: str, args: argparse.Namespace) -> Path:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of all scenarios (>= 1)")
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rate", type=int, default=1000, help="fixed-rate rows' req/s (0: skip)")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     if shutil.which("wrk") is None:
         print("wrk is not installed (bash scripts/system-deps.sh)", file=sys.stderr)
         return 1
     procs = Procs()
+    results: list[list[Result]] = []
+    fixed: list[list[RateResult]] = []
     with tempfile.TemporaryDirectory(prefix="meshlens-bench-") as tmp:
         workdir = Path(tmp)
         try:
@@ -515,51 +743,40 @@ def main() -> int:
             env = {**os.environ, "PYTHONPATH": str(REPO)}
             core = procs.start([sys.executable, "-c", CORE, str(core_port), str(up)], env=env)
             wait_port(core_port)
-            results = [
-                measure("direct", f"http://127.0.0.1:{up}/", args, None, []),
-                measure("nginx proxy_pass", f"http://127.0.0.1:{px}/", args, None, [nginx_pid]),
-                measure(
-                    "core only (codec+pool)",
-                    f"http://127.0.0.1:{core_port}/",
-                    args,
-                    None,
-                    [core.pid],
-                ),
-                measure(
-                    "sidecar (outbound)", f"http://127.0.0.1:{one_out}/", args, "app", [one_pid]
-                ),
-                measure(
+            saturated: list[tuple[str, str, str | None, list[int]]] = [
+                ("direct", f"http://127.0.0.1:{up}/", None, []),
+                ("nginx proxy_pass", f"http://127.0.0.1:{px}/", None, [nginx_pid]),
+                ("core only (codec+pool)", f"http://127.0.0.1:{core_port}/", None, [core.pid]),
+                ("sidecar (outbound)", f"http://127.0.0.1:{one_out}/", "app", [one_pid]),
+                (
                     "sidecar (outbound, pure Python)",
                     f"http://127.0.0.1:{pure_out}/",
-                    args,
                     "app",
                     [pure_pid],
                 ),
-                measure(
+                (
                     "sidecar pair HTTP/1.1 (out+in)",
                     f"http://127.0.0.1:{client_out}/",
-                    args,
                     "app",
                     [client_pid, server_pid],
                 ),
             ]
-            fixed: list[RateResult] = []
+            targets: list[tuple[str, str, str | None, list[int]]] = []
             if shutil.which("h2load") and args.rate > 0:
-                targets: list[tuple[str, str, str | None, list[int]]] = [
-                    ("direct", f"http://127.0.0.1:{up}/", None, []),
-                    ("nginx proxy_pass", f"http://127.0.0.1:{px}/", None, [nginx_pid]),
-                    ("sidecar (outbound)", f"http://127.0.0.1:{one_out}/", "app", [one_pid]),
-                    (
-                        "sidecar pair HTTP/1.1 (out+in)",
-                        f"http://127.0.0.1:{client_out}/",
-                        "app",
-                        [client_pid, server_pid],
-                    ),
+                targets = [saturated[0], saturated[1], saturated[3], saturated[5]]
+            for number in range(1, args.rounds + 1):
+                round_ = [
+                    measure(name, url, args, host, pids) for name, url, host, pids in saturated
                 ]
-                fixed = [
-                    measure_fixed_rate(name, url, args, host, pids, workdir)
-                    for name, url, host, pids in targets
-                ]
+                results.append(round_)
+                if targets:
+                    fixed.append(
+                        [
+                            measure_fixed_rate(name, url, args, host, pids, workdir)
+                            for name, url, host, pids in targets
+                        ]
+                    )
+                print(f"round {number}/{args.rounds}: {round_summary(round_, fixed)}", flush=True)
             h2 = h2_rows(procs, workdir, args, collector) if shutil.which("h2load") else []
         finally:
             procs.stop_all()
