@@ -26,7 +26,9 @@ pure Python, pair) and then every fixed-rate scenario (direct, nginx, sidecar, p
 sidecar figure has an nginx baseline from the same round. Per round the ratios are computed
 (req/s x nginx, added p50 vs nginx's added p50, saturated and fixed rate); the tables show each
 scenario's median over rounds (RSS: median and max; non-2xx/failed: summed), and each goal line
-shows every round's value, the median the goal is judged on, and how many rounds met it. The
+shows every round's value, the median the goal is judged on, and how many rounds met it (the
+"added p50" goals also print both terms of each round's ratio: when nginx's added p50 is within
+the noise of direct's, the ratio swings widely and says little). The
 processes are started once for all rounds (later rounds' RSS is measured after more load). The
 HTTP/2 rows run once (no goal). `--rounds 1` is a single pass as before.
 
@@ -375,6 +377,21 @@ def _added_ratio(one: Any, direct: Any, nginx: Any) -> float:
     return float((one.p50_ms - direct.p50_ms) / max(nginx.p50_ms - direct.p50_ms, 1e-3))
 
 
+def added_p50_detail(rounds: Sequence[Sequence[Any]]) -> str:
+    """Every round's added p50 (ms) of the sidecar and of nginx: the ratio's two terms, which
+    show when nginx's added p50 is within the noise of direct's and the ratio means little."""
+    terms = []
+    for round_ in rounds:
+        direct, nginx = _baselines(round_)
+        terms.append((_sidecar(round_).p50_ms - direct.p50_ms, nginx.p50_ms - direct.p50_ms))
+    return (
+        "    added p50 ms per round: sidecar "
+        + " / ".join(f"{one:.3f}" for one, _ in terms)
+        + ", nginx "
+        + " / ".join(f"{ngx:.3f}" for _, ngx in terms)
+    )
+
+
 def saturated_goals(rounds: Sequence[Sequence[Result]]) -> list[GoalLine]:
     """The one-sidecar goals, one figure per round (empty without a sidecar row)."""
     _check_rounds(rounds)
@@ -411,9 +428,11 @@ def report(rounds: Sequence[Sequence[Result]]) -> str:
     """The results table (also returned as text for bench/results/sidecar_proxy.md)."""
     rows = median_rows(rounds)
     many = len(rounds) > 1
+    width = 8 if many else 0  # the RSS max column, with more than one round
     lines = [
         f"{'scenario':<31}{'req/s':>9}{'x nginx':>9}{'p50 ms':>9}{'p99 ms':>9}"
-        f"{'+p50 ms':>9}{'CPU us/req':>12}{'RSS MB':>8}{'RSS max' if many else '':>8}{'non-2xx':>9}"
+        f"{'+p50 ms':>9}{'CPU us/req':>12}{'RSS MB':>8}"
+        f"{'RSS max' if many else '':>{width}}{'non-2xx':>9}"
     ]
     for r in rows:
         cpu = f"{r.cpu_us:.0f}" if r.cpu_us is not None else "-"
@@ -421,13 +440,15 @@ def report(rounds: Sequence[Sequence[Result]]) -> str:
         rss_max = (f"{r.rss_max_mb:.0f}" if r.rss_max_mb is not None else "-") if many else ""
         lines.append(
             f"{r.name:<31}{r.rps:>9.0f}{r.x_nginx:>9.2f}{r.p50_ms:>9.2f}"
-            f"{r.p99_ms:>9.2f}{r.added_p50_ms:>9.2f}{cpu:>12}{rss:>8}{rss_max:>8}{r.errors:>9}"
+            f"{r.p99_ms:>9.2f}{r.added_p50_ms:>9.2f}{cpu:>12}{rss:>8}{rss_max:>{width}}{r.errors:>9}"
         )
     goals = saturated_goals(rounds)
     if goals:
         judged = f", median of {len(rounds)} rounds" if many else ""
         lines.append(f"goals (one sidecar, full telemetry exported{judged}):")
         lines.extend(g.text() for g in goals)
+        if many:
+            lines.insert(-2, added_p50_detail(rounds))
     lines.append(
         "CPU and RSS are the proxy processes only (the pair sums CPU of both sidecars); "
         "ratios are against nginx from the same run" + (" and round" if many else "")
@@ -593,6 +614,8 @@ def report_fixed_rate(rounds: Sequence[Sequence[RateResult]], rate: int) -> str:
     goal = fixed_rate_goal(rounds, rate)
     if goal is not None:
         lines.append(goal.text())
+        if many:
+            lines.append(added_p50_detail(rounds))
     text = "\n".join(lines)
     print(text)
     return text

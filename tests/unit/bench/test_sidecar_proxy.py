@@ -6,6 +6,7 @@ from bench.sidecar_proxy import (
     GoalLine,
     RateResult,
     Result,
+    added_p50_detail,
     fixed_rate_goal,
     median_rate_rows,
     median_rows,
@@ -99,3 +100,10 @@ def test_rounds_must_run_the_same_scenarios_with_an_nginx_baseline() -> None:
     with pytest.raises(ValueError, match="no nginx row"):
         median_rows([[r for r in ROUNDS[0] if not r.name.startswith("nginx")]])
     assert saturated_goals([ROUNDS[0][:2]]) == []
+
+
+def test_added_p50_detail_gives_both_terms_of_each_rounds_ratio() -> None:
+    rounds = [_rate_round(0.330, 0.400), _rate_round(0.237, 0.270)]
+    assert added_p50_detail(rounds) == (
+        "    added p50 ms per round: sidecar 0.170 / 0.040, nginx 0.100 / 0.007"
+    )
