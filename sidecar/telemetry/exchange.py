@@ -64,6 +64,7 @@ _GRPC_STATUS: Final = "rpc.grpc.status_code"  # set by layers/grpc.py
 _URL_FULL: Final = "url.full"
 _STATUS_CODE: Final = "http.response.status_code"
 _NEW_TUPLE: Final = tuple.__new__  # (looked up once, not per span)
+_SPAN_RECORD: Final = SpanRecord  # (compiled: a C static, not a module dict lookup per span)
 # server-side gRPC statuses that are errors (OTel rpc conventions; the rest are the caller's)
 _GRPC_SERVER_ERRORS: Final = frozenset({2, 4, 12, 13, 14, 15})
 
@@ -143,7 +144,7 @@ def _record_span(
     # tuple.__new__ with every field, not SpanRecord(...): the NamedTuple's __new__ is an
     # interpreted function even when this module is compiled; the same SpanRecord results.
     span = _NEW_TUPLE(
-        SpanRecord,
+        _SPAN_RECORD,
         (
             ctx.trace_id,
             span_id,
