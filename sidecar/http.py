@@ -245,7 +245,7 @@ class RequestContext:
     attributes: dict[str, AttrValue] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Request:
     """An HTTP request as the layers see it; `target` is origin-form (path and query)."""
 
@@ -257,6 +257,46 @@ class Request:
     scheme: str = "http"
     version: str = "1.1"
     context: RequestContext = field(default_factory=RequestContext)
+
+    def __init__(
+        self,
+        method: str,
+        target: str = "/",
+        headers: Headers = (),
+        body: Body = b"",
+        authority: str = "",
+        scheme: str = "http",
+        version: str = "1.1",
+        context: RequestContext | None = None,
+    ) -> None:
+        """The fields in order (`context`: a new RequestContext when None or left out).
+
+        Written out, not the dataclass's own __init__: compiled by mypyc this one is native,
+        so `Request(...)` from compiled code is a direct call writing the slots (the generated
+        __init__ is a Python function setting each field through object.__setattr__)."""
+        if context is None:
+            context = RequestContext()
+        if _COMPILED:
+            # Compiled, direct writes into the object's slots; assignment from Python code
+            # still raises FrozenInstanceError. Interpreted, they would raise too.
+            self.method = method  # type: ignore[misc]
+            self.target = target  # type: ignore[misc]
+            self.headers = headers  # type: ignore[misc]
+            self.body = body  # type: ignore[misc]
+            self.authority = authority  # type: ignore[misc]
+            self.scheme = scheme  # type: ignore[misc]
+            self.version = version  # type: ignore[misc]
+            self.context = context  # type: ignore[misc]
+            return
+        put = object.__setattr__
+        put(self, "method", method)
+        put(self, "target", target)
+        put(self, "headers", headers)
+        put(self, "body", body)
+        put(self, "authority", authority)
+        put(self, "scheme", scheme)
+        put(self, "version", version)
+        put(self, "context", context)
 
     @property
     def path(self) -> str:
@@ -349,24 +389,14 @@ def new_request(
 ) -> Request:
     """Request(...) with every field given, for the per-request path; the same frozen object.
 
-    A frozen dataclass's __init__ is a Python function setting each field through
-    object.__setattr__; compiled by mypyc (sidecar/_native.py) that stays the slow generic path
-    (~1.3 us here), while these direct slot writes from compiled code take ~0.1 us.
+    Compiled (sidecar/_native.py), Request's written-out __init__ is native and this is a
+    direct call; interpreted, object.__new__ and the slot writes skip that __init__'s checks.
     """
-    request = _NEW_REQUEST(Request)
     if _COMPILED:
-        # Compiled, these are direct writes into the object's slots (~10x cheaper than the
-        # object.__setattr__ calls below); assignment from Python code still raises
-        # FrozenInstanceError. Interpreted, they would raise too, hence the two paths.
-        request.method = method  # type: ignore[misc]
-        request.target = target  # type: ignore[misc]
-        request.headers = headers  # type: ignore[misc]
-        request.body = body  # type: ignore[misc]
-        request.authority = authority  # type: ignore[misc]
-        request.scheme = scheme  # type: ignore[misc]
-        request.version = version  # type: ignore[misc]
-        request.context = context  # type: ignore[misc]
-        return request
+        # Compiled, Request's own __init__ is native: a direct call (no object.__new__
+        # through the generic call path) writing the slots
+        return Request(method, target, headers, body, authority, scheme, version, context)
+    request = _NEW_REQUEST(Request)
     put = object.__setattr__
     put(request, "method", method)
     put(request, "target", target)

@@ -71,6 +71,34 @@ def test_new_request_is_the_same_frozen_request_as_the_constructor() -> None:
     assert rewritten.context is context
 
 
+def test_request_init_takes_the_fields_in_order_with_their_defaults() -> None:
+    # Request's __init__ is written out (native when compiled): it must stay the dataclass's
+    # (a field added, reordered or given another default without it fails here)
+    fields = dataclasses.fields(Request)
+    context = RequestContext(direction="inbound")
+    values = ("PUT", "/t?q", (("h", "v"),), b"x", "a:1", "https", "2", context)
+    assert len(values) == len(fields)
+    positional = Request(*values)
+    assert [getattr(positional, spec.name) for spec in fields] == list(values)
+    assert positional.context is context
+    keywords: dict[str, Any] = {spec.name: v for spec, v in zip(fields, values, strict=True)}
+    named = Request(**keywords)
+    assert named == positional and named.context is context
+    plain, other = Request("GET"), Request("GET")
+    for spec in fields[1:]:
+        factory: Any = spec.default_factory
+        default = spec.default if spec.default is not dataclasses.MISSING else factory()
+        assert getattr(plain, spec.name) == default, spec.name
+    assert plain.context is not other.context  # a new context per request
+    assert dataclasses.replace(positional, target="/") == Request(
+        "PUT", "/", (("h", "v"),), b"x", "a:1", "https", "2", context
+    )
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        named.body = b"y"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        Request()  # type: ignore[call-arg]
+
+
 def test_new_response_validates_like_the_constructor() -> None:
     trailers = Trailers()
     fast = new_response(204, (("a", "b"),), b"", "No Content", trailers)
