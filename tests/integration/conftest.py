@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 from aiohttp import WSMsgType, web
 
+from collector.store import Store
 from sidecar.app import Sidecar, SidecarOptions
 
 REPO = Path(__file__).resolve().parents[2]
@@ -321,6 +322,17 @@ async def eventually(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError(f"condition not met within {timeout_s}s")
+
+
+async def wait_for_rows(store: Store, sql: str, want: int) -> list[dict[str, Any]]:
+    """Poll `sql` on `store` until it returns at least `want` rows (bounded: 10 s)."""
+    rows: list[dict[str, Any]] = []
+    for _ in range(200):
+        rows = await store.query(sql)
+        if len(rows) >= want:
+            return rows
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"expected {want} rows, got {len(rows)}: {sql}")
 
 
 def write_json(path: Path, doc: dict[str, Any]) -> None:

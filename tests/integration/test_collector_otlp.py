@@ -34,6 +34,7 @@ from collector.processors.batch import BatchConfig
 from collector.receivers.otlp_grpc import OtlpGrpcConfig
 from collector.receivers.otlp_http import OtlpHttpConfig
 from collector.store import Store, open_store
+from tests.integration.conftest import wait_for_rows
 
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
 
@@ -55,17 +56,6 @@ async def collector(tmp_path: Path) -> AsyncIterator[tuple[Pipeline, Store]]:
     finally:
         await pipeline.shutdown()
         await store.close()
-
-
-async def _rows(store: Store, sql: str, want: int) -> list[dict[str, Any]]:
-    """Poll until `sql` returns `want` rows (bounded)."""
-    rows: list[dict[str, Any]] = []
-    for _ in range(200):
-        rows = await store.query(sql)
-        if len(rows) >= want:
-            return rows
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"expected {want} rows, got {len(rows)}: {sql}")
 
 
 def _traced(exporter: SpanExporter, run: Callable[[Any], None]) -> None:
@@ -124,7 +114,7 @@ async def test_sdk_http_protobuf_spans_land_with_exporter_columns(
         compression=compression,
     )
     await asyncio.to_thread(_traced, exporter, _server_with_failing_client)
-    _check_server_and_client(await _rows(store, _SPAN_SQL, 2))
+    _check_server_and_client(await wait_for_rows(store, _SPAN_SQL, 2))
 
 
 async def test_sdk_grpc_spans_land_with_exporter_columns(
@@ -138,7 +128,7 @@ async def test_sdk_grpc_spans_land_with_exporter_columns(
         compression=GrpcCompression.Gzip,
     )
     await asyncio.to_thread(_traced, exporter, _server_with_failing_client)
-    _check_server_and_client(await _rows(store, _SPAN_SQL, 2))
+    _check_server_and_client(await wait_for_rows(store, _SPAN_SQL, 2))
 
 
 def _record_metrics(endpoint: str) -> None:
@@ -160,7 +150,7 @@ def _record_metrics(endpoint: str) -> None:
 async def test_sdk_metrics_land_in_their_tables(collector: tuple[Pipeline, Store]) -> None:
     pipeline, store = collector
     await asyncio.to_thread(_record_metrics, f"{pipeline.addresses()['otlp-http']}/v1/metrics")
-    sums = await _rows(
+    sums = await wait_for_rows(
         store,
         "SELECT MetricName, Value, IsMonotonic, Attributes, ServiceName FROM otel_metrics_sum",
         1,
@@ -174,7 +164,7 @@ async def test_sdk_metrics_land_in_their_tables(collector: tuple[Pipeline, Store
             "ServiceName": "checkout",
         }
     ]
-    hist = await _rows(
+    hist = await wait_for_rows(
         store,
         "SELECT MetricUnit, Count, Sum, BucketCounts, Min, Max FROM otel_metrics_histogram",
         1,
@@ -182,7 +172,7 @@ async def test_sdk_metrics_land_in_their_tables(collector: tuple[Pipeline, Store
     assert hist[0]["MetricUnit"] == "s" and hist[0]["Count"] == 3
     assert hist[0]["Sum"] == pytest.approx(0.51) and sum(hist[0]["BucketCounts"]) == 3
     assert (hist[0]["Min"], hist[0]["Max"]) == (0.01, 0.3)
-    gauge = await _rows(store, "SELECT MetricName, Value FROM otel_metrics_gauge", 1)
+    gauge = await wait_for_rows(store, "SELECT MetricName, Value FROM otel_metrics_gauge", 1)
     assert gauge == [{"MetricName": "queue.depth", "Value": 7.0}]
 
 
@@ -220,7 +210,7 @@ async def test_gzipped_json_lands_and_the_answer_is_json(collector: tuple[Pipeli
         assert response.status == 200
         assert response.content_type == "application/json"
         assert await response.json() == {}
-    rows = await _rows(
+    rows = await wait_for_rows(
         store, "SELECT TraceId, SpanId, SpanKind, Duration, SpanAttributes FROM otel_traces", 1
     )
     assert rows == [
@@ -296,7 +286,7 @@ async def test_bad_input_gets_clear_4xx_and_the_collector_keeps_serving(
             text = await response.text()
             assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
 
-    rows = await _rows(store, "SELECT SpanId FROM otel_traces ORDER BY SpanId", 2)
+    rows = await wait_for_rows(store, "SELECT SpanId FROM otel_traces ORDER BY SpanId", 2)
     assert sorted(r["SpanId"] for r in rows) == sorted([kept.hex(), good_span_id(good)])
     assert 'meshlens_collector_requests_total{outcome="invalid",transport="http"} 2' in text
     assert 'meshlens_collector_requests_total{outcome="too_large",transport="http"} 2' in text

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -17,7 +16,7 @@ from collector.pipeline import Pipeline, PipelineConfig
 from collector.processors.batch import BatchConfig
 from collector.receivers.otlp_http import OtlpHttpConfig
 from collector.store import Store, open_store
-from tests.integration.conftest import ScriptedUpstream, SidecarProcess, url
+from tests.integration.conftest import ScriptedUpstream, SidecarProcess, url, wait_for_rows
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -89,16 +88,6 @@ async def collector(tmp_path: Path) -> AsyncIterator[tuple[Pipeline, Store]]:
         await store.close()
 
 
-async def _rows(store: Store, sql: str, want: int) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    for _ in range(200):  # bounded: 10 s
-        rows = await store.query(sql)
-        if len(rows) >= want:
-            return rows
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"expected {want} rows, got {len(rows)}: {sql}")
-
-
 @pytest.mark.parametrize(
     ("flags", "gzipped"), [([], False), (["--otlp-compression", "gzip"], True)]
 )
@@ -130,7 +119,7 @@ async def test_spans_reach_the_collector_store_uncompressed_or_gzipped(
                     f"{url(sidecar.outbound)}/item/{i}", headers={"Host": "app"}
                 ) as response:
                     assert response.status == 200
-        rows = await _rows(
+        rows = await wait_for_rows(
             store,
             "SELECT SpanName, SpanKind FROM otel_traces WHERE ServiceName = 'web'"
             " AND SpanKind = 'Client' AND SpanName LIKE 'GET%'",
