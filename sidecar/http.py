@@ -213,7 +213,7 @@ class DeadlineQueue:
                 timer()
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class RequestContext:
     """Mutable per-request state shared by the layers of one stack invocation.
 
@@ -243,6 +243,60 @@ class RequestContext:
     trace_flags: int = 1
     tracestate: str = ""
     attributes: dict[str, AttrValue] = field(default_factory=dict)
+
+    def __init__(
+        self,
+        direction: str = "outbound",
+        request_id: str = "",
+        downstream_addr: str = "",
+        peer_identity: str = "",
+        subject: str = "",
+        claims: dict[str, object] | None = None,
+        original_dst: str = "",
+        captured_authority: str = "",
+        route: str = "",
+        upstream: str = "",
+        endpoint: Endpoint | None = None,
+        attempt: int = 1,
+        previous_endpoints: list[Endpoint] | None = None,
+        deadline: float | None = None,
+        deadline_timer: DeadlineTimer | None = None,
+        connect_timeout_s: float = 5.0,
+        idle_timeout_s: float | None = None,
+        trace_id: bytes = b"",
+        parent_span_id: bytes = b"",
+        trace_flags: int = 1,
+        tracestate: str = "",
+        attributes: dict[str, AttrValue] | None = None,
+    ) -> None:
+        """The fields in order (`claims`, `previous_endpoints`, `attributes`: new empty ones
+        when None or left out).
+
+        Written out, not the dataclass's own __init__: compiled by mypyc this one is native,
+        so `RequestContext(...)` from compiled code is a direct call (the generated __init__
+        is an interpreted function, ~8k instructions for the 22 fields)."""
+        self.direction = direction
+        self.request_id = request_id
+        self.downstream_addr = downstream_addr
+        self.peer_identity = peer_identity
+        self.subject = subject
+        self.claims = {} if claims is None else claims
+        self.original_dst = original_dst
+        self.captured_authority = captured_authority
+        self.route = route
+        self.upstream = upstream
+        self.endpoint = endpoint
+        self.attempt = attempt
+        self.previous_endpoints = [] if previous_endpoints is None else previous_endpoints
+        self.deadline = deadline
+        self.deadline_timer = deadline_timer
+        self.connect_timeout_s = connect_timeout_s
+        self.idle_timeout_s = idle_timeout_s
+        self.trace_id = trace_id
+        self.parent_span_id = parent_span_id
+        self.trace_flags = trace_flags
+        self.tracestate = tracestate
+        self.attributes = {} if attributes is None else attributes
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -331,50 +385,21 @@ def _compiled() -> bool:
 
 _COMPILED: Final = _compiled()
 # the classes' __new__, looked up once (Cls.__new__(Cls) per call is a method lookup, then the call)
-_NEW_CONTEXT: Final = RequestContext.__new__
 _NEW_REQUEST: Final = Request.__new__
 
 
 def new_context(
     direction: str, request_id: str, downstream_addr: str, peer_identity: str, original_dst: str
 ) -> RequestContext:
-    """RequestContext(...) with these fields (the rest default), for the per-request path.
-
-    The dataclass __init__ is an interpreted function even when this module is compiled
-    (~8k instructions for the 22 fields); compiled, these attribute writes are native.
-    """
-    if not _COMPILED:
-        return RequestContext(
-            direction=direction,
-            request_id=request_id,
-            downstream_addr=downstream_addr,
-            peer_identity=peer_identity,
-            original_dst=original_dst,
-        )
-    context = _NEW_CONTEXT(RequestContext)
-    context.direction = direction
-    context.request_id = request_id
-    context.downstream_addr = downstream_addr
-    context.peer_identity = peer_identity
-    context.subject = ""
-    context.claims = {}
-    context.original_dst = original_dst
-    context.captured_authority = ""
-    context.route = ""
-    context.upstream = ""
-    context.endpoint = None
-    context.attempt = 1
-    context.previous_endpoints = []
-    context.deadline = None
-    context.deadline_timer = None
-    context.connect_timeout_s = 5.0
-    context.idle_timeout_s = None
-    context.trace_id = b""
-    context.parent_span_id = b""
-    context.trace_flags = 1
-    context.tracestate = ""
-    context.attributes = {}
-    return context
+    """RequestContext(...) with these fields (the rest default), for the per-request path
+    (compiled: a direct call of its native __init__)."""
+    return RequestContext(
+        direction=direction,
+        request_id=request_id,
+        downstream_addr=downstream_addr,
+        peer_identity=peer_identity,
+        original_dst=original_dst,
+    )
 
 
 def new_request(

@@ -113,6 +113,33 @@ def test_new_response_validates_like_the_constructor() -> None:
             Response(status)
 
 
+def test_request_context_init_takes_the_fields_in_order_with_their_defaults() -> None:
+    # RequestContext's __init__ is written out (native when compiled): it must stay the
+    # dataclass's (a field added, reordered or given another default without it fails here)
+    fields = dataclasses.fields(RequestContext)
+    endpoint = Endpoint("10.0.0.1", 80)
+    values: tuple[Any, ...] = (
+        "inbound", "id", "1.2.3.4:5", "spiffe://p", "sub", {"c": 1}, "5.6.7.8:9", "cap",
+        "r", "u", endpoint, 3, [endpoint], 12.5, None, 1.5, 2.5, b"t" * 16, b"s" * 8, 0,
+        "k=v", {"a": 1},
+    )  # fmt: skip
+    assert len(values) == len(fields)
+    positional = RequestContext(*values)
+    assert [getattr(positional, spec.name) for spec in fields] == list(values)
+    assert positional.claims is values[5] and positional.attributes is values[-1]
+    keywords: dict[str, Any] = {spec.name: v for spec, v in zip(fields, values, strict=True)}
+    assert RequestContext(**keywords) == positional
+    plain, other = RequestContext(), RequestContext()
+    for spec in fields:
+        factory: Any = spec.default_factory
+        default = spec.default if spec.default is not dataclasses.MISSING else factory()
+        assert getattr(plain, spec.name) == default, spec.name
+    # containers fresh per context
+    assert plain.claims is not other.claims and plain.attributes is not other.attributes
+    assert plain.previous_endpoints is not other.previous_endpoints
+    assert dataclasses.replace(positional, route="r2").route == "r2"
+
+
 def test_new_context_is_the_constructors_context_with_fresh_containers() -> None:
     # Every field set (a field added to RequestContext but not to new_context would be unset
     # when compiled: comparing all fields raises), mutable defaults not shared.
