@@ -134,14 +134,19 @@ ORDER BY bucket_s, caller, callee
 """
 
 
+async def _fine_rows(
+    store: Store, sql: str, window: TimeWindow, step_s: int
+) -> list[dict[str, Any]]:
+    """The rows of one fine-path query over `window` in `step_s` buckets."""
+    if step_s < 1:
+        raise ValueError(f"step_s must be >= 1, got {step_s}")
+    return await store.query(sql, {"start": window.start, "end": window.end, "step": step_s})
+
+
 async def fine_edge_series(store: Store, window: TimeWindow, step_s: int) -> list[EdgePoint]:
     """Edge RED per `step_s` bucket of `window` (bounds on bucket edges) from raw spans;
     `EdgePoint.minute` is the bucket's start."""
-    if step_s < 1:
-        raise ValueError(f"step_s must be >= 1, got {step_s}")
-    rows = await store.query(
-        _FINE_SERIES, {"start": window.start, "end": window.end, "step": step_s}
-    )
+    rows = await _fine_rows(store, _FINE_SERIES, window, step_s)
     out = []
     for r in rows:
         requests, errors = int(r["requests"]), int(r["errors"])
@@ -183,11 +188,7 @@ async def fine_instance_series(
 ) -> dict[str, dict[str, list[Point]]]:
     """Server requests and errors per service, instance and `step_s` bucket of `window`
     (`Point.minute` is the bucket's start; no latency: p99_ms is 0)."""
-    if step_s < 1:
-        raise ValueError(f"step_s must be >= 1, got {step_s}")
-    rows = await store.query(
-        _FINE_INSTANCES, {"start": window.start, "end": window.end, "step": step_s}
-    )
+    rows = await _fine_rows(store, _FINE_INSTANCES, window, step_s)
     out: dict[str, dict[str, list[Point]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         at = datetime.fromtimestamp(int(r["bucket_s"]), UTC)
@@ -215,11 +216,7 @@ async def fine_unreachable(
 ) -> dict[str, dict[str, set[datetime]]]:
     """Per service and instance, the `step_s` buckets of `window` (their starts) in which the
     instance's sidecar reported its app unreachable (meshlens.error.reason=connect_failure)."""
-    if step_s < 1:
-        raise ValueError(f"step_s must be >= 1, got {step_s}")
-    rows = await store.query(
-        _FINE_UNREACHABLE, {"start": window.start, "end": window.end, "step": step_s}
-    )
+    rows = await _fine_rows(store, _FINE_UNREACHABLE, window, step_s)
     out: dict[str, dict[str, set[datetime]]] = defaultdict(lambda: defaultdict(set))
     for r in rows:
         out[r["service"]][r["instance"]].add(datetime.fromtimestamp(int(r["bucket_s"]), UTC))
