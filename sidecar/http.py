@@ -464,7 +464,7 @@ class Trailers:
         return f"Trailers({self._fields!r})"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Response:
     """An HTTP response as the layers see it (`trailers` only when the protocol carries them)."""
 
@@ -474,9 +474,33 @@ class Response:
     reason: str = ""
     trailers: Trailers | None = None
 
-    def __post_init__(self) -> None:
-        if not 100 <= self.status <= 999:
-            raise ValueError(f"status must be a 3-digit code, got {self.status}")
+    def __init__(
+        self,
+        status: int,
+        headers: Headers = (),
+        body: Body = b"",
+        reason: str = "",
+        trailers: Trailers | None = None,
+    ) -> None:
+        """The fields in order; ValueError unless `status` has 3 digits.
+
+        Written out, not the dataclass's own __init__: compiled by mypyc this one is native,
+        so `Response(...)` from compiled code is a direct call (as Request's)."""
+        if not 100 <= status <= 999:
+            raise ValueError(f"status must be a 3-digit code, got {status}")
+        if _COMPILED:  # direct slot writes (Python code assigning still raises)
+            self.status = status  # type: ignore[misc]
+            self.headers = headers  # type: ignore[misc]
+            self.body = body  # type: ignore[misc]
+            self.reason = reason  # type: ignore[misc]
+            self.trailers = trailers  # type: ignore[misc]
+            return
+        put = object.__setattr__
+        put(self, "status", status)
+        put(self, "headers", headers)
+        put(self, "body", body)
+        put(self, "reason", reason)
+        put(self, "trailers", trailers)
 
 
 _NEW_RESPONSE: Final = Response.__new__
@@ -486,16 +510,11 @@ def new_response(
     status: int, headers: Headers, body: Body, reason: str = "", trailers: Trailers | None = None
 ) -> Response:
     """Response(...) for the per-request path (the reason is new_request's); same validation."""
+    if _COMPILED:  # (Response's __init__ is native: a direct call)
+        return Response(status, headers, body, reason, trailers)
     if not 100 <= status <= 999:
         raise ValueError(f"status must be a 3-digit code, got {status}")
     response = _NEW_RESPONSE(Response)
-    if _COMPILED:  # direct slot writes, as in new_request
-        response.status = status  # type: ignore[misc]
-        response.headers = headers  # type: ignore[misc]
-        response.body = body  # type: ignore[misc]
-        response.reason = reason  # type: ignore[misc]
-        response.trailers = trailers  # type: ignore[misc]
-        return response
     put = object.__setattr__
     put(response, "status", status)
     put(response, "headers", headers)

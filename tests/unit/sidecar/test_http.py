@@ -99,6 +99,26 @@ def test_request_init_takes_the_fields_in_order_with_their_defaults() -> None:
         Request()  # type: ignore[call-arg]
 
 
+def test_response_init_takes_the_fields_in_order_with_their_defaults() -> None:
+    # Response's __init__ is written out (native when compiled): it must stay the dataclass's
+    fields = dataclasses.fields(Response)
+    trailers = Trailers()
+    values: tuple[Any, ...] = (201, (("h", "v"),), b"x", "Created", trailers)
+    assert len(values) == len(fields)
+    positional = Response(*values)
+    assert [getattr(positional, spec.name) for spec in fields] == list(values)
+    keywords: dict[str, Any] = {spec.name: v for spec, v in zip(fields, values, strict=True)}
+    assert Response(**keywords) == positional
+    plain = Response(200)
+    for spec in fields[1:]:
+        assert getattr(plain, spec.name) == spec.default, spec.name
+    assert dataclasses.replace(positional, status=202).status == 202
+    with pytest.raises(ValueError, match="3-digit"):
+        dataclasses.replace(positional, status=42)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plain.reason = "x"  # type: ignore[misc]
+
+
 def test_new_response_validates_like_the_constructor() -> None:
     trailers = Trailers()
     fast = new_response(204, (("a", "b"),), b"", "No Content", trailers)
