@@ -333,7 +333,10 @@ async def test_deadline_is_propagated_and_exceeded_is_not_retried(
     assert await asyncio.to_thread(call) == grpc.StatusCode.DEADLINE_EXCEEDED
     assert app.calls["Slow"] == 1
     remaining = app.timeouts[0]
-    assert remaining is not None and 0 < remaining <= 0.3  # grpc-timeout reached the app
+    # grpc-timeout reached the app (the bound with 10 ms for grpc's own clock conversion:
+    # time_remaining() turns a monotonic deadline into wall-clock time with two clock reads,
+    # and a busy machine pre-empting between them has shown 0.30019)
+    assert remaining is not None and 0 < remaining <= 0.31
 
 
 async def test_grpc_over_mesh_mtls_between_the_sidecars(
