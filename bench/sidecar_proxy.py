@@ -30,7 +30,9 @@ shows every round's value, the median the goal is judged on, and how many rounds
 "added p50" goals also print both terms of each round's ratio: when nginx's added p50 is within
 the noise of direct's, the ratio swings widely and says little). The
 processes are started once for all rounds (later rounds' RSS is measured after more load). The
-HTTP/2 rows run once (no goal). `--rounds 1` is a single pass as before.
+HTTP/2 rows run once (no goal). `--rounds 1` is a single pass as before. Before each scenario
+the benchmark waits (at most 20 s) until its own processes are idle, so the after-work of the one
+before (sidecars exporting a saturated run's spans, the sink decoding them) is not measured.
 
     python bench/sidecar_proxy.py [--rounds 3] [--duration 5] [--connections 32] [--rate 1000]
 """
@@ -39,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import shutil
@@ -239,6 +242,20 @@ def start_sidecar(
     return proc.pid, outbound, inbound
 
 
+def settle(pids: Sequence[int], idle_cpu: float = 0.05, timeout_s: float = 20.0) -> float:
+    """Wait until the benchmark's own processes are idle (together under `idle_cpu` of a core
+    over 0.25 s; bounded by `timeout_s`) so one scenario's after-work (sidecars exporting the
+    spans of a saturated run, the sink decoding them) does not land in the next one's figures.
+    Returns the seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        before = sum(cpu_seconds(p) for p in pids)
+        time.sleep(0.25)
+        if sum(cpu_seconds(p) for p in pids) - before < idle_cpu * 0.25:
+            break
+    return time.monotonic() - started
+
+
 def measure(
     name: str, url: str, args: argparse.Namespace, host: str | None, pids: list[int]
 ) -> Result:
@@ -320,13 +337,16 @@ class GoalLine:
     def met_rounds(self) -> int:
         return sum(self.meets(v) for v in self.values)
 
+    def _show(self, value: float) -> str:
+        return "n/a" if math.isinf(value) else self.fmt.format(value)
+
     def text(self) -> str:
         verdict = "met" if self.met else "NOT met"
         if len(self.values) == 1:
-            return f"  {self.goal:<36}{self.fmt.format(self.values[0]):>10}  {verdict}"
-        each = " / ".join(self.fmt.format(v) for v in self.values)
+            return f"  {self.goal:<36}{self._show(self.values[0]):>10}  {verdict}"
+        each = " / ".join(self._show(v) for v in self.values)
         return (
-            f"  {self.goal:<39} {each} -> median {self.fmt.format(self.median)}  {verdict}"
+            f"  {self.goal:<39} {each} -> median {self._show(self.median)}  {verdict}"
             f" ({self.met_rounds}/{len(self.values)} rounds met it)"
         )
 
@@ -373,8 +393,14 @@ def median_rows(rounds: Sequence[Sequence[Result]]) -> list[Row]:
 
 
 def _added_ratio(one: Any, direct: Any, nginx: Any) -> float:
-    """The sidecar's added p50 over nginx's added p50 (floored at 1 us)."""
-    return float((one.p50_ms - direct.p50_ms) / max(nginx.p50_ms - direct.p50_ms, 1e-3))
+    """The sidecar's added p50 over nginx's added p50; infinite (undecided, so not met) when
+    nginx's added p50 is not above 1 us: the round could not resolve the baseline, and a ratio
+    against a zero or negative difference of two noisy p50s would say nothing (or, negative,
+    pass by accident)."""
+    baseline = nginx.p50_ms - direct.p50_ms
+    if baseline <= 1e-3:
+        return math.inf
+    return float((one.p50_ms - direct.p50_ms) / baseline)
 
 
 def added_p50_detail(rounds: Sequence[Sequence[Any]]) -> str:
@@ -787,18 +813,19 @@ def main() -> int:
             targets: list[tuple[str, str, str | None, list[int]]] = []
             if shutil.which("h2load") and args.rate > 0:
                 targets = [saturated[0], saturated[1], saturated[3], saturated[5]]
+            everyone = [proc.pid for proc in procs.procs]
             for number in range(1, args.rounds + 1):
-                round_ = [
-                    measure(name, url, args, host, pids) for name, url, host, pids in saturated
-                ]
+                round_ = []
+                for name, url, host, pids in saturated:
+                    settle(everyone)
+                    round_.append(measure(name, url, args, host, pids))
                 results.append(round_)
                 if targets:
-                    fixed.append(
-                        [
-                            measure_fixed_rate(name, url, args, host, pids, workdir)
-                            for name, url, host, pids in targets
-                        ]
-                    )
+                    rates = []
+                    for name, url, host, pids in targets:
+                        settle(everyone)
+                        rates.append(measure_fixed_rate(name, url, args, host, pids, workdir))
+                    fixed.append(rates)
                 print(f"round {number}/{args.rounds}: {round_summary(round_, fixed)}", flush=True)
             h2 = h2_rows(procs, workdir, args, collector) if shutil.which("h2load") else []
         finally:

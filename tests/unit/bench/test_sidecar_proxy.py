@@ -107,3 +107,15 @@ def test_added_p50_detail_gives_both_terms_of_each_rounds_ratio() -> None:
     assert added_p50_detail(rounds) == (
         "    added p50 ms per round: sidecar 0.170 / 0.040, nginx 0.100 / 0.007"
     )
+
+
+def test_a_round_whose_nginx_adds_nothing_measurable_is_undecided_not_met() -> None:
+    # nginx's p50 at or below direct's: the round cannot resolve the baseline; a ratio against
+    # it (here -0.02 / -0.06 ms, or anything over 0) must not count as met
+    rounds = [_rate_round(0.330, 0.400), _rate_round(0.170, 0.210), _rate_round(0.230, 0.400)]
+    goal = fixed_rate_goal(rounds, 1000)
+    assert goal is not None
+    assert goal.values[0] == pytest.approx(1.7)
+    assert goal.values[1] == goal.values[2] == float("inf")
+    assert goal.met_rounds == 1 and not goal.met
+    assert "1.7x / n/a / n/a -> median n/a  NOT met (1/3 rounds met it)" in goal.text()
