@@ -731,13 +731,17 @@ def round_summary(round_: Sequence[Result], fixed: Sequence[Sequence[RateResult]
     one = _sidecar(round_)
     if one is None:
         return "done"
+
+    def ratio(value: float) -> str:
+        return "n/a" if math.isinf(value) else f"{value:.1f}x"
+
     text = (
         f"one hop {one.rps / nginx.rps:.2f}x nginx req/s, "
-        f"added p50 {_added_ratio(one, direct, nginx):.1f}x nginx's (saturated)"
+        f"added p50 {ratio(_added_ratio(one, direct, nginx))} nginx's (saturated)"
     )
     if fixed:
         f_direct, f_nginx = _baselines(fixed[-1])
-        text += f", {_added_ratio(_sidecar(fixed[-1]), f_direct, f_nginx):.1f}x (fixed rate)"
+        text += f", {ratio(_added_ratio(_sidecar(fixed[-1]), f_direct, f_nginx))} (fixed rate)"
     return text
 
 
