@@ -384,8 +384,6 @@ def _compiled() -> bool:
 
 
 _COMPILED: Final = _compiled()
-# the classes' __new__, looked up once (Cls.__new__(Cls) per call is a method lookup, then the call)
-_NEW_REQUEST: Final = Request.__new__
 
 
 def new_context(
@@ -412,26 +410,10 @@ def new_request(
     version: str,
     context: RequestContext,
 ) -> Request:
-    """Request(...) with every field given, for the per-request path; the same frozen object.
-
-    Compiled (sidecar/_native.py), Request's written-out __init__ is native and this is a
-    direct call; interpreted, object.__new__ and the slot writes skip that __init__'s checks.
-    """
-    if _COMPILED:
-        # Compiled, Request's own __init__ is native: a direct call (no object.__new__
-        # through the generic call path) writing the slots
-        return Request(method, target, headers, body, authority, scheme, version, context)
-    request = _NEW_REQUEST(Request)
-    put = object.__setattr__
-    put(request, "method", method)
-    put(request, "target", target)
-    put(request, "headers", headers)
-    put(request, "body", body)
-    put(request, "authority", authority)
-    put(request, "scheme", scheme)
-    put(request, "version", version)
-    put(request, "context", context)
-    return request
+    """Request(...) with every field given, for the per-request path; the same frozen object
+    (compiled by mypyc, sidecar/_native.py, Request's written-out __init__ is native and this
+    is a direct call)."""
+    return Request(method, target, headers, body, authority, scheme, version, context)
 
 
 class Trailers:
@@ -503,25 +485,12 @@ class Response:
         put(self, "trailers", trailers)
 
 
-_NEW_RESPONSE: Final = Response.__new__
-
-
 def new_response(
     status: int, headers: Headers, body: Body, reason: str = "", trailers: Trailers | None = None
 ) -> Response:
-    """Response(...) for the per-request path (the reason is new_request's); same validation."""
-    if _COMPILED:  # (Response's __init__ is native: a direct call)
-        return Response(status, headers, body, reason, trailers)
-    if not 100 <= status <= 999:
-        raise ValueError(f"status must be a 3-digit code, got {status}")
-    response = _NEW_RESPONSE(Response)
-    put = object.__setattr__
-    put(response, "status", status)
-    put(response, "headers", headers)
-    put(response, "body", body)
-    put(response, "reason", reason)
-    put(response, "trailers", trailers)
-    return response
+    """Response(...) for the per-request path (the reason is new_request's); same validation
+    (compiled, a direct call of Response's native __init__)."""
+    return Response(status, headers, body, reason, trailers)
 
 
 _HEADER_NAMES: Final[dict[bytes, str]] = {}
