@@ -232,6 +232,17 @@ class TraceEncoder:
         """The attributes of a span recorded with `template`: its shared ones pre-encoded,
         only the varying ones looked up (the same bytes as encoding each in order)."""
         fixed, varying = self._template(template)
+        if len(varying) == 2:  # (the usual attempt span: url.full and the status vary)
+            key0, key1 = varying
+            return b"".join(
+                (
+                    fixed[0],
+                    self._vary(template, 0, key0, attributes[key0]),
+                    fixed[1],
+                    self._vary(template, 1, key1, attributes[key1]),
+                    fixed[2],
+                )
+            )
         # fixed[0] varying[0] fixed[1] varying[1] ... fixed[n]
         parts = [fixed[0]]
         i = 0
@@ -330,29 +341,6 @@ class TraceEncoder:
         attributes = span.attributes
         template = span.template
         if template is not None and len(template.items) == len(attributes):
-            fixed, varying = self._template(template)
-            if len(varying) == 2:  # (the usual attempt span: url.full and the status vary)
-                key0, key1 = varying
-                return b"".join(
-                    (
-                        b"\x0a\x10",
-                        span.trace_id,
-                        b"\x12\x08",
-                        span.span_id,
-                        state,
-                        parent_tag,
-                        parent,
-                        self._head(span.name, span.kind),
-                        _PACK_TIMES(span.start_ns, 0x41, span.end_ns),
-                        fixed[0],
-                        self._vary(template, 0, key0, attributes[key0]),
-                        fixed[1],
-                        self._vary(template, 1, key1, attributes[key1]),
-                        fixed[2],
-                        status,
-                        encoded_flags,
-                    )
-                )
             encoded_attributes = self._templated(template, attributes)
         else:
             encoded_attributes = self._attributes(span.name, attributes)
