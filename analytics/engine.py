@@ -53,6 +53,7 @@ __all__ = [
     "detect_fine",
     "fine_edge_series",
     "fine_instance_series",
+    "fine_instances",
     "fine_unreachable",
     "rank_incident",
 ]
@@ -174,7 +175,9 @@ SELECT intDiv(toUnixTimestamp(Timestamp), {{step:UInt32}}) * {{step:UInt32}} AS 
        ResourceAttributes['service.instance.id'] AS instance,
        toUInt64(count()) AS requests,
        toUInt64(countIf(StatusCode IN ('Error', 'STATUS_CODE_ERROR')
-         OR toUInt16OrZero(SpanAttributes['http.response.status_code']) >= 500)) AS errors
+         OR toUInt16OrZero(SpanAttributes['http.response.status_code']) >= 500)) AS errors,
+       toUInt64(countIf(SpanAttributes['meshlens.error.reason'] = 'connect_failure'))
+         AS unreachable
 FROM otel_traces
 WHERE Timestamp >= {{start:DateTime64(9)}} AND Timestamp < {{end:DateTime64(9)}}
   AND SpanKind IN ('Server', 'SPAN_KIND_SERVER') AND instance != '' AND {SIDECAR_SPAN}
@@ -183,44 +186,41 @@ ORDER BY bucket_s, service, instance
 """
 
 
-async def fine_instance_series(
+InstanceSeries = dict[str, dict[str, list[Point]]]
+Unreachable = dict[str, dict[str, set[datetime]]]
+
+
+async def fine_instances(
     store: Store, window: TimeWindow, step_s: int
-) -> dict[str, dict[str, list[Point]]]:
-    """Server requests and errors per service, instance and `step_s` bucket of `window`
-    (`Point.minute` is the bucket's start; no latency: p99_ms is 0)."""
+) -> tuple[InstanceSeries, Unreachable]:
+    """One query for both per-instance inputs of detect_stopped_instances: server requests and
+    errors per service, instance and `step_s` bucket of `window` (`Point.minute` is the
+    bucket's start; no latency: p99_ms is 0), and the buckets in which the instance's own
+    sidecar reported its app unreachable (meshlens.error.reason=connect_failure: connection
+    refused, so the replica is down, not starved by the balancer)."""
     rows = await _fine_rows(store, _FINE_INSTANCES, window, step_s)
-    out: dict[str, dict[str, list[Point]]] = defaultdict(lambda: defaultdict(list))
+    series: dict[str, dict[str, list[Point]]] = defaultdict(lambda: defaultdict(list))
+    unreachable: dict[str, dict[str, set[datetime]]] = defaultdict(lambda: defaultdict(set))
     for r in rows:
         at = datetime.fromtimestamp(int(r["bucket_s"]), UTC)
         point = Point(at, int(r["requests"]), int(r["errors"]), 0.0)
-        out[r["service"]][r["instance"]].append(point)
-    return {service: dict(by_instance) for service, by_instance in out.items()}
+        series[r["service"]][r["instance"]].append(point)
+        if int(r["unreachable"]):
+            unreachable[r["service"]][r["instance"]].add(at)
+    return (
+        {service: dict(by_instance) for service, by_instance in series.items()},
+        {service: dict(by_instance) for service, by_instance in unreachable.items()},
+    )
 
 
-# Buckets in which an instance's own sidecar could not reach its app (connection refused): the
-# replica is down, not starved by the balancer (detect_stopped_instances' `unreachable`).
-_FINE_UNREACHABLE = f"""
-SELECT DISTINCT intDiv(toUnixTimestamp(Timestamp), {{step:UInt32}}) * {{step:UInt32}} AS bucket_s,
-       ServiceName AS service,
-       ResourceAttributes['service.instance.id'] AS instance
-FROM otel_traces
-WHERE Timestamp >= {{start:DateTime64(9)}} AND Timestamp < {{end:DateTime64(9)}}
-  AND SpanKind IN ('Server', 'SPAN_KIND_SERVER') AND instance != '' AND {SIDECAR_SPAN}
-  AND SpanAttributes['meshlens.error.reason'] = 'connect_failure'
-ORDER BY bucket_s, service, instance
-"""
+async def fine_instance_series(store: Store, window: TimeWindow, step_s: int) -> InstanceSeries:
+    """The series part of `fine_instances`."""
+    return (await fine_instances(store, window, step_s))[0]
 
 
-async def fine_unreachable(
-    store: Store, window: TimeWindow, step_s: int
-) -> dict[str, dict[str, set[datetime]]]:
-    """Per service and instance, the `step_s` buckets of `window` (their starts) in which the
-    instance's sidecar reported its app unreachable (meshlens.error.reason=connect_failure)."""
-    rows = await _fine_rows(store, _FINE_UNREACHABLE, window, step_s)
-    out: dict[str, dict[str, set[datetime]]] = defaultdict(lambda: defaultdict(set))
-    for r in rows:
-        out[r["service"]][r["instance"]].add(datetime.fromtimestamp(int(r["bucket_s"]), UTC))
-    return {service: dict(by_instance) for service, by_instance in out.items()}
+async def fine_unreachable(store: Store, window: TimeWindow, step_s: int) -> Unreachable:
+    """The unreachable part of `fine_instances`."""
+    return (await fine_instances(store, window, step_s))[1]
 
 
 def _worst_median(group: Sequence[EdgePoint]) -> float | None:
@@ -312,8 +312,7 @@ async def _fine_anomalies(
     evaluate_from = end - FINE_EVALUATE
     history = TimeWindow(evaluate_from - timedelta(minutes=cfg.baseline_minutes), end)
     points = await fine_edge_series(store, history, cfg.step_s)
-    instances = await fine_instance_series(store, history, cfg.step_s)
-    unreachable = await fine_unreachable(store, history, cfg.step_s)
+    instances, unreachable = await fine_instances(store, history, cfg.step_s)
 
     def run() -> list[Anomaly]:
         found = detect_fine(points, evaluate_from, cfg)
