@@ -48,6 +48,7 @@ AttrValue = str | int | float | bool
 Body = bytes | BodyStream
 
 _heappush: Final = heapq.heappush
+_current_task: Final = asyncio.current_task
 _heappop: Final = heapq.heappop
 _heapify: Final = heapq.heapify
 
@@ -176,6 +177,18 @@ class DeadlineQueue:
             self._at = when
             self._handle = loop.call_later(delay_s, self._fire)
         return True
+
+    def current_task(self) -> asyncio.Task[object] | None:
+        """asyncio.current_task(), without its getpid() syscall per call when the running
+        loop is the queue's: a loop has a current task only while it runs one of its tasks'
+        steps, and one thread runs one loop at a time (the queue's timer is that loop's, so
+        the queue is not shared between threads)."""
+        loop = self._loop
+        if loop is not None:
+            task = _current_task(loop)
+            if task is not None:
+                return task
+        return _current_task()
 
     def cancelled(self) -> None:
         """One entry was cancelled (DeadlineTimer.cancel)."""

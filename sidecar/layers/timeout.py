@@ -127,7 +127,7 @@ def arm_deadline(
     deadline = clock() + budget_s
     if context.deadline is None or deadline < context.deadline:
         context.deadline = deadline
-    task = _current_task()
+    task = _current_task() if queue is None else queue.current_task()
     if task is None:
         return None
     timer = DeadlineTimer(task, deadline, queue)

@@ -286,6 +286,31 @@ async def test_an_earlier_deadline_rearms_the_loop_timer(monkeypatch: pytest.Mon
     await _finish(tasks)
 
 
+async def test_current_task_is_the_running_one_in_and_out_of_the_queues_loop() -> None:
+    queue = DeadlineQueue()
+    assert queue.current_task() is asyncio.current_task()  # no loop yet: asyncio's answer
+    (idle,) = await _idle_tasks(1)
+    timer = DeadlineTimer(idle, 0.0, queue)
+    timer.arm(30.0)  # the queue takes this loop
+
+    async def inner() -> asyncio.Task[Any] | None:
+        return queue.current_task()
+
+    child = asyncio.get_running_loop().create_task(inner())
+    assert await child is child  # each task sees itself, not the one that armed a timer
+    assert queue.current_task() is asyncio.current_task()
+    timer.cancel()
+    await _finish([idle])
+
+    def in_another_loop() -> bool:  # the queue's loop is not running there
+        async def probe() -> bool:
+            return queue.current_task() is asyncio.current_task() is not None
+
+        return asyncio.run(probe())
+
+    assert await asyncio.get_running_loop().run_in_executor(None, in_another_loop)
+
+
 async def test_cancelled_entries_are_dropped_so_the_heap_stays_bounded() -> None:
     (task,) = await _idle_tasks(1)
     queue = DeadlineQueue()
