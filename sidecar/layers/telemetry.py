@@ -2,7 +2,8 @@
 attempt (injecting traceparent upstream), and the inbound SERVER span (passing its id to the app).
 
 Spans end when the response body has streamed to its end (or failed); they are recorded as
-compact tuples into the Recorder and encoded for OTLP off the request path.
+compact tuples into the Recorder and encoded for OTLP off the request path. A buffered body's
+exchange is recorded after the response is written (Recorder.later), with the time it ended.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from sidecar.telemetry.context import extract
 from sidecar.telemetry.exchange import (
     ATTEMPT,
     Done,
+    defer_attempt,
+    defer_inbound,
+    defer_outbound,
     finish_attempt,
     finish_inbound,
     finish_outbound,
@@ -85,7 +89,7 @@ def outbound_layer(rec: Recorder) -> Layer:
             body = response.body
             if isinstance(body, bytes):  # (no closure to build for the common buffered body)
                 done = Done(response.status, _own_error(ctx), len(body))
-                finish_outbound(rec, request, start, done)
+                defer_outbound(rec, request, start, done)
                 return response
 
             def end(done: Done) -> None:
@@ -139,7 +143,7 @@ class AttemptLayer(AttemptStage):
         body = response.body
         if isinstance(body, bytes):
             done = Done(response.status, "", len(body))
-            finish_attempt(rec, request, token.number, token.span_id, token.start, done)
+            defer_attempt(rec, request, token.number, token.span_id, token.start, done)
             return response
         number, span_id, start = token.number, token.span_id, token.start
 
@@ -198,7 +202,7 @@ def inbound_layer(rec: Recorder) -> Layer:
             body = response.body
             if isinstance(body, bytes):
                 done = Done(response.status, _own_error(ctx), len(body))
-                finish_inbound(rec, request, span_id, parent, start, done)
+                defer_inbound(rec, request, span_id, parent, start, done)
                 return response
 
             def end(done: Done) -> None:

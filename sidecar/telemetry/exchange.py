@@ -1,19 +1,21 @@
 """What the sidecar records when one exchange (a logical request, an attempt, an inbound
 request) has ended: its span tuple, Istio and OTel metrics, and the access log line.
 
-Called by the telemetry layers (sidecar/layers/telemetry.py) off the end of the response body.
+Called by the telemetry layers (sidecar/layers/telemetry.py) off the end of the response body;
+for a buffered body after the response is written (Recorder.later), with its end time read when
+it ended.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-from sidecar.http import AttrValue, Request, RequestContext, header_value
+from sidecar.http import AttrValue, Endpoint, Request, RequestContext, header_value
 from sidecar.telemetry.accesslog import AccessRecord
 from sidecar.telemetry.context import SAMPLED
 from sidecar.telemetry.grpc_metrics import grpc_method
 from sidecar.telemetry.istio import response_flags
-from sidecar.telemetry.recorder import Recorder
+from sidecar.telemetry.recorder import Deferred, Recorder
 from sidecar.telemetry.semconv import (
     client_status,
     normalize_method,
@@ -30,7 +32,16 @@ from sidecar.telemetry.spans import (
     SpanRecord,
 )
 
-__all__ = ["ATTEMPT", "Done", "finish_attempt", "finish_inbound", "finish_outbound"]
+__all__ = [
+    "ATTEMPT",
+    "Done",
+    "defer_attempt",
+    "defer_inbound",
+    "defer_outbound",
+    "finish_attempt",
+    "finish_inbound",
+    "finish_outbound",
+]
 
 ATTEMPT: Final = "meshlens.attempt"
 _ROUTE: Final = "meshlens.route"
@@ -112,12 +123,13 @@ def _istio_protocol(ctx: RequestContext) -> tuple[str, str]:
 
 
 class Done:
-    """How one exchange ended: status, proxy error reason (or ""), body bytes."""
+    """How one exchange ended: status, proxy error reason (or ""), body bytes, and when (unix
+    ns; 0: when it is recorded, for one recorded as it ends)."""
 
-    __slots__ = ("error", "nbytes", "status")
+    __slots__ = ("end", "error", "nbytes", "status")
 
-    def __init__(self, status: int, error: str, nbytes: int) -> None:
-        self.status, self.error, self.nbytes = status, error, nbytes
+    def __init__(self, status: int, error: str, nbytes: int, end: int = 0) -> None:
+        self.status, self.error, self.nbytes, self.end = status, error, nbytes, end
 
 
 def _request_size(request: Request) -> int:
@@ -164,10 +176,27 @@ def _record_span(
     rec.spans.add(span)
 
 
+class _Outbound(Deferred):
+    __slots__ = ("done", "request", "start")
+
+    def __init__(self, request: Request, start: int, done: Done) -> None:
+        self.request, self.start, self.done = request, start, done
+
+    def record(self, rec: Recorder) -> None:
+        finish_outbound(rec, self.request, self.start, self.done)
+
+
+def defer_outbound(rec: Recorder, request: Request, start: int, done: Done) -> None:
+    """finish_outbound after the response is written (Recorder.later), ended now: the logical
+    request is the outermost layer, nothing changes its context after."""
+    done.end = rec.now_ns()
+    rec.later(_Outbound(request, start, done))
+
+
 def finish_outbound(rec: Recorder, request: Request, start: int, done: Done) -> None:
     ctx = request.context
     attrs = ctx.attributes
-    now = rec.now_ns()
+    now = done.end or rec.now_ns()
     # The usual request: routed, one attempt sent, nothing decided, no fault delay, not gRPC.
     plain = len(attrs) == 3 and ATTEMPT in attrs and _ROUTE in attrs and _UPSTREAM in attrs
     flags = response_flags(done.error, not plain and _FAULT_DELAY in attrs)
@@ -318,28 +347,95 @@ _ATTEMPT_BASES: Final[dict[str, _AttemptBase]] = {}
 _ATTEMPT_BASES_MAX: Final = 256
 
 
+def _plain_attempt(extra: dict[str, AttrValue], route: str, upstream: str) -> bool:
+    """The context's attributes hold only what an attempt span sets itself (the attempt number)
+    and the route and upstream its attributes already have: nothing else to copy."""
+    size = len(extra)
+    return ATTEMPT in extra and (
+        size == 1 or (size == 3 and extra.get(_ROUTE) == route and extra.get(_UPSTREAM) == upstream)
+    )
+
+
 def finish_attempt(
     rec: Recorder, request: Request, number: int, span_id: bytes, start: int, done: Done
 ) -> None:
     ctx = request.context
-    now = rec.now_ns()
-    endpoint = ctx.endpoint
+    _finish_attempt(
+        rec, request, number, span_id, start, done, ctx.endpoint, ctx.upstream, ctx.route,
+        ctx.attributes,
+    )  # fmt: skip
+
+
+def defer_attempt(
+    rec: Recorder, request: Request, number: int, span_id: bytes, start: int, done: Done
+) -> None:
+    """finish_attempt after the response is written (Recorder.later), with its end time and
+    what it reads of the context taken now: a retry changes the endpoint and the attributes.
+    At once when the attributes hold more than the usual ones (those it would copy)."""
+    ctx = request.context
+    upstream, route = ctx.upstream, ctx.route
+    if not _plain_attempt(ctx.attributes, route, upstream):
+        finish_attempt(rec, request, number, span_id, start, done)
+        return
+    done.end = rec.now_ns()
+    rec.later(_AttemptEnd(request, number, span_id, start, done, ctx.endpoint, upstream, route))
+
+
+class _AttemptEnd(Deferred):
+    __slots__ = ("done", "endpoint", "number", "request", "route", "span_id", "start", "upstream")
+
+    def __init__(
+        self,
+        request: Request,
+        number: int,
+        span_id: bytes,
+        start: int,
+        done: Done,
+        endpoint: Endpoint | None,
+        upstream: str,
+        route: str,
+    ) -> None:
+        self.request, self.number, self.span_id, self.start = request, number, span_id, start
+        self.done, self.endpoint, self.upstream, self.route = done, endpoint, upstream, route
+
+    def record(self, rec: Recorder) -> None:
+        _finish_attempt(
+            rec, self.request, self.number, self.span_id, self.start, self.done, self.endpoint,
+            self.upstream, self.route, None,
+        )  # fmt: skip
+
+
+def _finish_attempt(
+    rec: Recorder,
+    request: Request,
+    number: int,
+    span_id: bytes,
+    start: int,
+    done: Done,
+    endpoint: Endpoint | None,
+    upstream: str,
+    route: str,
+    extra: dict[str, AttrValue] | None,
+) -> None:
+    """finish_attempt with the context's endpoint, upstream, route and attributes as they were
+    when the attempt ended (`extra` None: only the usual ones, see _plain_attempt)."""
+    ctx = request.context
+    now = done.end or rec.now_ns()
     host, port = (endpoint.host, endpoint.port) if endpoint else split_host_port(request.authority)
     method = normalize_method(request.method)
     status, error = done.status, done.error
     error_type = error or (str(status) if status >= 400 else "")
     if error_type:
         rec.durations.record_client(
-            (method, ctx.upstream or host, port, status, error_type, request.version),
+            (method, upstream or host, port, status, error_type, request.version),
             (now - start) / 1e9,
         )
     else:  # (series bound per server address)
         rec.durations.record_client_plain(
-            ctx.upstream or host, method, port, status, request.version, (now - start) / 1e9
+            upstream or host, method, port, status, request.version, (now - start) / 1e9
         )
     if not ctx.trace_flags & SAMPLED:
         return
-    upstream, route = ctx.upstream, ctx.route
     base = _ATTEMPT_BASES.get(host)
     if base is None or not base.fits(method, port, request, upstream, route):
         base = _attempt_base(method, host, port, request, upstream, route)
@@ -347,13 +443,8 @@ def finish_attempt(
     attrs[_URL_FULL] = base.url + request.path
     if number > 1:
         attrs["http.request.resend_count"] = number - 1
-    extra = ctx.attributes
-    size = len(extra)
-    # Else it holds only what is set next and the route and upstream the base already has.
-    plain = ATTEMPT in extra and (
-        size == 1 or (size == 3 and extra.get(_ROUTE) == route and extra.get(_UPSTREAM) == upstream)
-    )
-    if not plain:
+    plain = extra is None or _plain_attempt(extra, route, upstream)
+    if extra is not None and not plain:
         attrs.update(extra)
     attrs[ATTEMPT] = number
     if status:
@@ -382,11 +473,33 @@ def finish_attempt(
     )
 
 
+class _Inbound(Deferred):
+    __slots__ = ("done", "parent", "request", "span_id", "start")
+
+    def __init__(
+        self, request: Request, span_id: bytes, parent: bytes, start: int, done: Done
+    ) -> None:
+        self.request, self.span_id, self.parent, self.start = request, span_id, parent, start
+        self.done = done
+
+    def record(self, rec: Recorder) -> None:
+        finish_inbound(rec, self.request, self.span_id, self.parent, self.start, self.done)
+
+
+def defer_inbound(
+    rec: Recorder, request: Request, span_id: bytes, parent: bytes, start: int, done: Done
+) -> None:
+    """finish_inbound after the response is written (Recorder.later), ended now: the SERVER
+    span is the outermost layer, nothing changes its context after."""
+    done.end = rec.now_ns()
+    rec.later(_Inbound(request, span_id, parent, start, done))
+
+
 def finish_inbound(
     rec: Recorder, request: Request, span_id: bytes, parent: bytes, start: int, done: Done
 ) -> None:
     ctx = request.context
-    now = rec.now_ns()
+    now = done.end or rec.now_ns()
     status, error = done.status, done.error
     method = normalize_method(request.method)
     flags = response_flags(error, _FAULT_DELAY in ctx.attributes)

@@ -211,6 +211,7 @@ class Telemetry:
 
     def prometheus_text(self) -> str:
         """Everything for /metrics (Content-Type: PROMETHEUS_CONTENT_TYPE)."""
+        self.recorder.flush()
         return self.registry.render()
 
     def set_config_version(self, version: str) -> None:
@@ -220,6 +221,7 @@ class Telemetry:
 
     def stats(self) -> dict[str, object]:
         """Telemetry state for /stats."""
+        self.recorder.flush()
         return {
             "spans_queued": len(self.recorder.spans),
             "spans_exported": self.spans_exported.value(),
@@ -228,7 +230,9 @@ class Telemetry:
         }
 
     async def start(self) -> None:
-        """Start the export and housekeeping tasks (owned here, cancelled by shutdown)."""
+        """Start the export and housekeeping tasks (owned here, cancelled by shutdown); from
+        now on exchanges are recorded after their responses are written (Recorder.later)."""
+        self.recorder.defer_to(asyncio.get_running_loop())
         if self._exporter is not None:
             self._exporter.start()
         if self._housekeeping is None:
@@ -238,6 +242,7 @@ class Telemetry:
 
     async def flush(self) -> None:
         """Export buffered spans and a metrics snapshot now."""
+        self.recorder.flush()
         if self._exporter is not None:
             await self._exporter.flush_spans()
             await self._exporter.flush_metrics()
@@ -247,6 +252,7 @@ class Telemetry:
     async def shutdown(self, deadline_s: float = 5.0) -> None:
         """Stop tasks and export what is left within the deadline; what cannot be sent is
         counted as dropped."""
+        self.recorder.defer_to(None)  # (what ends from now on is recorded at once)
         task, self._housekeeping = self._housekeeping, None
         if task is not None:
             task.cancel()
@@ -281,6 +287,7 @@ class Telemetry:
             self.spans_dropped.inc(("no_collector",), dropped)
 
     def _encode_metrics(self) -> bytes | None:
+        self.recorder.flush()
         durations = self.recorder.durations
         if not len(durations):
             return None

@@ -3,6 +3,7 @@ span end at the end of a streamed body, metrics and access log."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import io
 import json
@@ -174,6 +175,71 @@ async def test_one_client_span_per_attempt_with_attempt_numbers_and_propagation(
     assert len({s.span_id for s in recorded}) == 3
     assert recorded[1].attributes["meshlens.retry.reason"] == "gateway-error"
     assert telemetry.recorder.retries.value(("orders", "gateway-error")) == 2
+
+
+def rotating_endpoints(inner: Handler) -> Handler:
+    """A balancer stand-in: each attempt goes to the next of three endpoints."""
+    picks = iter(Endpoint(f"10.0.0.{n}", 8080 + n, service="orders") for n in range(1, 9))
+
+    async def handle(request: Request) -> Response:
+        request.context.endpoint = next(picks)
+        return await inner(request)
+
+    return handle
+
+
+async def retried_exchange(deferred: bool) -> tuple[list[SpanRecord], str, int]:
+    """Two 503s then a 200 across three endpoints: (spans, /metrics text, spans recorded by
+    the time the request returned), recorded at once or after the response (Recorder.later)."""
+    telemetry = make_telemetry()
+    if deferred:
+        telemetry.recorder.defer_to(asyncio.get_running_loop())
+    upstream = ScriptedUpstream([Response(503), Response(503), Response(200, body=b"ok")])
+    retry = retry_layer(RetryConfig(attempts=3, budget=None), sleep=no_sleep)
+    handler = compose(
+        [
+            telemetry.outbound_layer(),
+            proxy_errors_layer(),
+            route(),
+            retry,
+            telemetry.attempt_layer(),
+            rotating_endpoints,
+        ],
+        upstream,
+    )
+    response = await handler(app_request())
+    assert response.status == 200
+    at_return = len(telemetry.recorder.spans)
+    await asyncio.sleep(0)  # the loop's next round of callbacks
+    return spans(telemetry), telemetry.prometheus_text(), at_return
+
+
+async def test_exchanges_recorded_after_the_response_are_recorded_the_same() -> None:
+    # Deferred, an attempt is recorded with the endpoint, attributes and end time it had when
+    # it ended, though the retry changed the context before the record was made.
+    now, now_metrics, now_at_return = await retried_exchange(deferred=False)
+    later, later_metrics, later_at_return = await retried_exchange(deferred=True)
+    # the first attempt waits (it holds only the usual attributes); the retried ones carry the
+    # retry's reason, which the span copies, so they are recorded as they end
+    assert now_at_return == 3 and later_at_return == 2
+    # (in the buffer the waiting first attempt comes after the two recorded at once)
+    later.sort(key=lambda span: span.start_ns)
+    assert later == now
+    assert [s.attributes["server.address"] for s in later] == ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+    assert "meshlens.retry.reason" not in later[0].attributes
+    assert later[1].attributes["meshlens.retry.reason"] == "gateway-error"
+    assert later_metrics == now_metrics
+
+
+async def test_metrics_read_before_the_deferred_record_runs_include_it() -> None:
+    telemetry = make_telemetry()
+    telemetry.recorder.defer_to(asyncio.get_running_loop())
+    handler = outbound(telemetry, ScriptedUpstream([Response(200, body=b"ok")]))
+    await handler(app_request())
+    assert telemetry.recorder.pending  # not yet recorded...
+    _, samples = parse_prometheus(telemetry.prometheus_text())  # ...but read: recorded first
+    assert [v for n, _, v in samples if n == "istio_requests_total"] == [1]
+    assert telemetry.stats()["spans_queued"] == 1
 
 
 async def test_streamed_body_ends_span_at_eof_and_counts_bytes() -> None:
