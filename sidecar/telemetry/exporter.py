@@ -103,9 +103,13 @@ class OtlpExporter:
                 logger.exception("telemetry export iteration failed")
 
     async def flush_spans(self, give_up_at: float | None = None) -> None:
-        """Export everything buffered now, batch by batch."""
-        while len(self._buffer):
-            batch = self._buffer.take(self._config.batch_size)
+        """Export the spans buffered now, batch by batch. Those recorded meanwhile wait for the
+        next round (a full batch or the interval), as in OTel's batch processor: draining until
+        empty would send a post of the few spans recorded during each post, back to back."""
+        left = len(self._buffer)
+        while left > 0 and len(self._buffer):
+            batch = self._buffer.take(min(left, self._config.batch_size))
+            left -= len(batch)
             self._in_flight = len(batch)
             try:
                 body = self._encoder.encode(batch)
@@ -170,7 +174,8 @@ class OtlpExporter:
         give_up_at = self._clock() + deadline_s
         try:
             async with asyncio.timeout(deadline_s):
-                await self.flush_spans(give_up_at)
+                while len(self._buffer):  # (what the last requests recorded meanwhile too)
+                    await self.flush_spans(give_up_at)
                 await self.flush_metrics(give_up_at)
         except TimeoutError:
             logger.warning("telemetry export did not finish before the shutdown deadline")

@@ -98,6 +98,27 @@ async def test_full_queue_drops_with_reason_and_the_rest_is_exported_in_batches(
     assert counters.requests.value(("traces", "ok")) == 3
 
 
+async def test_spans_recorded_during_a_post_wait_for_the_next_round() -> None:
+    # Not a post of the few spans recorded meanwhile after every post, back to back: they wait
+    # for a full batch or the interval (OTel's batch processor); shutdown still sends them.
+    transport = ScriptedTransport([])
+    exporter, buffer, counters, _ = build(transport, batch=10)
+    for i in range(1, 13):
+        buffer.add(_span(i))
+    transport.block = asyncio.Event()
+    flushing = asyncio.get_running_loop().create_task(exporter.flush_spans())
+    await asyncio.sleep(0)  # the first post is in flight
+    for i in range(13, 16):
+        buffer.add(_span(i))
+    transport.block.set()
+    await flushing
+    assert [_span_count(b) for b in transport.bodies] == [10, 2]
+    assert len(buffer) == 3
+    await exporter.shutdown(deadline_s=5)
+    assert [_span_count(b) for b in transport.bodies] == [10, 2, 3]
+    assert counters.exported.value() == 15 and len(buffer) == 0
+
+
 async def test_503_is_retried_then_succeeds() -> None:
     transport = ScriptedTransport([TransportResult(503), TransportResult(200)])
     exporter, buffer, counters, fake = build(transport)
