@@ -14,7 +14,15 @@ Fixed-rate latency (Istio's method: 1000 requests/s over 16 connections, the loa
 fixed rate below saturation, so latency is per-request work and not queueing. Under wrk's
 saturating closed loop, p50 is mostly connections / throughput (Little's law) and repeats the
 req/s gap; both are reported, with p50/p90/p99 added vs direct and the proxy's CPU per 1000
-requests/s (vCPU, Istio's unit).
+requests/s (vCPU, Istio's unit). Two things keep the fixed-rate figures about the proxies and
+not about the machine: (1) arrivals are evenly spaced: the 16 connections start 1/rate apart
+(h2load -r1 --rate-period), each sending every 16/rate s; started together (h2load's default)
+all 16 fire in the same instant, and the burst's own queueing (~0.25 ms, in direct too) buries
+what the proxies add; (2) the scenarios take turns in 1 s slices (direct, nginx, sidecar, pair,
+direct, ...; `--duration` x 2 slices each per round) and each one's percentiles come from all
+its slices' requests, so a slow drift of this shared VM's wake-up latency reaches every
+scenario alike (one 10 s run after another, direct's p50 moved 0.1-0.2 ms between runs, more
+than nginx adds).
 
 HTTP/2 rows (when h2load from nghttp2-client is installed): h2load, 8 connections x 4 streams,
 against nginx serving h2c directly and through the sidecar(s) speaking h2 end to end; req/s and
@@ -22,8 +30,8 @@ the mean request time added vs direct h2 (h2load reports no percentiles).
 
 Rounds (`--rounds N`, default 3): one noisy moment on this shared machine must not decide a goal.
 Each round runs every saturated wrk scenario once in a fixed order (direct, nginx, core, sidecar,
-pure Python, pair) and then every fixed-rate scenario (direct, nginx, sidecar, pair), so each
-sidecar figure has an nginx baseline from the same round. Per round the ratios are computed
+pure Python, pair) and then the fixed-rate scenarios (direct, nginx, sidecar, pair, in turns), so
+each sidecar figure has an nginx baseline from the same round. Per round the ratios are computed
 (req/s x nginx, added p50 vs nginx's added p50, saturated and fixed rate); the tables show each
 scenario's median over rounds (RSS: median and max; non-2xx/failed: summed), and each goal line
 shows every round's value, the median the goal is judged on, and how many rounds met it (the
@@ -510,54 +518,88 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
-def run_fixed_rate(
-    url: str, duration: int, rate: int, connections: int, host: str | None, log: Path
-) -> RateResult:
-    """h2load over HTTP/1.1 at `rate` requests/s in all; percentiles from its per-request log."""
+RATE_CONNECTIONS = 16
+
+
+def fixed_rate_command(
+    url: str, seconds: float, rate: int, host: str | None, log: Path
+) -> list[str]:
+    """h2load over HTTP/1.1: `rate` requests/s in all for `seconds`, arrivals evenly spaced (the
+    16 connections start 1/rate apart, each sends every 16/rate s), one log line per request."""
+    requests = max(RATE_CONNECTIONS, int(rate * seconds))
     cmd = [
-        "h2load", "--h1", f"-c{connections}", "-t1", f"--rps={rate / connections}",
-        f"-D{duration}", f"--log-file={log}", url,
+        "h2load", "--h1", f"-c{RATE_CONNECTIONS}", "-t1", f"--rps={rate / RATE_CONNECTIONS:g}",
+        "-r1", f"--rate-period={1000.0 / rate:g}ms", f"-n{requests}", f"--log-file={log}", url,
     ]  # fmt: skip
     if host:
         cmd[1:1] = ["-H", f"Host: {host}"]
+    return cmd
+
+
+def run_fixed_rate(
+    url: str, seconds: float, rate: int, host: str | None, log: Path
+) -> tuple[float, int, int]:
+    """One h2load run (fixed_rate_command): (req/s, requests done, failed)."""
+    cmd = fixed_rate_command(url, seconds, rate, host, log)
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"finished in \S+, ([\d.]+) req/s", out).group(1))  # type: ignore[union-attr]
     done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
     assert done is not None
-    times = sorted(
+    return rps, int(done.group(1)), int(done.group(1)) - int(done.group(2))
+
+
+def request_times_ms(logs: Sequence[Path]) -> list[float]:
+    """The sorted times of the 200 responses in h2load per-request logs (start, status, us)."""
+    return sorted(
         int(fields[2]) / 1000.0
+        for log in logs
         for fields in (line.split("\t") for line in log.read_text().splitlines())
         if len(fields) == 3 and fields[1] == "200"
     )
-    return RateResult(
-        "",
-        rps,
-        _percentile(times, 0.50),
-        _percentile(times, 0.90),
-        _percentile(times, 0.99),
-        int(done.group(1)) - int(done.group(2)),
-    )
 
 
-def measure_fixed_rate(
-    name: str,
-    url: str,
+def measure_fixed_rates(
+    targets: Sequence[tuple[str, str, str | None, list[int]]],
     args: argparse.Namespace,
-    host: str | None,
-    pids: list[int],
     workdir: Path,
-) -> RateResult:
-    log = workdir / "h2load-rate.log"
-    run_fixed_rate(url, 1, args.rate, 16, host, log)  # warm-up
-    before = [cpu_seconds(p) for p in pids]
-    started = time.monotonic()
-    result = run_fixed_rate(url, args.duration * 2, args.rate, 16, host, log)
-    elapsed = time.monotonic() - started
-    result.name = name
-    if pids:
-        used = sum(cpu_seconds(p) - b for p, b in zip(pids, before, strict=True))
-        result.vcpu_per_krps = used / elapsed / max(result.rps / 1000.0, 1e-9)
-    return result
+    number: int,
+) -> list[RateResult]:
+    """One round of the fixed-rate scenarios, taking turns in 1 s slices (module docstring)."""
+    for _name, url, host, _pids in targets:  # warm-up: connections, pools
+        run_fixed_rate(url, 1, args.rate, host, workdir / "h2load-warm.log")
+    slices = args.duration * 2
+    logs: list[list[Path]] = [[] for _ in targets]
+    cpu = [0.0] * len(targets)
+    elapsed = [0.0] * len(targets)
+    done = [0] * len(targets)
+    failed = [0] * len(targets)
+    for n in range(slices):
+        for i, (_name, url, host, pids) in enumerate(targets):
+            log = workdir / f"h2load-r{number}-{i}-{n}.log"
+            before = [cpu_seconds(p) for p in pids]
+            started = time.monotonic()
+            _rps, requests, bad = run_fixed_rate(url, 1, args.rate, host, log)
+            elapsed[i] += time.monotonic() - started
+            cpu[i] += sum(cpu_seconds(p) - b for p, b in zip(pids, before, strict=True))
+            done[i] += requests
+            failed[i] += bad
+            logs[i].append(log)
+    results = []
+    for i, (name, _url, _host, pids) in enumerate(targets):
+        times = request_times_ms(logs[i])
+        rps = done[i] / elapsed[i] if elapsed[i] > 0 else 0.0
+        result = RateResult(
+            name,
+            rps,
+            _percentile(times, 0.50),
+            _percentile(times, 0.90),
+            _percentile(times, 0.99),
+            failed[i],
+        )
+        if pids:
+            result.vcpu_per_krps = cpu[i] / elapsed[i] / max(rps / 1000.0, 1e-9)
+        results.append(result)
+    return results
 
 
 @dataclass(frozen=True)
@@ -625,7 +667,8 @@ def report_fixed_rate(rounds: Sequence[Sequence[RateResult]], rate: int) -> str:
     """Latency at a fixed rate below saturation, added vs direct from the same round."""
     many = len(rounds) > 1
     lines = [
-        f"fixed rate (Istio's method): h2load --h1, {rate} req/s over 16 connections"
+        f"fixed rate (Istio's method): h2load --h1, {rate} req/s over {RATE_CONNECTIONS} "
+        "connections, arrivals evenly spaced, scenarios taking turns in 1 s slices"
         + (f", median of {len(rounds)} rounds:" if many else ":"),
         f"{'scenario':<31}{'req/s':>8}{'p50 ms':>8}{'p90 ms':>8}{'p99 ms':>8}"
         f"{'+p50':>7}{'+p90':>7}{'+p99':>7}{'vCPU/1k rps':>13}{'failed':>8}",
@@ -825,11 +868,8 @@ def main() -> int:
                     round_.append(measure(name, url, args, host, pids))
                 results.append(round_)
                 if targets:
-                    rates = []
-                    for name, url, host, pids in targets:
-                        settle(everyone)
-                        rates.append(measure_fixed_rate(name, url, args, host, pids, workdir))
-                    fixed.append(rates)
+                    settle(everyone)
+                    fixed.append(measure_fixed_rates(targets, args, workdir, number))
                 print(f"round {number}/{args.rounds}: {round_summary(round_, fixed)}", flush=True)
             h2 = h2_rows(procs, workdir, args, collector) if shutil.which("h2load") else []
         finally:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bench.sidecar_proxy import (
@@ -7,9 +9,11 @@ from bench.sidecar_proxy import (
     RateResult,
     Result,
     added_p50_detail,
+    fixed_rate_command,
     fixed_rate_goal,
     median_rate_rows,
     median_rows,
+    request_times_ms,
     saturated_goals,
 )
 
@@ -119,3 +123,19 @@ def test_a_round_whose_nginx_adds_nothing_measurable_is_undecided_not_met() -> N
     assert goal.values[1] == goal.values[2] == float("inf")
     assert goal.met_rounds == 1 and not goal.met
     assert "1.7x / n/a / n/a -> median n/a  NOT met (1/3 rounds met it)" in goal.text()
+
+
+def test_fixed_rate_arrivals_are_evenly_spaced_over_16_connections(tmp_path: Path) -> None:
+    cmd = fixed_rate_command("http://127.0.0.1:1/", 1, 1000, "app", tmp_path / "log")
+    # 16 connections started 1 ms apart, each sending 62.5/s: one request per ms in all
+    assert cmd[:4] == ["h2load", "-H", "Host: app", "--h1"]
+    assert {"-c16", "--rps=62.5", "-r1", "--rate-period=1ms", "-n1000"} <= set(cmd)
+    assert "-D" not in " ".join(cmd)  # (h2load refuses -D with -r: the count bounds the run)
+    assert fixed_rate_command("http://x/", 2, 500, None, tmp_path / "log")[1] == "--h1"
+
+
+def test_request_times_pool_every_slice_and_keep_only_200s(tmp_path: Path) -> None:
+    one, two = tmp_path / "a.log", tmp_path / "b.log"
+    one.write_text("1700000000000000\t200\t150\n1700000000001000\t503\t90\n")
+    two.write_text("1700000000002000\t200\t40\nnot a log line\n")
+    assert request_times_ms([one, two]) == [0.04, 0.15]
