@@ -360,10 +360,10 @@ def finish_attempt(
     rec: Recorder, request: Request, number: int, span_id: bytes, start: int, done: Done
 ) -> None:
     ctx = request.context
-    _finish_attempt(
-        rec, request, number, span_id, start, done, ctx.endpoint, ctx.upstream, ctx.route,
-        ctx.attributes,
-    )  # fmt: skip
+    ended = _AttemptEnd(
+        request, number, span_id, start, done, ctx.endpoint, ctx.upstream, ctx.route
+    )
+    ended.finish(rec, ctx.attributes)
 
 
 def defer_attempt(
@@ -382,6 +382,8 @@ def defer_attempt(
 
 
 class _AttemptEnd(Deferred):
+    """An attempt that ended, with the endpoint, upstream and route its context had then."""
+
     __slots__ = ("done", "endpoint", "number", "request", "route", "span_id", "start", "upstream")
 
     def __init__(
@@ -399,78 +401,69 @@ class _AttemptEnd(Deferred):
         self.done, self.endpoint, self.upstream, self.route = done, endpoint, upstream, route
 
     def record(self, rec: Recorder) -> None:
-        _finish_attempt(
-            rec, self.request, self.number, self.span_id, self.start, self.done, self.endpoint,
-            self.upstream, self.route, None,
+        self.finish(rec, None)
+
+    def finish(self, rec: Recorder, extra: dict[str, AttrValue] | None) -> None:
+        """Record it, with the context's attributes as they were when it ended (None: only the
+        usual ones, see _plain_attempt)."""
+        request, number, span_id, start, done = (
+            self.request, self.number, self.span_id, self.start, self.done,
         )  # fmt: skip
-
-
-def _finish_attempt(
-    rec: Recorder,
-    request: Request,
-    number: int,
-    span_id: bytes,
-    start: int,
-    done: Done,
-    endpoint: Endpoint | None,
-    upstream: str,
-    route: str,
-    extra: dict[str, AttrValue] | None,
-) -> None:
-    """finish_attempt with the context's endpoint, upstream, route and attributes as they were
-    when the attempt ended (`extra` None: only the usual ones, see _plain_attempt)."""
-    ctx = request.context
-    now = done.end or rec.now_ns()
-    host, port = (endpoint.host, endpoint.port) if endpoint else split_host_port(request.authority)
-    method = normalize_method(request.method)
-    status, error = done.status, done.error
-    error_type = error or (str(status) if status >= 400 else "")
-    if error_type:
-        rec.durations.record_client(
-            (method, upstream or host, port, status, error_type, request.version),
-            (now - start) / 1e9,
+        endpoint, upstream, route = self.endpoint, self.upstream, self.route
+        ctx = request.context
+        now = done.end or rec.now_ns()
+        host, port = (
+            (endpoint.host, endpoint.port) if endpoint else split_host_port(request.authority)
         )
-    else:  # (series bound per server address)
-        rec.durations.record_client_plain(
-            upstream or host, method, port, status, request.version, (now - start) / 1e9
+        method = normalize_method(request.method)
+        status, error = done.status, done.error
+        error_type = error or (str(status) if status >= 400 else "")
+        if error_type:
+            rec.durations.record_client(
+                (method, upstream or host, port, status, error_type, request.version),
+                (now - start) / 1e9,
+            )
+        else:  # (series bound per server address)
+            rec.durations.record_client_plain(
+                upstream or host, method, port, status, request.version, (now - start) / 1e9
+            )
+        if not ctx.trace_flags & SAMPLED:
+            return
+        base = _ATTEMPT_BASES.get(host)
+        if base is None or not base.fits(method, port, request, upstream, route):
+            base = _attempt_base(method, host, port, request, upstream, route)
+        attrs = base.attrs.copy()  # (a copy of a dict in that order, not 7 items inserted)
+        attrs[_URL_FULL] = base.url + request.path
+        if number > 1:
+            attrs["http.request.resend_count"] = number - 1
+        plain = extra is None or _plain_attempt(extra, route, upstream)
+        if extra is not None and not plain:
+            attrs.update(extra)
+        attrs[ATTEMPT] = number
+        if status:
+            attrs[_STATUS_CODE] = status
+        if error_type:
+            attrs["error.type"] = error_type
+        # (the template's keys, in its order: nothing added before or after)
+        template = base.template if plain and number == 1 and status and not error_type else None
+        # (rpc.* and the gRPC status come from the context's attributes only)
+        name = base.name if plain else _rpc_name(attrs) or base.name
+        span_status = client_status(status, error)
+        if not plain and _GRPC_STATUS in attrs and attrs[_GRPC_STATUS] != 0:
+            span_status = STATUS_ERROR  # OTel rpc conventions: any non-OK status on the client
+        _record_span(
+            rec,
+            ctx,
+            span_id,
+            ctx.parent_span_id,
+            name,
+            KIND_CLIENT,
+            start,
+            now,
+            span_status,
+            attrs,
+            template,
         )
-    if not ctx.trace_flags & SAMPLED:
-        return
-    base = _ATTEMPT_BASES.get(host)
-    if base is None or not base.fits(method, port, request, upstream, route):
-        base = _attempt_base(method, host, port, request, upstream, route)
-    attrs = base.attrs.copy()  # (a copy of a dict in that order, not 7 items inserted)
-    attrs[_URL_FULL] = base.url + request.path
-    if number > 1:
-        attrs["http.request.resend_count"] = number - 1
-    plain = extra is None or _plain_attempt(extra, route, upstream)
-    if extra is not None and not plain:
-        attrs.update(extra)
-    attrs[ATTEMPT] = number
-    if status:
-        attrs[_STATUS_CODE] = status
-    if error_type:
-        attrs["error.type"] = error_type
-    # (the template's keys, in its order: nothing added before or after)
-    template = base.template if plain and number == 1 and status and not error_type else None
-    # (rpc.* and the gRPC status come from the context's attributes only)
-    name = base.name if plain else _rpc_name(attrs) or base.name
-    span_status = client_status(status, error)
-    if not plain and _GRPC_STATUS in attrs and attrs[_GRPC_STATUS] != 0:
-        span_status = STATUS_ERROR  # OTel rpc conventions: any non-OK status on the client
-    _record_span(
-        rec,
-        ctx,
-        span_id,
-        ctx.parent_span_id,
-        name,
-        KIND_CLIENT,
-        start,
-        now,
-        span_status,
-        attrs,
-        template,
-    )
 
 
 class _Inbound(Deferred):
