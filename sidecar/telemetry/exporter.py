@@ -87,10 +87,13 @@ class OtlpExporter:
     async def _run(self) -> None:
         next_metrics = self._clock() + self._config.metrics_interval_s
         while not self._stopping:
-            try:
-                await asyncio.wait_for(self._wake.wait(), self._config.interval_s)
-            except TimeoutError:
-                pass
+            # a full batch is already waiting (more than one came in while the last round
+            # posted): send it now, as OTel's batch processor does, not after the interval
+            if len(self._buffer) < self._config.batch_size:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self._config.interval_s)
+                except TimeoutError:
+                    pass
             self._wake.clear()
             try:
                 await self.flush_spans()

@@ -57,7 +57,7 @@ def _span(i: int) -> SpanRecord:
 
 
 def build(
-    transport: ScriptedTransport, *, max_spans: int = 100, batch: int = 10
+    transport: ScriptedTransport, *, max_spans: int = 100, batch: int = 10, interval: float = 1.0
 ) -> tuple[OtlpExporter, SpanBuffer, ExportCounters, FakeTime]:
     registry = Registry()
     counters = ExportCounters(
@@ -72,7 +72,9 @@ def build(
         buffer=buffer,
         encoder=TraceEncoder((("service.name", "svc"),)),
         counters=counters,
-        config=ExporterConfig(batch_size=batch, retry=RetryPolicy(max_attempts=3)),
+        config=ExporterConfig(
+            interval_s=interval, batch_size=batch, retry=RetryPolicy(max_attempts=3)
+        ),
         clock=fake.clock,
         sleep=fake.sleep,
         rand=lambda: 1.0,
@@ -117,6 +119,42 @@ async def test_spans_recorded_during_a_post_wait_for_the_next_round() -> None:
     await exporter.shutdown(deadline_s=5)
     assert [_span_count(b) for b in transport.bodies] == [10, 2, 3]
     assert counters.exported.value() == 15 and len(buffer) == 0
+
+
+class LoadedTransport(ScriptedTransport):
+    """Spans keep coming while it posts: `per_post` more during each of the first posts."""
+
+    def __init__(self, buffer: list[SpanBuffer], per_post: int, posts: int) -> None:
+        super().__init__([])
+        self.buffer, self.per_post, self.posts = buffer, per_post, posts
+
+    async def post(self, path: str, body: bytes) -> TransportResult:
+        if self.posts > 0:
+            self.posts -= 1
+            for i in range(self.per_post):
+                self.buffer[0].add(_span(1000 + i))
+        return await super().post(path, body)
+
+
+async def test_a_full_batch_left_after_a_round_goes_out_without_waiting_for_the_interval() -> None:
+    # Under load more than a batch can arrive while a round posts, without the buffer ever
+    # growing through exactly one batch (the early wake-up): it must not sit for the interval
+    # (spans would pile up to the queue bound and be dropped) but go out at once.
+    holder: list[SpanBuffer] = []
+    transport = LoadedTransport(holder, per_post=20, posts=1)
+    exporter, buffer, counters, _ = build(transport, batch=10, interval=30.0)
+    holder.append(buffer)
+    for i in range(25):
+        buffer.add(_span(i))
+    exporter.start()
+    exporter.wake()
+    for _ in range(200):  # bounded: up to 2 s, the interval is 30 s
+        if counters.exported.value() == 45:
+            break
+        await asyncio.sleep(0.01)
+    assert counters.exported.value() == 45 and len(buffer) == 0
+    assert [_span_count(b) for b in transport.bodies] == [10, 10, 5, 10, 10]
+    await exporter.shutdown(deadline_s=5)
 
 
 async def test_503_is_retried_then_succeeds() -> None:
