@@ -1,13 +1,17 @@
 """Shared in-memory fakes for tests: a scripted upstream handler, a manual clock, a recording
-sleep, in-memory body streams and a mutable endpoint source. No network, no real waiting."""
+sleep, in-memory body streams and a mutable endpoint source, and two helpers (a body read to its
+end, the loop timers a test arms). No network, no real waiting."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from sidecar.http import Endpoint, Request, RequestContext, Response
+import pytest
+
+from sidecar.http import Body, Endpoint, Request, RequestContext, Response
 
 __all__ = [
     "HANG",
@@ -18,6 +22,8 @@ __all__ = [
     "RecordingSleep",
     "ScriptedUpstream",
     "SequenceRandom",
+    "body_bytes",
+    "count_loop_timers",
     "make_request",
 ]
 
@@ -182,3 +188,27 @@ def make_request(
         authority=authority,
         context=context,
     )
+
+
+async def body_bytes(body: Body) -> bytes:
+    """A buffered body as it is; a streamed one read to its end."""
+    if isinstance(body, bytes):
+        return body
+    chunks = []
+    while chunk := await body.read():
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def count_loop_timers(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The delays of the running loop's call_later calls from now on (the timers still work)."""
+    loop = asyncio.get_running_loop()
+    delays: list[float] = []
+    call_later = loop.call_later
+
+    def counting(delay: float, callback: Any, *args: Any) -> asyncio.TimerHandle:
+        delays.append(delay)
+        return call_later(delay, callback, *args)
+
+    monkeypatch.setattr(loop, "call_later", counting)
+    return delays

@@ -24,6 +24,7 @@ from sidecar.http import (
     new_response,
     read_body,
 )
+from tests.fakes import count_loop_timers
 
 
 class _Chunks:
@@ -209,19 +210,6 @@ def test_endpoint_address_is_built_once_and_stays_out_of_eq_hash_and_repr() -> N
 # -- DeadlineQueue: request deadline timers sharing one loop timer -------------------------------
 
 
-def _count_loop_timers(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    loop = asyncio.get_running_loop()
-    delays: list[float] = []
-    call_later = loop.call_later
-
-    def counting(delay: float, callback: Any, *args: Any) -> asyncio.TimerHandle:
-        delays.append(delay)
-        return call_later(delay, callback, *args)
-
-    monkeypatch.setattr(loop, "call_later", counting)
-    return delays
-
-
 async def _idle_tasks(n: int) -> list[asyncio.Task[None]]:
     tasks = [asyncio.get_running_loop().create_task(asyncio.sleep(30)) for _ in range(n)]
     await asyncio.sleep(0)  # started: a cancel now ends them with CancelledError
@@ -238,7 +226,7 @@ async def test_deadlines_in_increasing_order_share_one_loop_timer_and_fire_in_or
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     tasks = await _idle_tasks(4)
-    delays = _count_loop_timers(monkeypatch)
+    delays = count_loop_timers(monkeypatch)
     queue = DeadlineQueue()
     fired: list[int] = []
     timers = [DeadlineTimer(t, 0.0, queue) for t in tasks]
@@ -268,7 +256,7 @@ async def test_deadlines_in_increasing_order_share_one_loop_timer_and_fire_in_or
 
 async def test_an_earlier_deadline_rearms_the_loop_timer(monkeypatch: pytest.MonkeyPatch) -> None:
     tasks = await _idle_tasks(2)
-    delays = _count_loop_timers(monkeypatch)
+    delays = count_loop_timers(monkeypatch)
     queue = DeadlineQueue()
     late = DeadlineTimer(tasks[0], 0.0, queue)
     early = DeadlineTimer(tasks[1], 0.0, queue)

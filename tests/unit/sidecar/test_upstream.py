@@ -22,6 +22,7 @@ from sidecar.errors import (
 from sidecar.http import Endpoint, Request, RequestContext
 from sidecar.layers.timeout import TimeoutConfig, timeout_layer
 from sidecar.upstream import UpstreamConfig, UpstreamPool
+from tests.fakes import body_bytes, count_loop_timers
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 # what the server does with one complete request: bytes to send, or None to close
@@ -325,15 +326,7 @@ async def test_response_without_length_ends_when_the_upstream_closes(
 async def test_the_timeout_layer_and_the_header_wait_share_one_timer(
     pool: UpstreamPool, net: FakeNetwork, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    loop = asyncio.get_running_loop()
-    timers: list[float] = []
-    call_later = loop.call_later
-
-    def counting(delay: float, callback: Any, *args: Any) -> asyncio.TimerHandle:
-        timers.append(delay)
-        return call_later(delay, callback, *args)
-
-    monkeypatch.setattr(loop, "call_later", counting)
+    timers = count_loop_timers(monkeypatch)
     handler = timeout_layer(TimeoutConfig(request_s=0.02, propagate=False), clock=clock)(pool)
 
     assert (await handler(request())).status == 200  # answered: its deadline entry cancelled
@@ -407,13 +400,7 @@ async def test_one_kept_alive_connection_parses_each_response_afresh(
     for method, raw, expected in script:
         net.actions.append(_answer(raw))
         response = await pool(request(method=method))
-        body = response.body
-        if not isinstance(body, bytes):
-            chunks = []
-            while chunk := await body.read():
-                chunks.append(chunk)
-            body = b"".join(chunks)
-        assert (response.status, body) == expected
+        assert (response.status, await body_bytes(response.body)) == expected
     assert len(net.servers) == 1  # every response kept the connection
 
 

@@ -25,6 +25,7 @@ from tests.fakes import (
     RecordingSleep,
     ScriptedUpstream,
     SequenceRandom,
+    body_bytes,
     make_request,
 )
 
@@ -84,13 +85,7 @@ class Rig:
         except BaseException as exc:  # the outcome is compared, whatever it is
             outcome: object = type(exc).__name__
         else:
-            body = response.body
-            if not isinstance(body, bytes):
-                chunks = []
-                while chunk := await body.read():
-                    chunks.append(chunk)
-                body = b"".join(chunks)
-            outcome = (response.status, response.headers, body)
+            outcome = (response.status, response.headers, await body_bytes(response.body))
         context = request.context
         return {
             "outcome": outcome,

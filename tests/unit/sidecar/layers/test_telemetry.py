@@ -18,6 +18,7 @@ from sidecar.telemetry import Telemetry, TelemetryConfig
 from sidecar.telemetry.accesslog import AccessLog
 from sidecar.telemetry.context import IdSource, parse_traceparent
 from sidecar.telemetry.spans import KIND_CLIENT, KIND_SERVER, STATUS_ERROR, STATUS_UNSET, SpanRecord
+from tests.fakes import body_bytes
 from tests.unit.sidecar.telemetry.promtext import parse_prometheus
 
 APP_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -134,22 +135,12 @@ def spans(telemetry: Telemetry) -> list[SpanRecord]:
     return telemetry.recorder.spans.take(1000)
 
 
-async def read_all(response: Response) -> bytes:
-    body = response.body
-    if isinstance(body, bytes):
-        return body
-    out = b""
-    while chunk := await body.read():
-        out += chunk
-    return out
-
-
 async def test_one_client_span_per_attempt_with_attempt_numbers_and_propagation() -> None:
     telemetry = make_telemetry()
     upstream = ScriptedUpstream([Response(503), Response(503), Response(200, body=b"ok")])
     response = await outbound(telemetry, upstream)(app_request())
 
-    assert response.status == 200 and await read_all(response) == b"ok"
+    assert response.status == 200 and await body_bytes(response.body) == b"ok"
     recorded = spans(telemetry)
     assert [s.attributes["meshlens.attempt"] for s in recorded] == [1, 2, 3]
     assert all(s.kind == KIND_CLIENT for s in recorded)
@@ -248,7 +239,7 @@ async def test_streamed_body_ends_span_at_eof_and_counts_bytes() -> None:
     response = await outbound(telemetry, upstream)(app_request())
 
     assert spans(telemetry) == []  # still streaming: nothing recorded yet
-    assert await read_all(response) == b"abcdefg"
+    assert await body_bytes(response.body) == b"abcdefg"
     (span,) = spans(telemetry)
     assert span.attributes["http.response.status_code"] == 200
     _, samples = parse_prometheus(telemetry.prometheus_text())
@@ -353,7 +344,7 @@ async def test_inbound_server_span_is_the_apps_parent() -> None:
         ),
     )
     response = await inbound(telemetry, app)(request)
-    assert await read_all(response) == b"hi"
+    assert await body_bytes(response.body) == b"hi"
     (span,) = spans(telemetry)
     assert span.kind == KIND_SERVER and span.status == STATUS_UNSET
     assert span.trace_id.hex() == APP_TRACE and span.parent_span_id.hex() == APP_SPAN
@@ -421,7 +412,7 @@ async def test_access_log_has_trace_id_and_never_secrets() -> None:
     telemetry = make_telemetry(AccessLog(stream))
     upstream = ScriptedUpstream([Response(503), Response(200, body=b"ok")])
     response = await outbound(telemetry, upstream)(app_request())
-    await read_all(response)
+    await body_bytes(response.body)
     (line,) = stream.getvalue().splitlines()
     entry = json.loads(line)
     assert entry["trace_id"] == APP_TRACE and entry["status"] == 200
@@ -564,7 +555,7 @@ async def test_attempt_spans_with_and_without_a_template_encode_the_same() -> No
     handler = outbound(telemetry, ScriptedUpstream(responses))
     for _ in range(5):
         response = await handler(app_request())
-        await read_all(response)
+        await body_bytes(response.body)
     recorded = spans(telemetry)
     client = [s for s in recorded if s.kind == KIND_CLIENT]
     templated = [s for s in client if s.template is not None]
