@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
+import socket
 import ssl
 import weakref
 from collections import deque
@@ -613,29 +615,69 @@ async def dial(
     """
     try:
         async with asyncio.timeout(timeout_s):
-            if tls is None:
-                plain = connect or asyncio.get_running_loop().create_connection
-                _, conn = await plain(factory, endpoint.host, endpoint.port)
+            if tls is None and connect is not None:
+                _, conn = await connect(factory, endpoint.host, endpoint.port)
             else:  # mesh mTLS always dials with the loop (an injected connector is plain)
-                _, conn = await asyncio.get_running_loop().create_connection(
-                    factory,
-                    endpoint.host,
-                    endpoint.port,
-                    ssl=tls,
-                    server_hostname=endpoint.host,
-                    ssl_handshake_timeout=timeout_s,
-                )
+                conn = await _connect_any(factory, endpoint, tls, timeout_s)
     except TimeoutError as exc:
         raise UpstreamConnectError(
             f"connect to {endpoint.address} timed out after {timeout_s:g}s"
         ) from exc
     except OSError as exc:
-        why = os.strerror(exc.errno) if exc.errno else str(exc)
-        raise UpstreamConnectError(f"connect to {endpoint.address} failed: {why}") from exc
+        raise UpstreamConnectError(f"connect to {endpoint.address} failed: {_why(exc)}") from exc
     dialed: _P = conn
     if tls is not None:
         _check_identity(cast(_Dialed, dialed), endpoint)
     return dialed
+
+
+async def _connect_any(
+    factory: Callable[[], _P], endpoint: Endpoint, tls: ssl.SSLContext | None, timeout_s: float
+) -> _P:
+    """The loop's connect to `endpoint`, trying each address of its host in turn.
+
+    A host name is resolved here, not inside create_connection: cancelled there while uvloop
+    resolves it (the request's deadline, or its caller gone), the resolver's failure is left
+    unretrieved and asyncio logs it as an error when it is collected."""
+    loop = asyncio.get_running_loop()
+    hosts = [endpoint.host]
+    if not _is_ip(endpoint.host):
+        infos = await loop.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_STREAM)
+        hosts = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    error: OSError | None = None
+    for host in hosts:
+        try:
+            if tls is None:
+                _, conn = await loop.create_connection(factory, host, endpoint.port)
+            else:
+                _, conn = await loop.create_connection(
+                    factory,
+                    host,
+                    endpoint.port,
+                    ssl=tls,
+                    server_hostname=endpoint.host,
+                    ssl_handshake_timeout=timeout_s,
+                )
+            return conn
+        except OSError as exc:  # (the next address; the last failure is the answer)
+            error = exc
+    raise error if error is not None else OSError(f"no address for {endpoint.host}")
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _why(exc: OSError) -> str:
+    """A connect failure in words: a resolver error's own text (its errno is an EAI_ code,
+    which os.strerror does not know: "Unknown error -2"), else the errno's."""
+    if isinstance(exc, socket.gaierror) or not exc.errno or exc.errno < 0:
+        return exc.strerror or str(exc)
+    return os.strerror(exc.errno)
 
 
 def _check_identity(conn: _Dialed, endpoint: Endpoint) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import re
+import socket
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -21,7 +22,7 @@ from sidecar.errors import (
 )
 from sidecar.http import Endpoint, Request, RequestContext
 from sidecar.layers.timeout import TimeoutConfig, timeout_layer
-from sidecar.upstream import UpstreamConfig, UpstreamPool
+from sidecar.upstream import UpstreamConfig, UpstreamPool, dial
 from tests.fakes import body_bytes, count_loop_timers
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -406,3 +407,82 @@ async def test_one_kept_alive_connection_parses_each_response_afresh(
 
 def _answer(raw: bytes) -> Action:
     return lambda _: raw
+
+
+# -- dial: resolving a name itself, then each address in turn (real sockets on loopback; the
+# resolver is faked: DNS is not ours to control in a test) ---------------------------------
+
+
+class _Accepting(asyncio.Protocol):
+    accepted = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        _Accepting.accepted += 1
+
+
+def _fake_dns(
+    monkeypatch: pytest.MonkeyPatch, answers: dict[str, list[str]]
+) -> list[tuple[str, int]]:
+    """Make the running loop's getaddrinfo answer `answers` (name -> addresses) or fail as an
+    unknown name does; returns the queries it saw."""
+    loop = asyncio.get_running_loop()
+    seen: list[tuple[str, int]] = []
+
+    async def getaddrinfo(host: str, port: int, **_: Any) -> list[tuple[Any, ...]]:
+        seen.append((host, port))
+        if host not in answers:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        family = socket.AF_INET
+        return [(family, socket.SOCK_STREAM, 6, "", (a, port)) for a in answers[host]]
+
+    monkeypatch.setattr(loop, "getaddrinfo", getaddrinfo)
+    return seen
+
+
+async def test_dial_resolves_a_name_and_tries_each_address(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server = await asyncio.get_running_loop().create_server(_Accepting, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    # 127.0.0.2 has no listener on that port: refused, then the next address is tried
+    seen = _fake_dns(monkeypatch, {"svc.test": ["127.0.0.2", "127.0.0.1"]})
+    before = _Accepting.accepted
+    try:
+        conn = await dial(asyncio.Protocol, Endpoint("svc.test", port), tls=None, timeout_s=2.0)
+        assert isinstance(conn, asyncio.Protocol)
+        await asyncio.sleep(0.05)
+        assert _Accepting.accepted == before + 1
+        assert seen == [("svc.test", port)]
+        # an address literal is not looked up
+        await dial(asyncio.Protocol, Endpoint("127.0.0.1", port), tls=None, timeout_s=2.0)
+        assert seen == [("svc.test", port)]
+    finally:
+        server.close()
+
+
+async def test_dial_reports_an_unknown_name_in_words(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_dns(monkeypatch, {})
+    with pytest.raises(UpstreamConnectError) as info:
+        await dial(asyncio.Protocol, Endpoint("nowhere.test", 80), tls=None, timeout_s=2.0)
+    # (os.strerror of the resolver's EAI_ code read "Unknown error -2")
+    assert str(info.value) == "connect to nowhere.test:80 failed: Name or service not known"
+
+
+async def test_dial_cancelled_while_resolving_leaves_nothing_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[list[tuple[Any, ...]]] = loop.create_future()
+
+    def getaddrinfo(host: str, port: int, **_: Any) -> asyncio.Future[list[tuple[Any, ...]]]:
+        return answer
+
+    monkeypatch.setattr(loop, "getaddrinfo", getaddrinfo)
+    task = asyncio.ensure_future(
+        dial(asyncio.Protocol, Endpoint("slow.test", 80), tls=None, timeout_s=5.0)
+    )
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert answer.cancelled()  # the lookup was awaited, so cancelled with the dial
