@@ -158,6 +158,8 @@ class _Connection(asyncio.Protocol):
             body = self._body()
             if body is not None:
                 body.fail(UpstreamReset("upstream closed mid-body"))
+            elif not self.taken:  # the head is in, the exchange has not taken it up yet
+                self._fail(UpstreamReset("upstream closed mid-body"))
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_exception(UpstreamReset("upstream closed while sending"))
         if self.pump is not None:
@@ -208,8 +210,12 @@ class _Connection(asyncio.Protocol):
             if rest:
                 self._early.append(rest)
         except httptools.HttpParserError as exc:
-            self._protocol_error(UpstreamProtocolError(f"bad upstream response: {exc}"))
-            return
+            if not self.complete:
+                self._protocol_error(UpstreamProtocolError(f"bad upstream response: {exc}"))
+                return
+            # a whole response, then bytes that are none: the response stands, the connection
+            # does not (it is closed once the response is taken)
+            self._extra = True
         if self.headers_done:
             self._wake()
         if self.complete and self.status != 101:
@@ -272,13 +278,21 @@ class _Connection(asyncio.Protocol):
             finally:
                 shared.expire = None
                 self._headers_waiter = None
-            return
-        timer = loop.call_later(timeout_s, self._time_out, waiter, timeout_s)
-        try:
-            await waiter
-        finally:
-            timer.cancel()
-            self._headers_waiter = None
+        else:
+            timer = loop.call_later(timeout_s, self._time_out, waiter, timeout_s)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._headers_waiter = None
+        # failed after the head woke this wait, before it resumed (read through a call: the
+        # check on entry narrowed the attribute to None, which compiled code would enforce)
+        error = self._failure()
+        if error is not None:
+            raise error
+
+    def _failure(self) -> ProxyError | None:
+        return self._error
 
     def _time_out(self, waiter: asyncio.Future[None], timeout_s: float) -> None:
         if not waiter.done():
@@ -304,12 +318,13 @@ class _Connection(asyncio.Protocol):
             waiter.set_exception(error)
 
     def _protocol_error(self, error: ProxyError) -> None:
-        if not self.headers_done:
-            self._fail(error)
+        # a body being read fails; otherwise (no head yet, or a head the exchange has not taken
+        # up) the exchange does, before any of the response went downstream
+        body = self._body()
+        if body is not None:
+            body.fail(error)
         else:
-            body = self._body()
-            if body is not None:
-                body.fail(error)
+            self._fail(error)
         self.abort()
 
     def _body(self) -> _ResponseBody | None:

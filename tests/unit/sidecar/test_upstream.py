@@ -486,3 +486,47 @@ async def test_dial_cancelled_while_resolving_leaves_nothing_behind(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert answer.cancelled()  # the lookup was awaited, so cancelled with the dial
+
+
+# -- a response that goes wrong between its head and the exchange taking it up --------------
+
+
+async def test_bytes_after_a_complete_response_keep_it_not_the_connection(
+    pool: UpstreamPool, net: FakeNetwork
+) -> None:
+    # (this waited for the response timeout: the parse error after a whole response woke
+    # nobody, the head being in)
+    net.actions.append(lambda _: b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcnot http\r\n\r\n")
+    response = await asyncio.wait_for(pool(request()), 2)
+    assert (response.status, response.body) == (200, b"abc")
+    assert net.servers[0].closed
+    await pool(request())
+    assert len(net.servers) == 2  # not reused
+
+
+async def test_a_bad_body_before_the_exchange_took_the_head_fails_the_exchange(
+    pool: UpstreamPool, net: FakeNetwork
+) -> None:
+    bad_chunk = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nZZ\r\n"
+    net.actions.append(lambda _: bad_chunk)
+    with pytest.raises(UpstreamProtocolError):  # nothing went downstream yet: a 502
+        await asyncio.wait_for(pool(request()), 2)
+    assert net.servers[0].closed
+
+
+async def test_upstream_gone_mid_body_before_the_exchange_resumed(
+    pool: UpstreamPool, net: FakeNetwork
+) -> None:
+    net.actions.append(lambda _: b"")
+    task = asyncio.ensure_future(pool(request()))
+    for _ in range(100):
+        await asyncio.sleep(0)
+        if net.servers and net.servers[0].requests:
+            break
+    protocol = net.servers[0].protocol
+    # the head, part of the body and the close, all before the exchange's task runs again
+    protocol.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+    protocol.connection_lost(None)
+    with pytest.raises(UpstreamReset, match="mid-body"):
+        await asyncio.wait_for(task, 2)
+
