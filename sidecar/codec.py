@@ -558,6 +558,7 @@ class _ServerProtocol(asyncio.Protocol):
         transfer_encoding = ""
         connection = ""
         host = ""
+        seen_host = False
         forwarded = ""
         upgrade = ""
         # the received (name, value) tuples are kept as objects: compiled, a tuple[str, str]
@@ -581,7 +582,12 @@ class _ServerProtocol(asyncio.Protocol):
             elif name == "connection":
                 connection = f"{connection},{value}" if connection else value
             elif name == "host":
+                if seen_host:  # (RFC 9112 3.2: a request with two is answered 400)
+                    raise BadRequest("more than one Host header")
+                seen_host = True
                 host = value.strip()
+                if not (host.isascii() and host.isprintable()) or " " in host:
+                    raise BadRequest("invalid Host header")
                 out.append(item)
             elif name == "expect":
                 if value.strip().lower() == "100-continue":

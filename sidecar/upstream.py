@@ -640,6 +640,10 @@ async def dial(
         ) from exc
     except OSError as exc:
         raise UpstreamConnectError(f"connect to {endpoint.address} failed: {_why(exc)}") from exc
+    except UnicodeError as exc:  # a host name the resolver cannot encode (IDNA)
+        raise UpstreamConnectError(
+            f"connect to {endpoint.address} failed: not a valid host name"
+        ) from exc
     dialed: _P = conn
     if tls is not None:
         _check_identity(cast(_Dialed, dialed), endpoint)

@@ -217,8 +217,22 @@ async def test_expect_100_continue_is_answered_before_the_body_is_read() -> None
         b"GET / HTTP/1.1\r\n\r\n",
         b"BAD\x00LINE\r\n\r\n",
         b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: ap\x93\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
     ],
-    ids=["cl-te", "two-cl", "te-not-chunked", "bad-chunk", "no-host", "bad-line", "connect"],
+    ids=[
+        "cl-te",
+        "two-cl",
+        "te-not-chunked",
+        "bad-chunk",
+        "no-host",
+        "bad-line",
+        "connect",
+        "two-hosts",
+        "host-not-ascii",
+        "host-with-space",
+    ],
 )
 async def test_bad_framing_is_refused_without_calling_the_handler(raw: bytes) -> None:
     handler = Recorder()

@@ -530,3 +530,8 @@ async def test_upstream_gone_mid_body_before_the_exchange_resumed(
     with pytest.raises(UpstreamReset, match="mid-body"):
         await asyncio.wait_for(task, 2)
 
+
+async def test_dial_refuses_a_host_name_the_resolver_cannot_encode() -> None:
+    # (a UnicodeError from the IDNA codec was an "internal proxy error" with a traceback)
+    with pytest.raises(UpstreamConnectError, match="not a valid host name"):
+        await dial(asyncio.Protocol, Endpoint("ap\x93", 80), tls=None, timeout_s=2.0)
