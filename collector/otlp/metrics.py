@@ -19,6 +19,8 @@ METRIC_TABLES = {
 }
 
 _NS = 1_000_000_000
+# TimeUnix, StartTimeUnix and the exemplars' TimeUnix are DateTime: UInt32 seconds
+MAX_POINT_NANO = 2**32 * _NS
 _COMMON = (
     "ResourceAttributes",
     "ResourceSchemaUrl",
@@ -152,6 +154,12 @@ def _decode_points(
 
 
 def _point_problem(kind: str, point: Any) -> str:
+    if (
+        point.time_unix_nano >= MAX_POINT_NANO
+        or point.start_time_unix_nano >= MAX_POINT_NANO
+        or any(e.time_unix_nano >= MAX_POINT_NANO for e in getattr(point, "exemplars", ()))
+    ):
+        return "a time out of the store's range (TimeUnix is DateTime: before 2106-02-07)"
     if kind in ("gauge", "sum") and point.WhichOneof("value") is None:
         return "number data point has neither as_double nor as_int"
     if (

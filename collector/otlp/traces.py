@@ -16,7 +16,16 @@ SPAN_KINDS = ("Unspecified", "Internal", "Server", "Client", "Producer", "Consum
 STATUS_CODES = ("Unset", "Ok", "Error")
 
 
+# DateTime64(9) holds nanoseconds as Int64: a time from 2262-04-11 on is out of its range, and
+# one such value made the store refuse the whole insert batch (other requests' spans with it)
+MAX_UNIX_NANO = 2**63
+
+
 def _span_problem(span: Any) -> str | None:
+    if span.start_time_unix_nano >= MAX_UNIX_NANO or any(
+        e.time_unix_nano >= MAX_UNIX_NANO for e in span.events
+    ):
+        return f"span {span.name!r}: a time at or after 2262-04-11 (out of the store's range)"
     if len(span.trace_id) != 16:
         return f"span {span.name!r}: trace_id must be 16 bytes, got {len(span.trace_id)}"
     if len(span.span_id) != 8:
@@ -67,13 +76,20 @@ def decode_traces(request: Any) -> DecodedBatch:
                 trace_id = span.trace_id
                 span_id = span.span_id
                 parent = span.parent_span_id
-                if len(trace_id) != 16 or len(span_id) != 8 or len(parent) not in (0, 8):
+                start = span.start_time_unix_nano
+                events = span.events
+                if (
+                    len(trace_id) != 16
+                    or len(span_id) != 8
+                    or len(parent) not in (0, 8)
+                    or start >= MAX_UNIX_NANO
+                    or (events and max(e.time_unix_nano for e in events) >= MAX_UNIX_NANO)
+                ):
                     rejected += 1
                     if not first_error:
                         first_error = _span_problem(span) or "invalid span"
                     continue
                 accepted += 1
-                start = span.start_time_unix_nano
                 end = span.end_time_unix_nano
                 ts.append(start)
                 trace_ids.append(trace_id.hex())
@@ -94,7 +110,7 @@ def decode_traces(request: Any) -> DecodedBatch:
                 code = status.code
                 codes.append(STATUS_CODES[code] if 0 <= code < 3 else "Unset")
                 messages.append(status.message)
-                _append_events(cols, span.events)
+                _append_events(cols, events)
                 _append_links(cols, span.links)
     if rejected and first_error:
         first_error = f"{rejected} span(s) rejected; first: {first_error}"

@@ -316,3 +316,32 @@ async def test_grpc_bad_data_is_invalid_argument(collector: tuple[Pipeline, Stor
         )
         response = await stub.Export(request, timeout=5)
         assert response.partial_success.rejected_spans == 1
+
+
+async def test_a_span_out_of_the_stores_time_range_costs_only_itself(
+    collector: tuple[Pipeline, Store],
+) -> None:
+    # One span timed in 2300 (past DateTime64(9)'s 2262) used to make the store refuse the
+    # insert batch it landed in: every other request's spans in that batch were lost.
+    pipeline, store = collector
+    url = f"{pipeline.addresses()['otlp-http']}/v1/traces"
+    neighbour, kept, late = os.urandom(8), os.urandom(8), os.urandom(8)
+    wild = trace_service_pb2.ExportTraceServiceRequest.FromString(_proto_request([kept, late]))
+    span = wild.resource_spans[0].scope_spans[0].spans[1]
+    span.start_time_unix_nano = span.end_time_unix_nano = 10**19
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+
+        async def post(body: bytes) -> tuple[int, bytes]:
+            async with http.post(url, data=body, headers=PROTOBUF) as response:
+                return response.status, await response.read()
+
+        # together, so both land in one insert batch (the batcher waits 50 ms)
+        (status_a, _), (status_b, raw) = await asyncio.gather(
+            post(_proto_request([neighbour])), post(wild.SerializeToString())
+        )
+    assert (status_a, status_b) == (200, 200)
+    partial = trace_service_pb2.ExportTraceServiceResponse.FromString(raw).partial_success
+    assert partial.rejected_spans == 1
+    assert "a time at or after 2262-04-11" in partial.error_message
+    rows = await wait_for_rows(store, "SELECT SpanId FROM otel_traces", 2)
+    assert sorted(r["SpanId"] for r in rows) == sorted([neighbour.hex(), kept.hex()])

@@ -78,3 +78,16 @@ def test_points_without_value_or_with_bad_buckets_are_rejected() -> None:
 
     assert (batch.accepted, batch.rejected) == (1, 2)
     assert "neither as_double nor as_int" in batch.error_message
+
+
+def test_points_with_times_out_of_the_stores_range_are_rejected() -> None:
+    # TimeUnix is DateTime (UInt32 seconds, to 2106-02-07)
+    request = gauge_request([1.0, 2.0, 3.0])
+    points = request.resource_metrics[0].scope_metrics[0].metrics[0].gauge.data_points
+    points[0].time_unix_nano = 2**64 - 1
+    points[1].exemplars.add(time_unix_nano=2**32 * 10**9, as_double=1.0)
+
+    batch = decode_metrics(request)
+
+    assert (batch.accepted, batch.rejected) == (1, 2)
+    assert "out of the store's range" in batch.error_message

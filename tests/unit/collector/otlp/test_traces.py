@@ -77,3 +77,20 @@ def test_a_request_of_only_invalid_spans_has_no_tables() -> None:
     batch = decode_traces(request)
     assert batch.tables == {}
     assert batch.rejected == 1
+
+
+def test_spans_with_times_out_of_the_stores_range_are_rejected_and_the_rest_kept() -> None:
+    # DateTime64(9) ends at 2262-04-11 (Int64 ns): one such span made the store refuse the
+    # whole insert batch, losing the spans of every request in it
+    request = trace_request(3)
+    spans = request.resource_spans[0].scope_spans[0].spans
+    spans[0].start_time_unix_nano = 2**64 - 1
+    spans[0].end_time_unix_nano = 2**64 - 1
+    spans[1].events.add(name="late", time_unix_nano=2**63)
+    spans[2].start_time_unix_nano = 2**63 - 1  # the last representable nanosecond: kept
+
+    batch = decode_traces(request)
+
+    assert (batch.accepted, batch.rejected) == (1, 2)
+    assert "a time at or after 2262-04-11" in batch.error_message
+    assert batch.tables[TRACES_TABLE]["SpanId"] == [spans[2].span_id.hex()]
