@@ -3,7 +3,8 @@
 Each table insert carries a dedup token derived from the spool id and the batch's sequence range,
 so re-sending a batch after a crash or a timeout never duplicates rows. StoreUnavailable (and
 insert timeouts) are retried with capped exponential backoff until the store is back or the
-exporter is shut down; StoreRejected drops the table's rows and counts them.
+exporter is shut down. A rejected insert is split in halves until the rows the store refuses
+are found (bounded); those are dropped and counted, the batch's other rows are written.
 """
 
 from __future__ import annotations
@@ -23,6 +24,13 @@ __all__ = ["Batch", "ClickHouseExporter", "ClickHouseExporterConfig", "Sleep"]
 logger = logging.getLogger(__name__)
 
 Sleep = Callable[[float], Awaitable[None]]
+# rejected inserts one batch may split into halves: a few bad rows cost ~2 log2(rows) inserts
+# each; a batch whose every row is bad (a schema mismatch) stops splitting after this many
+_SPLITS = 64
+
+
+def _rows(columns: Columns) -> int:
+    return len(next(iter(columns.values()), []))
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +83,30 @@ class ClickHouseExporter:
 
     async def _insert_with_retry(self, batch: Batch, table: str, columns: Columns) -> None:
         token = self.dedup_token(batch, table)
-        rows = len(next(iter(columns.values()), []))
+        rows = _rows(columns)
+        dropped, error = await self._insert_parts(table, columns, token, [_SPLITS])
+        if dropped:
+            self._metrics.inc("meshlens_collector_dropped_rows_total", dropped, reason="rejected")
+            logger.error(
+                "store rejected rows of a batch; they are dropped",
+                extra={
+                    "table": table,
+                    "rows": dropped,
+                    "of": rows,
+                    "token": token,
+                    "error": error,
+                },
+            )
+
+    async def _insert_parts(
+        self, table: str, columns: Columns, token: str, splits: list[int]
+    ) -> tuple[int, str]:
+        """Insert `columns`, retrying while the store is unavailable. A rejected insert of more
+        than one row is split in halves, each inserted on its own (tokens derived from the
+        batch's, so a replay splits the same way and dedups), so one bad row does not take the
+        batch's other rows (other requests') with it; `splits` bounds the extra inserts one
+        batch may cost. Returns the rows dropped and the first rejection."""
+        rows = _rows(columns)
         delay = self._config.retry_initial_s
         while True:
             try:
@@ -89,15 +120,20 @@ class ClickHouseExporter:
                 continue
             except StoreRejected as exc:
                 self._metrics.inc("meshlens_collector_store_errors_total", kind="rejected")
-                self._metrics.inc("meshlens_collector_dropped_rows_total", rows, reason="rejected")
-                logger.error(
-                    "store rejected a batch; its rows are dropped",
-                    extra={"table": table, "rows": rows, "token": token, "error": str(exc)},
-                )
-                return
+                if rows < 2 or splits[0] <= 0:
+                    return rows, str(exc)
+                splits[0] -= 1
+                half = rows // 2
+                dropped, error = 0, str(exc)
+                for lo, hi in ((0, half), (half, rows)):
+                    part = {name: values[lo:hi] for name, values in columns.items()}
+                    lost, why = await self._insert_parts(table, part, f"{token}/{lo}-{hi}", splits)
+                    dropped += lost
+                    error = why if lost and why else error
+                return dropped, error
             self._metrics.inc("meshlens_collector_written_rows_total", rows, table=table)
             self._note_success()
-            return
+            return 0, ""
 
     def _note_failure(self, table: str, exc: BaseException) -> None:
         now = self._clock()

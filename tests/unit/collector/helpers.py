@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
@@ -22,6 +22,9 @@ class MemoryStore:
         self.inserts: list[tuple[str, str | None, int]] = []
         self.unavailable = False
         self.reject_tables: set[str] = set()
+        # a row this returns True for fails its whole insert, as a value out of a column's
+        # range does in the real store
+        self.reject_row: Callable[[Mapping[str, Any]], bool] | None = None
         self.failed_calls = 0
 
     @property
@@ -43,6 +46,11 @@ class MemoryStore:
             raise StoreUnavailable("store is down (test)")
         if table in self.reject_tables:
             raise StoreRejected(f"{table} rejected (test)")
+        if self.reject_row is not None:
+            names = list(columns)
+            for index in range(len(columns[names[0]])):
+                if self.reject_row({name: columns[name][index] for name in names}):
+                    raise StoreRejected(f"{table}: bad value in row {index} (test)")
         lengths = {len(values) for values in columns.values()}
         assert len(lengths) == 1, f"ragged columns {lengths}"
         rows = lengths.pop()
