@@ -13,7 +13,7 @@ import logging
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import h2.config
 import h2.connection
@@ -61,6 +61,12 @@ class H2PoolConfig:
             raise ValueError("timeouts must be > 0")
 
 
+_SPEAKS_HTTP1: Final = (
+    "the upstream answered in HTTP/1.x: it does not speak HTTP/2 here "
+    "(set this upstream's protocol to http1)"
+)
+
+
 class _Stream:
     __slots__ = ("body", "error", "headers", "pump", "trailers", "waiter")
 
@@ -99,6 +105,7 @@ class _Connection(asyncio.Protocol):
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._flush_scheduled = False
+        self._heard = False  # any bytes from the upstream yet
         self.idle_since = pool.now()
 
     @property
@@ -145,18 +152,28 @@ class _Connection(asyncio.Protocol):
             self._drain_waiter.set_result(None)
 
     def data_received(self, data: bytes) -> None:
+        if not self._heard and data.startswith(b"HTTP/1."):
+            # an HTTP/1.x server answering our preface (with a 400, then closing): name it,
+            # instead of the frame error or the close that would follow
+            self._heard = True
+            self._refuse(UpstreamProtocolError(_SPEAKS_HTTP1))
+            return
+        self._heard = True
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
-            error = UpstreamProtocolError(f"bad HTTP/2 from upstream: {exc}")
-            for stream in list(self.streams.values()):
-                self._fail(stream, error)
-            self.flush_now()
-            self.abort()
+            self._refuse(UpstreamProtocolError(f"bad HTTP/2 from upstream: {exc}"))
             return
         for event in events:
             self._on_event(event)
         self.flush()
+
+    def _refuse(self, error: ProxyError) -> None:
+        """Fail every stream with `error` and drop the connection."""
+        for stream in list(self.streams.values()):
+            self._fail(stream, error)
+        self.flush_now()
+        self.abort()
 
     def _on_event(self, event: h2.events.Event) -> None:
         sid = getattr(event, "stream_id", None) or 0

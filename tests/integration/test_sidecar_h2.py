@@ -73,6 +73,23 @@ async def test_prior_knowledge_client_reaches_http1_app(
     assert len(data["headers"]["x-request-id"]) == 36
 
 
+async def test_an_http1_only_upstream_named_h2_gets_a_502_that_says_so(
+    upstream: ScriptedUpstream, sidecars: Sidecars
+) -> None:
+    # (it read "upstream connection closed": the app's HTTP/1.1 400 to our preface, then EOF)
+    sidecar = await _h2_sidecar(sidecars, upstream.port)
+    assert sidecar.addresses is not None
+    async with httpx.AsyncClient(http1=False, http2=True, timeout=5) as client:
+        response = await client.get(
+            _base(sidecar.addresses.outbound) + "/", headers={"host": "app"}
+        )
+    assert response.status_code == 502
+    assert response.headers["x-meshlens-error"] == "upstream_protocol_error"
+    assert "does not speak HTTP/2" in response.text
+    assert "protocol to http1" in response.text
+    assert upstream.seen == []
+
+
 async def test_hundred_concurrent_streams_on_one_connection_through_two_sidecars(
     upstream: ScriptedUpstream, sidecars: Sidecars
 ) -> None:
