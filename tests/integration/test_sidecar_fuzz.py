@@ -242,62 +242,76 @@ async def _still_serving(sidecar: Sidecar) -> None:
         assert [(s, b) for s, _, b in responses.done] == [(200, b"ok")]
 
 
-async def test_fuzzed_request_heads_never_smuggle_or_leak_framing(
-    sidecars: Sidecars, caplog: pytest.LogCaptureFixture
+Case = Callable[[FuzzApp, tuple[str, int], random.Random], Awaitable[tuple[bytes, list[str]]]]
+
+
+async def _fuzz(
+    sidecars: Sidecars, caplog: pytest.LogCaptureFixture, seed: int, count: int, case: Case
 ) -> None:
+    """Run `count` cases (alternating listeners) against one sidecar; none may find a
+    problem, and the sidecar must serve and have logged no error afterwards."""
     caplog.set_level(logging.ERROR)
     app = FuzzApp()
     sidecar, _ = await _fuzz_sidecar(sidecars, app)
     assert sidecar.addresses is not None
-    rng = random.Random(20261126)
+    rng = random.Random(seed)
     failures = []
-    for case in range(400):
-        payload = mutate(rng, rng.choice(REQUESTS))
-        address = sidecar.addresses.outbound if case % 2 else sidecar.addresses.inbound
-        before = len(app.seen)
-        # a plain request after the case's bytes: the sidecar answers all, then closes
-        responses, closed = await exchange(address, payload + PLAIN)
-        await asyncio.sleep(0.01)
-        arrived = app.seen[before:]
-        problems = [p for request in arrived for p in check_app_request(request)]
-        problems += unmarked(tuple(responses.done))
-        if responses.broken:
-            problems.append("the sidecar sent bytes that are not an HTTP response")
-        answered = sum(1 for status, headers, _ in responses.done if status == 200)
-        if closed and len(arrived) > answered:
-            problems.append(f"the app got {len(arrived)} requests, the client {answered} answers")
+    for number in range(count):
+        address = sidecar.addresses.outbound if number % 2 else sidecar.addresses.inbound
+        sent, problems = await case(app, address, rng)
         if problems:
-            failures.append((payload, problems))
+            failures.append((sent, problems))
     assert failures == []
     await _still_serving(sidecar)
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def _request_case(
+    app: FuzzApp, address: tuple[str, int], rng: random.Random
+) -> tuple[bytes, list[str]]:
+    payload = mutate(rng, rng.choice(REQUESTS))
+    before = len(app.seen)
+    # a plain request after the case's bytes: the sidecar answers all, then closes
+    responses, closed = await exchange(address, payload + PLAIN)
+    await asyncio.sleep(0.01)
+    arrived = app.seen[before:]
+    problems = [p for request in arrived for p in check_app_request(request)]
+    problems += unmarked(tuple(responses.done))
+    if responses.broken:
+        problems.append("the sidecar sent bytes that are not an HTTP response")
+    answered = sum(1 for status, _, _ in responses.done if status == 200)
+    if closed and len(arrived) > answered:
+        problems.append(f"the app got {len(arrived)} requests, the client {answered} answers")
+    return payload, problems
+
+
+ONE = b"GET /one HTTP/1.1\r\nHost: app\r\n\r\n"
+TWO = b"GET /two HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n"
+
+
+async def _response_case(
+    app: FuzzApp, address: tuple[str, int], rng: random.Random
+) -> tuple[bytes, list[str]]:
+    app.first = mutate(rng, rng.choice(RESPONSES))
+    responses, closed = await exchange(address, ONE, then=TWO)
+    problems = []
+    if not closed:  # the app closes after its answer, the client's last request says close
+        problems.append("neither an answer nor a close within 2 s")
+    if responses.broken:
+        problems.append("the sidecar sent bytes that are not an HTTP response")
+    for status, headers, body in responses.done[1:]:  # the answers after the broken one
+        if "x-meshlens-error" not in headers and (status, body) != (200, b"second"):
+            problems.append(f"desync: the second answer was {status} {body[:40]!r}")
+    return app.first, problems
+
+
+async def test_fuzzed_request_heads_never_smuggle_or_leak_framing(
+    sidecars: Sidecars, caplog: pytest.LogCaptureFixture
+) -> None:
+    await _fuzz(sidecars, caplog, 20261126, 400, _request_case)
 
 
 async def test_fuzzed_app_responses_never_desync_the_client_connection(
     sidecars: Sidecars, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.ERROR)
-    app = FuzzApp()
-    sidecar, _ = await _fuzz_sidecar(sidecars, app)
-    assert sidecar.addresses is not None
-    rng = random.Random(1126)
-    failures = []
-    one = b"GET /one HTTP/1.1\r\nHost: app\r\n\r\n"
-    two = b"GET /two HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n"
-    for case in range(300):
-        app.first = mutate(rng, rng.choice(RESPONSES))
-        address = sidecar.addresses.outbound if case % 2 else sidecar.addresses.inbound
-        responses, closed = await exchange(address, one, then=two)
-        problems = []
-        if not closed:  # the app closes after its answer, the client's last request says close
-            problems.append("neither an answer nor a close within 2 s")
-        if responses.broken:
-            problems.append("the sidecar sent bytes that are not an HTTP response")
-        for status, headers, body in responses.done[1:]:  # the answers after the broken one
-            if "x-meshlens-error" not in headers and (status, body) != (200, b"second"):
-                problems.append(f"desync: the second answer was {status} {body[:40]!r}")
-        if problems:
-            failures.append((app.first, problems))
-    assert failures == []
-    await _still_serving(sidecar)
-    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    await _fuzz(sidecars, caplog, 1126, 300, _response_case)
