@@ -22,6 +22,7 @@ __all__ = [
 ]
 
 _BATCH_ROWS = 50_000
+MAX_START_NS = 2**63  # otel_traces.Timestamp is DateTime64(9): Int64 nanoseconds
 
 
 class ImportFormatError(ValueError):
@@ -59,6 +60,11 @@ class ImportedSpan:
             raise ValueError("trace id and span id must not be empty")
         if self.duration_ns < 0:
             raise ValueError(f"duration must be >= 0, got {self.duration_ns} ns")
+        if not 0 <= self.start_ns < MAX_START_NS or self.duration_ns >= 2**64:
+            raise ValueError(
+                f"start {self.start_ns} ns or duration {self.duration_ns} ns out of range "
+                "(the store keeps starts from 1970 to 2262-04-11)"
+            )
 
 
 _COLUMNS = (

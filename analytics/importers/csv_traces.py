@@ -12,9 +12,10 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from analytics.importers._files import open_text
-from analytics.importers.columns import ImportedSpan, ImportFormatError
+from analytics.importers.columns import MAX_START_NS, ImportedSpan, ImportFormatError
 
 __all__ = ["HEADER", "read", "service_of_pod"]
 
@@ -47,36 +48,48 @@ def _int(value: str, name: str, path: Path, line: int) -> int:
             raise ImportFormatError(path, line, f"{name} is not a number: {value!r}") from None
 
 
+def _rows(
+    path: Path, reader: Any, rows: list[tuple[str, str, str, str, str, str, int, int]]
+) -> None:
+    """Append the file's spans as (trace, span, parent, service, pod, op, start, duration)."""
+    header = next(reader, None)
+    if header is None:
+        raise ImportFormatError(path, 1, "empty file (expected a header line)")
+    missing = [name for name in HEADER if name not in header]
+    if missing:
+        raise ImportFormatError(path, 1, f"header lacks column(s) {', '.join(missing)}")
+    index = [header.index(name) for name in HEADER]
+    for row in reader:
+        line = reader.line_num
+        if not row:
+            continue
+        if len(row) < len(header):
+            raise ImportFormatError(path, line, f"expected {len(header)} fields, got {len(row)}")
+        trace, span, parent, pod, op, start_s, end_s, dur_s = (row[i] for i in index)
+        if not trace or not span:
+            raise ImportFormatError(path, line, "TraceID and SpanID must not be empty")
+        start = _int(start_s, "StartTimeUnixNano", path, line)
+        if not 0 <= start < MAX_START_NS:
+            raise ImportFormatError(path, line, "StartTimeUnixNano out of range")
+        end = _int(end_s, "EndTimeUnixNano", path, line) if end_s else 0
+        duration = end - start if end else _int(dur_s, "Duration", path, line) * 1000
+        if duration < 0:
+            raise ImportFormatError(path, line, "EndTimeUnixNano is before StartTimeUnixNano")
+        parent = "" if parent in _ROOT else parent
+        rows.append((trace, span, parent, service_of_pod(pod), pod, op, start, duration))
+
+
 def read(path: Path) -> Iterator[ImportedSpan]:
     """Parse the whole file (kinds need every span of a trace), then yield its spans."""
     rows: list[tuple[str, str, str, str, str, str, int, int]] = []
     with open_text(path) as handle:
         reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None:
-            raise ImportFormatError(path, 1, "empty file (expected a header line)")
-        missing = [name for name in HEADER if name not in header]
-        if missing:
-            raise ImportFormatError(path, 1, f"header lacks column(s) {', '.join(missing)}")
-        index = [header.index(name) for name in HEADER]
-        for row in reader:
-            line = reader.line_num
-            if not row:
-                continue
-            if len(row) < len(header):
-                raise ImportFormatError(
-                    path, line, f"expected {len(header)} fields, got {len(row)}"
-                )
-            trace, span, parent, pod, op, start_s, end_s, dur_s = (row[i] for i in index)
-            if not trace or not span:
-                raise ImportFormatError(path, line, "TraceID and SpanID must not be empty")
-            start = _int(start_s, "StartTimeUnixNano", path, line)
-            end = _int(end_s, "EndTimeUnixNano", path, line) if end_s else 0
-            duration = end - start if end else _int(dur_s, "Duration", path, line) * 1000
-            if duration < 0:
-                raise ImportFormatError(path, line, "EndTimeUnixNano is before StartTimeUnixNano")
-            parent = "" if parent in _ROOT else parent
-            rows.append((trace, span, parent, service_of_pod(pod), pod, op, start, duration))
+        try:
+            _rows(path, reader, rows)
+        except UnicodeDecodeError:
+            raise ImportFormatError(path, reader.line_num + 1, "not UTF-8 text") from None
+        except (OSError, EOFError) as exc:  # (a broken .gz)
+            raise ImportFormatError(path, None, f"cannot read: {exc}") from None
     service_of = {(r[0], r[1]): r[3] for r in rows}
     calls_out = {(r[0], r[2]) for r in rows if r[2] and service_of.get((r[0], r[2]), r[3]) != r[3]}
     for trace, span, parent, service, pod, op, start, duration in rows:

@@ -10,7 +10,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from analytics.importers._files import open_text
+from analytics.importers._files import read_text
 from analytics.importers.columns import ImportedSpan, ImportFormatError
 
 __all__ = ["read"]
@@ -72,8 +72,7 @@ def _span(span: Mapping[str, Any], processes: Mapping[str, Any], trace_id: str) 
 
 def read(path: Path) -> Iterator[ImportedSpan]:
     """Yield every span; a file of one trace object (no `data` wrapper) is accepted too."""
-    with open_text(path) as handle:
-        text = handle.read()
+    text = read_text(path)
     try:
         document = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -87,6 +86,6 @@ def read(path: Path) -> Iterator[ImportedSpan]:
         try:
             processes = trace.get("processes") or {}
             spans = [_span(s, processes, str(trace.get("traceID", ""))) for s in trace["spans"]]
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise ImportFormatError(path, None, f"trace #{number}: bad span: {exc!r}") from None
         yield from spans

@@ -9,7 +9,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from analytics.importers._files import open_text
+from analytics.importers._files import read_text
 from analytics.importers.columns import ImportedSpan, ImportFormatError
 
 __all__ = ["KINDS", "STATUSES", "any_value_text", "read"]
@@ -79,8 +79,7 @@ def _spans(request: Mapping[str, Any]) -> Iterator[ImportedSpan]:
 
 def read(path: Path) -> Iterator[ImportedSpan]:
     """Yield every span in the file; a malformed request names its line."""
-    with open_text(path) as handle:
-        text = handle.read()
+    text = read_text(path)
     stripped = text.strip()
     if not stripped:
         raise ImportFormatError(path, 1, "empty file")
@@ -100,5 +99,5 @@ def read(path: Path) -> Iterator[ImportedSpan]:
             raise ImportFormatError(path, number, "expected an object with 'resourceSpans'")
         try:
             yield from list(_spans(document))
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise ImportFormatError(path, number, f"bad span: {exc!r}") from None

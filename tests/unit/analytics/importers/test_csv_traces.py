@@ -73,3 +73,22 @@ def test_unknown_format_and_missing_file(tmp_path: Path) -> None:
         read_spans(tmp_path / "x", "zipkin")
     with pytest.raises(ImportFormatError, match="no such file"):
         read_spans(tmp_path / "missing.csv", "csv")
+
+
+def test_a_start_past_the_stores_range_and_a_non_utf8_byte_name_their_line(
+    tmp_path: Path,
+) -> None:
+    late = ROWS.replace("1030000000,1270000000", f"{2**63},{2**63 + 5}")
+    with pytest.raises(ImportFormatError, match=r":5: StartTimeUnixNano out of range"):
+        list(read_spans(_write(tmp_path, HEADER + late), "csv"))
+    path = tmp_path / "bad.csv"
+    path.write_bytes((HEADER + ROWS).encode().replace(b"HTTP POST", b"HTTP \xffOST"))
+    with pytest.raises(ImportFormatError, match=r"bad\.csv:\d+: not UTF-8 text"):
+        list(read_spans(path, "csv"))
+
+
+def test_a_broken_gzip_file_is_a_format_error(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv.gz"
+    path.write_bytes(gzip.compress((HEADER + ROWS).encode())[:-12])  # truncated stream
+    with pytest.raises(ImportFormatError, match="cannot read"):
+        list(read_spans(path, "csv"))

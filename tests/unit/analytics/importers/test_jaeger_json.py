@@ -76,3 +76,15 @@ def test_a_span_without_id_is_reported(tmp_path: Path) -> None:
     path.write_text(json.dumps({"data": [{"spans": [{"startTime": 1}]}]}))
     with pytest.raises(ImportFormatError, match="trace #0: bad span"):
         list(read_spans(path, "jaeger-json"))
+
+
+@pytest.mark.parametrize(
+    "start", [1e400, 2**63 // 1000 + 1], ids=["infinite (OverflowError escaped)", "past 2262"]
+)
+def test_a_start_time_the_store_cannot_hold_is_a_format_error(tmp_path: Path, start: float) -> None:
+    doc = json.loads(json.dumps(TRACE))
+    doc["data"][0]["spans"][1]["startTime"] = start
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ImportFormatError, match="trace #0: bad span"):
+        list(read_spans(path, "jaeger-json"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,4 +69,40 @@ def test_a_document_without_resource_spans_is_rejected(tmp_path: Path) -> None:
     path = tmp_path / "t.json"
     path.write_text('{"data": []}')
     with pytest.raises(ImportFormatError, match="resourceSpans"):
+        list(read_spans(path, "otlp-json"))
+
+
+def test_bytes_that_are_not_utf8_name_their_line(tmp_path: Path) -> None:
+    # (a bare UnicodeDecodeError before: no file, no line)
+    path = tmp_path / "t.json"
+    text = json.dumps(REQUEST, indent=1).encode()
+    at = text.index(b"GET /")
+    path.write_bytes(text[:at] + b"\xff" + text[at + 1 :])
+    with pytest.raises(
+        ImportFormatError, match=r"t\.json:\d+: not UTF-8 text \(byte 0xff\)"
+    ) as info:
+        list(read_spans(path, "otlp-json"))
+    assert info.value.line == text[:at].count(b"\n") + 1
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda doc: doc.update(resourceSpans=[5]),  # (an AttributeError escaped)
+        lambda doc: doc["resourceSpans"][0]["scopeSpans"][0]["spans"][0].update(
+            startTimeUnixNano=float("inf")  # (an OverflowError escaped)
+        ),
+        lambda doc: doc["resourceSpans"][0]["scopeSpans"][0]["spans"][0].update(
+            startTimeUnixNano=str(2**63),
+            endTimeUnixNano=str(2**63 + 5),  # past 2262
+        ),
+    ],
+    ids=["not-an-object", "infinite-time", "time-past-the-store"],
+)
+def test_wrong_shapes_and_times_are_format_errors(tmp_path: Path, change: Any) -> None:
+    doc = json.loads(json.dumps(REQUEST))
+    change(doc)
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ImportFormatError, match="bad span"):
         list(read_spans(path, "otlp-json"))
