@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from collector.otlp.traces import MAX_UNIX_NANO
 from collector.store import Store
 
 __all__ = [
@@ -22,7 +23,7 @@ __all__ = [
 ]
 
 _BATCH_ROWS = 50_000
-MAX_START_NS = 2**63  # otel_traces.Timestamp is DateTime64(9): Int64 nanoseconds
+MAX_START_NS = MAX_UNIX_NANO  # otel_traces.Timestamp is DateTime64(9): Int64 nanoseconds
 
 
 class ImportFormatError(ValueError):
