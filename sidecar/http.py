@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import FunctionType
@@ -49,6 +50,7 @@ Body = bytes | BodyStream
 
 _heappush: Final = heapq.heappush
 _current_task: Final = asyncio.current_task
+_get_ident: Final = threading.get_ident  # (pthread_self: no syscall)
 _heappop: Final = heapq.heappop
 _heapify: Final = heapq.heapify
 
@@ -139,10 +141,11 @@ class DeadlineQueue:
     due by then in deadline order. Timers of another loop than the queue's use their own.
     """
 
-    __slots__ = ("_at", "_cancelled", "_handle", "_heap", "_loop", "_seq")
+    __slots__ = ("_at", "_cancelled", "_handle", "_heap", "_loop", "_seq", "_thread_id")
 
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread_id = 0  # the thread that runs `_loop` (it armed the queue's timers)
         self._heap: list[tuple[float, int, DeadlineTimer]] = []
         self._handle: asyncio.TimerHandle | None = None
         self._at = 0.0  # when the loop timer fires
@@ -163,6 +166,7 @@ class DeadlineQueue:
                 self._handle.cancel()
                 self._handle = None
             self._loop = loop
+            self._thread_id = _get_ident()
             self._heap.clear()
             self._cancelled = 0
         now = loop.time()
@@ -180,11 +184,11 @@ class DeadlineQueue:
 
     def current_task(self) -> asyncio.Task[object] | None:
         """asyncio.current_task(), without its getpid() syscall per call when the running
-        loop is the queue's: a loop has a current task only while it runs one of its tasks'
-        steps, and one thread runs one loop at a time (the queue's timer is that loop's, so
-        the queue is not shared between threads)."""
+        loop is the queue's: in the thread that runs that loop, the loop's current task is the
+        running one (a loop has one only while it runs a step of one of its tasks). From
+        another thread, the queue's loop may be mid-step there: asyncio's own answer."""
         loop = self._loop
-        if loop is not None:
+        if loop is not None and _get_ident() == self._thread_id:
             task = _current_task(loop)
             if task is not None:
                 return task

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -290,13 +291,24 @@ async def test_current_task_is_the_running_one_in_and_out_of_the_queues_loop() -
     timer.cancel()
     await _finish([idle])
 
-    def in_another_loop() -> bool:  # the queue's loop is not running there
+    # Another thread, running a loop of its own, while this loop is mid-step (this task blocks
+    # in join below): the queue's loop has a current task then, which is not the thread's.
+    # (It ran in an executor before and passed or failed with whatever this loop was doing.)
+    timer = DeadlineTimer(asyncio.current_task(), 0.0, queue)  # type: ignore[arg-type]
+    timer.arm(30.0)
+    seen: list[bool] = []
+
+    def in_another_loop() -> None:
         async def probe() -> bool:
             return queue.current_task() is asyncio.current_task() is not None
 
-        return asyncio.run(probe())
+        seen.append(asyncio.run(probe()))
 
-    assert await asyncio.get_running_loop().run_in_executor(None, in_another_loop)
+    thread = threading.Thread(target=in_another_loop)
+    thread.start()
+    thread.join(10)
+    timer.cancel()
+    assert seen == [True]
 
 
 async def test_cancelled_entries_are_dropped_so_the_heap_stays_bounded() -> None:
