@@ -87,7 +87,7 @@ def _build(verbose: bool) -> str:
             cmd.parallel = os.cpu_count() or 1
             dist.run_command("build_ext")
     except (Exception, SystemExit) as exc:  # mypyc errors exit; any failure means pure Python
-        if verbose:
+        if verbose or "--require" in sys.argv:
             print(log.getvalue(), file=sys.stderr)
         last = [line for line in log.getvalue().splitlines() if "error" in line.lower()]
         return f"not compiled ({(last[-1] if last else str(exc))[:200]}): pure Python"
@@ -100,9 +100,15 @@ def _build(verbose: bool) -> str:
 
 
 def main() -> int:
+    """`--require` (what `make` passes when CI is set): a build that does not compile fails
+    instead of leaving the sidecar to pure Python, so CI cannot pass on the fallback while the
+    compiled path is broken (a name mypyc's C output cannot hold did exactly that once)."""
     start = time.monotonic()
     result = build(verbose="-v" in sys.argv)
     print(f"sidecar native build: {result} ({time.monotonic() - start:.0f} s)")
+    if "--require" in sys.argv and result.startswith("not compiled"):
+        print("sidecar native build: required (CI) but not compiled", file=sys.stderr)
+        return 1
     return 0
 
 
