@@ -59,8 +59,11 @@ def request_from_json(signal: Signal, body: bytes) -> Any:
     message = _REQUEST_TYPES[signal]()
     try:
         json_format.ParseDict(document, message, ignore_unknown_fields=True)
-    except (json_format.ParseError, TypeError, ValueError) as exc:
+    except (json_format.ParseError, TypeError, ValueError, OverflowError) as exc:
+        # (OverflowError: a number such as 1e400, which json reads as infinity, in an int field)
         raise InvalidRequest(f"invalid OTLP JSON: {exc}") from exc
+    except SystemError as exc:  # upb on a field name with a lone surrogate ("\ud800")
+        raise InvalidRequest("invalid OTLP JSON: a field name is not valid Unicode") from exc
     return message
 
 

@@ -68,6 +68,12 @@ def test_protobuf_passes_through_unchanged() -> None:
         (b"[1, 2]", "must be an object"),
         (b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "zz"}]}]}]}', "not hex"),
         (b'{"resourceSpans": "nope"}', "invalid OTLP JSON"),
+        # (these two escaped as OverflowError and SystemError: a 500 for a client's bad JSON)
+        (
+            b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"kind": 1e400}]}]}]}',  # an enum
+            "invalid OTLP JSON",
+        ),
+        (b'{"resourceSpans": [{"\\ud800": 1}]}', "not valid Unicode"),
     ],
 )
 def test_bad_json_is_an_invalid_request_naming_the_problem(body: bytes, message: str) -> None:
