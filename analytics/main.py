@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 
 from analytics.anomalies.router import router as incidents_router
 from analytics.callgraph.router import router as callgraph_router
@@ -58,6 +62,7 @@ def create_app(
     app.state.settings = settings
     app.state.wall_clock = wall_clock
     app.add_exception_handler(ControlPlaneError, error_response)
+    app.add_exception_handler(RequestValidationError, invalid_request)  # type: ignore[arg-type]
     app.include_router(controlplane_router)
     app.include_router(traces_router)
     app.include_router(jaeger_router)
@@ -66,3 +71,25 @@ def create_app(
     app.include_router(tuning_router)
     app.include_router(ui_router)
     return app
+
+
+async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422, minus what made it a 500: its default handler echoes each invalid input,
+    and a body holding a lone surrogate ("\\ud800") or a number such as 1e400 (infinity) cannot
+    be encoded as JSON, so a client's bad request became an Internal Server Error with a
+    traceback. An input that is not plain JSON is echoed as its repr, escaped and cut."""
+    errors = []
+    for error in exc.errors():
+        item = {key: value for key, value in error.items() if key in ("type", "loc", "msg")}
+        if "input" in error:
+            item["input"] = _echo(error["input"])
+        errors.append(item)
+    return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+
+
+def _echo(value: object) -> object:
+    try:
+        json.dumps(value, allow_nan=False, ensure_ascii=False).encode("utf-8")  # as rendered
+    except (TypeError, ValueError):  # (UnicodeEncodeError is a ValueError)
+        return repr(value)[:200].encode("utf-8", "backslashreplace").decode("utf-8")
+    return value

@@ -6,7 +6,7 @@ import httpx
 
 from analytics.main import create_app
 from collector.store import open_store
-from tests.unit.analytics.controlplane.helpers import VIEWER, make_settings, never
+from tests.unit.analytics.controlplane.helpers import OPERATOR, VIEWER, make_settings, never
 
 
 async def test_app_serves_the_control_plane_and_closes_its_own_store(tmp_path: Path) -> None:
@@ -45,3 +45,24 @@ async def test_a_given_store_is_used_and_left_open(tmp_path: Path) -> None:
         ]
     finally:
         await store.close()
+
+
+async def test_a_body_that_json_cannot_echo_gets_a_422_not_a_500(tmp_path: Path) -> None:
+    # FastAPI's default 422 echoes the bad input: a lone surrogate or 1e400 (infinity) could not
+    # be encoded, and a client's bad request was answered 500 with a traceback logged.
+    app = create_app(make_settings(tmp_path), sleep=never)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://a") as client:
+            answers = [
+                await client.post(
+                    "/api/v1/controlplane/instances",
+                    content=body,
+                    headers={**OPERATOR, "content-type": "application/json"},
+                )
+                for body in (b'"\\ud800"', b'{"service": 1e400}', b'{"service": 5}')
+            ]
+    assert [a.status_code for a in answers] == [422, 422, 422]
+    surrogate, infinite, _ = (a.json()["detail"][0] for a in answers)
+    assert surrogate["input"] == "'\\ud800'" and surrogate["loc"] == ["body"]
+    assert (infinite["loc"], infinite["input"]) == (["body", "service"], "inf")
