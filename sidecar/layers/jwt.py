@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -157,9 +158,14 @@ class Verified:
     payload_b64: str
 
 
+def _not_json(constant: str) -> Any:
+    # Python's json reads NaN and Infinity, which JSON (RFC 8259) does not have
+    raise ValueError(f"{constant} is not JSON")
+
+
 def _decode_json(segment: str) -> dict[str, Any]:
     try:
-        value = json.loads(b64url_decode(segment))
+        value = json.loads(b64url_decode(segment), parse_constant=_not_json)
     except (ValueError, UnicodeDecodeError) as exc:
         raise JwtFailure("malformed") from exc
     if not isinstance(value, dict):
@@ -168,12 +174,20 @@ def _decode_json(segment: str) -> dict[str, Any]:
 
 
 def _number(claims: Mapping[str, Any], name: str) -> float | None:
+    """A NumericDate claim (RFC 7519 §2): a finite JSON number. 1e400 reads as infinity (an
+    `exp` that never comes) and a 400-digit integer cannot be a float: both are malformed."""
     value = claims.get(name)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise JwtFailure("malformed")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError as exc:
+        raise JwtFailure("malformed") from exc
+    if not math.isfinite(number):
+        raise JwtFailure("malformed")
+    return number
 
 
 class Authenticator:

@@ -123,6 +123,31 @@ async def test_a_token_not_yet_valid_is_refused() -> None:
     assert response.status == 401 and reason(response) == "not_yet_valid"
 
 
+def _signed_raw(key: SigningKey, claims_json: str) -> str:
+    """A validly signed token whose claims are this JSON text, as written (json.dumps could not
+    write a 400-digit exp as a number, nor 1e400)."""
+    signing_input = f"{segment({'alg': key.alg, 'kid': key.kid})}.{b64url(claims_json.encode())}"
+    return f"{signing_input}.{b64url(key.sign(signing_input.encode()))}"
+
+
+@pytest.mark.parametrize(
+    "exp",
+    ["1e400", "Infinity", "NaN", "1" + "0" * 400, "-1e400"],
+    ids=["overflowing float", "Infinity", "NaN", "400-digit integer", "minus infinity"],
+)
+async def test_a_numeric_date_that_is_no_finite_number_is_malformed(exp: str) -> None:
+    # 1e400 reads as inf (an exp that never comes: the token would never expire), NaN compares
+    # false with every time (never expired either), a 400-digit int has no float (it raised
+    # OverflowError out of the layer: a 500 for any client, the signature being checked last)
+    h = simple()
+    for name in ("exp", "nbf"):
+        body = f'{{"iss":"{ISS}","sub":"alice","aud":"orders","exp":{NOW + 300:.0f}'
+        token = _signed_raw(RSA, body + f',"{name}":{exp}}}')
+        response, _ = await h.call(token)
+        assert response.status == 401 and reason(response) == "malformed", (name, exp)
+    assert h.upstream.calls == 0
+
+
 async def test_a_wrong_audience_is_refused_and_a_list_audience_may_match() -> None:
     h = simple()
     response, _ = await h.call(make_token(RSA, claims(aud="billing")))
