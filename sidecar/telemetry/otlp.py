@@ -58,6 +58,12 @@ def _field(tag: bytes, payload: bytes) -> bytes:
     return tag + _varint(len(payload)) + payload
 
 
+def _utf8(text: str) -> bytes:
+    """`text` as UTF-8; a lone surrogate (a JSON escape such as \\ud800 in a JWT claim that
+    became an attribute) turns into '?' instead of failing the encoding of its whole batch."""
+    return text.encode("utf-8", "replace")
+
+
 def _any_value(value: AttrValue) -> bytes:
     if isinstance(value, bool):
         return b"\x10\x01" if value else b"\x10\x00"
@@ -65,7 +71,7 @@ def _any_value(value: AttrValue) -> bytes:
         return b"\x18" + _int64(value)
     if isinstance(value, float):
         return b"\x21" + _PACK_D(value)
-    return _field(b"\x0a", str(value).encode())
+    return _field(b"\x0a", _utf8(str(value)))
 
 
 def field(tag: bytes, payload: bytes) -> bytes:
@@ -74,7 +80,7 @@ def field(tag: bytes, payload: bytes) -> bytes:
 
 
 def _key_value(key: str, value: AttrValue) -> bytes:
-    return _field(b"\x0a", key.encode()) + _field(b"\x12", _any_value(value))
+    return _field(b"\x0a", _utf8(key)) + _field(b"\x12", _any_value(value))
 
 
 def encode_key_values(tag: bytes, items: Iterable[tuple[str, AttrValue]]) -> bytes:
@@ -313,13 +319,13 @@ class TraceEncoder:
             return cached[1]
         if len(self._name_cache) >= _CACHE_LIMIT:
             self._name_cache.clear()
-        encoded = _field(b"\x2a", name.encode()) + b"\x30" + _varint(kind) + b"\x39"
+        encoded = _field(b"\x2a", _utf8(name)) + b"\x30" + _varint(kind) + b"\x39"
         self._name_cache[name] = (kind, encoded)
         return encoded
 
     def _span(self, span: SpanRecord) -> bytes:
         tracestate = span.tracestate
-        state = _field(b"\x1a", tracestate.encode()) if tracestate else b""
+        state = _field(b"\x1a", _utf8(tracestate)) if tracestate else b""
         flags = span.flags & 0xFF
         parent = span.parent_span_id
         if parent:
@@ -331,7 +337,7 @@ class TraceEncoder:
         if span.status or span.status_message:
             status = b"\x18" + _SMALL_VARINTS[span.status]
             if span.status_message:
-                status = _field(b"\x12", span.status_message.encode()) + status
+                status = _field(b"\x12", _utf8(span.status_message)) + status
             status = _field(b"\x7a", status)
         encoded_flags = self._flags.get(flags)
         if encoded_flags is None:

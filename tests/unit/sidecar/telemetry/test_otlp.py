@@ -115,6 +115,28 @@ def test_empty_batch_is_a_valid_request() -> None:
     assert len(request.resource_spans[0].scope_spans[0].spans) == 0
 
 
+def test_a_lone_surrogate_costs_its_characters_not_the_batch() -> None:
+    # A JWT's claims are JSON, whose escapes can name a lone surrogate ("sub": "\ud800"); as
+    # enduser.id it failed the encoding of the whole batch (512 spans dropped as export_error).
+    encoder = TraceEncoder(RESOURCE)
+    odd = _span(
+        span_id=b"\x01" * 8,
+        name="GET \ud800",
+        attributes={"enduser.id": "ali\ud800ce", "k\udfff": "v"},
+        tracestate="v=\udc00",
+        status_message="no \ud83d",
+    )
+    spans = _spans_of(encoder.encode([_span(), odd, _span(span_id=b"\x02" * 8)]))
+    assert [s.span_id for s in spans] == [bytes(range(20, 28)), b"\x01" * 8, b"\x02" * 8]
+    assert _attrs(spans[1]) == {"enduser.id": "ali?ce", "k?": "v"}
+    assert (spans[1].name, spans[1].trace_state, spans[1].status.message) == (
+        "GET ?",
+        "v=?",
+        "no ?",
+    )
+    assert _attrs(spans[2]) == _span().attributes
+
+
 def test_rejected_spans_reads_partial_success_and_ignores_junk() -> None:
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
         ExportTraceServiceResponse,
