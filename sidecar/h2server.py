@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import uuid
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import h2.config
 import h2.connection
@@ -23,11 +24,21 @@ import h2.exceptions
 import h2.settings
 import hyperframe.frame
 
-from sidecar.errors import DownstreamError, ProxyError
+from sidecar.errors import BadRequest, DownstreamError, ProxyError
 from sidecar.http import Body, BodyStream, Headers, Request, RequestContext, Response
 from sidecar.layers.proxy_errors import error_response
 
-__all__ = ["H2_HOP_BY_HOP", "PREFACE", "H2Body", "H2ServerConnection", "response_headers"]
+__all__ = [
+    "H2_HOP_BY_HOP",
+    "PREFACE",
+    "H2Body",
+    "H2ServerConnection",
+    "field_problem",
+    "head_problem",
+    "response_headers",
+    "text_fields",
+    "wire_fields",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +51,66 @@ _STREAM_WINDOW = 1 << 20  # per-stream receive window we advertise
 _CONNECTION_WINDOW = 1 << 24
 _MAX_STREAMS = 256
 _NO_BODY_STATUSES = frozenset({204, 304})
+
+# What HTTP/1.1's parser (llhttp, sidecar/codec.py) refuses and the h2 library lets through
+# (it refuses NUL/CR/LF, upper case and connection headers): an HTTP/2 request goes upstream as
+# HTTP/1.1 text when the upstream speaks that, where `:method "GET /admin"` became the request
+# line `GET /admin /ok HTTP/1.1` and `:path "admin"` escaped every "/admin" path rule.
+_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 5.6.2
+_TARGET: Final = re.compile(r"/[\x21-\x7e]*")  # origin-form, visible ASCII (RFC 9113 8.3.1)
+_VISIBLE: Final = re.compile(r"[\x21-\x7e]*")
+_CONTROL: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # not field-content (RFC 9110 5.5)
+
+
+def text_fields(fields: Any) -> list[tuple[str, str]]:
+    """Received HTTP/2 fields as the str pairs the layers use: each byte one character
+    (latin-1), as the HTTP/1.1 codec reads them, so any bytes pass through unchanged."""
+    return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in fields or ()]
+
+
+def wire_fields(fields: Any) -> list[tuple[bytes, bytes]]:
+    """The fields to send over HTTP/2: latin-1 bytes (the inverse of `text_fields`; a
+    character it cannot hold becomes '?', as in the HTTP/1.1 codec's heads)."""
+    return [
+        (name.encode("latin-1", "replace"), value.encode("latin-1", "replace"))
+        for name, value in fields
+    ]
+
+
+def field_problem(fields: list[tuple[str, str]]) -> str | None:
+    """The first field whose value holds a control character, as a message, or None."""
+    for name, value in fields:
+        if _CONTROL.search(value):
+            return f"control character in header {name[:64]!r}"
+    return None
+
+
+def head_problem(headers: list[tuple[str, str]]) -> ProxyError | None:
+    """Why this HTTP/2 request head cannot be forwarded (a 400 or 405), or None."""
+    method = target = authority = host = ""
+    for name, value in headers:
+        if name.startswith(":"):
+            if name == ":method":
+                method = value
+            elif name == ":path":
+                target = value
+            elif name == ":authority":
+                authority = value
+        elif not _TOKEN.fullmatch(name):
+            return BadRequest(f"invalid header name {name[:64]!r}")
+        elif name == "host":
+            host = value
+        if _CONTROL.search(value):
+            return BadRequest(f"control character in header {name[:64]!r}")
+    if method == "CONNECT":
+        return BadRequest("CONNECT tunnels are not supported", status=405)
+    if not _TOKEN.fullmatch(method):
+        return BadRequest("invalid method")
+    if not (_TARGET.fullmatch(target) or (target == "*" and method == "OPTIONS")):
+        return BadRequest("invalid request target")
+    if not _VISIBLE.fullmatch(authority or host):
+        return BadRequest("invalid authority")
+    return None
 
 
 class StreamReset(DownstreamError):
@@ -202,7 +273,7 @@ class H2ServerConnection(asyncio.Protocol):
         self._original_dst = original_dst
         config = h2.config.H2Configuration(
             client_side=False,
-            header_encoding="utf-8",
+            header_encoding=None,  # bytes: decoded by text_fields (UTF-8 failed on \xff)
             validate_outbound_headers=False,  # built by us from validated, lower-case fields
             normalize_outbound_headers=False,
         )
@@ -303,7 +374,7 @@ class H2ServerConnection(asyncio.Protocol):
     def _on_event(self, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.RequestReceived):
             assert event.stream_id is not None and event.headers is not None
-            headers = [(str(k), str(v)) for k, v in event.headers]
+            headers = text_fields(event.headers)
             self._bodies[event.stream_id] = self._new_body(event.stream_id, headers)
             self._pending.append((event.stream_id, headers))
         elif isinstance(event, h2.events.DataReceived):
@@ -401,20 +472,22 @@ class H2ServerConnection(asyncio.Protocol):
             original_dst=self._original_dst,
         )
         request = Request(method, target, tuple(out), body, authority, scheme, "2", context)
-        self._spawn(stream_id, request)
+        self._spawn(stream_id, request, head_problem(headers))
 
-    def _spawn(self, stream_id: int, request: Request) -> None:
+    def _spawn(self, stream_id: int, request: Request, refused: ProxyError | None = None) -> None:
         if stream_id not in self._bodies:
             body = H2Body(0, lambda n: None)
             body.feed_eof()
             self._bodies[stream_id] = body
-        task = self._loop.create_task(self._serve(stream_id, request), name="h2-stream")
+        task = self._loop.create_task(self._serve(stream_id, request, refused), name="h2-stream")
         self._tasks[stream_id] = task
         self.streams_total += 1
 
-    async def _serve(self, stream_id: int, request: Request) -> None:
+    async def _serve(self, stream_id: int, request: Request, refused: ProxyError | None) -> None:
         try:
             try:
+                if refused is not None:  # (a head the app must not see: answered here)
+                    raise refused
                 response = await self._server.current_handler()(request)
             except ProxyError as exc:  # normally mapped by the stack's proxy_errors layer
                 response = error_response(exc)
@@ -439,7 +512,7 @@ class H2ServerConnection(asyncio.Protocol):
 
     async def _respond(self, stream_id: int, method: str, response: Response) -> None:
         body = response.body
-        headers = response_headers(response, method)
+        headers = wire_fields(response_headers(response, method))
         no_body = method == "HEAD" or response.status in _NO_BODY_STATUSES
         if isinstance(body, bytes) and (not body or no_body) and not _trailers(response):
             self._h2.send_headers(stream_id, headers, end_stream=True)
@@ -454,7 +527,7 @@ class H2ServerConnection(asyncio.Protocol):
             return
         trailers = _trailers(response)
         if trailers:
-            self._h2.send_headers(stream_id, list(trailers), end_stream=True)
+            self._h2.send_headers(stream_id, wire_fields(trailers), end_stream=True)
         else:
             self._h2.end_stream(stream_id)
         self._flush()

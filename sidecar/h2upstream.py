@@ -30,7 +30,7 @@ from sidecar.errors import (
     UpstreamReset,
     UpstreamTimeout,
 )
-from sidecar.h2server import H2_HOP_BY_HOP, H2Body
+from sidecar.h2server import H2_HOP_BY_HOP, H2Body, field_problem, text_fields, wire_fields
 from sidecar.http import Body, Endpoint, Request, Response, Trailers
 from sidecar.protocols import PROTOCOLS, protocol_terminal
 from sidecar.stack import Clock, monotonic
@@ -92,7 +92,7 @@ class _Connection(asyncio.Protocol):
         self.transport: Any = None
         config = h2.config.H2Configuration(
             client_side=True,
-            header_encoding="utf-8",
+            header_encoding=None,  # bytes: decoded by text_fields (UTF-8 failed on \xff)
             validate_outbound_headers=False,  # built by us from validated, lower-case fields
             normalize_outbound_headers=False,
             validate_inbound_headers=False,  # the upstream's response; costly per stream
@@ -180,7 +180,17 @@ class _Connection(asyncio.Protocol):
         stream = self.streams.get(sid)
         if isinstance(event, h2.events.ResponseReceived):
             if stream is not None:
-                stream.headers = [(str(k), str(v)) for k, v in event.headers or ()]
+                headers = text_fields(event.headers)
+                # (inbound validation is off, costly per stream: CR/LF in a field we would
+                # write into an HTTP/1.1 response head is checked here, as llhttp would; the
+                # exchange, failed, resets the stream)
+                problem = field_problem(headers)
+                if problem is not None:
+                    self._fail(
+                        stream, UpstreamProtocolError(f"bad HTTP/2 from upstream: {problem}")
+                    )
+                    return
+                stream.headers = headers
                 stream.wake()
         elif isinstance(event, h2.events.DataReceived):
             if stream is not None:
@@ -189,7 +199,14 @@ class _Connection(asyncio.Protocol):
                 self.h2.acknowledge_received_data(event.flow_controlled_length, sid)
         elif isinstance(event, h2.events.TrailersReceived):
             if stream is not None:
-                stream.trailers.set(tuple((str(k), str(v)) for k, v in event.headers or ()))
+                trailers = text_fields(event.headers)
+                problem = field_problem(trailers)
+                if problem is not None:
+                    self._fail(
+                        stream, UpstreamProtocolError(f"bad HTTP/2 from upstream: {problem}")
+                    )
+                    return
+                stream.trailers.set(tuple(trailers))
         elif isinstance(event, h2.events.StreamEnded):
             if stream is not None:
                 if not stream.trailers.received:
@@ -294,7 +311,8 @@ class _Connection(asyncio.Protocol):
         self.streams[sid] = stream
         body = request.body
         end = isinstance(body, bytes) and not body
-        self.h2.send_headers(sid, _request_headers(request, endpoint, tls), end_stream=end)
+        headers = wire_fields(_request_headers(request, endpoint, tls))
+        self.h2.send_headers(sid, headers, end_stream=end)
         self.flush()
         if not end:
             stream.pump = asyncio.get_running_loop().create_task(

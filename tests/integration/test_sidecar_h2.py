@@ -205,7 +205,10 @@ class ScriptedH2App(asyncio.Protocol):
 
     def __init__(self, server: ScriptedH2Server) -> None:
         self.server = server
-        config = h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
+        # (outbound validation off: `/crlf` sends a field no valid server would)
+        config = h2.config.H2Configuration(
+            client_side=False, header_encoding="utf-8", validate_outbound_headers=False
+        )
         self.conn = h2.connection.H2Connection(config)
         self.transport: asyncio.Transport | None = None
 
@@ -242,6 +245,10 @@ class ScriptedH2App(asyncio.Protocol):
             assert self.transport is not None
             self.transport.close()
             return
+        elif path in ("/crlf", "/bytes"):
+            value = b"a\r\nset-cookie: evil=1" if path == "/crlf" else b"caf\xc3\xa9 \xff"
+            self.conn.send_headers(stream_id, [(b":status", b"200"), (b"x-odd", value)])
+            self.conn.send_data(stream_id, b"body", end_stream=True)
         else:
             if path == "/hold":
                 self.server.held += 1
@@ -398,4 +405,150 @@ async def test_an_idle_upstream_connection_expires_and_a_fresh_one_is_dialled() 
         assert pool.stats()["connections_opened"] == 2
     finally:
         await pool.close()
+        app.close()
+
+
+class RawHttp1App:
+    """An HTTP/1.1 app that records each request head as the bytes it received."""
+
+    def __init__(self) -> None:
+        self.heads: list[bytes] = []
+        self.port = 0
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            for _ in range(100):  # (bounded: one connection's requests)
+                head = await reader.readuntil(b"\r\n\r\n")
+                self.heads.append(head)
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+
+async def _raw_h2(address: tuple[str, int], fields: list[tuple[bytes, bytes]]) -> str:
+    """Send one request head as given (no client-side checks) on a new connection; the
+    response's status and x-meshlens-error, or how the connection ended."""
+    config = h2.config.H2Configuration(
+        client_side=True, validate_outbound_headers=False, normalize_outbound_headers=False
+    )
+    conn = h2.connection.H2Connection(config)
+    conn.initiate_connection()
+    conn.send_headers(1, fields, end_stream=True)
+    reader, writer = await asyncio.open_connection(*address)
+    writer.write(conn.data_to_send())
+    try:
+        async with asyncio.timeout(5):
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    return "closed"
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.ResponseReceived):
+                        got = dict(event.headers or ())
+                        error = got.get(b"x-meshlens-error", b"").decode()
+                        return f"{got[b':status'].decode()} {error}"
+                    if isinstance(event, h2.events.ConnectionTerminated):
+                        return f"goaway {event.error_code}"
+                writer.write(conn.data_to_send())
+    finally:
+        writer.close()
+
+
+def _head(**pseudo: str) -> list[tuple[bytes, bytes]]:
+    fields = {"method": "GET", "scheme": "http", "authority": "app", "path": "/ok", **pseudo}
+    return [(f":{k}".encode(), v.encode("utf-8")) for k, v in fields.items()]
+
+
+async def test_http2_heads_http1_would_refuse_get_400_and_never_reach_an_http1_app(
+    sidecars: Sidecars,
+) -> None:
+    # The h2 library refuses NUL/CR/LF and upper case; the rest went on as HTTP/1.1 text:
+    # `:method "GET /admin"` became the request line `GET /admin /ok HTTP/1.1`, `:path "admin"`
+    # escaped every rule on "/admin", a header "x(y" or a value with \x01 reached the app.
+    app = RawHttp1App()
+    await app.start()
+    try:
+        sidecar = await sidecars(
+            "web",
+            app.port,
+            config={
+                "upstreams": {"app": {"endpoints": [f"127.0.0.1:{app.port}"], "protocol": "http1"}},
+                "inbound": {"app_protocol": "http1"},
+            },
+        )
+        assert sidecar.addresses is not None
+        refused = {
+            "method with a space": _head(method="GET /admin"),
+            "method with a tab": _head(method="GET\t/admin"),
+            "method not a token": _head(method="G(E)T"),
+            "path without a slash": _head(path="admin"),
+            "path with a space": _head(path="/public HTTP/1.1"),
+            "path with a tab": _head(path="/a\tb"),
+            "path not ASCII": _head(path="/caf\u00e9"),
+            "path with DEL": _head(path="/a\x7fb"),
+            "asterisk not for OPTIONS": _head(path="*"),
+            "authority with a space": _head(authority="app evil"),
+            "authority with a control": _head(authority="app\x01"),
+            "header name not a token": [*_head(), (b"x(y", b"1")],
+            "header value with a control": [*_head(), (b"x-a", b"a\x01b")],
+            "header value with DEL": [*_head(), (b"x-a", b"a\x7fb")],
+        }
+        for listener in (sidecar.addresses.outbound, sidecar.addresses.inbound):
+            for case, fields in refused.items():
+                assert await _raw_h2(listener, fields) == "400 bad_request", case
+            connect = [(b":method", b"CONNECT"), (b":authority", b"app:443")]
+            assert await _raw_h2(listener, connect) == "405 bad_request"
+        assert app.heads == []
+        # what HTTP/1.1 carries as obs-text passes as the same bytes (UTF-8 or not; \xff made
+        # the h2 library's UTF-8 decoding raise and the connection drop)
+        odd = [*_head(), (b"x-a", b"caf\xc3\xa9"), (b"x-b", b"a\xffb")]
+        assert await _raw_h2(sidecar.addresses.outbound, odd) == "200 "
+        assert (
+            await _raw_h2(sidecar.addresses.outbound, _head(method="OPTIONS", path="*")) == "200 "
+        )
+        assert b"\r\nx-a: caf\xc3\xa9\r\nx-b: a\xffb\r\n" in app.heads[0]
+        assert app.heads[1].startswith(b"OPTIONS * HTTP/1.1\r\n")
+    finally:
+        app.close()
+
+
+async def test_an_h2_upstream_field_with_cr_lf_is_a_502_and_other_bytes_pass_as_they_are(
+    sidecars: Sidecars,
+) -> None:
+    # The h2 upstream's fields are not validated by the library (costly per stream): a CR/LF
+    # went into the HTTP/1.1 response head (response splitting), bytes not UTF-8 raised.
+    app = ScriptedH2Server()
+    await app.start()
+    try:
+        sidecar = await _h2_sidecar(sidecars, app.port)
+        assert sidecar.addresses is not None
+
+        async def get(path: str) -> bytes:
+            reader, writer = await asyncio.open_connection(*sidecar.addresses.outbound)
+            writer.write(f"GET {path} HTTP/1.1\r\nhost: app\r\n\r\n".encode())
+            try:
+                async with asyncio.timeout(5):
+                    return await reader.readuntil(b"\r\n\r\n")
+            finally:
+                writer.close()
+
+        split = await get("/crlf")
+        assert split.startswith(b"HTTP/1.1 502 ")
+        assert b"x-meshlens-error: upstream_protocol_error" in split
+        assert b"set-cookie" not in split and b"evil" not in split
+        odd = await get("/bytes")
+        assert odd.startswith(b"HTTP/1.1 200 ")
+        assert b"\r\nx-odd: caf\xc3\xa9 \xff\r\n" in odd
+    finally:
         app.close()
