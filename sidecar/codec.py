@@ -484,6 +484,11 @@ class _ServerProtocol(asyncio.Protocol):
         self._count_head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            # a trailer field, after a chunked body: merged into the head it would skip every
+            # check of it (an x-forwarded-for after ours, an authorization); not merged (RFC
+            # 9110 6.5.1), and dropped, as Envoy does with HTTP/1 trailers by default
+            return
         self._count_head(len(name) + len(value) + 4)
         assert self._current is not None
         self._current.headers.append((header_name(name), value.decode("latin-1")))

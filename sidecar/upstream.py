@@ -381,6 +381,8 @@ class _Connection(asyncio.Protocol):
             self._extra = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.headers_done:
+            return  # a trailer field (after a chunked body): not merged into the head, dropped
         self.headers.append((header_name(name), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:

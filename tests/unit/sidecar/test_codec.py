@@ -193,6 +193,27 @@ async def test_chunked_body_streams_to_the_handler() -> None:
     assert handler.bodies == [b"hello world"]
 
 
+async def test_trailer_fields_of_a_chunked_request_do_not_join_its_head() -> None:
+    # httptools reports trailer fields through on_header too: a request read whole in one go
+    # had them appended to its head after every check of it, so a trailer x-forwarded-for
+    # came after ours (the app's "last hop") and an authorization trailer became a header
+    handler = Recorder()
+    _, protocol, _ = connect(handler)
+    protocol.data_received(
+        b"POST /t HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+        b"0\r\nx-forwarded-for: 6.6.6.6\r\nauthorization: Bearer x\r\nhost: evil\r\n\r\n"
+        b"GET /next HTTP/1.1\r\nHost: a\r\nx-next: 1\r\n\r\n"
+    )
+    await settle()
+    first, second = handler.requests
+    assert handler.bodies[0] == b"hello"
+    names = [name for name, _ in first.headers]
+    assert names.count("x-forwarded-for") == 1 and "authorization" not in names
+    assert dict(first.headers)["x-forwarded-for"] == "10.0.0.7"
+    assert names.count("host") == 1 and first.authority == "a"
+    assert dict(second.headers)["x-next"] == "1" and second.target == "/next"
+
+
 async def test_expect_100_continue_is_answered_before_the_body_is_read() -> None:
     handler = Recorder()
     _, protocol, transport = connect(handler)

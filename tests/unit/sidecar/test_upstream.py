@@ -504,6 +504,20 @@ async def test_bytes_after_a_complete_response_keep_it_not_the_connection(
     assert len(net.servers) == 2  # not reused
 
 
+async def test_trailer_fields_of_a_chunked_response_do_not_join_its_head(
+    pool: UpstreamPool, net: FakeNetwork
+) -> None:
+    # httptools reports trailer fields through on_header too: arriving with the head, they
+    # were appended to it (a set-cookie trailer became a header the client got)
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nx-app: 1\r\n\r\n"
+    net.actions.append(lambda _: chunked + b"3\r\nabc\r\n0\r\nset-cookie: s=1\r\nx-t: 2\r\n\r\n")
+    response = await asyncio.wait_for(pool(request()), 2)
+    assert (response.status, response.body) == (200, b"abc")
+    assert [name for name, _ in response.headers] == ["x-app"]
+    await pool(request())
+    assert len(net.servers) == 1  # the connection stays reusable
+
+
 async def test_a_bad_body_before_the_exchange_took_the_head_fails_the_exchange(
     pool: UpstreamPool, net: FakeNetwork
 ) -> None:
