@@ -606,7 +606,11 @@ class _ServerProtocol(asyncio.Protocol):
                 raise BadRequest("both Content-Length and Transfer-Encoding")
             codings = [c.strip().lower() for c in transfer_encoding.split(",")]
             if codings[-1] != "chunked" or codings.count("chunked") != 1:
-                raise BadRequest("unsupported Transfer-Encoding")
+                raise BadRequest("unsupported Transfer-Encoding")  # (RFC 9112 6.3: 400)
+            if len(codings) > 1:
+                # gzip, chunked: the app would get gzip bytes as the body, nothing saying so
+                # (Transfer-Encoding is hop-by-hop); RFC 9112 6.1: 501 for a coding not known
+                raise BadRequest(f"transfer coding {codings[0]!r} is not supported", status=501)
         if p.upgrade and upgrade.strip().lower() == "h2c" and not transfer_encoding:
             pairs = cast("list[tuple[str, str]]", out)
             settings = [v for k, v in pairs if k == "http2-settings"]
@@ -891,13 +895,16 @@ class _ServerProtocol(asyncio.Protocol):
         status = response.status
         keep = p.keep_alive and not force_close and not self._draining and not self._closing
         no_body = p.method == "HEAD" or status in _NO_BODY_STATUSES or status < 200
+        # a HEAD or 304 answer keeps the length of what it stands for; 204 and 1xx carry none
+        # (RFC 9110 8.6: a server MUST NOT send one; an upstream's went on as it was)
+        keep_length = no_body and status != 204 and status >= 200
         reason = response.reason
         line = None if reason else _STATUS_LINES.get(status)
         if line is None:
             line = f"HTTP/1.1 {status} {reason or _PHRASE_STR.get(status, 'Unknown')}\r\n"
         lines = [line]
         for name, value in response.headers:
-            if name in HOP_BY_HOP or (name == "content-length" and not no_body):
+            if name in HOP_BY_HOP or (name == "content-length" and not keep_length):
                 continue
             # (pieces joined once: an f-string per line is a string built and freed each)
             lines.append(name)

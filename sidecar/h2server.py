@@ -238,15 +238,17 @@ class H2Body:
 
 def response_headers(response: Response, method: str) -> list[tuple[str, str]]:
     """The HTTP/2 header block for `response` (lower-case, no connection-specific fields)."""
-    out = [(":status", str(response.status))]
+    status = response.status
+    out = [(":status", str(status))]
+    lengthless = status == 204 or status < 200  # (RFC 9110 8.6: no Content-Length)
     for name, value in response.headers:
         if name in H2_HOP_BY_HOP or name == "te":
             continue
-        if name == "content-length" and not isinstance(response.body, bytes):
+        if name == "content-length" and (lengthless or not isinstance(response.body, bytes)):
             continue
         out.append((name, value))
     body = response.body
-    if isinstance(body, bytes) and body and method != "HEAD":
+    if isinstance(body, bytes) and body and method != "HEAD" and not lengthless:
         if not any(n == "content-length" for n, _ in out):
             out.append(("content-length", str(len(body))))
     return out

@@ -119,6 +119,7 @@ class _Connection(asyncio.Protocol):
         self._headers_waiter: asyncio.Future[None] | None = None
         self._wait_s = 0.0  # the pending header wait's timeout, when the deadline timer ends it
         self._error: ProxyError | None = None
+        self._head_error: ProxyError | None = None  # why on_headers_complete refused the head
         self.status = 0
         self.reason = ""
         self.headers: list[tuple[str, str]] = []
@@ -211,7 +212,8 @@ class _Connection(asyncio.Protocol):
                 self._early.append(rest)
         except httptools.HttpParserError as exc:
             if not self.complete:
-                self._protocol_error(UpstreamProtocolError(f"bad upstream response: {exc}"))
+                error = self._head_error or UpstreamProtocolError(f"bad upstream response: {exc}")
+                self._protocol_error(error)
                 return
             # a whole response, then bytes that are none: the response stands, the connection
             # does not (it is closed once the response is taken)
@@ -247,6 +249,7 @@ class _Connection(asyncio.Protocol):
         self._head_method = method
         self._headers_waiter = None
         self._error = None
+        self._head_error = None
         self.status = 0
         self.headers = []
         self.headers_done = self.complete = self.received_any = self._extra = False
@@ -387,21 +390,40 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         status = int(self._parser.get_status_code())
-        if 100 <= status < 200 and status != 101:
+        if status < 100:
+            self._head_error = UpstreamProtocolError(
+                f"bad upstream response: status {status} is not 100-599"
+            )
+            raise self._head_error
+        if status < 200 and status != 101:
             self.headers = []  # interim response (e.g. 103): wait for the final one
             return
+        framed = False  # by a length or chunked
+        codings = ""
+        for name, value in self.headers:
+            if name == "content-length":
+                framed = True
+            elif name == "transfer-encoding":
+                codings = f"{codings},{value}" if codings else value
+        if codings:
+            # only chunked is understood: any other coding would reach the client undone, with
+            # no header left to say so (Transfer-Encoding is hop-by-hop); a chunked that is not
+            # last leaves the length to the close (RFC 9112 6.3), llhttp's reading too
+            if codings.strip().lower() != "chunked":
+                problem = f"unsupported Transfer-Encoding {codings[:64]!r}"
+                self._head_error = UpstreamProtocolError(f"bad upstream response: {problem}")
+                raise self._head_error
+            framed = True
+        if status > 599:  # (RFC 9110 15: 100-599; httptools reads three digits, "099" too)
+            self._head_error = UpstreamProtocolError(
+                f"bad upstream response: status {status} is not 100-599"
+            )
+            raise self._head_error
         self.status = status
         self.headers_done = True
         self._keep_alive = bool(self._parser.should_keep_alive())  # reset once the message ends
         self._close_delimited = (
-            not any(
-                name == "content-length"
-                or (name == "transfer-encoding" and "chunked" in value.lower())
-                for name, value in self.headers
-            )
-            and status not in _NO_BODY_STATUSES
-            and status >= 200
-            and status != 101
+            not framed and status not in _NO_BODY_STATUSES and status >= 200 and status != 101
         )
         if self._head_method == "HEAD":
             self.complete = True
@@ -572,8 +594,15 @@ class UpstreamPool:
                 conn.pump.cancel()
             raise
         headers = _response_headers(conn)
-        if conn.status == 101 and upgrade and isinstance(body, BodyStream):
-            return self._tunnel(conn, headers, body)
+        if conn.status == 101:
+            if upgrade and isinstance(body, BodyStream):
+                return self._tunnel(conn, headers, body)
+            conn.abort()  # (what follows is another protocol: nothing to read or reuse)
+            if conn.pump is not None:
+                conn.pump.cancel()
+            raise UpstreamProtocolError(
+                "upstream switched protocols (101) though the request asked for no upgrade"
+            )
         response_body = conn.take_body(request.context.idle_timeout_s)
         return new_response(conn.status, headers, response_body)
 

@@ -214,6 +214,23 @@ async def test_trailer_fields_of_a_chunked_request_do_not_join_its_head() -> Non
     assert dict(second.headers)["x-next"] == "1" and second.target == "/next"
 
 
+async def test_a_204_goes_out_without_the_content_length_its_upstream_sent() -> None:
+    # RFC 9110 8.6: no Content-Length in a 204 or 1xx (a HEAD or 304 answer keeps its own)
+    async def respond(request: Request) -> Response:
+        status = int(request.target[1:])
+        return Response(status, (("content-length", "5"), ("x-app", "1")), b"")
+
+    handler = Recorder(respond)
+    _, protocol, transport = connect(handler)
+    protocol.data_received(
+        b"GET /204 HTTP/1.1\r\nHost: a\r\n\r\nGET /304 HTTP/1.1\r\nHost: a\r\n\r\n"
+    )
+    await settle()
+    no_content, not_modified = responses(bytes(transport.out))
+    assert no_content == b"204 No Content\r\nx-app: 1\r\n\r\n"
+    assert not_modified == b"304 Not Modified\r\ncontent-length: 5\r\nx-app: 1\r\n\r\n"
+
+
 async def test_expect_100_continue_is_answered_before_the_body_is_read() -> None:
     handler = Recorder()
     _, protocol, transport = connect(handler)
@@ -241,6 +258,7 @@ async def test_expect_100_continue_is_answered_before_the_body_is_read() -> None
         b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: ap\x93\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
     ],
     ids=[
         "cl-te",
@@ -253,6 +271,7 @@ async def test_expect_100_continue_is_answered_before_the_body_is_read() -> None
         "two-hosts",
         "host-not-ascii",
         "host-with-space",
+        "te-gzip-chunked",  # (the app got gzip bytes as the body: now 501)
     ],
 )
 async def test_bad_framing_is_refused_without_calling_the_handler(raw: bytes) -> None:
@@ -262,7 +281,8 @@ async def test_bad_framing_is_refused_without_calling_the_handler(raw: bytes) ->
     await settle()
     assert handler.requests == []
     out = bytes(transport.out)
-    assert out.startswith((b"HTTP/1.1 400 ", b"HTTP/1.1 405 "))
+    assert out.startswith((b"HTTP/1.1 400 ", b"HTTP/1.1 405 ", b"HTTP/1.1 501 "))
+    assert out.startswith(b"HTTP/1.1 501 ") == (b"gzip, chunked" in raw)
     assert b"x-meshlens-error: bad_request" in out
     assert transport.closed
 

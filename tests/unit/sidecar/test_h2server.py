@@ -12,7 +12,7 @@ import h2.events
 import h2.settings
 
 from sidecar.codec import HttpServer, ServerConfig
-from sidecar.h2server import H2Body, H2ServerConnection
+from sidecar.h2server import H2Body, H2ServerConnection, response_headers
 from sidecar.http import Request, Response, Trailers
 from sidecar.stack import Handler
 
@@ -242,3 +242,19 @@ async def test_server_settings_allow_many_concurrent_streams() -> None:
     events = peer.receive()
     ended = {e.stream_id for e in events if isinstance(e, h2.events.StreamEnded)}
     assert ended == set(ids)
+
+
+def test_a_204_or_1xx_block_carries_no_content_length() -> None:
+    # RFC 9110 8.6; an h2 client takes a content-length of 5 on an empty stream as a
+    # protocol error (the upstream's went on as it was)
+    sent = (("content-length", "5"), ("x-app", "1"))
+    assert response_headers(Response(204, sent, b"hello"), "GET") == [
+        (":status", "204"),
+        ("x-app", "1"),
+    ]
+    assert response_headers(Response(304, sent, b""), "GET") == [
+        (":status", "304"),
+        ("content-length", "5"),
+        ("x-app", "1"),
+    ]
+    assert ("content-length", "2") in response_headers(Response(200, (), b"ok"), "GET")

@@ -518,6 +518,32 @@ async def test_trailer_fields_of_a_chunked_response_do_not_join_its_head(
     assert len(net.servers) == 1  # the connection stays reusable
 
 
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"HTTP/1.1 101 Switching Protocols\r\n\r\nraw", "asked for no upgrade"),
+        (b"HTTP/1.1 600 Odd\r\nContent-Length: 2\r\n\r\nok", "status 600 is not 100-599"),
+        (b"HTTP/1.1 099 Odd\r\nContent-Length: 2\r\n\r\nok", "status 99 is not 100-599"),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            "unsupported Transfer-Encoding 'gzip, chunked'",
+        ),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\nok", "'chunked, gzip'"),
+    ],
+    ids=["101-unasked", "status-600", "status-099", "gzip-chunked", "chunked-gzip"],
+)
+async def test_a_response_head_the_client_cannot_be_given_is_a_protocol_error(
+    pool: UpstreamPool, net: FakeNetwork, raw: bytes, message: str
+) -> None:
+    # Before: a 101 to a plain GET went to the client, which took the connection as switched;
+    # 600 went on; 099 raised ValueError out of the pool (a logged "handler raised", 502
+    # proxy_error); gzip-coded bytes reached the client with nothing left to say so.
+    net.actions.append(lambda _: raw)
+    with pytest.raises(UpstreamProtocolError, match=message):
+        await asyncio.wait_for(pool(request()), 2)
+    assert net.servers[0].closed
+
+
 async def test_a_bad_body_before_the_exchange_took_the_head_fails_the_exchange(
     pool: UpstreamPool, net: FakeNetwork
 ) -> None:
