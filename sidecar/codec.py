@@ -377,6 +377,13 @@ class _ServerProtocol(asyncio.Protocol):
         self._head_raw = 0
         self._in_head = False
         self._reject_error: ProxyError | None = None
+        # A request asking an Upgrade with a Content-Length body is served as HTTP/1.1
+        # (_finish_head). llhttp takes an upgrade request as bodiless: it ends the message at
+        # its head and stops there, so the body is read here (_feed_raw_body), then parsing
+        # goes on with a new parser.
+        self._unupgraded: _Pending | None = None  # such a request, its head just ended
+        self._raw_body: ByteStream | None = None  # its body, while bytes of it are due
+        self._raw_left = 0
         self._task: asyncio.Task[None] | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._write_paused = False
@@ -453,26 +460,56 @@ class _ServerProtocol(asyncio.Protocol):
             if data.startswith(b"PRI * HTTP/2"):  # HTTP/2 client preface: h2c or TLS with ALPN h2
                 self._hand_over_h2(data)
                 return
-        self._chunk, self._fresh = data, self._current is None
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as upgrade:
-            if not self._upgrade_h2c(data[int(upgrade.args[0]) :]):
-                self._start_tunnel(data[int(upgrade.args[0]) :])
-            return
-        except httptools.HttpParserError as exc:
-            self._reject(self._reject_error or BadRequest(f"malformed request: {exc}"))
-            return
+        if self._raw_left:
+            data = self._feed_raw_body(data)
+            if not data:
+                return
+        while True:
+            self._chunk, self._fresh = data, self._current is None
+            try:
+                self._parser.feed_data(data)
+            except httptools.HttpParserUpgrade as upgrade:
+                rest = data[int(upgrade.args[0]) :]
+                unupgraded = self._unupgraded
+                if unupgraded is not None and unupgraded.body is not None:
+                    self._unupgraded = None
+                    self._parser = httptools.HttpRequestParser(self)
+                    self._raw_body = unupgraded.body
+                    self._raw_left = unupgraded.body.length or 0
+                    data = self._feed_raw_body(rest)
+                    if data:
+                        continue  # (a loop, not recursion: a read may hold many such requests)
+                    break
+                if not self._upgrade_h2c(rest):
+                    self._start_tunnel(rest)
+                return
+            except httptools.HttpParserError as exc:
+                self._reject(self._reject_error or BadRequest(f"malformed request: {exc}"))
+                return
+            break
         self._chunk = b""  # (not kept alive past its parse)
         if self._in_head:  # a header line still incomplete after this read: bound it too
             self._head_raw += len(data)
             if self._head_raw > self._config.max_header_bytes:
                 self._reject(HeadersTooLarge("request headers too large"))
 
+    def _feed_raw_body(self, data: bytes) -> bytes:
+        """Feed the due bytes of an un-upgraded request's body; return what follows them."""
+        body = self._raw_body
+        assert body is not None
+        n = min(len(data), self._raw_left)
+        body.feed(data[:n])
+        self._raw_left -= n
+        if not self._raw_left:
+            body.feed_eof()
+            self._raw_body = None
+        return data[n:]
+
     # -- parser callbacks ----------------------------------------------------------------
 
     def on_message_begin(self) -> None:
         self._current = _Pending()
+        self._unupgraded = None  # (set again by this message's head if it is one)
         self._current_queued = False
         self._url_parts = []
         self._in_head = True
@@ -543,7 +580,7 @@ class _ServerProtocol(asyncio.Protocol):
         if p is None:
             return
         p.complete = True
-        if p.body is not None and not p.upgrade:
+        if p.body is not None and not p.upgrade and p is not self._unupgraded:
             p.body.feed_eof()
         self._current = None
 
@@ -611,6 +648,16 @@ class _ServerProtocol(asyncio.Protocol):
                 # gzip, chunked: the app would get gzip bytes as the body, nothing saying so
                 # (Transfer-Encoding is hop-by-hop); RFC 9112 6.1: 501 for a coding not known
                 raise BadRequest(f"transfer coding {codings[0]!r} is not supported", status=501)
+        if p.upgrade and (transfer_encoding or (content_length and int(content_length))):
+            # A body with an Upgrade went on raw after a head that no longer gave its length:
+            # an app declining the upgrade read it as its next request, one the sidecar never
+            # saw (a smuggled request). RFC 9110 7.8 lets a server ignore Upgrade: such a
+            # request is served as HTTP/1.1 with its body (curl --http2 -d asks h2c with one;
+            # mod_h2 serves it so too). A chunked one is refused: llhttp would not read it.
+            if transfer_encoding:
+                raise BadRequest("an Upgrade request with a chunked body is not supported")
+            p.upgrade = False
+            self._unupgraded = p
         if p.upgrade and upgrade.strip().lower() == "h2c" and not transfer_encoding:
             pairs = cast("list[tuple[str, str]]", out)
             settings = [v for k, v in pairs if k == "http2-settings"]

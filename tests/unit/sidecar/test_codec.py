@@ -231,6 +231,50 @@ async def test_a_204_goes_out_without_the_content_length_its_upstream_sent() -> 
     assert not_modified == b"304 Not Modified\r\ncontent-length: 5\r\nx-app: 1\r\n\r\n"
 
 
+@pytest.mark.parametrize(
+    "split",
+    [None, 60, 160, 179, 185],  # (the head is 145 bytes, the body 34)
+    ids=["one-read", "in-head", "in-body", "at-body-end", "in-next-request"],
+)
+async def test_an_upgrade_request_with_a_body_is_served_as_http11_with_that_body(
+    split: int | None,
+) -> None:
+    # llhttp ends an upgrade request at its head: the body went on raw after a head without a
+    # length, so an app declining the upgrade took it for its next request (here GET /admin,
+    # which the sidecar never saw). curl --http2 -d asks h2c so, with its form as the body.
+    handler = Recorder()
+    _, protocol, transport = connect(handler)
+    smuggled = b"GET /admin HTTP/1.1\r\nHost: a\r\n\r\n"
+    raw = (
+        b"POST /form HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+        b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n"
+        b"Content-Length: %d\r\n\r\n%sGET /next HTTP/1.1\r\nHost: a\r\n\r\n"
+        % (len(smuggled), smuggled)
+    )
+    assert raw.index(smuggled) == 145
+    for part in (raw,) if split is None else (raw[:split], raw[split:]):
+        protocol.data_received(part)
+        await settle()
+    assert [r.target for r in handler.requests] == ["/form", "/next"]
+    assert handler.bodies == [smuggled, b""]
+    names = [name for name, _ in handler.requests[0].headers]
+    assert not {"upgrade", "connection", "http2-settings"} & set(names)
+    assert [r.split(b"\r\n")[0] for r in responses(bytes(transport.out))] == [b"200 OK"] * 2
+    assert not transport.closed
+
+
+async def test_an_upgrade_request_with_a_chunked_body_is_refused() -> None:
+    handler = Recorder()
+    _, protocol, transport = connect(handler)
+    protocol.data_received(
+        b"POST / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    )
+    await settle()
+    assert handler.requests == []
+    assert bytes(transport.out).startswith(b"HTTP/1.1 400 ")
+
+
 async def test_expect_100_continue_is_answered_before_the_body_is_read() -> None:
     handler = Recorder()
     _, protocol, transport = connect(handler)
