@@ -690,6 +690,8 @@ class _ServerProtocol(asyncio.Protocol):
     def _resolve_target(self, p: _Pending, host: str) -> None:
         url = b"".join(self._url_parts)
         if url.startswith(b"/") or url == b"*":
+            if url == b"*" and p.method != "OPTIONS":  # (RFC 9112 3.2.4; llhttp takes any)
+                raise BadRequest("the asterisk-form target is for OPTIONS only")
             p.target = url.decode("latin-1")
             p.authority = host
         else:

@@ -303,6 +303,7 @@ async def test_expect_100_continue_is_answered_before_the_body_is_read() -> None
         b"GET / HTTP/1.1\r\nHost: ap\x93\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
         b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        b"GET * HTTP/1.1\r\nHost: a\r\n\r\n",
     ],
     ids=[
         "cl-te",
@@ -316,6 +317,7 @@ async def test_expect_100_continue_is_answered_before_the_body_is_read() -> None
         "host-not-ascii",
         "host-with-space",
         "te-gzip-chunked",  # (the app got gzip bytes as the body: now 501)
+        "asterisk-not-options",  # (went upstream as GET *; over HTTP/2 a 400 already)
     ],
 )
 async def test_bad_framing_is_refused_without_calling_the_handler(raw: bytes) -> None:
@@ -541,3 +543,12 @@ async def test_request_versions_are_parsed_whatever_the_reads(
     await settle()
     assert [request.version for request in handler.requests] == versions
     assert bytes(transport.out).count(b"HTTP/1.1 200 ") == len(versions)
+
+
+async def test_options_asterisk_is_passed_on() -> None:
+    handler = Recorder()
+    _, protocol, transport = connect(handler)
+    protocol.data_received(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n")
+    await settle()
+    assert [(r.method, r.target) for r in handler.requests] == [("OPTIONS", "*")]
+    assert bytes(transport.out).startswith(b"HTTP/1.1 200 ")
