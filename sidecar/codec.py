@@ -649,11 +649,12 @@ class _ServerProtocol(asyncio.Protocol):
                 # (Transfer-Encoding is hop-by-hop); RFC 9112 6.1: 501 for a coding not known
                 raise BadRequest(f"transfer coding {codings[0]!r} is not supported", status=501)
         if p.upgrade and (transfer_encoding or (content_length and int(content_length))):
-            # A body with an Upgrade went on raw after a head that no longer gave its length:
-            # an app declining the upgrade read it as its next request, one the sidecar never
-            # saw (a smuggled request). RFC 9110 7.8 lets a server ignore Upgrade: such a
-            # request is served as HTTP/1.1 with its body (curl --http2 -d asks h2c with one;
-            # mod_h2 serves it so too). A chunked one is refused: llhttp would not read it.
+            # llhttp takes an upgrade request as bodiless: its body waited as tunnel bytes, sent
+            # only after a 101, so an app declining the upgrade got the request without it (and
+            # a request pipelined after it never came). RFC 9110 7.8 lets a server ignore
+            # Upgrade: such a request is served as HTTP/1.1 with its body (curl --http2 -d asks
+            # h2c with one; mod_h2 serves it so too). A chunked one is refused: llhttp would
+            # not read it.
             if transfer_encoding:
                 raise BadRequest("an Upgrade request with a chunked body is not supported")
             p.upgrade = False

@@ -239,9 +239,10 @@ async def test_a_204_goes_out_without_the_content_length_its_upstream_sent() -> 
 async def test_an_upgrade_request_with_a_body_is_served_as_http11_with_that_body(
     split: int | None,
 ) -> None:
-    # llhttp ends an upgrade request at its head: the body went on raw after a head without a
-    # length, so an app declining the upgrade took it for its next request (here GET /admin,
-    # which the sidecar never saw). curl --http2 -d asks h2c so, with its form as the body.
+    # llhttp ends an upgrade request at its head: its body waited as tunnel bytes (sent only
+    # after a 101), so an app declining the upgrade got the POST without it, and /next never
+    # came. curl --http2 -d asks h2c so, with its form as the body. (A body that looks like a
+    # request must stay a body.)
     handler = Recorder()
     _, protocol, transport = connect(handler)
     smuggled = b"GET /admin HTTP/1.1\r\nHost: a\r\n\r\n"
