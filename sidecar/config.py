@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sidecar.http import Endpoint
+from sidecar.http import Endpoint, parse_digits
 from sidecar.jwks import ALGORITHMS, JwksConfig
 from sidecar.layers.authz import AuthzConfig, AuthzRule
 from sidecar.layers.balance import BalanceConfig
@@ -97,9 +97,10 @@ def _endpoint_from_string(value: Any) -> Any:
     """Accept the shorthand "host:port"."""
     if isinstance(value, str):
         host, sep, port = value.rpartition(":")
-        if not sep or not port.isdigit():
+        number = parse_digits(port, 5) if sep else None
+        if number is None:
             raise Invalid(f"endpoint {value!r} is not host:port")
-        return {"host": host.strip("[]"), "port": int(port)}
+        return {"host": host.strip("[]"), "port": number}
     return value
 
 

@@ -25,7 +25,7 @@ import h2.settings
 import hyperframe.frame
 
 from sidecar.errors import BadRequest, DownstreamError, ProxyError
-from sidecar.http import Body, BodyStream, Headers, Request, RequestContext, Response
+from sidecar.http import Body, BodyStream, Headers, Request, RequestContext, Response, parse_digits
 from sidecar.layers.proxy_errors import error_response
 
 __all__ = [
@@ -412,8 +412,8 @@ class H2ServerConnection(asyncio.Protocol):
     def _new_body(self, stream_id: int, headers: list[tuple[str, str]]) -> H2Body:
         length = None
         for name, value in headers:
-            if name == "content-length" and value.isdigit():
-                length = int(value)
+            if name == "content-length":
+                length = parse_digits(value, 19)
 
         def ack(n: int) -> None:
             if self._closed:

@@ -36,6 +36,7 @@ __all__ = [
     "new_context",
     "new_request",
     "new_response",
+    "parse_digits",
     "read_body",
     "with_header",
     "without_headers",
@@ -523,6 +524,15 @@ def header_name(raw: bytes) -> str:
         if len(_HEADER_NAMES) < _HEADER_NAMES_MAX:
             _HEADER_NAMES[raw] = name
     return name
+
+
+def parse_digits(text: str, max_digits: int = 15) -> int | None:
+    """`text` as a number when it is 1 to `max_digits` ASCII digits, else None. (str.isdigit
+    also takes '\u00b2' and other scripts' digits, which int() refuses, and int() of 4,300
+    digits or more raises: from a header, either was a 500 and a logged traceback.)"""
+    if 0 < len(text) <= max_digits and text.isascii() and text.isdigit():
+        return int(text)
+    return None
 
 
 def header_value(headers: Headers, name: str) -> str | None:

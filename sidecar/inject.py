@@ -23,6 +23,8 @@ from typing import Any
 
 import yaml
 
+from sidecar.http import parse_digits
+
 __all__ = ["InjectError", "InjectOptions", "capture_script", "inject_documents", "register"]
 
 SIDECAR_NAME = "meshlens-sidecar"
@@ -66,9 +68,10 @@ def _ports(text: str, where: str) -> list[int]:
     for item in (part.strip() for part in text.split(",")):
         if not item:
             continue
-        if not item.isdigit() or not 0 < int(item) < 65536:
+        port = parse_digits(item, 5)
+        if port is None or not 0 < port < 65536:
             raise InjectError(f"{where}: port {item!r} is not 1..65535")
-        ports.append(int(item))
+        ports.append(port)
     return ports
 
 

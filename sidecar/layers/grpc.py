@@ -11,7 +11,7 @@ import re
 from collections.abc import Awaitable, Callable
 
 from sidecar.errors import ERROR_HEADER, UpstreamTimeout
-from sidecar.http import BodyStream, Request, Response, header_value, with_header
+from sidecar.http import BodyStream, Request, Response, header_value, parse_digits, with_header
 from sidecar.stack import AttemptStage, Clock, Handler, Layer, monotonic
 
 __all__ = [
@@ -64,10 +64,11 @@ def is_grpc(request: Request) -> bool:
 def parse_timeout(value: str) -> float | None:
     """Seconds from a grpc-timeout value (1-8 digits and a unit, e.g. `250m`), None if invalid."""
     value = value.strip()
-    digits, unit = value[:-1], value[-1:]
-    if not digits.isdigit() or len(digits) > 8 or unit not in _UNITS:
+    amount = parse_digits(value[:-1], 8)
+    unit = value[-1:]
+    if amount is None or unit not in _UNITS:
         return None
-    return int(digits) * _UNITS[unit]
+    return amount * _UNITS[unit]
 
 
 def format_timeout(seconds: float) -> str:
@@ -87,9 +88,10 @@ def grpc_status(response: Response) -> tuple[int, str] | None:
     if code is None and response.trailers is not None and response.trailers.received:
         headers = response.trailers.fields
         code = header_value(headers, "grpc-status")
-    if code is None or not code.strip().isdigit():
+    number = parse_digits(code.strip(), 9) if code is not None else None
+    if number is None:
         return None
-    return int(code), header_value(headers, "grpc-message") or ""
+    return number, header_value(headers, "grpc-message") or ""
 
 
 class _StatusBody:

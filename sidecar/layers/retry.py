@@ -26,7 +26,7 @@ from sidecar.errors import (
     UpstreamProtocolError,
     UpstreamReset,
 )
-from sidecar.http import Endpoint, Request, RequestContext, Response, header_value
+from sidecar.http import Endpoint, Request, RequestContext, Response, header_value, parse_digits
 from sidecar.layers.budget import BudgetConfig, RetryBudget
 from sidecar.stack import Clock, Handler, Layer, Sleep, monotonic
 
@@ -98,8 +98,9 @@ class RetryConfig:
 def parse_retry_after(value: str, now_wall: float) -> float | None:
     """Seconds to wait from a Retry-After value (delta-seconds or HTTP-date), None if invalid."""
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    seconds = parse_digits(value)
+    if seconds is not None:
+        return float(seconds)
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):

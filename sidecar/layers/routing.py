@@ -15,7 +15,7 @@ from itertools import accumulate
 from typing import Final
 
 from sidecar.errors import NoRoute
-from sidecar.http import Endpoint, Request, Response, header_value
+from sidecar.http import Endpoint, Request, Response, header_value, parse_digits
 from sidecar.stack import Handler, Layer
 
 __all__ = [
@@ -125,8 +125,9 @@ def split_authority(authority: str, scheme: str = "http") -> tuple[str, int | No
         host, port = authority[1:end], authority[end + 2 :]
     elif authority.count(":") == 1:
         host, _, port = authority.partition(":")
-    if port.isdigit():
-        return host.lower(), int(port)
+    number = parse_digits(port, 5)
+    if number is not None:
+        return host.lower(), number
     return host.lower(), None if port else _DEFAULT_PORTS.get(scheme)
 
 

@@ -19,6 +19,7 @@ from sidecar.http import (
     RequestContext,
     Response,
     header_value,
+    parse_digits,
     with_header,
 )
 from sidecar.stack import Clock, Handler, Layer, monotonic
@@ -63,9 +64,10 @@ class TimeoutConfig:
 
 def _budget(theirs: str | None, request_s: float | None) -> float | None:
     """Our budget, shortened by the caller's x-meshlens-timeout-ms (`theirs`) when smaller."""
-    if theirs is None or not theirs.isdigit():
+    ms = parse_digits(theirs) if theirs is not None else None
+    if ms is None:
         return request_s
-    budget_s = int(theirs) / 1000.0
+    budget_s = ms / 1000.0
     return budget_s if request_s is None or budget_s < request_s else request_s
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Final, cast
 
-from sidecar.http import BodyStream, Headers
+from sidecar.http import BodyStream, Headers, parse_digits
 from sidecar.telemetry.context import (
     B3_HEADERS,
     TRACE_HEADERS,
@@ -105,7 +105,7 @@ def split_host_port(address: str) -> tuple[str, int]:
         host, sep, port = address.rpartition(":")
         if not sep or ":" in host:
             return address, 0
-    return host, int(port) if port.isdigit() else 0
+    return host, parse_digits(port, 5) or 0
 
 
 def peer_from_spiffe(identity: str) -> str:

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from sidecar.errors import ProxyError
-from sidecar.http import Body, Endpoint, Request, RequestContext, header_value
+from sidecar.http import Body, Endpoint, Request, RequestContext, header_value, parse_digits
 from sidecar.stack import Clock, Sleep, monotonic
 from sidecar.upstream import UpstreamConfig, UpstreamPool
 
@@ -195,8 +195,9 @@ def parse_retry_after(value: str | None, *, now_s: float | None = None) -> float
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    seconds = parse_digits(value)
+    if seconds is not None:
+        return float(seconds)
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):

@@ -65,6 +65,8 @@ PIECES = [
     b"Proxy-Connection: keep-alive\r\n", b"GET / HTTP/1.1\r\nHost: app\r\n\r\n", b"0\r\n\r\n",
     b"ffffffffffffffff\r\n", b"HTTP/1.1", b"x" * 9000,
     b"Connection: upgrade\r\nUpgrade: websocket\r\n", b"Upgrade: h2c\r\n", b"x-trailer: 1\r\n",
+    b"x-meshlens-timeout-ms: \xb2\r\n", b"x-meshlens-timeout-ms: " + b"9" * 400 + b"\r\n",
+    b"Retry-After: \xb2\r\n",
 ]  # fmt: skip
 HOP_BY_HOP = {"keep-alive", "proxy-connection", "te", "trailer", "upgrade"}
 PLAIN = b"GET /plain HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n"

@@ -198,3 +198,11 @@ def test_inbound_may_override_the_replay_buffer() -> None:
 
     assert config.inbound.retry is not None and config.inbound.retry.max_buffer_bytes == 10
     assert parse_config({"inbound": {"retry": {}}}).inbound.retry.max_buffer_bytes == 65_536
+
+
+@pytest.mark.parametrize("port", ["\u00b2", "9" * 5000, "", "x"])
+def test_an_endpoint_port_that_is_no_ascii_number_is_a_config_error(port: str) -> None:
+    # ('\u00b2' passed str.isdigit and int() raised ValueError out of parse_config, as did
+    # 5,000 digits: a pushed policy failed with a traceback instead of its listed problems)
+    with pytest.raises(ConfigError, match=r"endpoints\[0\]: endpoint .* is not host:port"):
+        parse_config({"upstreams": {"app": {"endpoints": [f"127.0.0.1:{port}"]}}})

@@ -23,6 +23,7 @@ from sidecar.http import (
     new_context,
     new_request,
     new_response,
+    parse_digits,
     read_body,
 )
 from tests.fakes import count_loop_timers
@@ -349,3 +350,12 @@ async def test_a_timer_of_another_loop_arms_its_own_loop_timer() -> None:
     assert len(queue) == 1
     mine.cancel()
     await _finish([task])
+
+
+def test_parse_digits_takes_ascii_digits_only_and_bounds_their_count() -> None:
+    assert parse_digits("0") == 0 and parse_digits("250") == 250
+    assert parse_digits("9" * 15) == 10**15 - 1
+    # str.isdigit takes these, int() refuses them (or raises past 4,300 digits)
+    for text in ("\u00b2", "1\u00b3", "\u0663", "9" * 16, "9" * 5000, "", " 1", "1 ", "-1", "+1"):
+        assert parse_digits(text) is None, text
+    assert parse_digits("65535", 5) == 65535 and parse_digits("123456", 5) is None

@@ -49,7 +49,9 @@ def test_parse_timeout_reads_every_unit(value: str, seconds: float) -> None:
     assert parse_timeout(value) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("value", ["", "S", "1", "1s", "123456789S", "-1S", "1.5S"])
+@pytest.mark.parametrize(
+    "value", ["", "S", "1", "1s", "123456789S", "-1S", "1.5S", "\u00b2S", "1\u00b3m"]
+)
 def test_parse_timeout_refuses_malformed_values(value: str) -> None:
     assert parse_timeout(value) is None
 
@@ -70,6 +72,8 @@ def test_grpc_status_from_trailers_only_head_or_received_trailers() -> None:
     pending.set((("grpc-status", "0"),))
     assert grpc_status(streamed) == (0, "")
     assert grpc_status(Response(200)) is None
+    for odd in ("\u00b2", "9" * 5000, "x"):  # (isdigit, then int() raised)
+        assert grpc_status(Response(200, (("grpc-status", odd),))) is None
 
 
 async def test_status_of_a_streamed_response_is_recorded_when_its_body_ends() -> None:

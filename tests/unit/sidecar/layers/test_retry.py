@@ -143,6 +143,7 @@ def test_parse_retry_after_accepts_seconds_and_http_dates() -> None:
     # Sun, 06 Nov 1994 08:49:37 GMT = 784111777
     assert parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", 784111770.0) == 7.0
     assert parse_retry_after("soon", 0.0) is None
+    assert parse_retry_after("\u00b2", 0.0) is None  # (isdigit, then float() raised)
 
 
 async def test_budget_exhaustion_returns_the_last_response() -> None:

@@ -92,6 +92,17 @@ async def test_a_callers_smaller_budget_shortens_ours() -> None:
     assert _deadline_header(upstream.seen[1]) == "5000"  # ours is smaller
 
 
+@pytest.mark.parametrize("theirs", ["\u00b2", "9" * 400, "9" * 5000, "-5", "1.5"])
+async def test_a_caller_budget_that_is_no_number_is_ignored(theirs: str) -> None:
+    # '\u00b2' passed str.isdigit and int() raised; 400 nines overflowed float, 5,000 int():
+    # a 500 and a logged traceback for any client that sent such a header
+    upstream = ScriptedUpstream()
+    handler = compose([timeout_layer(TimeoutConfig(request_s=2.5))], upstream)
+    response = await handler(make_request(headers=((DEADLINE_HEADER, theirs),)))
+    assert response.status == 200
+    assert _deadline_header(upstream.seen[0]) == "2500"
+
+
 async def test_an_exhausted_caller_budget_fails_at_once() -> None:
     upstream = ScriptedUpstream()
     handler = compose([timeout_layer(TimeoutConfig())], upstream)
