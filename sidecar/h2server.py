@@ -85,21 +85,14 @@ def field_problem(fields: list[tuple[str, str]]) -> str | None:
     return None
 
 
-def head_problem(headers: list[tuple[str, str]]) -> ProxyError | None:
-    """Why this HTTP/2 request head cannot be forwarded (a 400 or 405), or None."""
-    method = target = authority = host = ""
-    for name, value in headers:
-        if name.startswith(":"):
-            if name == ":method":
-                method = value
-            elif name == ":path":
-                target = value
-            elif name == ":authority":
-                authority = value
-        elif not _TOKEN.fullmatch(name):
+def head_problem(
+    method: str, target: str, authority: str, fields: list[tuple[str, str]]
+) -> ProxyError | None:
+    """Why an HTTP/2 request head (its pseudo-header values, and all its fields) cannot be
+    forwarded: a 400 or 405; None if it can."""
+    for name, value in fields:
+        if not name.startswith(":") and not _TOKEN.fullmatch(name):
             return BadRequest(f"invalid header name {name[:64]!r}")
-        elif name == "host":
-            host = value
         if _CONTROL.search(value):
             return BadRequest(f"control character in header {name[:64]!r}")
     if method == "CONNECT":
@@ -108,7 +101,7 @@ def head_problem(headers: list[tuple[str, str]]) -> ProxyError | None:
         return BadRequest("invalid method")
     if not (_TARGET.fullmatch(target) or (target == "*" and method == "OPTIONS")):
         return BadRequest("invalid request target")
-    if not _VISIBLE.fullmatch(authority or host):
+    if not _VISIBLE.fullmatch(authority):
         return BadRequest("invalid authority")
     return None
 
@@ -474,7 +467,7 @@ class H2ServerConnection(asyncio.Protocol):
             original_dst=self._original_dst,
         )
         request = Request(method, target, tuple(out), body, authority, scheme, "2", context)
-        self._spawn(stream_id, request, head_problem(headers))
+        self._spawn(stream_id, request, head_problem(method, target, authority, headers))
 
     def _spawn(self, stream_id: int, request: Request, refused: ProxyError | None = None) -> None:
         if stream_id not in self._bodies:

@@ -180,18 +180,10 @@ class _Connection(asyncio.Protocol):
         stream = self.streams.get(sid)
         if isinstance(event, h2.events.ResponseReceived):
             if stream is not None:
-                headers = text_fields(event.headers)
-                # (inbound validation is off, costly per stream: CR/LF in a field we would
-                # write into an HTTP/1.1 response head is checked here, as llhttp would; the
-                # exchange, failed, resets the stream)
-                problem = field_problem(headers)
-                if problem is not None:
-                    self._fail(
-                        stream, UpstreamProtocolError(f"bad HTTP/2 from upstream: {problem}")
-                    )
-                    return
-                stream.headers = headers
-                stream.wake()
+                headers = self._fields(stream, event.headers)
+                if headers is not None:
+                    stream.headers = headers
+                    stream.wake()
         elif isinstance(event, h2.events.DataReceived):
             if stream is not None:
                 stream.body.feed(event.data or b"", event.flow_controlled_length or 0)
@@ -199,14 +191,9 @@ class _Connection(asyncio.Protocol):
                 self.h2.acknowledge_received_data(event.flow_controlled_length, sid)
         elif isinstance(event, h2.events.TrailersReceived):
             if stream is not None:
-                trailers = text_fields(event.headers)
-                problem = field_problem(trailers)
-                if problem is not None:
-                    self._fail(
-                        stream, UpstreamProtocolError(f"bad HTTP/2 from upstream: {problem}")
-                    )
-                    return
-                stream.trailers.set(tuple(trailers))
+                trailers = self._fields(stream, event.headers)
+                if trailers is not None:
+                    stream.trailers.set(tuple(trailers))
         elif isinstance(event, h2.events.StreamEnded):
             if stream is not None:
                 if not stream.trailers.received:
@@ -230,6 +217,18 @@ class _Connection(asyncio.Protocol):
                     self.done(stream_id)
             if not self.streams:
                 self.close()
+
+    def _fields(self, stream: _Stream, raw: Any) -> list[tuple[str, str]] | None:
+        """A head's or trailers' fields as text, or None with `stream` failed: inbound
+        validation is off (costly per stream), so CR/LF or another control, which would go
+        into an HTTP/1.1 client's response head, is checked here, as llhttp checks it (the
+        exchange, failed, resets the stream)."""
+        fields = text_fields(raw)
+        problem = field_problem(fields)
+        if problem is None:
+            return fields
+        self._fail(stream, UpstreamProtocolError(f"bad HTTP/2 from upstream: {problem}"))
+        return None
 
     def _fail(self, stream: _Stream, error: ProxyError) -> None:
         stream.error = error
