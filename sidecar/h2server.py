@@ -57,6 +57,7 @@ _NO_BODY_STATUSES = frozenset({204, 304})
 # HTTP/1.1 text when the upstream speaks that, where `:method "GET /admin"` became the request
 # line `GET /admin /ok HTTP/1.1` and `:path "admin"` escaped every "/admin" path rule.
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 5.6.2
+_NAME: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")  # a field name, as HTTP/2 has it
 _TARGET: Final = re.compile(r"/[\x21-\x7e]*")  # origin-form, visible ASCII (RFC 9113 8.3.1)
 _VISIBLE: Final = re.compile(r"[\x21-\x7e]*")
 _CONTROL: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # not field-content (RFC 9110 5.5)
@@ -78,8 +79,11 @@ def wire_fields(fields: Any) -> list[tuple[bytes, bytes]]:
 
 
 def field_problem(fields: list[tuple[str, str]]) -> str | None:
-    """The first field whose value holds a control character, as a message, or None."""
+    """What makes received HTTP/2 fields malformed (RFC 9113 8.2.1), as a message, or None: a
+    name that is no lower-case token (pseudo-headers aside), a value with a control."""
     for name, value in fields:
+        if not name.startswith(":") and not _NAME.fullmatch(name):
+            return f"invalid header name {name[:64]!r}"
         if _CONTROL.search(value):
             return f"control character in header {name[:64]!r}"
     return None

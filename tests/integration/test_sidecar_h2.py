@@ -205,9 +205,13 @@ class ScriptedH2App(asyncio.Protocol):
 
     def __init__(self, server: ScriptedH2Server) -> None:
         self.server = server
-        # (outbound validation off: `/crlf` sends a field no valid server would)
+        # (outbound validation and lower-casing off: `/crlf` and `/upper` send fields no valid
+        # server would)
         config = h2.config.H2Configuration(
-            client_side=False, header_encoding="utf-8", validate_outbound_headers=False
+            client_side=False,
+            header_encoding="utf-8",
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
         )
         self.conn = h2.connection.H2Connection(config)
         self.transport: asyncio.Transport | None = None
@@ -245,9 +249,10 @@ class ScriptedH2App(asyncio.Protocol):
             assert self.transport is not None
             self.transport.close()
             return
-        elif path in ("/crlf", "/bytes"):
+        elif path in ("/crlf", "/bytes", "/upper"):
             value = b"a\r\nset-cookie: evil=1" if path == "/crlf" else b"caf\xc3\xa9 \xff"
-            self.conn.send_headers(stream_id, [(b":status", b"200"), (b"x-odd", value)])
+            name = b"X-Odd" if path == "/upper" else b"x-odd"
+            self.conn.send_headers(stream_id, [(b":status", b"200"), (name, value)])
             self.conn.send_data(stream_id, b"body", end_stream=True)
         else:
             if path == "/hold":
@@ -550,5 +555,11 @@ async def test_an_h2_upstream_field_with_cr_lf_is_a_502_and_other_bytes_pass_as_
         odd = await get("/bytes")
         assert odd.startswith(b"HTTP/1.1 200 ")
         assert b"\r\nx-odd: caf\xc3\xa9 \xff\r\n" in odd
+        # an upper-case name is malformed in HTTP/2 (RFC 9113 8.2.1): an HTTP/2 client
+        # given it would fail the stream
+        upper = await get("/upper")
+        assert (
+            upper.startswith(b"HTTP/1.1 502 ") and b"x-meshlens-error: upstream_protocol" in upper
+        )
     finally:
         app.close()
