@@ -43,6 +43,7 @@ from sidecar.jwks import pool_fetch
 from sidecar.layers.authz import Authorizer, AuthzConfig
 from sidecar.layers.grpc import grpc_attempt_layer, grpc_layer
 from sidecar.layers.jwt import Authenticator, JwtConfig, jwt_layer
+from sidecar.paths import MODES as PATH_MODES
 from sidecar.protocols import LazyH2Pool, OwnListeners, guarded_terminal, protocol_terminal
 from sidecar.stack import Handler, Layer
 from sidecar.telemetry import Telemetry, TelemetryConfig
@@ -99,6 +100,7 @@ class SidecarOptions:
     ca_file: str | None = None
     # transparent capture (--capture): route by SO_ORIGINAL_DST of redirected connections
     capture: bool = False
+    path_normalization: str = "merge_slashes"  # (--path-normalization; sidecar/paths.py)
 
     def __post_init__(self) -> None:
         if not self.service:
@@ -116,6 +118,8 @@ class SidecarOptions:
             raise ValueError(
                 f"otlp_compression must be none or gzip, got {self.otlp_compression!r}"
             )
+        if self.path_normalization not in PATH_MODES:
+            raise ValueError(f"path_normalization must be one of {', '.join(PATH_MODES)}")
         if self.mtls not in MODES:
             raise ValueError(f"mtls must be one of {', '.join(MODES)}, got {self.mtls!r}")
         files = (self.cert_file, self.key_file, self.ca_file)
@@ -209,10 +213,17 @@ class Sidecar:
         self._outbound_handler: Handler = _not_ready
         self._inbound_handler: Handler = _not_ready
         self.outbound = HttpServer(
-            ServerConfig(direction="outbound", original_dst=options.capture),
+            ServerConfig(
+                direction="outbound",
+                original_dst=options.capture,
+                path_normalization=options.path_normalization,
+            ),
             lambda: self._outbound_handler,
         )
-        self.inbound = HttpServer(ServerConfig(direction="inbound"), lambda: self._inbound_handler)
+        self.inbound = HttpServer(
+            ServerConfig(direction="inbound", path_normalization=options.path_normalization),
+            lambda: self._inbound_handler,
+        )
         self.admin = AdminServer(self)
         self.addresses: SidecarAddresses | None = None
         self._ready = False

@@ -15,6 +15,7 @@ from sidecar.app import Sidecar, SidecarOptions
 from sidecar.capture import CaptureConfig, CaptureError, CaptureSession
 from sidecar.config import ConfigError
 from sidecar.identity import IdentityError
+from sidecar.paths import MODES as PATH_MODES
 from sidecar.telemetry.transport import COMPRESSIONS
 
 __all__ = ["register", "run"]
@@ -78,6 +79,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--inbound-port", type=int, default=15006)
     parser.add_argument("--drain-timeout", type=float, default=10.0, help="seconds (SIGTERM)")
     parser.add_argument("--access-log", default=None, help='"-" for stdout or a file path')
+    parser.add_argument(
+        "--path-normalization",
+        choices=PATH_MODES,
+        default="merge_slashes",
+        help="rewrite request paths before routes and authz see them: RFC 3986 dot segments "
+        "and unreserved escapes (base), also merging slashes (merge_slashes, default), or none",
+    )
     parser.add_argument(
         "--capture",
         action="store_true",
@@ -198,6 +206,7 @@ def run(args: argparse.Namespace) -> int:
             key_file=args.key,
             ca_file=args.ca,
             capture=bool(getattr(args, "capture", False)),
+            path_normalization=args.path_normalization,
         )
         capture = _capture_config(args)
     except ValueError as exc:

@@ -33,6 +33,8 @@ from sidecar.http import (
     new_request,
 )
 from sidecar.layers.proxy_errors import error_response
+from sidecar.paths import MODES as PATH_MODES
+from sidecar.paths import normalize_target
 from sidecar.stack import Handler
 
 __all__ = [
@@ -85,10 +87,13 @@ class ServerConfig:
     forwarded_for: bool = True
     high_water_bytes: int = 256 * 1024
     original_dst: bool = False  # read SO_ORIGINAL_DST per connection (transparent capture)
+    path_normalization: str = "merge_slashes"  # sidecar/paths.py: none | base | merge_slashes
 
     def __post_init__(self) -> None:
         if self.direction not in ("outbound", "inbound"):
             raise ValueError(f"direction must be outbound or inbound, got {self.direction!r}")
+        if self.path_normalization not in PATH_MODES:
+            raise ValueError(f"path_normalization must be one of {', '.join(PATH_MODES)}")
         for name in ("max_header_bytes", "high_water_bytes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
@@ -693,7 +698,7 @@ class _ServerProtocol(asyncio.Protocol):
         if url.startswith(b"/") or url == b"*":
             if url == b"*" and p.method != "OPTIONS":  # (RFC 9112 3.2.4; llhttp takes any)
                 raise BadRequest("the asterisk-form target is for OPTIONS only")
-            p.target = url.decode("latin-1")
+            p.target = self._normalized(url.decode("latin-1"))
             p.authority = host
         else:
             try:
@@ -711,9 +716,15 @@ class _ServerProtocol(asyncio.Protocol):
             target = (parsed.path or b"/").decode("latin-1")
             if parsed.query:
                 target = f"{target}?{parsed.query.decode('latin-1')}"
-            p.target = target
+            p.target = self._normalized(target)
         if not p.authority and p.version == "1.1":
             raise BadRequest("missing Host header")
+
+    def _normalized(self, target: str) -> str:
+        # (the scans first: nearly every target has nothing to normalize)
+        if ("%" in target or "/." in target or "//" in target) and target != "*":
+            return normalize_target(target, self._config.path_normalization)
+        return target
 
     def _new_body(self, length: int | None) -> ByteStream:
         return ByteStream(

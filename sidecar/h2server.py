@@ -27,6 +27,7 @@ import hyperframe.frame
 from sidecar.errors import BadRequest, DownstreamError, ProxyError
 from sidecar.http import Body, BodyStream, Headers, Request, RequestContext, Response, parse_digits
 from sidecar.layers.proxy_errors import error_response
+from sidecar.paths import normalize_target
 
 __all__ = [
     "H2_HOP_BY_HOP",
@@ -470,8 +471,11 @@ class H2ServerConnection(asyncio.Protocol):
             peer_identity=self.peer_identity,
             original_dst=self._original_dst,
         )
+        refused = head_problem(method, target, authority, headers)
+        if refused is None and ("%" in target or "/." in target or "//" in target):
+            target = normalize_target(target, self._config.path_normalization)
         request = Request(method, target, tuple(out), body, authority, scheme, "2", context)
-        self._spawn(stream_id, request, head_problem(method, target, authority, headers))
+        self._spawn(stream_id, request, refused)
 
     def _spawn(self, stream_id: int, request: Request, refused: ProxyError | None = None) -> None:
         if stream_id not in self._bodies:

@@ -3,6 +3,7 @@ and path block exactly the calls they name; observe-only lets them through."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -79,3 +80,43 @@ async def test_observe_only_authz_lets_denied_calls_through(
     assert (await tls_get(server.addresses.inbound, batch, "/orders/7"))[0] == 200
     stats: Any = server.stats_doc()["authz"]
     assert stats["would_deny"] == 1
+
+
+async def _raw_status(address: tuple[str, int], target: str) -> int:
+    """The status of one request sent with this exact target (clients would normalize it)."""
+    reader, writer = await asyncio.open_connection(*address)
+    try:
+        writer.write(f"GET {target} HTTP/1.1\r\nHost: orders\r\nConnection: close\r\n\r\n".encode())
+        async with asyncio.timeout(5):
+            line = await reader.readline()
+        return int(line.split()[1])
+    finally:
+        writer.close()
+
+
+async def test_a_path_rule_judges_the_path_the_app_will_serve(
+    sidecars: MakeSidecar, upstream: ScriptedUpstream
+) -> None:
+    # A deny on /admin* let /x/../admin, /./admin, /%61dmin, /%2e/admin and //admin through
+    # (the raw path does not start with /admin; the app resolves each to /admin). The path is
+    # now normalized before the rules see it, and forwarded as they saw it.
+    config = {"authz": {"rules": [{"name": "no-admin", "action": "deny", "paths": ["/admin*"]}]}}
+    server = await sidecars("orders", upstream.port, config=config)
+    assert server.addresses is not None
+    sneaky = [
+        "/x/../admin",
+        "/./admin",
+        "/%61dmin",
+        "/%2e/admin",
+        "/public/%2E%2E/admin",
+        "//admin",
+    ]
+    for target in sneaky:
+        assert await _raw_status(server.addresses.inbound, target) == 403, target
+    assert upstream.seen == []
+    assert await _raw_status(server.addresses.inbound, "/x/..//public/./%6Bey") == 200
+    assert [s.path for s in upstream.seen] == ["/public/key"]
+    # --path-normalization none: the old behaviour, for apps that need raw paths
+    raw = await sidecars("orders", upstream.port, config=config, path_normalization="none")
+    assert raw.addresses is not None
+    assert await _raw_status(raw.addresses.inbound, "/x/../admin") == 200

@@ -524,6 +524,9 @@ async def test_http2_heads_http1_would_refuse_get_400_and_never_reach_an_http1_a
         )
         assert b"\r\nx-a: caf\xc3\xa9\r\nx-b: a\xffb\r\n" in app.heads[0]
         assert app.heads[1].startswith(b"OPTIONS * HTTP/1.1\r\n")
+        # the path is normalized as over HTTP/1.1 (sidecar/paths.py)
+        assert await _raw_h2(sidecar.addresses.outbound, _head(path="/x/..//%6Fk")) == "200 "
+        assert app.heads[2].startswith(b"GET /ok HTTP/1.1\r\n")
     finally:
         app.close()
 

@@ -553,3 +553,22 @@ async def test_options_asterisk_is_passed_on() -> None:
     await settle()
     assert [(r.method, r.target) for r in handler.requests] == [("OPTIONS", "*")]
     assert bytes(transport.out).startswith(b"HTTP/1.1 200 ")
+
+
+async def test_the_target_is_normalized_before_any_layer_sees_it() -> None:
+    # (an app resolves /x/../admin and /%61dmin to /admin: a rule on /admin* must see that)
+    handler = Recorder()
+    _, protocol, _ = connect(handler)
+    protocol.data_received(
+        b"GET /x/../%61dmin//y?q=/../%61 HTTP/1.1\r\nHost: a\r\n\r\n"
+        b"GET http://svc/a/./b HTTP/1.1\r\nHost: svc\r\n\r\n"
+    )
+    await settle()
+    assert [r.target for r in handler.requests] == ["/admin/y?q=/../%61", "/a/b"]
+    raw = Recorder()
+    _, protocol, _ = connect(raw, path_normalization="none")
+    protocol.data_received(b"GET /x/../%61dmin HTTP/1.1\r\nHost: a\r\n\r\n")
+    await settle()
+    assert [r.target for r in raw.requests] == ["/x/../%61dmin"]
+    with pytest.raises(ValueError, match="path_normalization"):
+        ServerConfig(path_normalization="all")
