@@ -722,7 +722,11 @@ class _ServerProtocol(asyncio.Protocol):
 
     def _normalized(self, target: str) -> str:
         # (the scans first: nearly every target has nothing to normalize)
-        if ("%" in target or "/." in target or "//" in target) and target != "*":
+        if ("%" in target or "/." in target or "//" in target or "#" in target) and target != "*":
+            if "#" in target:
+                # RFC 9112 3.2: no fragment in a request target. The app reads "/admin#x" as
+                # /admin, which a rule on exactly /admin did not match (Envoy refuses it too)
+                raise BadRequest("a request target cannot hold a fragment ('#')")
             return normalize_target(target, self._config.path_normalization)
         return target
 

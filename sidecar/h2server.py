@@ -59,7 +59,8 @@ _NO_BODY_STATUSES = frozenset({204, 304})
 # line `GET /admin /ok HTTP/1.1` and `:path "admin"` escaped every "/admin" path rule.
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 5.6.2
 _NAME: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")  # a field name, as HTTP/2 has it
-_TARGET: Final = re.compile(r"/[\x21-\x7e]*")  # origin-form, visible ASCII (RFC 9113 8.3.1)
+# origin-form: visible ASCII but '#' (RFC 9113 8.3.1; a fragment has no place in a request)
+_TARGET: Final = re.compile(r"/[\x21\x22\x24-\x7e]*")
 _VISIBLE: Final = re.compile(r"[\x21-\x7e]*")
 _CONTROL: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # not field-content (RFC 9110 5.5)
 

@@ -502,6 +502,7 @@ async def test_http2_heads_http1_would_refuse_get_400_and_never_reach_an_http1_a
             "path with a tab": _head(path="/a\tb"),
             "path not ASCII": _head(path="/caf\u00e9"),
             "path with DEL": _head(path="/a\x7fb"),
+            "path with a fragment": _head(path="/admin#x"),
             "asterisk not for OPTIONS": _head(path="*"),
             "authority with a space": _head(authority="app evil"),
             "authority with a control": _head(authority="app\x01"),

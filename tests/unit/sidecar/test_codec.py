@@ -305,6 +305,7 @@ async def test_expect_100_continue_is_answered_before_the_body_is_read() -> None
         b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
         b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
         b"GET * HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET /admin#x HTTP/1.1\r\nHost: a\r\n\r\n",
     ],
     ids=[
         "cl-te",
@@ -319,6 +320,7 @@ async def test_expect_100_continue_is_answered_before_the_body_is_read() -> None
         "host-with-space",
         "te-gzip-chunked",  # (the app got gzip bytes as the body: now 501)
         "asterisk-not-options",  # (went upstream as GET *; over HTTP/2 a 400 already)
+        "fragment",  # (the app read /admin, which a rule on exactly /admin did not match)
     ],
 )
 async def test_bad_framing_is_refused_without_calling_the_handler(raw: bytes) -> None:
