@@ -102,6 +102,17 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+async def served(
+    raw: bytes, handler: Recorder | None = None, **config: Any
+) -> tuple[Recorder, FakeTransport]:
+    """`raw` read by a new connection in one go, once the loop has settled."""
+    handler = handler or Recorder()
+    _, protocol, transport = connect(handler, **config)
+    protocol.data_received(raw)
+    await settle()
+    return handler, transport
+
+
 def responses(out: bytes) -> list[bytes]:
     return [part for part in out.split(b"HTTP/1.1 ")[1:]]
 
@@ -197,14 +208,11 @@ async def test_trailer_fields_of_a_chunked_request_do_not_join_its_head() -> Non
     # httptools reports trailer fields through on_header too: a request read whole in one go
     # had them appended to its head after every check of it, so a trailer x-forwarded-for
     # came after ours (the app's "last hop") and an authorization trailer became a header
-    handler = Recorder()
-    _, protocol, _ = connect(handler)
-    protocol.data_received(
+    handler, _ = await served(
         b"POST /t HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
         b"0\r\nx-forwarded-for: 6.6.6.6\r\nauthorization: Bearer x\r\nhost: evil\r\n\r\n"
         b"GET /next HTTP/1.1\r\nHost: a\r\nx-next: 1\r\n\r\n"
     )
-    await settle()
     first, second = handler.requests
     assert handler.bodies[0] == b"hello"
     names = [name for name, _ in first.headers]
@@ -220,12 +228,8 @@ async def test_a_204_goes_out_without_the_content_length_its_upstream_sent() -> 
         status = int(request.target[1:])
         return Response(status, (("content-length", "5"), ("x-app", "1")), b"")
 
-    handler = Recorder(respond)
-    _, protocol, transport = connect(handler)
-    protocol.data_received(
-        b"GET /204 HTTP/1.1\r\nHost: a\r\n\r\nGET /304 HTTP/1.1\r\nHost: a\r\n\r\n"
-    )
-    await settle()
+    raw = b"GET /204 HTTP/1.1\r\nHost: a\r\n\r\nGET /304 HTTP/1.1\r\nHost: a\r\n\r\n"
+    _, transport = await served(raw, Recorder(respond))
     no_content, not_modified = responses(bytes(transport.out))
     assert no_content == b"204 No Content\r\nx-app: 1\r\n\r\n"
     assert not_modified == b"304 Not Modified\r\ncontent-length: 5\r\nx-app: 1\r\n\r\n"
@@ -265,13 +269,10 @@ async def test_an_upgrade_request_with_a_body_is_served_as_http11_with_that_body
 
 
 async def test_an_upgrade_request_with_a_chunked_body_is_refused() -> None:
-    handler = Recorder()
-    _, protocol, transport = connect(handler)
-    protocol.data_received(
+    handler, transport = await served(
         b"POST / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n"
         b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
     )
-    await settle()
     assert handler.requests == []
     assert bytes(transport.out).startswith(b"HTTP/1.1 400 ")
 
@@ -549,28 +550,21 @@ async def test_request_versions_are_parsed_whatever_the_reads(
 
 
 async def test_options_asterisk_is_passed_on() -> None:
-    handler = Recorder()
-    _, protocol, transport = connect(handler)
-    protocol.data_received(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n")
-    await settle()
+    handler, transport = await served(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n")
     assert [(r.method, r.target) for r in handler.requests] == [("OPTIONS", "*")]
     assert bytes(transport.out).startswith(b"HTTP/1.1 200 ")
 
 
 async def test_the_target_is_normalized_before_any_layer_sees_it() -> None:
     # (an app resolves /x/../admin and /%61dmin to /admin: a rule on /admin* must see that)
-    handler = Recorder()
-    _, protocol, _ = connect(handler)
-    protocol.data_received(
+    handler, _ = await served(
         b"GET /x/../%61dmin//y?q=/../%61 HTTP/1.1\r\nHost: a\r\n\r\n"
         b"GET http://svc/a/./b HTTP/1.1\r\nHost: svc\r\n\r\n"
     )
-    await settle()
     assert [r.target for r in handler.requests] == ["/admin/y?q=/../%61", "/a/b"]
-    raw = Recorder()
-    _, protocol, _ = connect(raw, path_normalization="none")
-    protocol.data_received(b"GET /x/../%61dmin HTTP/1.1\r\nHost: a\r\n\r\n")
-    await settle()
+    raw, _ = await served(
+        b"GET /x/../%61dmin HTTP/1.1\r\nHost: a\r\n\r\n", path_normalization="none"
+    )
     assert [r.target for r in raw.requests] == ["/x/../%61dmin"]
     with pytest.raises(ValueError, match="path_normalization"):
         ServerConfig(path_normalization="all")
