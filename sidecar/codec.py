@@ -241,6 +241,7 @@ class ByteStream:
     __slots__ = (
         "_buffered",
         "_chunks",
+        "_discarding",
         "_error",
         "_finished",
         "_high",
@@ -275,6 +276,7 @@ class ByteStream:
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._finished = False
+        self._discarding = False
         self._timeout_error = timeout_error
         self.eof_received = False
         self.idle_timeout_s = idle_timeout_s
@@ -296,6 +298,9 @@ class ByteStream:
     def feed(self, data: bytes) -> None:
         if not data:
             return
+        if self._discarding:
+            self.received_bytes += len(data)
+            return
         self._chunks.append(data)
         self._buffered += len(data)
         self.received_bytes += len(data)
@@ -307,6 +312,19 @@ class ByteStream:
     def feed_eof(self) -> None:
         self.eof_received = True
         self._wake()
+
+    def discard(self) -> None:
+        """Nobody will read the rest (its response is out): drop what is buffered and what
+        comes, never pausing the producer for it; a reader still waiting gets an error."""
+        self._discarding = True
+        self._chunks.clear()
+        self._buffered = 0
+        if not self.eof_received and self._error is None:
+            self._error = DownstreamClosed("the request body was abandoned after the response")
+            self._wake()
+        if self._paused:
+            self._paused = False
+            self._on_resume()
 
     def fail(self, exc: BaseException) -> None:
         """Make the next read (after buffered data) raise `exc`; no-op once at EOF."""
@@ -359,6 +377,10 @@ class ByteStream:
 
 
 _random_bits: Final = random.Random().getrandbits  # seeded from os.urandom once per process
+# a request body abandoned after its response: drained to keep the connection when at most this
+# much is still due, else the connection closes, lingering this long for the client to stop
+_DISCARD_BYTES: Final = 1 << 20
+_LINGER_S: Final = 5.0
 
 _SPECIAL: Final = frozenset(
     {"content-length", "transfer-encoding", "connection", "host", "expect", "x-forwarded-for"}
@@ -389,6 +411,7 @@ class _ServerProtocol(asyncio.Protocol):
         self._unupgraded: _Pending | None = None  # such a request, its head just ended
         self._raw_body: ByteStream | None = None  # its body, while bytes of it are due
         self._raw_left = 0
+        self._lingering = False  # closing after a response while the client may still send
         self._task: asyncio.Task[None] | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._write_paused = False
@@ -443,6 +466,8 @@ class _ServerProtocol(asyncio.Protocol):
         if self._tunnel is not None:
             self._tunnel.feed_eof()  # half-close: keep sending the upstream's side
             return True
+        if self._lingering:
+            self.close()  # (the client has stopped sending: nothing left to drain)
         return None
 
     def pause_writing(self) -> None:
@@ -458,7 +483,7 @@ class _ServerProtocol(asyncio.Protocol):
         if self._tunnel is not None:
             self._tunnel.feed(data)
             return
-        if self._closing:
+        if self._closing or self._lingering:
             return
         if not self._seen_data:
             self._seen_data = True
@@ -862,6 +887,21 @@ class _ServerProtocol(asyncio.Protocol):
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
 
+    def _linger_close(self) -> None:
+        """Close once the client stops sending, or after _LINGER_S. Closed at once with a
+        request body still coming, the kernel answers its bytes with a reset, which can cost
+        the client the response it has not read yet (as nginx's lingering_close): here our
+        side is shut (FIN) and what arrives is read and dropped meanwhile."""
+        transport = self._transport
+        if transport is None or transport.is_closing() or not transport.can_write_eof():
+            self.close()  # (TLS: no half-close)
+            return
+        self._lingering = True
+        self._body_paused = self._queue_paused = False
+        self._update_reading()
+        transport.write_eof()
+        self._loop.call_later(_LINGER_S, self.close)
+
     def abort(self) -> None:
         if self._transport is not None:
             self._transport.abort()
@@ -884,6 +924,7 @@ class _ServerProtocol(asyncio.Protocol):
             self.busy = True
             try:
                 keep = await self._handle(pending)
+                linger = self._abandon_body(pending)
             except Exception:
                 # Connection task boundary: a bug while writing one response must not leave the
                 # connection hanging half-written; drop it and keep the listener serving.
@@ -897,9 +938,25 @@ class _ServerProtocol(asyncio.Protocol):
             if self._queue_paused and len(queue) < 8:
                 self._queue_paused = False
                 self._update_reading()
+            if linger:
+                self._linger_close()
+                return
             if not keep or self._draining:
                 self.close()
                 return
+
+    def _abandon_body(self, p: _Pending) -> bool:
+        """After its response: a request body not read to its end is dropped as it arrives (an
+        app that answered early, e.g. 401 to an upload, left it unread: buffered to the high
+        water mark, it paused reading, and the client, still sending, waited for nothing until
+        the idle timeout). True when the connection must then close: more than
+        _DISCARD_BYTES still due, or a length unknown (chunked)."""
+        body = p.body
+        if body is None or p.upgrade or body.eof_received or p.error is not None:
+            return False  # (a refused request's connection closes at once, as before)
+        length = body.length
+        body.discard()
+        return length is None or length - body.received_bytes > _DISCARD_BYTES
 
     async def _handle(self, p: _Pending) -> bool:
         if p.error is not None:

@@ -9,6 +9,7 @@ import pytest
 
 from sidecar.codec import (
     ByteStream,
+    DownstreamClosed,
     HttpServer,
     RequestTimeout,
     ServerConfig,
@@ -29,6 +30,7 @@ class FakeTransport:
         self.closed = False
         self.aborted = False
         self.reading = True
+        self.eof_written = False
 
     def write(self, data: bytes) -> None:
         self.out += data
@@ -65,7 +67,7 @@ class FakeTransport:
         return True
 
     def write_eof(self) -> None:
-        pass
+        self.eof_written = True
 
 
 class Recorder:
@@ -432,6 +434,62 @@ async def test_byte_stream_pauses_above_high_water_and_resumes_when_drained() ->
     stream.feed_eof()
     assert await stream.read() == b""
     assert stream.finished
+
+
+async def test_a_discarded_byte_stream_drops_what_comes_and_never_pauses() -> None:
+    calls: list[str] = []
+    stream = ByteStream(
+        100,
+        pause=lambda: calls.append("pause"),
+        resume=lambda: calls.append("resume"),
+        high_water=10,
+    )
+    stream.feed(b"x" * 20)
+    assert calls == ["pause"]
+    reader = asyncio.ensure_future(stream.read())
+    await asyncio.sleep(0)
+    assert reader.done()  # (the buffered chunk)
+    waiting = asyncio.ensure_future(stream.read())
+    await asyncio.sleep(0)
+    stream.discard()
+    assert calls == ["pause", "resume"]
+    with pytest.raises(DownstreamClosed, match="abandoned"):
+        await waiting  # a reader still there learns nobody feeds it any more
+    for _ in range(10):
+        stream.feed(b"y" * 20)  # dropped, counted, never paused again
+    assert calls == ["pause", "resume"] and stream.received_bytes == 220
+
+
+async def test_a_body_left_unread_by_an_early_response_is_drained_or_the_connection_closes() -> (
+    None
+):
+    # (the app answered without reading the body: before, the body buffered to the high water
+    # mark, reading paused, and a client still sending waited until the idle timeout)
+    for length, closes in ((300_000, False), (5_000_000, True)):
+        targets: list[str] = []
+
+        async def early(request: Request, seen: list[str] = targets) -> Response:
+            seen.append(request.target)  # (the body is never read)
+            return Response(401, (), b"nope")
+
+        _, protocol, transport = connect(early, high_water_bytes=1024)
+        head = b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % length
+        protocol.data_received(head + b"x" * 70_000)  # (streamed: over the buffered size)
+        await settle()
+        assert bytes(transport.out).startswith(b"HTTP/1.1 401 ")
+        protocol.data_received(b"x" * 50_000)  # still coming: read and dropped, not paused
+        await settle()
+        assert transport.reading
+        if closes:  # more than 1 MiB still due: our side shut, lingering for the client
+            assert transport.eof_written and not transport.closed
+            protocol.eof_received()
+            assert transport.closed
+        else:  # the rest drained: the connection serves the next request
+            rest = b"x" * (length - 120_000) + b"GET /n HTTP/1.1\r\nHost: a\r\n\r\n"
+            protocol.data_received(rest)
+            await settle()
+            assert targets == ["/up", "/n"]
+            assert not transport.closed and not transport.eof_written
 
 
 async def test_byte_stream_idle_timeout_raises_the_configured_error() -> None:
