@@ -52,6 +52,11 @@ _STREAM_WINDOW = 1 << 20  # per-stream receive window we advertise
 _CONNECTION_WINDOW = 1 << 24
 _MAX_STREAMS = 256
 _NO_BODY_STATUSES = frozenset({204, 304})
+# Rapid Reset (CVE-2023-44487): a client opening streams and resetting them at once makes the
+# server start (and drop) work for each, unbounded by MAX_CONCURRENT_STREAMS. As Envoy does,
+# once a connection has opened this many streams and the client reset more than half before
+# their answer, it gets GOAWAY ENHANCE_YOUR_CALM and is closed.
+_RESET_MIN_STREAMS: Final = 500
 
 # What HTTP/1.1's parser (llhttp, sidecar/codec.py) refuses and the h2 library lets through
 # (it refuses NUL/CR/LF, upper case and connection headers): an HTTP/2 request goes upstream as
@@ -290,6 +295,8 @@ class H2ServerConnection(asyncio.Protocol):
         self._flush_scheduled = False
         self.last_active = self._loop.time()
         self.streams_total = 0
+        self._opened = 0  # streams the client opened on this connection
+        self._premature_resets = 0  # of them, reset by the client before their answer
 
     @property
     def busy(self) -> bool:
@@ -366,6 +373,8 @@ class H2ServerConnection(asyncio.Protocol):
             return
         for event in events:
             self._on_event(event)
+            if self._closed or self._transport.is_closing():
+                return  # (closed by one of them: Rapid Reset)
         for stream_id, headers in self._pending:  # after the batch: END_STREAM may be in it
             if stream_id in self._bodies:  # (not reset in the same batch)
                 self._dispatch(stream_id, headers)
@@ -378,6 +387,7 @@ class H2ServerConnection(asyncio.Protocol):
             headers = text_fields(event.headers)
             self._bodies[event.stream_id] = self._new_body(event.stream_id, headers)
             self._pending.append((event.stream_id, headers))
+            self._opened += 1
         elif isinstance(event, h2.events.DataReceived):
             body = self._bodies.get(event.stream_id or 0)
             if body is not None:
@@ -389,6 +399,11 @@ class H2ServerConnection(asyncio.Protocol):
             if body is not None:
                 body.feed_eof()
         elif isinstance(event, h2.events.StreamReset):
+            if (event.stream_id or 0) in self._bodies:  # (its answer not complete yet)
+                self._premature_resets += 1
+                if self._opened >= _RESET_MIN_STREAMS and 2 * self._premature_resets > self._opened:
+                    self._calm_down()
+                    return
             self._reset_stream(event.stream_id or 0)
         elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
             self._wake_windows()
@@ -630,6 +645,16 @@ class H2ServerConnection(asyncio.Protocol):
 
     def abort(self) -> None:
         self._transport.abort()
+
+    def _calm_down(self) -> None:
+        logger.warning(
+            "h2 client reset most of its streams before their answer (Rapid Reset): closing",
+            extra={"peer": self._peer, "streams": self._opened, "resets": self._premature_resets},
+        )
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self._h2.close_connection(error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+            self._flush_now()
+        self._transport.close()
 
 
 def _trailers(response: Response) -> Headers:
