@@ -57,6 +57,11 @@ _NO_BODY_STATUSES = frozenset({204, 304})
 # once a connection has opened this many streams and the client reset more than half before
 # their answer, it gets GOAWAY ENHANCE_YOUR_CALM and is closed.
 _RESET_MIN_STREAMS: Final = 500
+# PING / SETTINGS flood (CVE-2019-9512, -9515): each is answered with an ACK; a client that
+# sends them without reading grew our write buffer without bound (2 M PINGs: +44 MB). As
+# Envoy's max_outbound_control_frames: this many ACKs owed while the write buffer is full and
+# the connection is closed.
+_MAX_OWED_ACKS: Final = 1000
 
 # What HTTP/1.1's parser (llhttp, sidecar/codec.py) refuses and the h2 library lets through
 # (it refuses NUL/CR/LF, upper case and connection headers): an HTTP/2 request goes upstream as
@@ -297,6 +302,7 @@ class H2ServerConnection(asyncio.Protocol):
         self.streams_total = 0
         self._opened = 0  # streams the client opened on this connection
         self._premature_resets = 0  # of them, reset by the client before their answer
+        self._owed_acks = 0  # PING/SETTINGS ACKs queued since the write buffer filled
 
     @property
     def busy(self) -> bool:
@@ -359,6 +365,7 @@ class H2ServerConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        self._owed_acks = 0
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_result(None)
 
@@ -382,6 +389,15 @@ class H2ServerConnection(asyncio.Protocol):
         self._flush()
 
     def _on_event(self, event: h2.events.Event) -> None:
+        if self._write_paused and isinstance(
+            event, h2.events.PingReceived | h2.events.RemoteSettingsChanged
+        ):
+            self._owed_acks += 1
+            if self._owed_acks > _MAX_OWED_ACKS:
+                self._close_flooded(
+                    "h2 client sends PINGs or SETTINGS without reading their ACKs: closing"
+                )
+                return
         if isinstance(event, h2.events.RequestReceived):
             assert event.stream_id is not None and event.headers is not None
             headers = text_fields(event.headers)
@@ -647,8 +663,14 @@ class H2ServerConnection(asyncio.Protocol):
         self._transport.abort()
 
     def _calm_down(self) -> None:
+        self._close_flooded(
+            "h2 client reset most of its streams before their answer (Rapid Reset): closing"
+        )
+
+    def _close_flooded(self, why: str) -> None:
+        """GOAWAY ENHANCE_YOUR_CALM (when it still fits) and close."""
         logger.warning(
-            "h2 client reset most of its streams before their answer (Rapid Reset): closing",
+            why,
             extra={"peer": self._peer, "streams": self._opened, "resets": self._premature_resets},
         )
         with contextlib.suppress(h2.exceptions.ProtocolError):

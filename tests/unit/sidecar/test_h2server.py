@@ -297,3 +297,24 @@ async def test_a_client_cancelling_some_of_its_streams_is_served_on() -> None:
     peer = await _reset_storm(reset_every=3)  # a third cancelled: gRPC deadlines, navigation
     assert not peer.transport.closing
     assert peer.conn._opened == 1000 and peer.conn.streams_total == 666
+
+
+async def test_a_client_that_pings_without_reading_the_acks_is_closed() -> None:
+    # (2 M unread PINGs grew a real sidecar's write buffer by 44 MB, without bound)
+    async def answer(request: Request) -> Response:
+        return Response(200)
+
+    peer = Peer(answer)
+    peer.conn.pause_writing()  # the transport's buffer is full: the client does not read
+    for _ in range(900):
+        peer.client.ping(b"12345678")
+    peer.send()
+    assert not peer.transport.closing
+    peer.conn.resume_writing()  # it read them: the count starts again
+    peer.conn.pause_writing()
+    for _ in range(1001):
+        peer.client.ping(b"12345678")
+    peer.send()
+    assert peer.transport.closing
+    ended = [e for e in peer.receive() if isinstance(e, h2.events.ConnectionTerminated)]
+    assert [e.error_code for e in ended] == [h2.errors.ErrorCodes.ENHANCE_YOUR_CALM]
