@@ -61,10 +61,15 @@ class UpstreamConfig:
     response_timeout_s: float = 300.0  # wait for response headers when no deadline is set
     write_timeout_s: float = 60.0  # upstream not reading the request body we stream to it
     high_water_bytes: int = 256 * 1024
+    # a response head longer is a 502 (Envoy: max_response_headers_kb, 60 KiB): an app, or any
+    # server reached by passthrough, sending one header value without end grew us without bound
+    max_response_head_bytes: int = 64 * 1024
 
     def __post_init__(self) -> None:
         if self.max_idle_per_endpoint < 0:
             raise ValueError("max_idle_per_endpoint must be >= 0")
+        if self.max_response_head_bytes <= 0:
+            raise ValueError("max_response_head_bytes must be > 0")
         if min(self.idle_expiry_s, self.response_timeout_s, self.write_timeout_s) <= 0:
             raise ValueError("timeouts must be > 0")
 
@@ -120,6 +125,8 @@ class _Connection(asyncio.Protocol):
         self._wait_s = 0.0  # the pending header wait's timeout, when the deadline timer ends it
         self._error: ProxyError | None = None
         self._head_error: ProxyError | None = None  # why on_headers_complete refused the head
+        self._head_bytes = 0  # read while the response head is not complete
+        self._field_bytes = 0  # of the head's fields (both bounded by max_response_head_bytes)
         self.status = 0
         self.reason = ""
         self.headers: list[tuple[str, str]] = []
@@ -218,6 +225,13 @@ class _Connection(asyncio.Protocol):
             # a whole response, then bytes that are none: the response stands, the connection
             # does not (it is closed once the response is taken)
             self._extra = True
+        if not self.headers_done:  # (the whole read was head: bound it, as the codec does)
+            self._head_bytes += len(data)
+            limit = self.pool.config.max_response_head_bytes
+            if self._head_bytes > limit:
+                error = UpstreamProtocolError(f"upstream response head longer than {limit} bytes")
+                self._protocol_error(error)
+                return
         if self.headers_done:
             self._wake()
         if self.complete and self.status != 101:
@@ -250,6 +264,7 @@ class _Connection(asyncio.Protocol):
         self._headers_waiter = None
         self._error = None
         self._head_error = None
+        self._head_bytes = self._field_bytes = 0
         self.status = 0
         self.headers = []
         self.headers_done = self.complete = self.received_any = self._extra = False
@@ -386,6 +401,13 @@ class _Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.headers_done:
             return  # a trailer field (after a chunked body): not merged into the head, dropped
+        self._field_bytes += len(name) + len(value) + 4
+        limit = self.pool.config.max_response_head_bytes
+        if self._field_bytes > limit:  # (a long head read whole in one go)
+            self._head_error = UpstreamProtocolError(
+                f"upstream response head longer than {limit} bytes"
+            )
+            raise self._head_error
         self.headers.append((header_name(name), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:

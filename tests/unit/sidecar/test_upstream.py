@@ -544,6 +544,24 @@ async def test_a_response_head_the_client_cannot_be_given_is_a_protocol_error(
     assert net.servers[0].closed
 
 
+async def test_a_response_head_over_the_limit_is_a_protocol_error(
+    pool: UpstreamPool, net: FakeNetwork
+) -> None:
+    # (an app, or a server reached by passthrough, sending a 100 MB header value grew a real
+    # sidecar to 250 MB and the header went on to the client; Envoy's limit is 60 KiB)
+    long = b"HTTP/1.1 200 OK\r\nx-big: " + b"a" * 70_000 + b"\r\ncontent-length: 2\r\n\r\nok"
+    net.actions.append(lambda _: long)  # read whole in one go
+    with pytest.raises(UpstreamProtocolError, match="head longer than 65536 bytes"):
+        await asyncio.wait_for(pool(request()), 2)
+    assert net.servers[0].closed
+    net.actions.append(lambda _: b"HTTP/1.1 200 OK\r\nx-big: " + b"a" * 70_000)  # no end
+    with pytest.raises(UpstreamProtocolError, match="head longer than 65536 bytes"):
+        await asyncio.wait_for(pool(request()), 2)
+    fits = b"HTTP/1.1 200 OK\r\nx-big: " + b"a" * 60_000 + b"\r\ncontent-length: 2\r\n\r\nok"
+    net.actions.append(lambda _: fits)
+    assert (await asyncio.wait_for(pool(request()), 2)).body == b"ok"
+
+
 async def test_a_bad_body_before_the_exchange_took_the_head_fails_the_exchange(
     pool: UpstreamPool, net: FakeNetwork
 ) -> None:
