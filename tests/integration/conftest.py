@@ -161,6 +161,42 @@ def _lower(headers: Any) -> dict[str, str]:
     return {k.lower(): v for k, v in headers.items()}
 
 
+class RawHttpApp:
+    """An HTTP/1.1 app on raw asyncio streams, for what aiohttp would tidy away: `answer` gets
+    each request head as received (with the streams) and writes the reply; `heads` keeps them."""
+
+    def __init__(self) -> None:
+        self.heads: list[bytes] = []
+        self.connections = 0
+        self.port = 0
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+
+    async def answer(
+        self, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            for _ in range(100):  # (bounded: one connection's requests)
+                head = await reader.readuntil(b"\r\n\r\n")
+                self.heads.append(head)
+                await self.answer(head, reader, writer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+
 def url(address: tuple[str, int]) -> str:
     return f"http://{address[0]}:{address[1]}"
 

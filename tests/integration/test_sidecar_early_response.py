@@ -13,48 +13,30 @@ import httpx
 import pytest
 
 from sidecar.app import Sidecar
+from tests.integration.conftest import RawHttpApp
 
 pytestmark = pytest.mark.timeout(60)
 
 Sidecars = Callable[..., Awaitable[Sidecar]]
 
 
-class EarlyApp:
+class EarlyApp(RawHttpApp):
     """Answers a POST with 401 as soon as its head is in, then reads its body (by length) as
-    a server does; answers anything else 200. Counts connections."""
+    a server does; anything else 200."""
 
-    def __init__(self) -> None:
-        self.connections = 0
-        self.port = 0
-        self._server: asyncio.AbstractServer | None = None
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = int(self._server.sockets[0].getsockname()[1])
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            for _ in range(100):  # (bounded: one connection's requests)
-                head = await reader.readuntil(b"\r\n\r\n")
-                if head.startswith(b"POST"):
-                    writer.write(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 4\r\n\r\nnope")
-                    length = next(
-                        int(line.split(b":")[1])
-                        for line in head.split(b"\r\n")
-                        if line.lower().startswith(b"content-length:")
-                    )
-                    await reader.readexactly(length)
-                else:
-                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
+    async def answer(
+        self, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        if not head.startswith(b"POST"):
+            await super().answer(head, reader, writer)
+            return
+        writer.write(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 4\r\n\r\nnope")
+        length = next(
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        await reader.readexactly(length)
 
 
 @pytest.mark.parametrize("size", [1_000_000, 4_000_000], ids=["drained", "closed-lingering"])

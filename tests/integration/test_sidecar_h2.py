@@ -22,7 +22,7 @@ import pytest
 from sidecar.app import Sidecar
 from sidecar.h2upstream import H2Pool, H2PoolConfig
 from sidecar.http import Endpoint, Request, Response
-from tests.integration.conftest import ScriptedUpstream
+from tests.integration.conftest import RawHttpApp, ScriptedUpstream
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -413,34 +413,6 @@ async def test_an_idle_upstream_connection_expires_and_a_fresh_one_is_dialled() 
         app.close()
 
 
-class RawHttp1App:
-    """An HTTP/1.1 app that records each request head as the bytes it received."""
-
-    def __init__(self) -> None:
-        self.heads: list[bytes] = []
-        self.port = 0
-        self._server: asyncio.AbstractServer | None = None
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = int(self._server.sockets[0].getsockname()[1])
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            for _ in range(100):  # (bounded: one connection's requests)
-                head = await reader.readuntil(b"\r\n\r\n")
-                self.heads.append(head)
-                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-
-
 async def _raw_h2(address: tuple[str, int], fields: list[tuple[bytes, bytes]]) -> str:
     """Send one request head as given (no client-side checks) on a new connection; the
     response's status and x-meshlens-error, or how the connection ended."""
@@ -481,7 +453,7 @@ async def test_http2_heads_http1_would_refuse_get_400_and_never_reach_an_http1_a
     # The h2 library refuses NUL/CR/LF and upper case; the rest went on as HTTP/1.1 text:
     # `:method "GET /admin"` became the request line `GET /admin /ok HTTP/1.1`, `:path "admin"`
     # escaped every rule on "/admin", a header "x(y" or a value with \x01 reached the app.
-    app = RawHttp1App()
+    app = RawHttpApp()
     await app.start()
     try:
         sidecar = await sidecars(
