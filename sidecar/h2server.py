@@ -504,7 +504,7 @@ class H2ServerConnection(asyncio.Protocol):
             original_dst=self._original_dst,
         )
         refused = head_problem(method, target, authority, headers)
-        if refused is None and ("%" in target or "/." in target or "//" in target):
+        if refused is None:
             target = normalize_target(target, self._config.path_normalization)
         request = Request(method, target, tuple(out), body, authority, scheme, "2", context)
         self._spawn(stream_id, request, refused)

@@ -63,8 +63,6 @@ def normalize_target(target: str, mode: str) -> str:
         path = _ESCAPE.sub(_escape, path)
     if mode == "merge_slashes" and "//" in path:
         path = _SLASHES.sub("/", path)
-    if "/." in path:
+    if "/." in path:  # (after merging: no run of `/` is left for the removal to keep)
         path = _remove_dot_segments(path)
-        if mode == "merge_slashes" and "//" in path:  # (`/a/..//b`: a run the removal made)
-            path = _SLASHES.sub("/", path)
     return path + query

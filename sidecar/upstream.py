@@ -111,6 +111,7 @@ class _Connection(asyncio.Protocol):
         self.pool = pool
         self.key = key
         self.high_water = pool.config.high_water_bytes
+        self._head_limit = pool.config.max_response_head_bytes
         self.transport: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None  # cached: see wait_headers
         self.closed = False
@@ -227,10 +228,8 @@ class _Connection(asyncio.Protocol):
             self._extra = True
         if not self.headers_done:  # (the whole read was head: bound it, as the codec does)
             self._head_bytes += len(data)
-            limit = self.pool.config.max_response_head_bytes
-            if self._head_bytes > limit:
-                error = UpstreamProtocolError(f"upstream response head longer than {limit} bytes")
-                self._protocol_error(error)
+            if self._head_bytes > self._head_limit:
+                self._protocol_error(self._bad_head(self._too_long()))
                 return
         if self.headers_done:
             self._wake()
@@ -402,21 +401,14 @@ class _Connection(asyncio.Protocol):
         if self.headers_done:
             return  # a trailer field (after a chunked body): not merged into the head, dropped
         self._field_bytes += len(name) + len(value) + 4
-        limit = self.pool.config.max_response_head_bytes
-        if self._field_bytes > limit:  # (a long head read whole in one go)
-            self._head_error = UpstreamProtocolError(
-                f"upstream response head longer than {limit} bytes"
-            )
-            raise self._head_error
+        if self._field_bytes > self._head_limit:  # (a long head read whole in one go)
+            raise self._bad_head(self._too_long())
         self.headers.append((header_name(name), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         status = int(self._parser.get_status_code())
-        if status < 100:
-            self._head_error = UpstreamProtocolError(
-                f"bad upstream response: status {status} is not 100-599"
-            )
-            raise self._head_error
+        if not 100 <= status <= 599:  # (RFC 9110 15; httptools reads any three digits, "099" too)
+            raise self._bad_head(f"bad upstream response: status {status} is not 100-599")
         if status < 200 and status != 101:
             self.headers = []  # interim response (e.g. 103): wait for the final one
             return
@@ -433,14 +425,8 @@ class _Connection(asyncio.Protocol):
             # last leaves the length to the close (RFC 9112 6.3), llhttp's reading too
             if codings.strip().lower() != "chunked":
                 problem = f"unsupported Transfer-Encoding {codings[:64]!r}"
-                self._head_error = UpstreamProtocolError(f"bad upstream response: {problem}")
-                raise self._head_error
+                raise self._bad_head(f"bad upstream response: {problem}")
             framed = True
-        if status > 599:  # (RFC 9110 15: 100-599; httptools reads three digits, "099" too)
-            self._head_error = UpstreamProtocolError(
-                f"bad upstream response: status {status} is not 100-599"
-            )
-            raise self._head_error
         self.status = status
         self.headers_done = True
         self._keep_alive = bool(self._parser.should_keep_alive())  # reset once the message ends
@@ -449,6 +435,15 @@ class _Connection(asyncio.Protocol):
         )
         if self._head_method == "HEAD":
             self.complete = True
+
+    def _bad_head(self, message: str) -> UpstreamProtocolError:
+        """The error refusing this response's head, kept for data_received to report once the
+        parser stops (a callback's exception reaches it as httptools' own)."""
+        self._head_error = UpstreamProtocolError(message)
+        return self._head_error
+
+    def _too_long(self) -> str:
+        return f"upstream response head longer than {self._head_limit} bytes"
 
     def on_body(self, body: bytes) -> None:
         stream = self._body()
