@@ -137,7 +137,10 @@ class Int(Spec):
                 return errors.add(
                     path, "Input should be a valid integer, unable to parse string as an integer"
                 )
-            number = int(text.partition(".")[0])
+            try:
+                number = int(text.partition(".")[0])
+            except ValueError:  # (more digits than int() reads: 4,300)
+                return errors.add(path, "Input should be a valid integer, the number is too large")
         else:
             return errors.add(path, "Input should be a valid integer")
         return _bounds(number, path, errors, self.gt, self.ge, self.le)
@@ -145,7 +148,11 @@ class Int(Spec):
 
 @dataclass(frozen=True, slots=True)
 class Float(Spec):
-    """A number, as a float: also ints, True/False and strings like "2.5", "1e3" or "inf"."""
+    """A finite number, as a float: also ints, True/False and strings like "2.5" or "1e3".
+
+    Not inf or nan (pydantic's allow_inf_nan=False): JSON has neither, so a document holding one
+    (Python's json reads 1e999, Infinity and NaN) could not be shown or pushed as JSON, and no
+    setting means anything at infinity (a limit or a timeout left out is the "none" there is)."""
 
     gt: float | None = None
     ge: float | None = None
@@ -153,7 +160,10 @@ class Float(Spec):
 
     def check(self, value: Any, path: Path, errors: _Errors) -> Any:
         if isinstance(value, (int, float)):
-            number = float(value)
+            try:
+                number = float(value)
+            except OverflowError:  # an int past float's range (10**400)
+                return errors.add(path, "Input should be a finite number")
         elif isinstance(value, str):
             text = value.strip()
             try:
@@ -166,6 +176,8 @@ class Float(Spec):
                 )
         else:
             return errors.add(path, "Input should be a valid number")
+        if not math.isfinite(number):
+            return errors.add(path, "Input should be a finite number")
         return _bounds(number, path, errors, self.gt, self.ge, self.le)
 
 

@@ -84,6 +84,27 @@ async def test_invalid_policy_is_rejected_with_every_error(harness: Harness) -> 
     assert history.json() == []
 
 
+async def test_a_policy_number_json_cannot_hold_is_refused_with_its_path(harness: Harness) -> None:
+    # Python's json reads 1e999 and Infinity as inf: taken, a version every sidecar failed to
+    # build was stored and pushed; a 400-digit integer raised out of validation (a 500)
+    for raw in ("1e999", "Infinity", "-Infinity", "NaN", "1" + "0" * 400):
+        document = json.dumps(policy()).replace('"request_s": 2.0', f'"request_s": {raw}')
+        body = f'{{"document": {document}, "reason": "tune"}}'
+
+        response = await harness.client.put(
+            f"{API}/policies/orders",
+            content=body,
+            headers={**OPERATOR, "content-type": "application/json"},
+        )
+
+        assert response.status_code == 422, raw
+        assert response.json()["problems"] == [
+            "routes[0].timeout.request_s: Input should be a finite number"
+        ]
+    current = await harness.client.get(f"{API}/policies/orders", headers=OPERATOR)
+    assert current.status_code == 404  # nothing was stored
+
+
 async def test_viewer_cannot_change_policy_and_missing_or_forged_tokens_fail(
     harness: Harness,
 ) -> None:
