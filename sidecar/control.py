@@ -268,7 +268,7 @@ class ConfigControl(Generic[C]):
                     if update.document is not None and self._parse is not None
                     else None
                 )
-                stacks = self._build(config, update.source, self._active)
+                stacks = self._build_checked(config, update.source)
             except ValueError as exc:
                 return ApplyResult(False, self._reject(exc, update.source))
             self._swap(stacks)
@@ -307,12 +307,25 @@ class ConfigControl(Generic[C]):
     def apply(self, config: C, source: str) -> bool:
         """Build `config` beside the active stacks and swap; keep the old ones on failure."""
         try:
-            stacks = self._build(config, source, self._active)
+            stacks = self._build_checked(config, source)
         except ValueError as exc:
             self._reject(exc, source)
             return False
         self._swap(stacks)
         return True
+
+    def _build_checked(self, config: C | None, source: str) -> ActiveStacks:
+        """Build beside the active stacks. A build that fails other than with a ValueError is a
+        bug, not a bad document, but it is answered the same way: the version is rejected (with
+        the traceback logged) and the active one kept. Raised out of the file poll, it ended
+        hot reloading for good, silently; out of a control-plane update, nothing was reported."""
+        try:
+            return self._build(config, source, self._active)
+        except ValueError:
+            raise
+        except Exception as exc:
+            logger.exception("building the config failed", extra={"config_source": source})
+            raise ValueError(f"building the config failed: {type(exc).__name__}: {exc}") from exc
 
     async def start(self) -> None:
         """Start polling the config file for changes (no-op without a file)."""

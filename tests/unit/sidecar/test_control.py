@@ -262,3 +262,59 @@ def test_layered_endpoints_prefer_the_control_plane_and_fall_back_to_the_documen
     assert layered.endpoints("none") == ()
     dynamic.update({})
     assert layered.version == dynamic.version == 2
+
+
+class _BrokenBuild:
+    """Builds with the harness, except that version "boom" fails as a bug would."""
+
+    def __init__(self, h: Harness) -> None:
+        self.h = h
+
+    def __call__(
+        self, config: SidecarConfig | None, source: str, previous: ActiveStacks | None
+    ) -> ActiveStacks:
+        if config is not None and config.version == "boom":
+            raise OverflowError("cannot convert float infinity to integer")
+        return self.h.build(config, source, previous)
+
+
+async def test_a_build_that_fails_as_a_bug_rejects_the_update_and_keeps_the_stacks(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    control: ConfigControl[SidecarConfig] = ConfigControl(
+        path=None, load=load_config, build=_BrokenBuild(Harness(tmp_path)), parse=parse_config
+    )
+    control.load_initial()
+    assert control.apply_update(update(3, GOOD)).ok
+    active = control.active
+
+    result = control.apply_update(update(4, {**GOOD, "version": "boom"}))
+
+    assert not result.ok  # (it raised OverflowError out of apply_update: nothing was reported)
+    assert result.errors == (
+        "building the config failed: OverflowError: cannot convert float infinity to integer",
+    )
+    assert control.active is active
+    assert control.good_version == 3
+    assert any(r.exc_info for r in caplog.records if r.message == "building the config failed")
+    await control.close()
+
+
+async def test_hot_reload_goes_on_after_a_file_whose_build_fails(tmp_path: Path) -> None:
+    path = tmp_path / "sidecar.json"
+    path.write_text(json.dumps(GOOD))
+    h = Harness(tmp_path)
+    control: ConfigControl[SidecarConfig] = ConfigControl(
+        path=str(path), load=load_config, build=_BrokenBuild(h), sleep=RecordingSleep()
+    )
+    control.load_initial()
+
+    path.write_text(json.dumps({**GOOD, "version": "boom"}))
+    # (raised: the file poll calls reload() and died with it, so no later file was read)
+    assert control.reload() is False
+    assert control.active.version == "3"
+    assert control.rejected == 1
+    path.write_text(json.dumps({**GOOD, "version": "5"}))
+    assert control.reload() is True
+    assert control.active.version == "5"
+    await control.close()
