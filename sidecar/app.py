@@ -43,6 +43,7 @@ from sidecar.jwks import pool_fetch
 from sidecar.layers.authz import Authorizer, AuthzConfig
 from sidecar.layers.grpc import grpc_attempt_layer, grpc_layer
 from sidecar.layers.jwt import Authenticator, JwtConfig, jwt_layer
+from sidecar.loops import OutgoingConnections
 from sidecar.paths import MODES as PATH_MODES
 from sidecar.protocols import LazyH2Pool, OwnListeners, guarded_terminal, protocol_terminal
 from sidecar.stack import Handler, Layer
@@ -157,8 +158,11 @@ class Sidecar:
         self.options = options
         self.instance = options.instance or f"{socket.gethostname()}-{os.getpid()}"
         self.tls = TlsContexts(cast(MtlsMode, options.mtls))
-        self.upstream = UpstreamPool(UpstreamConfig(), tls=self.tls.client)
-        self.h2_upstream = LazyH2Pool(tls=self.tls.client)
+        # the connections this sidecar dials: one that comes back into its outbound listener
+        # is a request loop, refused there whatever name the request used (sidecar/loops.py)
+        self.outgoing = OutgoingConnections()
+        self.upstream = UpstreamPool(UpstreamConfig(), tls=self.tls.client, outgoing=self.outgoing)
+        self.h2_upstream = LazyH2Pool(tls=self.tls.client, outgoing=self.outgoing)
         self._protocols: dict[str, str] = {}  # upstream name -> its configured protocol
         # (compiled, no coroutine of its own: the pool's own call is the only await level)
         self._terminal = protocol_terminal(self.upstream, self.h2_upstream, self._protocols)
@@ -217,6 +221,7 @@ class Sidecar:
                 direction="outbound",
                 original_dst=options.capture,
                 path_normalization=options.path_normalization,
+                own_connections=self.outgoing,
             ),
             lambda: self._outbound_handler,
         )

@@ -21,7 +21,7 @@ import httptools
 
 from sidecar._native import mypyc_attr
 from sidecar.capture import original_dst
-from sidecar.errors import BadRequest, DownstreamError, HeadersTooLarge, ProxyError
+from sidecar.errors import BadRequest, DownstreamError, HeadersTooLarge, NoRoute, ProxyError
 from sidecar.http import (
     Body,
     BodyStream,
@@ -33,6 +33,7 @@ from sidecar.http import (
     new_request,
 )
 from sidecar.layers.proxy_errors import error_response
+from sidecar.loops import OutgoingConnections, address_key
 from sidecar.paths import MODES as PATH_MODES
 from sidecar.paths import normalize_target
 from sidecar.stack import Handler
@@ -88,6 +89,9 @@ class ServerConfig:
     high_water_bytes: int = 256 * 1024
     original_dst: bool = False  # read SO_ORIGINAL_DST per connection (transparent capture)
     path_normalization: str = "merge_slashes"  # sidecar/paths.py: none | base | merge_slashes
+    # the connections this sidecar's pools dialed: a request arriving on one is refused (a
+    # loop: sidecar/loops.py); None (inbound) checks nothing
+    own_connections: OutgoingConnections | None = None
 
     def __post_init__(self) -> None:
         if self.direction not in ("outbound", "inbound"):
@@ -423,6 +427,7 @@ class _ServerProtocol(asyncio.Protocol):
         self._queue_paused = False
         self._reading_paused = False
         self._peer = ""
+        self._peer_key: tuple[str, int] | None = None
         self._original_dst = ""
         self.peer_identity = ""  # verified SPIFFE id of the caller, set by the mTLS listener
         self._seen_data = False
@@ -438,6 +443,8 @@ class _ServerProtocol(asyncio.Protocol):
         self._transport = transport  # uvloop's transports are not asyncio.Transport subclasses
         peer = transport.get_extra_info("peername")
         self._peer = str(peer[0]) if isinstance(peer, tuple) else ""
+        if self._config.own_connections is not None:
+            self._peer_key = address_key(peer)  # (checked at the first read: sidecar/loops.py)
         if self._config.original_dst:
             self._original_dst = original_dst(transport.get_extra_info("socket"))
         transport.set_write_buffer_limits(high=self._config.high_water_bytes)
@@ -487,6 +494,10 @@ class _ServerProtocol(asyncio.Protocol):
             return
         if not self._seen_data:
             self._seen_data = True
+            own = self._config.own_connections
+            if own is not None and own.includes(self._peer_key):
+                self._refuse_loop(data)
+                return
             if data.startswith(b"PRI * HTTP/2"):  # HTTP/2 client preface: h2c or TLS with ALPN h2
                 self._hand_over_h2(data)
                 return
@@ -522,6 +533,22 @@ class _ServerProtocol(asyncio.Protocol):
             self._head_raw += len(data)
             if self._head_raw > self._config.max_header_bytes:
                 self._reject(HeadersTooLarge("request headers too large"))
+
+    def _refuse_loop(self, data: bytes) -> None:
+        """The connection is one this sidecar dialed itself (passed through to an address of
+        its own outbound listener): answer 404 no_route, as for the names it knows, instead
+        of passing the request on again. An HTTP/2 one is closed (its client, the pool, sees
+        a reset)."""
+        logger.warning("request loop refused", extra={"peer": self._peer})
+        if data.startswith(b"PRI * HTTP/2"):
+            self.abort()
+            return
+        self._reject(
+            NoRoute(
+                "this request came back into the sidecar that sent it (a request loop): "
+                "name a service, or a host:port that is not this sidecar"
+            )
+        )
 
     def _feed_raw_body(self, data: bytes) -> bytes:
         """Feed the due bytes of an un-upgraded request's body; return what follows them."""

@@ -32,6 +32,7 @@ from sidecar.errors import (
 )
 from sidecar.h2server import H2_HOP_BY_HOP, H2Body, field_problem, text_fields, wire_fields
 from sidecar.http import Body, Endpoint, Request, Response, Trailers
+from sidecar.loops import OutgoingConnections
 from sidecar.protocols import PROTOCOLS, protocol_terminal
 from sidecar.stack import Clock, monotonic
 from sidecar.upstream import dial
@@ -382,8 +383,10 @@ class H2Pool:
         *,
         clock: Clock = monotonic,
         tls: Callable[[], ssl.SSLContext | None] | None = None,
+        outgoing: OutgoingConnections | None = None,
     ) -> None:
         self.config = config or H2PoolConfig()
+        self._outgoing = outgoing  # where each new connection is recorded (sidecar/loops.py)
         self._clock = clock
         self._tls = tls
         self._conns: dict[tuple[str, int, str], list[_Connection]] = {}
@@ -485,6 +488,7 @@ class H2Pool:
             endpoint,
             tls=self._mesh_tls(endpoint),
             timeout_s=timeout_s,
+            outgoing=self._outgoing,
         )
         self.opened += 1
         return conn

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from sidecar.errors import NoRoute
 from sidecar.http import Request, Response
+from sidecar.loops import OutgoingConnections
 from sidecar.stack import Handler
 
 if TYPE_CHECKING:
@@ -26,8 +27,14 @@ PROTOCOLS = frozenset({"http1", "h2", "grpc", "auto"})
 class LazyH2Pool:
     """An `H2Pool` made (and `h2` imported) on the first request; same call, stats and close."""
 
-    def __init__(self, *, tls: Callable[[], ssl.SSLContext | None] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        tls: Callable[[], ssl.SSLContext | None] | None = None,
+        outgoing: OutgoingConnections | None = None,
+    ) -> None:
         self._tls = tls
+        self._outgoing = outgoing
         self.pool: H2Pool | None = None
 
     def __call__(self, request: Request) -> Awaitable[Response]:
@@ -35,7 +42,7 @@ class LazyH2Pool:
         if pool is None:
             from sidecar.h2upstream import H2Pool
 
-            pool = self.pool = H2Pool(tls=self._tls)
+            pool = self.pool = H2Pool(tls=self._tls, outgoing=self._outgoing)
         return pool(request)
 
     async def close(self) -> None:

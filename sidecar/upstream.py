@@ -42,6 +42,7 @@ from sidecar.http import (
     header_name,
     new_response,
 )
+from sidecar.loops import OutgoingConnections
 from sidecar.stack import Clock, monotonic
 
 __all__ = ["Connector", "UpstreamConfig", "UpstreamPool", "dial"]
@@ -469,8 +470,10 @@ class UpstreamPool:
         clock: Clock = monotonic,
         connect: Connector | None = None,
         tls: Callable[[], ssl.SSLContext | None] | None = None,
+        outgoing: OutgoingConnections | None = None,
     ) -> None:
         self.config = config or UpstreamConfig()
+        self._outgoing = outgoing  # where each new connection is recorded (sidecar/loops.py)
         self._tls = tls  # the current mesh client context (sidecar/tls.py), read per connect
         self._clock = clock
         self._connect_fn = connect
@@ -548,6 +551,7 @@ class UpstreamPool:
             tls=self._mesh_tls(endpoint),
             timeout_s=timeout_s,
             connect=self._connect_fn,
+            outgoing=self._outgoing,
         )
         self.opened += 1
         return conn
@@ -670,11 +674,14 @@ async def dial(
     tls: ssl.SSLContext | None,
     timeout_s: float,
     connect: Connector | None = None,
+    outgoing: OutgoingConnections | None = None,
 ) -> _P:
     """Connect `factory()` to `endpoint` within `timeout_s`, over mesh mTLS when `tls` is given.
 
     Socket errors and the deadline become UpstreamConnectError; a TLS peer whose SPIFFE id is
-    not `endpoint.identity` is refused. Shared by the HTTP/1.1 and HTTP/2 pools.
+    not `endpoint.identity` is refused. The connection is recorded in `outgoing` (its
+    sidecar's own connections: one that comes back in is refused). Shared by the HTTP/1.1 and
+    HTTP/2 pools.
     """
     try:
         async with asyncio.timeout(timeout_s):
@@ -695,6 +702,8 @@ async def dial(
     dialed: _P = conn
     if tls is not None:
         _check_identity(cast(_Dialed, dialed), endpoint)
+    if outgoing is not None:
+        outgoing.add(getattr(dialed, "transport", None))
     return dialed
 
 

@@ -206,6 +206,26 @@ async def test_a_request_addressed_to_the_sidecar_itself_is_refused_not_looped(
     assert upstream.seen == []
 
 
+async def test_other_names_of_the_sidecar_itself_end_the_loop_at_its_first_turn(
+    upstream: ScriptedUpstream, sidecars: Sidecars
+) -> None:
+    # names the own-listener list does not hold: each went round ~64 times (until the
+    # x-forwarded-for the hops appended passed the header limit: a 431 after 1-2.5 s), leaving
+    # 128 sockets open per request
+    sidecar = await sidecars("client", upstream.port)
+    _, port = _outbound(sidecar)
+    for host in (f"127.1:{port}", f"[::ffff:127.0.0.1]:{port}", f"2130706433:{port}"):
+        raw = f"GET /x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+
+        answer = await raw_exchange(_outbound(sidecar), raw)
+
+        assert answer.startswith(b"HTTP/1.1 404 "), (host, answer[:200])
+        assert b"x-meshlens-error: no_route" in answer
+        assert b"request loop" in answer
+    assert sidecar.upstream.opened == 3  # one connection per request: no second turn
+    assert upstream.seen == []
+
+
 async def test_upstream_reset_mid_body_aborts_that_response_and_the_sidecar_keeps_serving(
     upstream_factory: Callable[..., Awaitable[ScriptedUpstream]], sidecars: Sidecars
 ) -> None:

@@ -17,6 +17,7 @@ from sidecar.codec import (
     _ServerProtocol,
 )
 from sidecar.errors import UpstreamReset
+from sidecar.loops import OutgoingConnections
 from sidecar.http import Request, Response
 from sidecar.stack import Handler
 
@@ -626,3 +627,47 @@ async def test_the_target_is_normalized_before_any_layer_sees_it() -> None:
     assert [r.target for r in raw.requests] == ["/x/../%61dmin"]
     with pytest.raises(ValueError, match="path_normalization"):
         ServerConfig(path_normalization="all")
+
+
+class _Dialed:
+    def __init__(self, sockname: tuple[str, int]) -> None:
+        self.sockname = sockname
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.sockname if name == "sockname" else default
+
+    def is_closing(self) -> bool:
+        return False
+
+
+async def test_a_request_on_a_connection_the_sidecar_dialed_itself_is_refused_as_a_loop() -> None:
+    own = OutgoingConnections()
+    own.add(_Dialed(("10.0.0.7", 5555)))  # FakeTransport's peer: a pool connection of ours
+    handler, transport = await served(
+        b"GET / HTTP/1.1\r\nHost: 127.1:15001\r\n\r\n", own_connections=own
+    )
+
+    assert handler.requests == []  # not passed on (it went round ~64 times, one socket pair each)
+    assert transport.out.startswith(b"HTTP/1.1 404 ")
+    assert b"x-meshlens-error: no_route" in transport.out
+    assert b"request loop" in transport.out
+    assert transport.closed
+
+
+async def test_an_http2_connection_the_sidecar_dialed_itself_is_closed() -> None:
+    own = OutgoingConnections()
+    own.add(_Dialed(("10.0.0.7", 5555)))
+    handler, transport = await served(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", own_connections=own)
+
+    assert handler.requests == [] and transport.aborted
+
+
+async def test_other_connections_and_listeners_without_the_table_are_served() -> None:
+    own = OutgoingConnections()
+    own.add(_Dialed(("10.0.0.7", 6666)))  # (another port of the same host)
+    raw = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+
+    handler, transport = await served(raw, own_connections=own)
+    assert len(handler.requests) == 1 and transport.out.startswith(b"HTTP/1.1 200 ")
+    handler, transport = await served(raw, direction="inbound")  # (no table: not checked)
+    assert len(handler.requests) == 1
