@@ -7,6 +7,7 @@ One `Sidecar` per process. The listeners read the active handler through a singl
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import socket
@@ -64,6 +65,20 @@ __all__ = ["Sidecar", "SidecarAddresses", "SidecarOptions"]
 logger = logging.getLogger(__name__)
 
 
+def _is_local(host: str, listen_host: str) -> bool:
+    """`host` names this host: loopback, unspecified, localhost or the listen address."""
+    if host in ("localhost", listen_host):
+        return True
+    try:
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(host)
+    except ValueError:
+        try:  # (the forms the resolver also reads as IPv4: 127.1, 2130706433, 0x7f000001)
+            address = ipaddress.IPv4Address(socket.inet_aton(host))
+        except (OSError, ValueError):  # (not an address; ValueError: a NUL in it)
+            return False
+    return address.is_loopback or address.is_unspecified
+
+
 @dataclass(frozen=True, slots=True)
 class SidecarOptions:
     """Everything the `meshlens sidecar` command line decides."""
@@ -111,6 +126,15 @@ class SidecarOptions:
         for name in ("admin_port", "outbound_port", "inbound_port"):
             if not 0 <= getattr(self, name) < 65536:
                 raise ValueError(f"{name} must be in 0..65535")
+        if _is_local(self.app_host, self.listen_host):
+            for name in ("inbound_port", "outbound_port", "admin_port"):
+                if self.app_port == getattr(self, name):
+                    # (the inbound listener forwarding to itself went round ~64 times per
+                    # request, until x-forwarded-for passed the header limit)
+                    raise ValueError(
+                        f"app_port {self.app_port} is this sidecar's {name.split('_')[0]} port:"
+                        " the app would be the sidecar itself (a request loop)"
+                    )
         if self.drain_timeout_s <= 0 or self.reload_interval_s <= 0:
             raise ValueError("drain_timeout_s and reload_interval_s must be > 0")
         if self.control_plane_url and self.config_path:

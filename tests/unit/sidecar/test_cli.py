@@ -62,3 +62,24 @@ def test_options_and_telemetry_config_refuse_unknown_compressions() -> None:
         TelemetryConfig(service="web", otlp_compression="br")
     assert SidecarOptions(service="web", app_port=8080).otlp_compression == "none"
     assert TelemetryConfig(service="web").otlp_compression == "none"
+
+
+@pytest.mark.parametrize(
+    ("app_host", "port", "name"),
+    [
+        ("127.0.0.1", 15006, "inbound"),  # (went round ~64 times per request, then a 431)
+        ("localhost", 15001, "outbound"),
+        ("127.1", 15000, "admin"),
+        ("::1", 15006, "inbound"),
+    ],
+)
+def test_an_app_port_that_is_one_of_the_sidecars_own_is_refused(
+    app_host: str, port: int, name: str
+) -> None:
+    with pytest.raises(ValueError, match=f"is this sidecar's {name} port"):
+        SidecarOptions(service="web", app_port=port, app_host=app_host)
+
+
+def test_the_same_port_on_another_host_is_an_app_like_any_other() -> None:
+    assert SidecarOptions(service="web", app_port=15006, app_host="10.0.0.9").app_port == 15006
+    assert SidecarOptions(service="web", app_port=15006, inbound_port=0).inbound_port == 0
