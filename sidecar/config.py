@@ -924,6 +924,8 @@ def load_config(path: str | Path) -> SidecarConfig:
             doc = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ConfigError([f"{path}: not valid json: {exc}"]) from exc
+        except RecursionError as exc:  # ([[[[...]]]] past the interpreter's recursion limit)
+            raise ConfigError([f"{path}: not valid json: nested too deeply"]) from exc
         return parse_config({} if doc is None else doc)
     import yaml
 
@@ -932,6 +934,10 @@ def load_config(path: str | Path) -> SidecarConfig:
     except yaml.YAMLError as exc:
         raise ConfigError(
             [f"{path}: not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}"]
+        ) from exc
+    except RecursionError as exc:
+        raise ConfigError(
+            [f"{path}: not valid {path.suffix.lstrip('.') or 'YAML'}: nested too deeply"]
         ) from exc
     if doc is None:
         doc = {}

@@ -194,6 +194,8 @@ def parse_jwks(data: bytes | str) -> JwkSet:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise JwksError(f"JWKS is not JSON: {exc}") from exc
+    except RecursionError as exc:  # ([[[[...]]]] past the interpreter's recursion limit)
+        raise JwksError("JWKS is not JSON: nested too deeply") from exc
     if isinstance(doc, dict) and "keys" not in doc and "kty" in doc:
         doc = {"keys": [doc]}
     if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):

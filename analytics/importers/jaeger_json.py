@@ -77,6 +77,8 @@ def read(path: Path) -> Iterator[ImportedSpan]:
         document = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ImportFormatError(path, exc.lineno, f"invalid JSON: {exc.msg}") from None
+    except RecursionError:
+        raise ImportFormatError(path, 1, "invalid JSON: nested too deeply") from None
     traces = document.get("data") if isinstance(document, dict) else None
     if traces is None and isinstance(document, dict) and "spans" in document:
         traces = [document]

@@ -85,6 +85,8 @@ def read(path: Path) -> Iterator[ImportedSpan]:
         raise ImportFormatError(path, 1, "empty file")
     try:
         documents: list[tuple[int, Any]] = [(1, json.loads(stripped))]
+    except RecursionError:
+        raise ImportFormatError(path, 1, "invalid JSON: nested too deeply") from None
     except json.JSONDecodeError:
         documents = []
         for number, line in enumerate(text.splitlines(), start=1):
@@ -94,6 +96,8 @@ def read(path: Path) -> Iterator[ImportedSpan]:
                 documents.append((number, json.loads(line)))
             except json.JSONDecodeError as exc:
                 raise ImportFormatError(path, number, f"invalid JSON: {exc.msg}") from None
+            except RecursionError:
+                raise ImportFormatError(path, number, "invalid JSON: nested too deeply") from None
     for number, document in documents:
         if not isinstance(document, dict) or "resourceSpans" not in document:
             raise ImportFormatError(path, number, "expected an object with 'resourceSpans'")

@@ -132,6 +132,8 @@ def _tags(params: Params, json_name: str, pair_name: str | None) -> dict[str, st
             decoded = json.loads(raw)
         except json.JSONDecodeError as exc:
             raise InvalidQuery(f"malformed '{json_name}' parameter: {exc}") from exc
+        except RecursionError as exc:
+            raise InvalidQuery(f"malformed '{json_name}' parameter: nested too deeply") from exc
         if not isinstance(decoded, dict):
             raise InvalidQuery(f"malformed '{json_name}' parameter: expect a JSON object")
         for key, value in decoded.items():

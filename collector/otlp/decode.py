@@ -50,6 +50,15 @@ def decode_protobuf(signal: Signal, body: bytes) -> DecodedBatch:
 def request_from_json(signal: Signal, body: bytes) -> Any:
     """OTLP/JSON (hex ids, lowerCamelCase, int64 as string or number) -> request message."""
     try:
+        return _request_from_json(signal, body)
+    except RecursionError as exc:
+        # [[[[...]]]] past the interpreter's recursion limit (in json.loads or in the walks
+        # after it): a 500 and a logged traceback from the HTTP receiver before
+        raise InvalidRequest("malformed JSON: nested too deeply") from exc
+
+
+def _request_from_json(signal: Signal, body: bytes) -> Any:
+    try:
         document = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidRequest(f"malformed JSON: {exc}") from exc

@@ -166,7 +166,7 @@ def _not_json(constant: str) -> Any:
 def _decode_json(segment: str) -> dict[str, Any]:
     try:
         value = json.loads(b64url_decode(segment), parse_constant=_not_json)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # (Recursion: [[[[...]]]])
         raise JwtFailure("malformed") from exc
     if not isinstance(value, dict):
         raise JwtFailure("malformed")

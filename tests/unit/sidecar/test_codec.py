@@ -17,8 +17,8 @@ from sidecar.codec import (
     _ServerProtocol,
 )
 from sidecar.errors import UpstreamReset
-from sidecar.loops import OutgoingConnections
 from sidecar.http import Request, Response
+from sidecar.loops import OutgoingConnections
 from sidecar.stack import Handler
 
 

@@ -151,6 +151,11 @@ def test_unreadable_or_malformed_files_are_config_errors(tmp_path: Path) -> None
     bad.write_text("{")
     with pytest.raises(ConfigError, match="not valid json"):
         load_config(bad)
+    for suffix in (".json", ".yaml"):
+        nested = tmp_path / f"deep{suffix}"
+        nested.write_text("[" * 100_000 + "]" * 100_000)
+        with pytest.raises(ConfigError, match="nested too deeply"):
+            load_config(nested)  # (a RecursionError traceback before)
     listy = tmp_path / "list.yaml"
     listy.write_text("- 1\n")
     with pytest.raises(ConfigError, match="expected a mapping"):

@@ -69,6 +69,9 @@ def test_invalid_json_names_the_line(tmp_path: Path) -> None:
     path.write_text('{\n"data": [\n,]}')
     with pytest.raises(ImportFormatError, match=r"t\.json:3: invalid JSON"):
         list(read_spans(path, "jaeger-json"))
+    path.write_text("[" * 100_000 + "]" * 100_000)  # (RecursionError went out of the CLI)
+    with pytest.raises(ImportFormatError, match="invalid JSON: nested too deeply"):
+        list(read_spans(path, "jaeger-json"))
 
 
 def test_a_span_without_id_is_reported(tmp_path: Path) -> None:

@@ -65,6 +65,13 @@ def test_json_lines_with_a_broken_line_names_it(tmp_path: Path) -> None:
         list(read_spans(path, "otlp-json"))
 
 
+def test_json_nested_past_the_recursion_limit_is_a_format_error(tmp_path: Path) -> None:
+    path = tmp_path / "t.jsonl"
+    path.write_text(json.dumps(REQUEST) + "\n" + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(ImportFormatError, match=r"t\.jsonl:2: invalid JSON: nested too deeply"):
+        list(read_spans(path, "otlp-json"))  # (a RecursionError traceback out of the CLI)
+
+
 def test_a_document_without_resource_spans_is_rejected(tmp_path: Path) -> None:
     path = tmp_path / "t.json"
     path.write_text('{"data": []}')

@@ -42,6 +42,9 @@ def test_v1_search_tags_json_and_pairs_merge() -> None:
     assert query is not None
     assert {(f.key, f.value) for f in query.attributes} == {("a", "1"), ("ok", "true"), ("b", "2")}
     assert query.limit == 1000
+    deep = "[" * 100_000 + "]" * 100_000  # (a RecursionError: 500 from the Jaeger API)
+    with pytest.raises(InvalidQuery, match="nested too deeply"):
+        v1_search(QueryParams({"service": "web", "tags": deep}), NOW_NS)
 
 
 def test_v1_search_trace_ids_skip_the_search() -> None:

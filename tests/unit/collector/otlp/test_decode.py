@@ -74,6 +74,8 @@ def test_protobuf_passes_through_unchanged() -> None:
             "invalid OTLP JSON",
         ),
         (b'{"resourceSpans": [{"\\ud800": 1}]}', "not valid Unicode"),
+        # (RecursionError: a 500 and a logged traceback from the HTTP receiver)
+        (b'{"resourceSpans": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
     ],
 )
 def test_bad_json_is_an_invalid_request_naming_the_problem(body: bytes, message: str) -> None:

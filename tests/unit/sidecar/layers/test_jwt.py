@@ -223,7 +223,11 @@ async def test_a_provider_can_narrow_its_algorithms() -> None:
         ("a.b", "malformed"),
         (make_token(RSA, claims(iss="https://evil.example")), "unknown_issuer"),
         (make_token(RSA, claims(exp="soon")), "malformed"),
+        # JSON nested past the recursion limit: RecursionError went out of the layer (a 502
+        # and a logged traceback for each such request, from any client)
+        (f"{b64url(b'[' * 20000 + b']' * 20000)}.e30.c2ln", "malformed"),
     ],
+    ids=["not-a-jwt", "two-parts", "unknown-issuer", "bad-exp", "nested-20000"],
 )
 async def test_malformed_tokens_and_unknown_issuers_are_refused(token: str, expected: str) -> None:
     response, _ = await simple().call(token)
@@ -317,6 +321,8 @@ async def test_a_jwks_file_is_reread_when_it_changes(tmp_path: Any) -> None:
 def test_jwks_parsing_refuses_unusable_documents_and_skips_bad_keys() -> None:
     with pytest.raises(JwksError, match="not JSON"):
         parse_jwks("{")
+    with pytest.raises(JwksError, match="nested too deeply"):
+        parse_jwks("[" * 100_000 + "]" * 100_000)  # (RecursionError went out of the fetch)
     with pytest.raises(JwksError, match="no usable keys"):
         parse_jwks(json.dumps({"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}))
     keys = parse_jwks(json.dumps({"keys": [{"kty": "RSA", "n": "AQ", "e": "AQAB"}, EC.jwk()]}))
