@@ -40,6 +40,7 @@ from sidecar.layers.routing import (
     RoutingConfig,
 )
 from sidecar.layers.timeout import TimeoutConfig
+from sidecar.regex import RegexError, compile_regex
 from sidecar.schema import (
     Bool,
     DictOf,
@@ -186,8 +187,8 @@ def _one_kind(m: dict[str, Any]) -> None:
         raise Invalid("set exactly one of exact, regex")
     if m["regex"] is not None:
         try:
-            re.compile(m["regex"])
-        except re.error as exc:
+            compile_regex(m["regex"])
+        except RegexError as exc:
             raise Invalid(f"invalid regex {m['regex']!r}: {exc}") from exc
 
 

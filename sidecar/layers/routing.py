@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import bisect
 import random as _random
-import re
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from itertools import accumulate
-from typing import Final
+from typing import Any, Final
 
 from sidecar.errors import NoRoute
 from sidecar.http import Endpoint, Request, Response, header_value, parse_digits
+from sidecar.regex import compile_regex
 from sidecar.stack import Handler, Layer
 
 __all__ = [
@@ -43,7 +43,7 @@ class HeaderMatch:
     name: str
     exact: str | None = None
     regex: str | None = None
-    pattern: re.Pattern[str] | None = field(default=None, compare=False, repr=False)
+    pattern: Any = field(default=None, compare=False, repr=False)  # RE2 (sidecar/regex.py)
 
     def __post_init__(self) -> None:
         if self.name != self.name.lower() or not self.name:
@@ -51,7 +51,7 @@ class HeaderMatch:
         if (self.exact is None) == (self.regex is None):
             raise ValueError(f"header {self.name!r}: set exactly one of exact, regex")
         if self.regex is not None:
-            object.__setattr__(self, "pattern", re.compile(self.regex))
+            object.__setattr__(self, "pattern", compile_regex(self.regex))
 
     def matches(self, request: Request) -> bool:
         value = header_value(request.headers, self.name)

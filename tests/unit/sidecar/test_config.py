@@ -211,3 +211,21 @@ def test_an_endpoint_port_that_is_no_ascii_number_is_a_config_error(port: str) -
     # 5,000 digits: a pushed policy failed with a traceback instead of its listed problems)
     with pytest.raises(ConfigError, match=r"endpoints\[0\]: endpoint .* is not host:port"):
         parse_config({"upstreams": {"app": {"endpoints": [f"127.0.0.1:{port}"]}}})
+
+
+def test_a_header_regex_outside_re2_is_refused_with_the_reason() -> None:
+    doc = {
+        "upstreams": {"app": {"endpoints": ["a:1"]}},
+        "routes": [
+            {
+                "name": "r",
+                "match": {"headers": {"x-a": {"regex": r"(a)\1"}}},
+                "destinations": [{"upstream": "app"}],
+            }
+        ],
+    }
+    with pytest.raises(ConfigError) as caught:
+        parse_config(doc)
+    (error,) = caught.value.errors
+    assert error.startswith("routes[0].match.headers.x-a: invalid regex '(a)\\\\1': ")
+    assert "RE2 syntax" in error and "backreferences" in error

@@ -170,3 +170,24 @@ def test_routing_config_validates() -> None:
         HeaderMatch("x-a")
     with pytest.raises(ValueError):
         Destination("a", weight=0)
+
+
+@pytest.mark.timeout(20)
+def test_a_header_regex_is_matched_in_linear_time() -> None:
+    # with Python's re, (a+)+$ against 40 a's and a '!' backtracks ~2**40 steps (0.4 s at 24,
+    # doubling per character): one request held the event loop, and all traffic, for hours
+    match = HeaderMatch("x-user", regex="(a+)+$")
+    evil = make_request(headers=(("x-user", "a" * 40 + "!"),))
+    long = make_request(headers=(("x-user", "a" * 60_000),))
+
+    assert not match.matches(evil)
+    assert match.matches(long)
+    assert HeaderMatch("x-user", regex=r"^(\w+\s?)*$").matches(
+        make_request(headers=(("x-user", "ann b"),))
+    )
+
+
+def test_a_regex_re2_cannot_run_in_linear_time_is_refused() -> None:
+    for pattern in (r"(a)\1", "(?=a)a", "(?<!a)b"):
+        with pytest.raises(ValueError, match="RE2 syntax"):
+            HeaderMatch("x-user", regex=pattern)
