@@ -4,11 +4,18 @@ Grafana interpolates template variables in the browser, then the ClickHouse plug
 (grafana/clickhouse-datasource `pkg/macros/macros.go`) expands `$__` macros. `expand()` does both,
 the same way, so a panel's SQL can run against a store outside Grafana (tests, `dashboards sql`).
 
-Template variables (`variables` maps a name to one value or a list of values):
+Template variables (`variables` maps a name to one value or a list of values), formatted as
+Grafana's formatters do (grafana/scenes `formatRegistry.ts`):
   ${name} / $name            the value; a list joins with ','
-  ${name:singlequote}        each value in single quotes (quotes escaped \\'), joined with ','
+  ${name:singlequote}        each value in single quotes (quotes escaped \\', backslashes NOT),
+                             joined with ','
   ${name:sqlstring}          each value in single quotes ('' doubling), joined with ','
+  ${name:percentencode}      encodeURIComponent, also of !'()*; a list as '{a,b}' encoded whole
   ${name:raw}                as ${name}
+ClickHouse reads a backslash in a string literal as an escape, so no quoting formatter keeps a
+value inside its quotes (`\\' OR 1=1 --` ends the literal after singlequote). Our dashboards
+quote only percentencode output, which is [A-Za-z0-9-_.~%] alone, and decode it in SQL:
+`decodeURLComponent('${name:percentencode}')`.
 Macros (time range `[from_s, to_s]`, panel interval `interval_s`):
   $__timeFilter(col)         col >= toDateTime(from) AND col <= toDateTime(to)
   $__timeFilter_ms(col)      the same with fromUnixTimestamp64Milli(ms)
@@ -27,6 +34,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from urllib.parse import quote
 
 __all__ = ["MACROS", "MacroError", "TimeRange", "expand", "variable_names"]
 
@@ -63,8 +71,13 @@ def variable_names(sql: str) -> set[str]:
 
 def _quoted(value: str, style: str) -> str:
     if style == "singlequote":
-        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        return "'" + value.replace("'", "\\'") + "'"  # (Grafana leaves backslashes as they are)
     return "'" + value.replace("'", "''") + "'"
+
+
+def _percent_encoded(value: str) -> str:
+    """JavaScript's encodeURIComponent, and !'()* too (Grafana's encodeURIComponentStrict)."""
+    return quote(value, safe="-_.~")
 
 
 def _format_variable(name: str, value: str | Sequence[str], fmt: str | None) -> str:
@@ -73,7 +86,11 @@ def _format_variable(name: str, value: str | Sequence[str], fmt: str | None) -> 
         return ",".join(values)
     if fmt in ("singlequote", "sqlstring"):
         return ",".join(_quoted(v, fmt) for v in values)
-    raise MacroError(f"unsupported format ${{{name}:{fmt}}}: use singlequote, sqlstring or raw")
+    if fmt == "percentencode":
+        return _percent_encoded(value if isinstance(value, str) else "{" + ",".join(values) + "}")
+    raise MacroError(
+        f"unsupported format ${{{name}:{fmt}}}: use percentencode, singlequote, sqlstring or raw"
+    )
 
 
 def _datetime(seconds: float) -> str:

@@ -31,7 +31,7 @@ from analytics.rca.ranking import Candidate
 from analytics.tuning.repository import SuggestionRecord, TuningRepository
 from collector.store import Rows, Store, open_store
 from dashboards.catalog import Query, load_dashboards, queries
-from dashboards.macros import TimeRange, expand
+from dashboards.macros import TimeRange, expand, variable_names
 from demo.topology import SHOP
 from tests.conftest import Event, Span, trace_columns
 
@@ -230,8 +230,32 @@ def _variables(trace_id: str) -> dict[str, Any]:
 
 Results = dict[str, tuple[Query, Rows, dict[str, str]]]
 
+# What a Grafana user can put in a variable (a textbox, or any value through the URL's var-*)
+# and what any app can name its service (the service variable lists the names in the data):
+# with Grafana's own formatting, each of these ended its string literal in the SQL before
+# (singlequote escapes ' as \' but leaves a backslash, which ClickHouse reads as an escape)
+HOSTILE: dict[str, Any] = {
+    "service": ["\\' OR 1=1 --", "x') OR 1=1 OR ('"],
+    "min_duration_ms": "0') OR 1=1 OR ('",
+    "trace_id": "' OR 1=1 OR '",
+}
 
-async def _run_all(data: Path) -> Results:
+
+async def _hostile_rows(store: Store) -> dict[str, int | str]:
+    """Each query that reads a variable, run with HOSTILE: its row count or its error."""
+    out: dict[str, int | str] = {}
+    for dashboard in load_dashboards():
+        for query in queries(dashboard):
+            if not variable_names(query.sql) & HOSTILE.keys():
+                continue
+            try:
+                out[query.key] = len(await store.query(expand(query.sql, RANGE, HOSTILE)))
+            except Exception as exc:  # (a query the values broke: reported by the test)
+                out[query.key] = f"{type(exc).__name__}: {str(exc)[:200]}"
+    return out
+
+
+async def _run_all(data: Path) -> tuple[Results, dict[str, int | str]]:
     traces = _shop_traces()
     store: Store = open_store(f"chdb://{data}")
     try:
@@ -251,15 +275,31 @@ async def _run_all(data: Path) -> Results:
                 described = await store.query(f"DESCRIBE TABLE ({sql})")
                 types = {row["name"]: row["type"] for row in described}
                 results[query.key] = (query, await store.query(sql), types)
-        return results
+        return results, await _hostile_rows(store)
     finally:
         await store.close()
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory) -> Results:
-    """Every dashboard query's rows and column types, from one store filled once."""
+def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Results, dict[str, int | str]]:
+    """Every dashboard query run on one store filled once: with the usual variables (rows and
+    column types) and with HOSTILE ones (row counts)."""
     return asyncio.run(_run_all(tmp_path_factory.mktemp("dashboards") / "ch"))
+
+
+@pytest.fixture(scope="module")
+def results(runs: tuple[Results, dict[str, int | str]]) -> Results:
+    return runs[0]
+
+
+def test_variable_values_stay_values_in_the_sql(
+    runs: tuple[Results, dict[str, int | str]],
+) -> None:
+    hostile = runs[1]
+    assert len(hostile) >= 10  # (the service, trace and duration filters are all exercised)
+    # no service, trace or duration has these values: nothing matches, and nothing breaks
+    leaked = {key: outcome for key, outcome in hostile.items() if outcome != 0}
+    assert leaked == {}, leaked
 
 
 def _all_queries() -> Iterator[Query]:

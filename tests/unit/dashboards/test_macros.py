@@ -51,9 +51,20 @@ def test_date_filter_uses_utc_dates() -> None:
 def test_variables_single_multi_and_quoted() -> None:
     variables = {"svc": ["a", "o'b"], "one": "x", "n": "5"}
     assert expand("IN (${svc:singlequote})", RANGE, variables) == "IN ('a','o\\'b')"
+    # as Grafana: a backslash is left as it is (ClickHouse then reads it as an escape, which
+    # is why our dashboards quote percentencode output only)
+    assert expand("${v:singlequote}", RANGE, {"v": "a\\"}) == "'a\\'"
     assert expand("IN (${svc:sqlstring})", RANGE, variables) == "IN ('a','o''b')"
     assert expand("$one ${one} ${n:raw}", RANGE, variables) == "x x 5"
     assert variable_names("${a:singlequote} $b $__timeFilter(c) ${__x}") == {"a", "b"}
+
+
+def test_percentencode_is_grafanas_strict_uri_encoding() -> None:
+    # (the input of Grafana's documented example; the output of its formatRegistry.ts, which
+    # wraps a list in braces before encoding it whole: the docs leave the braces out)
+    servers = {"servers": ["foo()bar BAZ", "test2"], "one": "a'b\\c é!*~"}
+    assert expand("${servers:percentencode}", RANGE, servers) == "%7Bfoo%28%29bar%20BAZ%2Ctest2%7D"
+    assert expand("${one:percentencode}", RANGE, servers) == "a%27b%5Cc%20%C3%A9%21%2A~"
 
 
 def test_unknown_macro_is_an_error() -> None:
