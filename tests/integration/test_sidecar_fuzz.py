@@ -248,7 +248,12 @@ def unmarked(responses: tuple[tuple[int, dict[str, bytes], bytes], ...]) -> list
 async def _fuzz_sidecar(sidecars: Sidecars, app: FuzzApp) -> tuple[Sidecar, int]:
     server = await asyncio.get_running_loop().create_server(app.protocol, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    config = {"upstreams": {"app": {"endpoints": [f"127.0.0.1:{port}"]}}}
+    # registry_only: a fuzzed Host is never passed through. It left loopback (Host "5" is
+    # 0.0.0.5:80, which this machine's egress proxy answered with an unmarked 404: seed 12)
+    config = {
+        "outbound_policy": "registry_only",
+        "upstreams": {"app": {"endpoints": [f"127.0.0.1:{port}"]}},
+    }
     return await sidecars("fuzz", port, config=config), port
 
 
