@@ -651,6 +651,11 @@ class _ServerProtocol(asyncio.Protocol):
 
     def _finish_head(self, p: _Pending) -> None:
         """Validate framing, strip hop-by-hop headers, resolve authority and target."""
+        if p.version != "1.1" and p.version != "1.0":
+            # llhttp also takes HTTP/0.9 ("GET /x" with no version) and HTTP/2.0 (for the h2
+            # preface): forwarded as HTTP/1.1, "PRI /x" became a request line the app could
+            # not parse, and a 0.9 client cannot read the head of our answer anyway
+            raise BadRequest(f"HTTP/{p.version} is not supported", status=505)
         if p.method == "CONNECT":
             raise BadRequest("CONNECT tunnels are not supported", status=405)
         content_length: str | None = None

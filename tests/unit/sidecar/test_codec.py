@@ -671,3 +671,18 @@ async def test_other_connections_and_listeners_without_the_table_are_served() ->
     assert len(handler.requests) == 1 and transport.out.startswith(b"HTTP/1.1 200 ")
     handler, transport = await served(raw, direction="inbound")  # (no table: not checked)
     assert len(handler.requests) == 1
+
+
+@pytest.mark.parametrize(
+    "line",
+    [b"GET /x", b"GET /x HTTP/0.9", b"GET /x HTTP/2.0", b"PRI /2.0"],  # ("PRI * HTTP/2.0": h2)
+)
+async def test_request_lines_of_other_http_versions_are_refused(line: bytes) -> None:
+    # llhttp takes 0.9 (no version) and 2.0 (for the h2 preface); they went upstream as
+    # HTTP/1.1, and "PRI /2.0" as a request line the app's parser refused (an h2 fuzz)
+    handler, transport = await served(line + b"\r\n\r\n")
+
+    assert handler.requests == []
+    (answer,) = responses(bytes(transport.out))
+    assert answer.startswith(b"505 ") and b"is not supported" in answer
+    assert transport.closed
