@@ -19,6 +19,7 @@ from typing import Protocol
 
 from sidecar.codec import HttpServer, ServerConfig
 from sidecar.http import Request, Response
+from sidecar.peers import LocalAddresses
 from sidecar.stack import Handler
 
 __all__ = ["PROMETHEUS_CONTENT_TYPE", "AdminServer", "AdminSource", "admin_handler"]
@@ -55,8 +56,10 @@ def _json(doc: dict[str, object], status: int = 200) -> Response:
     return _text(text, status, _JSON)
 
 
-def admin_handler(source: AdminSource) -> Handler:
-    """The admin endpoints over `source`, as a sidecar handler (Request -> Response)."""
+def admin_handler(source: AdminSource, local: LocalAddresses | None = None) -> Handler:
+    """The admin endpoints over `source`, as a sidecar handler (Request -> Response). Those
+    that change state (POST /drain) answer 403 to a peer that is not `local`."""
+    local = local if local is not None else LocalAddresses()
 
     def healthz() -> Response:
         return _text("ok\n")
@@ -103,6 +106,10 @@ def admin_handler(source: AdminSource) -> Handler:
         if request.method != method and not (method == "GET" and request.method == "HEAD"):
             allow = "GET, HEAD" if method == "GET" else method
             return Response(405, (("allow", allow), ("content-type", _TEXT)), b"not allowed\n")
+        if method != "GET" and not local.includes(request.context.downstream_addr):
+            # (the admin listens where the probes and Prometheus reach it, on 0.0.0.0 when
+            # deployed: reading is for them, changing state for this host only)
+            return _text(f"{request.path} is served to this host only\n", 403)
         return endpoint()
 
     return handle

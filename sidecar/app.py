@@ -46,6 +46,7 @@ from sidecar.layers.grpc import grpc_attempt_layer, grpc_layer
 from sidecar.layers.jwt import Authenticator, JwtConfig, jwt_layer
 from sidecar.loops import OutgoingConnections
 from sidecar.paths import MODES as PATH_MODES
+from sidecar.peers import LocalAddresses
 from sidecar.protocols import LazyH2Pool, OwnListeners, guarded_terminal, protocol_terminal
 from sidecar.stack import Handler, Layer
 from sidecar.telemetry import Telemetry, TelemetryConfig
@@ -246,6 +247,7 @@ class Sidecar:
                 original_dst=options.capture,
                 path_normalization=options.path_normalization,
                 own_connections=self.outgoing,
+                local_peers=LocalAddresses(),  # (this host only: sidecar/peers.py)
             ),
             lambda: self._outbound_handler,
         )

@@ -21,7 +21,14 @@ import httptools
 
 from sidecar._native import mypyc_attr
 from sidecar.capture import original_dst
-from sidecar.errors import BadRequest, DownstreamError, HeadersTooLarge, NoRoute, ProxyError
+from sidecar.errors import (
+    BadRequest,
+    DownstreamError,
+    HeadersTooLarge,
+    NoRoute,
+    NotLocal,
+    ProxyError,
+)
 from sidecar.http import (
     Body,
     BodyStream,
@@ -36,6 +43,7 @@ from sidecar.layers.proxy_errors import error_response
 from sidecar.loops import OutgoingConnections, address_key
 from sidecar.paths import MODES as PATH_MODES
 from sidecar.paths import normalize_target
+from sidecar.peers import LocalAddresses
 from sidecar.stack import Handler
 
 __all__ = [
@@ -92,6 +100,8 @@ class ServerConfig:
     # the connections this sidecar's pools dialed: a request arriving on one is refused (a
     # loop: sidecar/loops.py); None (inbound) checks nothing
     own_connections: OutgoingConnections | None = None
+    # serve only peers of this host (the outbound listener: sidecar/peers.py); None: anyone
+    local_peers: LocalAddresses | None = None
 
     def __post_init__(self) -> None:
         if self.direction not in ("outbound", "inbound"):
@@ -498,6 +508,10 @@ class _ServerProtocol(asyncio.Protocol):
             if own is not None and own.includes(self._peer_key):
                 self._refuse_loop(data)
                 return
+            local = self._config.local_peers
+            if local is not None and not local.includes(self._peer):
+                self._refuse_foreign(data)
+                return
             if data.startswith(b"PRI * HTTP/2"):  # HTTP/2 client preface: h2c or TLS with ALPN h2
                 self._hand_over_h2(data)
                 return
@@ -549,6 +563,15 @@ class _ServerProtocol(asyncio.Protocol):
                 "name a service, or a host:port that is not this sidecar"
             )
         )
+
+    def _refuse_foreign(self, data: bytes) -> None:
+        """A peer from another host on a listener that serves this host's only (the outbound
+        one: a proxy with this pod's identity): 403 not_local and close; HTTP/2 closed."""
+        logger.warning("connection from another host refused", extra={"peer": self._peer})
+        if data.startswith(b"PRI * HTTP/2"):
+            self.abort()
+            return
+        self._reject(NotLocal("this listener serves processes of its own host only"))
 
     def _feed_raw_body(self, data: bytes) -> bytes:
         """Feed the due bytes of an un-upgraded request's body; return what follows them."""

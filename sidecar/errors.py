@@ -17,6 +17,7 @@
     ├── RetryBudgetExhausted    503  retry_budget_exhausted (only raised when no response to return)
     ├── RateLimited             429  rate_limited
     ├── Forbidden               403  rbac_denied
+    ├── NotLocal                403  not_local             (a listener for this host's peers only)
     ├── Unauthenticated         401  unauthenticated
     └── FaultAbort              (configured) fault_abort
 
@@ -36,6 +37,7 @@ __all__ = [
     "HeadersTooLarge",
     "NoHealthyUpstream",
     "NoRoute",
+    "NotLocal",
     "Overflow",
     "PerTryTimeout",
     "ProxyError",
@@ -144,6 +146,11 @@ class RateLimited(ProxyError):
 class Forbidden(ProxyError):
     status = 403
     reason = "rbac_denied"
+
+
+class NotLocal(ProxyError):
+    status = 403
+    reason = "not_local"
 
 
 class Unauthenticated(ProxyError):

@@ -209,3 +209,35 @@ async def test_unmodified_client_and_server_are_captured_through_both_sidecars(
     ]
     # one trace per call, seen by both sidecars: the caller's sidecar propagated its context
     assert {r["TraceId"] for r in mapped} == {r["TraceId"] for r in server}
+
+
+async def test_another_host_cannot_use_the_outbound_listener_or_drain_the_sidecar(
+    hosts: tuple[str, str, str, str], procs: _Procs
+) -> None:
+    # deployed with --listen 0.0.0.0 (the injection and the compose file), the outbound
+    # listener was a proxy for any host that could reach the pod, calling mesh services with
+    # the pod's identity, and POST /drain on the admin port stopped the sidecar for anyone
+    ns_a, ns_b, _, ip_b = hosts
+    await procs.start(
+        _in(ns_b, sys.executable, "-m", "http.server", str(APP_PORT), "--bind", "0.0.0.0"),
+        "Serving HTTP",
+    )
+    await procs.start(
+        _in(ns_b, sys.executable, "-m", "meshlens_cli", "--log-level", "WARNING", "sidecar",
+            "--service", "server", "--app-port", str(APP_PORT), "--listen", "0.0.0.0",
+            "--admin-port", "15000", "--outbound-port", "15001", "--inbound-port", "15006"),
+        "ready:",
+    )  # fmt: skip
+
+    def curl(ns: str, *args: str) -> list[str]:
+        return _in(ns, "curl", "-sS", "-m", "10", "-o", "/dev/null", "-w", "%{http_code}", *args)
+
+    app = f"http://127.0.0.1:{APP_PORT}/"
+    via_proxy = ("--noproxy", "", "-x", f"http://{ip_b}:15001", app)
+    assert await asyncio.to_thread(_check, curl(ns_a, *via_proxy)) == "403"
+    drain = ("-X", "POST", f"http://{ip_b}:15000/drain")
+    assert await asyncio.to_thread(_check, curl(ns_a, *drain)) == "403"
+    # probes and scrapes from other hosts still read the admin; this host still proxies
+    assert await asyncio.to_thread(_check, curl(ns_a, f"http://{ip_b}:15000/ready")) == "200"
+    assert await asyncio.to_thread(_check, curl(ns_b, *via_proxy)) == "200"
+    assert await asyncio.to_thread(_check, curl(ns_b, *drain)) == "202"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from sidecar.admin import PROMETHEUS_CONTENT_TYPE, admin_handler
-from sidecar.http import Request, Response, header_value
+from sidecar.http import Request, RequestContext, Response, header_value
 
 
 class Source:
@@ -30,8 +30,9 @@ class Source:
         return self.drains == 1
 
 
-async def call(source: Source, method: str, target: str) -> Response:
-    return await admin_handler(source)(Request(method, target, authority="admin"))
+async def call(source: Source, method: str, target: str, peer: str = "127.0.0.1") -> Response:
+    context = RequestContext(downstream_addr=peer)
+    return await admin_handler(source)(Request(method, target, authority="admin", context=context))
 
 
 async def test_health_metrics_config_and_stats() -> None:
@@ -67,6 +68,17 @@ async def test_drain_is_a_post_and_reports_whether_it_started() -> None:
     assert isinstance(first.body, bytes) and isinstance(second.body, bytes)
     assert json.loads(first.body) == {"draining": True, "started": True}
     assert json.loads(second.body) == {"draining": True, "started": False}
+
+
+async def test_drain_is_refused_to_another_host_and_reading_is_not() -> None:
+    # deployed, the admin listens on 0.0.0.0 (probes, scrapes): anyone reaching it could POST
+    # /drain and stop the sidecar
+    source = Source()
+    refused = await call(source, "POST", "/drain", peer="203.0.113.9")
+    assert refused.status == 403 and refused.body == b"/drain is served to this host only\n"
+    assert source.drains == 0
+    assert (await call(source, "GET", "/ready", peer="203.0.113.9")).status == 200
+    assert (await call(source, "POST", "/drain", peer="::1")).status == 202
 
 
 async def test_unknown_paths_and_methods() -> None:

@@ -19,6 +19,7 @@ from sidecar.codec import (
 from sidecar.errors import UpstreamReset
 from sidecar.http import Request, Response
 from sidecar.loops import OutgoingConnections
+from sidecar.peers import LocalAddresses
 from sidecar.stack import Handler
 
 
@@ -686,3 +687,16 @@ async def test_request_lines_of_other_http_versions_are_refused(line: bytes) -> 
     (answer,) = responses(bytes(transport.out))
     assert answer.startswith(b"505 ") and b"is not supported" in answer
     assert transport.closed
+
+
+async def test_a_listener_for_this_host_refuses_a_peer_of_another() -> None:
+    # (FakeTransport's peer is 10.0.0.7, no address of this host: another pod reaching the
+    # outbound listener on the pod's address, to proxy with the pod's identity)
+    local = LocalAddresses()
+    handler, transport = await served(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", local_peers=local)
+
+    assert handler.requests == []
+    assert transport.out.startswith(b"HTTP/1.1 403 ")
+    assert b"x-meshlens-error: not_local" in transport.out and transport.closed
+    handler, transport = await served(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", local_peers=local)
+    assert handler.requests == [] and transport.aborted
