@@ -502,6 +502,7 @@ class Sidecar:
                 "in_flight": server.in_flight,
                 "requests": server.requests_total,
                 "draining": server.draining,
+                "refused": dict(server.refused),
             }
             for name, server in (("outbound", self.outbound), ("inbound", self.inbound))
         }

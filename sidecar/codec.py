@@ -69,6 +69,7 @@ HOP_BY_HOP: Final = frozenset(
     }
 )
 _FRAMING = frozenset({"content-length", "transfer-encoding"})
+_REFUSAL_LOG_S: Final = 30.0  # (HttpServer.count_refusal)
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
 
 
@@ -163,9 +164,24 @@ class HttpServer:
         self.connections: set[Any] = set()  # _ServerProtocol | h2server.H2ServerConnection
         self.draining = False
         self.requests_total = 0
+        # connections refused before any request: "loop" (sidecar/loops.py), "not_local"
+        # (sidecar/peers.py); on /stats, and logged at most every _REFUSAL_LOG_S per kind
+        self.refused: dict[str, int] = {}
+        self._refusal_logged: dict[str, float] = {}
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._all_closed = asyncio.Event()
+
+    def count_refusal(self, kind: str, peer: str, now: float) -> None:
+        """Count a refused connection; log it unless one of its kind was logged recently (a
+        peer opening connections in a loop must not flood the log)."""
+        self.refused[kind] = self.refused.get(kind, 0) + 1
+        if now - self._refusal_logged.get(kind, -_REFUSAL_LOG_S) >= _REFUSAL_LOG_S:
+            self._refusal_logged[kind] = now
+            logger.warning(
+                "connection refused",
+                extra={"reason": kind, "peer": peer, "refused_so_far": self.refused[kind]},
+            )
 
     def connection_closed(self, conn: Any) -> None:
         self.connections.discard(conn)
@@ -553,7 +569,7 @@ class _ServerProtocol(asyncio.Protocol):
         its own outbound listener): answer 404 no_route, as for the names it knows, instead
         of passing the request on again. An HTTP/2 one is closed (its client, the pool, sees
         a reset)."""
-        logger.warning("request loop refused", extra={"peer": self._peer})
+        self._server.count_refusal("loop", self._peer, self._loop.time())
         if data.startswith(b"PRI * HTTP/2"):
             self.abort()
             return
@@ -567,7 +583,7 @@ class _ServerProtocol(asyncio.Protocol):
     def _refuse_foreign(self, data: bytes) -> None:
         """A peer from another host on a listener that serves this host's only (the outbound
         one: a proxy with this pod's identity): 403 not_local and close; HTTP/2 closed."""
-        logger.warning("connection from another host refused", extra={"peer": self._peer})
+        self._server.count_refusal("not_local", self._peer, self._loop.time())
         if data.startswith(b"PRI * HTTP/2"):
             self.abort()
             return

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import pytest
@@ -224,6 +225,8 @@ async def test_other_names_of_the_sidecar_itself_end_the_loop_at_its_first_turn(
         assert b"request loop" in answer
     assert sidecar.upstream.opened == 3  # one connection per request: no second turn
     assert upstream.seen == []
+    listeners: Any = sidecar.stats_doc()["listeners"]
+    assert listeners["outbound"]["refused"] == {"loop": 3}
 
 
 async def test_upstream_reset_mid_body_aborts_that_response_and_the_sidecar_keeps_serving(

@@ -689,7 +689,9 @@ async def test_request_lines_of_other_http_versions_are_refused(line: bytes) -> 
     assert transport.closed
 
 
-async def test_a_listener_for_this_host_refuses_a_peer_of_another() -> None:
+async def test_a_listener_for_this_host_refuses_a_peer_of_another(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     # (FakeTransport's peer is 10.0.0.7, no address of this host: another pod reaching the
     # outbound listener on the pod's address, to proxy with the pod's identity)
     local = LocalAddresses()
@@ -698,5 +700,14 @@ async def test_a_listener_for_this_host_refuses_a_peer_of_another() -> None:
     assert handler.requests == []
     assert transport.out.startswith(b"HTTP/1.1 403 ")
     assert b"x-meshlens-error: not_local" in transport.out and transport.closed
+    # counted, and logged once however many come (a peer in a loop must not flood the log)
+    server, protocol, _ = connect(Recorder(), local_peers=local)
+    for _ in range(5):
+        protocol = _ServerProtocol(server)
+        protocol.connection_made(FakeTransport(protocol))
+        protocol.data_received(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert server.refused == {"not_local": 5}
+    logged = [r for r in caplog.records if r.getMessage() == "connection refused"]
+    assert len(logged) == 2  # (one per server: the first request's, and the five here)
     handler, transport = await served(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", local_peers=local)
     assert handler.requests == [] and transport.aborted
