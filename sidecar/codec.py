@@ -40,7 +40,7 @@ from sidecar.http import (
     new_request,
 )
 from sidecar.layers.proxy_errors import error_response
-from sidecar.loops import OutgoingConnections, address_key
+from sidecar.loops import ConnectionKey, OutgoingConnections, connection_key
 from sidecar.paths import MODES as PATH_MODES
 from sidecar.paths import normalize_target
 from sidecar.peers import LocalAddresses
@@ -453,7 +453,7 @@ class _ServerProtocol(asyncio.Protocol):
         self._queue_paused = False
         self._reading_paused = False
         self._peer = ""
-        self._peer_key: tuple[str, int] | None = None
+        self._peer_key: ConnectionKey | None = None
         self._original_dst = ""
         self.peer_identity = ""  # verified SPIFFE id of the caller, set by the mTLS listener
         self._seen_data = False
@@ -470,7 +470,8 @@ class _ServerProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self._peer = str(peer[0]) if isinstance(peer, tuple) else ""
         if self._config.own_connections is not None:
-            self._peer_key = address_key(peer)  # (checked at the first read: sidecar/loops.py)
+            # (peer, our end), checked at the first read (sidecar/loops.py)
+            self._peer_key = connection_key(peer, transport.get_extra_info("sockname"))
         if self._config.original_dst:
             self._original_dst = original_dst(transport.get_extra_info("socket"))
         transport.set_write_buffer_limits(high=self._config.high_water_bytes)
