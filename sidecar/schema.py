@@ -152,7 +152,7 @@ class Float(Spec):
 
     Not inf or nan (pydantic's allow_inf_nan=False): JSON has neither, so a document holding one
     (Python's json reads 1e999, Infinity and NaN) could not be shown or pushed as JSON, and no
-    setting means anything at infinity (a limit or a timeout left out is the "none" there is)."""
+    setting means anything at infinity (where a field takes null, null is its "none")."""
 
     gt: float | None = None
     ge: float | None = None
