@@ -31,7 +31,7 @@ from sidecar.errors import (
     UpstreamTimeout,
 )
 from sidecar.h2server import H2_HOP_BY_HOP, H2Body, field_problem, text_fields, wire_fields
-from sidecar.http import Body, Endpoint, Request, Response, Trailers
+from sidecar.http import Body, Endpoint, Request, Response, Trailers, parse_digits
 from sidecar.loops import OutgoingConnections
 from sidecar.protocols import PROTOCOLS, protocol_terminal
 from sidecar.stack import Clock, monotonic
@@ -44,6 +44,20 @@ logger = logging.getLogger(__name__)
 
 _STREAM_WINDOW = 1 << 20
 _CONNECTION_WINDOW = 1 << 24
+
+
+def _status_problem(fields: list[tuple[str, str]]) -> str | None:
+    """What is wrong with a final response head's :status, or None (one, three ASCII digits,
+    200-599). The h2 library's inbound validation is off: ":status: abc" raised ValueError
+    from int() (a 502 "internal proxy error" with a logged traceback per response) and 600
+    went on to an HTTP/1.1 client, where the HTTP/1.1 upstream path refuses it."""
+    statuses = [value for name, value in fields if name == ":status"]
+    if len(statuses) != 1:
+        return f"{len(statuses)} :status fields in a response"
+    code = parse_digits(statuses[0], 3)
+    if code is None or len(statuses[0]) != 3 or not 200 <= code <= 599:
+        return f"status {statuses[0][:16]!r} is not 200-599"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,8 +197,13 @@ class _Connection(asyncio.Protocol):
             if stream is not None:
                 headers = self._fields(stream, event.headers)
                 if headers is not None:
-                    stream.headers = headers
-                    stream.wake()
+                    problem = _status_problem(headers)
+                    if problem is not None:
+                        error = UpstreamProtocolError(f"bad HTTP/2 from upstream: {problem}")
+                        self._fail(stream, error)
+                    else:
+                        stream.headers = headers
+                        stream.wake()
         elif isinstance(event, h2.events.DataReceived):
             if stream is not None:
                 stream.body.feed(event.data or b"", event.flow_controlled_length or 0)
@@ -421,7 +440,7 @@ class H2Pool:
         headers: list[tuple[str, str]] = []
         for name, value in stream.headers:
             if name == ":status":
-                status = int(value)
+                status = int(value)  # (checked on arrival: _status_problem)
             elif not name.startswith(":"):
                 headers.append((name, value))
         body: Body = stream.body

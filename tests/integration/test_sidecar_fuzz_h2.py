@@ -1,4 +1,5 @@
-"""Mutational fuzzing of HTTP/2 frames from a client, with a fixed seed (both listeners).
+"""Mutational fuzzing of HTTP/2 frames, with fixed seeds: from a client (both listeners), and
+from an h2 app answering HTTP/1.1 clients (the second test, at its end).
 
 After a valid preface, each case sends a random sequence of frames: HEADERS (pseudo-headers
 good and bad, extra fields, hpack blocks of random bytes, with and without END_STREAM, with
@@ -22,6 +23,9 @@ import logging
 import random
 import struct
 
+import h2.config
+import h2.connection
+import h2.events
 import hpack
 import pytest
 
@@ -30,6 +34,7 @@ from tests.integration.test_sidecar_fuzz import (
     Sidecars,
     _still_serving,
     check_app_request,
+    exchange,
     mutate,
 )
 
@@ -162,5 +167,136 @@ async def test_fuzzed_http2_frames_never_reach_the_app_broken(
     assert len(app.seen) >= 10  # (the cases reach the app, not only the h2 library)
     assert [problem for request in app.seen for problem in check_app_request(request)] == []
     await _still_serving(sidecar)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    server.close()
+
+
+GOAWAY = 7
+
+
+def response_frames(rng: random.Random, stream: int) -> bytes:
+    """An h2 app's answer on `stream`: a head with good or bad :status and fields (sometimes
+    random bytes or split into a CONTINUATION), then DATA, trailers, RST_STREAM, GOAWAY,
+    WINDOW_UPDATE or PING frames; a sixth of them mutated as bytes."""
+    encoder = hpack.Encoder()
+
+    def block(fields: list[tuple[str, str]]) -> bytes:
+        try:
+            return bytes(encoder.encode(fields))
+        except Exception:  # (a field hpack itself will not encode)
+            return b""
+
+    status = rng.choice(["200", "200", "204", "304", "101", "100", "099", "600", "abc", ""])
+    fields = [(":status", status)]
+    if rng.random() < 0.3:
+        fields.append(("content-length", rng.choice(["0", "5", "-1", "x", "3"])))
+    if rng.random() < 0.2:
+        odd = [("connection", "close"), ("transfer-encoding", "chunked"), ("X-Up", "v")]
+        odd += [("te", "trailers"), (":path", "/"), ("a", "b\r\nc"), ("set-cookie", "a=b")]
+        fields.append(rng.choice(odd))
+    if rng.random() < 0.15:
+        rng.shuffle(fields)
+    out = []
+    if rng.random() < 0.1:
+        out.append(frame(HEADERS, 0x4, stream, block([(":status", "103"), ("link", "</a>")])))
+    end_headers = 0x4 if rng.random() < 0.9 else 0
+    end_stream = 0x1 if rng.random() < 0.3 else 0
+    head = block(fields) if rng.random() < 0.9 else bytes(rng.randrange(256) for _ in range(8))
+    out.append(frame(HEADERS, end_headers | end_stream, stream, head))
+    if not end_headers:
+        out.append(frame(CONTINUATION, 0x4, rng.choice([stream, stream + 2]), block([("x", "y")])))
+    for _ in range(rng.randint(0, 4)):
+        pick = rng.random()
+        target = rng.choice([stream, stream, 0, stream + 2])
+        if pick < 0.5:
+            out.append(frame(DATA, rng.choice([0, 0, 1]), target, b"hello"[: rng.randrange(6)]))
+        elif pick < 0.6:
+            trailer = [("grpc-status", "0"), (rng.choice(["x", "X", ":s"]), "v")]
+            out.append(frame(HEADERS, 0x5, stream, block(trailer)))
+        elif pick < 0.7:
+            out.append(frame(RST, 0, stream, struct.pack(">I", rng.choice([0, 2, 8]))))
+        elif pick < 0.8:
+            out.append(frame(GOAWAY, 0, 0, struct.pack(">II", rng.choice([0, stream]), 0)))
+        elif pick < 0.9:
+            increment = struct.pack(">I", rng.choice([0, 1, 0x7FFFFFFF]))
+            out.append(frame(WINDOW, 0, rng.choice([0, stream]), increment))
+        else:
+            out.append(frame(PING, 0, 0, b"12345678"))
+    if rng.random() < 0.3 and not end_stream:
+        out.append(frame(DATA, 1, stream, b""))
+    data = b"".join(out)
+    return mutate(rng, data) if rng.random() < 0.15 else data
+
+
+class FuzzedH2App:
+    """An h2c app that parses requests with the h2 library and answers with response_frames."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.answered = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        conn.initiate_connection()
+        writer.write(conn.data_to_send())
+        try:
+            while data := await asyncio.wait_for(reader.read(65536), 3):
+                events = conn.receive_data(data)
+                writer.write(conn.data_to_send())
+                for event in events:
+                    if isinstance(event, h2.events.RequestReceived):
+                        assert event.stream_id is not None
+                        self.answered += 1
+                        writer.write(response_frames(self.rng, event.stream_id))
+                await writer.drain()
+        except Exception:  # (the sidecar closed, reset or sent what the library refuses)
+            pass
+        finally:
+            writer.close()
+
+
+async def test_fuzzed_http2_app_responses_reach_http1_clients_whole_or_as_marked_errors(
+    sidecars: Sidecars, caplog: pytest.LogCaptureFixture
+) -> None:
+    # what a client gets from an h2 app answering with broken frames: a parsable HTTP/1.1
+    # response, the app's status (200, 204, 304) or a marked proxy error, no CR/LF in a
+    # value; and nothing logged (a :status "abc" raised out of int() before: 502 and a
+    # traceback per response)
+    caplog.set_level(logging.ERROR)
+    app = FuzzedH2App(random.Random(20261127))
+    server = await asyncio.start_server(app.handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    short = {"request_s": 0.1, "idle_s": 0.1}  # (an answer that never ends: a 504, soon)
+    config = {
+        "outbound_policy": "registry_only",
+        "inbound": {"app_protocol": "h2", "timeout": short},
+        "upstreams": {"app": {"endpoints": [f"127.0.0.1:{port}"], "protocol": "h2"}},
+        "routes": [
+            {
+                "name": "app",
+                "match": {"hosts": ["app"]},
+                "destinations": [{"upstream": "app"}],
+                "timeout": short,
+            }
+        ],
+    }
+    sidecar = await sidecars("fuzz", port, config=config)
+    assert sidecar.addresses is not None
+    problems: list[tuple[int, str]] = []
+    for number in range(100):
+        address = sidecar.addresses.outbound if number % 2 else sidecar.addresses.inbound
+        request = b"GET /x HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n"
+        if number % 3 == 0:
+            request = request[:-2] + b"Content-Length: 3\r\n\r\nabc"
+        responses, _ = await exchange(address, request, settle_s=1.0)
+        if responses.broken:
+            problems.append((number, "unparsable response"))
+        for status, headers, _body in responses.done:
+            if status not in (200, 204, 304) and "x-meshlens-error" not in headers:
+                problems.append((number, f"unmarked {status}"))
+            if any(b"\r" in value or b"\n" in value for value in headers.values()):
+                problems.append((number, "CR/LF in a header value"))
+    assert app.answered >= 50
+    assert problems == []
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
     server.close()

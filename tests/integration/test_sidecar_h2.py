@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -249,6 +250,9 @@ class ScriptedH2App(asyncio.Protocol):
             assert self.transport is not None
             self.transport.close()
             return
+        elif path.startswith("/status/"):  # (a :status no valid server sends)
+            status = path.removeprefix("/status/").encode()
+            self.conn.send_headers(stream_id, [(b":status", status)], end_stream=True)
         elif path in ("/crlf", "/bytes", "/upper"):
             value = b"a\r\nset-cookie: evil=1" if path == "/crlf" else b"caf\xc3\xa9 \xff"
             name = b"X-Odd" if path == "/upper" else b"x-odd"
@@ -539,3 +543,30 @@ async def test_an_h2_upstream_field_with_cr_lf_is_a_502_and_other_bytes_pass_as_
         )
     finally:
         app.close()
+
+
+async def test_an_h2_upstream_status_that_is_no_final_http_status_is_a_502(
+    sidecars: Sidecars, caplog: pytest.LogCaptureFixture
+) -> None:
+    # the library's inbound validation is off: "abc" (or an empty :status) raised ValueError
+    # out of int() - a 502 "internal proxy error" with a traceback logged per response - and
+    # 600 or 099 went on to the HTTP/1.1 client (an upstream fuzz found it)
+    caplog.set_level(logging.ERROR)
+    app = ScriptedH2Server()
+    await app.start()
+    try:
+        sidecar = await _h2_sidecar(sidecars, app.port)
+        assert sidecar.addresses is not None
+        for status in ("abc", "600", "099", "2000", "%20200"):
+            reader, writer = await asyncio.open_connection(*sidecar.addresses.outbound)
+            writer.write(f"GET /status/{status} HTTP/1.1\r\nhost: app\r\n\r\n".encode())
+            try:
+                async with asyncio.timeout(5):
+                    head = await reader.readuntil(b"\r\n\r\n")
+            finally:
+                writer.close()
+            assert head.startswith(b"HTTP/1.1 502 "), (status, head)
+            assert b"x-meshlens-error: upstream_protocol_error" in head
+    finally:
+        app.close()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
