@@ -44,7 +44,7 @@ def _int(value: str, name: str, path: Path, line: int) -> int:
     except ValueError:
         try:
             return int(float(value))
-        except ValueError:
+        except (ValueError, OverflowError):  # (OverflowError: "1e400" or "inf" is infinity)
             raise ImportFormatError(path, line, f"{name} is not a number: {value!r}") from None
 
 

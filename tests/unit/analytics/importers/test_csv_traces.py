@@ -54,6 +54,10 @@ def test_a_bad_number_names_the_line(tmp_path: Path) -> None:
     text = HEADER + ROWS + "t2,x1,root,pod-a-b,op,soon,2,1\n"
     with pytest.raises(ImportFormatError, match=r"t\.csv:6: StartTimeUnixNano is not a number"):
         list(read_spans(_write(tmp_path, text), "csv"))
+    for infinite in ("1e400", "inf", "-Infinity"):  # (OverflowError out of int(inf) before)
+        text = HEADER + ROWS + f"t2,x1,root,pod-a-b,op,{infinite},,1\n"
+        with pytest.raises(ImportFormatError, match=r"t\.csv:6: StartTimeUnixNano is not a num"):
+            list(read_spans(_write(tmp_path, text), "csv"))
 
 
 def test_a_missing_column_and_a_short_line_are_reported(tmp_path: Path) -> None:
