@@ -218,7 +218,7 @@ class PolicyStore:
     async def get(self, service: str, version: int | None = None) -> PolicyVersion:
         policy = await self._repository.policy(service, version)
         if policy is None:
-            which = "any policy" if version is None else f"policy version {version}"
+            which = "policy" if version is None else f"policy version {version}"
             raise NotFound(f"{service} has no {which}")
         return policy
 
