@@ -523,11 +523,17 @@ class _ServerProtocol(asyncio.Protocol):
             self._seen_data = True
             own = self._config.own_connections
             if own is not None and own.includes(self._peer_key):
-                self._refuse_loop(data)
+                # (404 no_route, as the pool's own-listener check answers for the names it knows)
+                looped = NoRoute(
+                    "this request came back into the sidecar that sent it (a request loop): "
+                    "name a service, or a host:port that is not this sidecar"
+                )
+                self._refuse("loop", looped, data)
                 return
             local = self._config.local_peers
             if local is not None and not local.includes(self._peer):
-                self._refuse_foreign(data)
+                foreign = NotLocal("this listener serves processes of its own host only")
+                self._refuse("not_local", foreign, data)
                 return
             if data.startswith(b"PRI * HTTP/2"):  # HTTP/2 client preface: h2c or TLS with ALPN h2
                 self._hand_over_h2(data)
@@ -565,30 +571,17 @@ class _ServerProtocol(asyncio.Protocol):
             if self._head_raw > self._config.max_header_bytes:
                 self._reject(HeadersTooLarge("request headers too large"))
 
-    def _refuse_loop(self, data: bytes) -> None:
-        """The connection is one this sidecar dialed itself (passed through to an address of
-        its own outbound listener): answer 404 no_route, as for the names it knows, instead
-        of passing the request on again. An HTTP/2 one is closed (its client, the pool, sees
-        a reset)."""
-        self._server.count_refusal("loop", self._peer, self._loop.time())
+    def _refuse(self, kind: str, error: ProxyError, data: bytes) -> None:
+        """Refuse the connection at its first read, counted as `kind`: answer `error` and
+        close; an HTTP/2 one (its first bytes the preface) is closed, its client sees a reset.
+        Kinds: "loop", a connection this sidecar dialed itself (passed through to its own
+        outbound listener, sidecar/loops.py); "not_local", a peer of another host on the
+        outbound listener, a proxy with this pod's identity (sidecar/peers.py)."""
+        self._server.count_refusal(kind, self._peer, self._loop.time())
         if data.startswith(b"PRI * HTTP/2"):
             self.abort()
             return
-        self._reject(
-            NoRoute(
-                "this request came back into the sidecar that sent it (a request loop): "
-                "name a service, or a host:port that is not this sidecar"
-            )
-        )
-
-    def _refuse_foreign(self, data: bytes) -> None:
-        """A peer from another host on a listener that serves this host's only (the outbound
-        one: a proxy with this pod's identity): 403 not_local and close; HTTP/2 closed."""
-        self._server.count_refusal("not_local", self._peer, self._loop.time())
-        if data.startswith(b"PRI * HTTP/2"):
-            self.abort()
-            return
-        self._reject(NotLocal("this listener serves processes of its own host only"))
+        self._reject(error)
 
     def _feed_raw_body(self, data: bytes) -> bytes:
         """Feed the due bytes of an un-upgraded request's body; return what follows them."""
