@@ -196,8 +196,14 @@ async def test_operator_accepts_a_suggestion_and_the_fleet_shows_the_new_version
     await _suggest_retry(mesh)
     page = await login(OPERATOR)
     await page.click("#nav a[data-view=suggestions]")
-    await page.locator("[data-testid=suggestions] tr", has_text="retry").first.click()
-    detail = page.locator("[data-testid=suggestion-detail]")
+    kind = page.locator("td:nth-child(2)", has_text=re.compile(r"^retry$"))
+    row = page.locator("[data-testid=suggestions] tbody tr").filter(has=kind)
+    summary = await row.locator("td:nth-child(3)").inner_text()
+    await row.click()
+    # The panel first shows the list's top suggestion (another kind when its id sorts first)
+    # until the click's hashchange re-renders it: wait for the clicked one's heading.
+    heading = page.get_by_role("heading", name=summary, exact=True)
+    detail = page.locator("[data-testid=suggestion-detail]").filter(has=heading)
     await detail.locator(".replay-text").wait_for()
     assert (
         "would have been retried with success" in await detail.locator(".replay-text").inner_text()
