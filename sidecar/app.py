@@ -7,7 +7,6 @@ One `Sidecar` per process. The listeners read the active handler through a singl
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import os
 import socket
@@ -46,7 +45,7 @@ from sidecar.layers.grpc import grpc_attempt_layer, grpc_layer
 from sidecar.layers.jwt import Authenticator, JwtConfig, jwt_layer
 from sidecar.loops import OutgoingConnections
 from sidecar.paths import MODES as PATH_MODES
-from sidecar.peers import LocalAddresses
+from sidecar.peers import LocalAddresses, reaches_own_listener
 from sidecar.protocols import LazyH2Pool, OwnListeners, guarded_terminal, protocol_terminal
 from sidecar.stack import Handler, Layer
 from sidecar.telemetry import Telemetry, TelemetryConfig
@@ -64,20 +63,6 @@ from sidecar.upstream import UpstreamConfig, UpstreamPool
 __all__ = ["Sidecar", "SidecarAddresses", "SidecarOptions"]
 
 logger = logging.getLogger(__name__)
-
-
-def _is_local(host: str, listen_host: str) -> bool:
-    """`host` names this host: loopback, unspecified, localhost or the listen address."""
-    if host in ("localhost", listen_host):
-        return True
-    try:
-        address: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(host)
-    except ValueError:
-        try:  # (the forms the resolver also reads as IPv4: 127.1, 2130706433, 0x7f000001)
-            address = ipaddress.IPv4Address(socket.inet_aton(host))
-        except (OSError, ValueError):  # (not an address; ValueError: a NUL in it)
-            return False
-    return address.is_loopback or address.is_unspecified
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +112,7 @@ class SidecarOptions:
         for name in ("admin_port", "outbound_port", "inbound_port"):
             if not 0 <= getattr(self, name) < 65536:
                 raise ValueError(f"{name} must be in 0..65535")
-        if _is_local(self.app_host, self.listen_host):
+        if reaches_own_listener(self.app_host, self.listen_host):
             for name in ("inbound_port", "outbound_port", "admin_port"):
                 if self.app_port == getattr(self, name):
                     # (the inbound listener forwarding to itself went round ~64 times per

@@ -16,7 +16,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 
-__all__ = ["LocalAddresses"]
+__all__ = ["LocalAddresses", "reaches_own_listener"]
 
 
 class LocalAddresses:
@@ -37,13 +37,49 @@ class LocalAddresses:
         return known
 
 
-def _is_local(ip: str) -> bool:
+def reaches_own_listener(host: str, listen_host: str) -> bool:
+    """A connection to `host` (a --app-host) could reach a listener of this host bound on
+    `listen_host` (--listen): `host` is localhost, the listen address, a loopback or unspecified
+    address, or, with the listeners on every interface (0.0.0.0, as deployed), any address of
+    this host (the pod's own IP). Names other than localhost are not resolved (None: the app
+    is elsewhere, as in compose, where it is another container's name)."""
+    if host in ("localhost", listen_host):
+        return True
+    address = _address(host, legacy=True)
+    if address is None:
+        return False
+    if address.is_loopback or address.is_unspecified:
+        return True
+    listen = _address(listen_host, legacy=True)
+    if listen is None:
+        return False
+    return address == listen or (listen.is_unspecified and _is_local(str(address)))
+
+
+def _address(
+    text: str, *, legacy: bool = False
+) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """`text` as an address (an IPv4-mapped IPv6 one as IPv4; a zone dropped); `legacy`: also
+    the forms the resolver reads as IPv4 (127.1, 2130706433, 0x7f000001)."""
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address
     try:
-        address = ipaddress.ip_address(ip.partition("%")[0])
+        address = ipaddress.ip_address(text.partition("%")[0])
     except ValueError:
-        return False  # (no IP address: a unix socket has no peer address to check)
+        if not legacy:
+            return None
+        try:
+            address = ipaddress.IPv4Address(socket.inet_aton(text))
+        except (OSError, ValueError):  # (not an address; ValueError: a NUL in it)
+            return None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
+    return address
+
+
+def _is_local(ip: str) -> bool:
+    address = _address(ip)
+    if address is None:
+        return False  # (no IP address: a unix socket has no peer address to check)
     if address.is_loopback:
         return True
     if address.is_unspecified or address.is_multicast:

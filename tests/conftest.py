@@ -21,6 +21,7 @@ server code path on the real engine, without a server. `open_test_store(url)` op
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
@@ -118,6 +119,17 @@ def trace_columns(spans: Iterable[Span]) -> dict[str, list[Any]]:
         for column, value in zip(cols.values(), values, strict=True):
             column.append(value)
     return cols
+
+
+def address_of_this_host() -> str | None:
+    """A non-loopback address of this host, if it has one (the one a route out would use)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # (UDP: no packet is sent)
+        except OSError:
+            return None
+        address = str(probe.getsockname()[0])
+    return None if address.startswith("127.") else address
 
 
 def open_test_store(url: str, *, database: str = "default", ttl_days: int = 0) -> Store:

@@ -9,6 +9,7 @@ import pytest
 from sidecar import cli
 from sidecar.app import SidecarOptions
 from sidecar.telemetry import TelemetryConfig
+from tests.conftest import address_of_this_host
 
 
 def _args(*extra: str) -> argparse.Namespace:
@@ -83,3 +84,16 @@ def test_an_app_port_that_is_one_of_the_sidecars_own_is_refused(
 def test_the_same_port_on_another_host_is_an_app_like_any_other() -> None:
     assert SidecarOptions(service="web", app_port=15006, app_host="10.0.0.9").app_port == 15006
     assert SidecarOptions(service="web", app_port=15006, inbound_port=0).inbound_port == 0
+
+
+def test_this_hosts_own_address_is_the_sidecar_itself_when_it_listens_everywhere() -> None:
+    own = address_of_this_host()
+    if own is None:
+        pytest.skip("this host has no non-loopback address")
+    # (deployed, --listen 0.0.0.0: the pod's IP on the inbound port went round ~64 times)
+    with pytest.raises(ValueError, match="is this sidecar's inbound port"):
+        SidecarOptions(service="web", app_port=15006, app_host=own, listen_host="0.0.0.0")
+    with pytest.raises(ValueError, match="is this sidecar's inbound port"):
+        SidecarOptions(service="web", app_port=15006, app_host=own, listen_host=own)
+    # listening on loopback only, the host's address on that port is not a listener of ours
+    assert SidecarOptions(service="web", app_port=15006, app_host=own).app_port == 15006

@@ -1,26 +1,14 @@
 from __future__ import annotations
 
-import socket
-
 from sidecar.peers import LocalAddresses
-
-
-def _an_address_of_this_host() -> str | None:
-    """A non-loopback address of this host, if it has one (the one a route out would use)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.connect(("192.0.2.1", 9))  # (UDP: no packet is sent)
-        except OSError:
-            return None
-        address = str(probe.getsockname()[0])
-    return None if address.startswith("127.") else address
+from tests.conftest import address_of_this_host
 
 
 def test_loopback_and_this_hosts_addresses_are_local_others_are_not() -> None:
     local = LocalAddresses()
     assert local.includes("127.0.0.1") and local.includes("127.3.4.5") and local.includes("::1")
     assert local.includes("::ffff:127.0.0.1")  # (a dual-stack listener's peer)
-    own = _an_address_of_this_host()
+    own = address_of_this_host()
     if own is not None:
         assert local.includes(own) and local.includes(f"::ffff:{own}")
     for foreign in ("203.0.113.9", "2001:db8::9", "0.0.0.0", "224.0.0.1", "", "not-an-ip"):
