@@ -46,6 +46,7 @@ MODULES: tuple[str, ...] = (
     "sidecar/http.py",
     "sidecar/stack.py",
     "sidecar/capture.py",
+    "sidecar/discovery.py",
     "sidecar/codec.py",
     "sidecar/protocols.py",
     "sidecar/upstream.py",

@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -234,11 +235,11 @@ class Sidecar:
                 own_connections=self.outgoing,
                 local_peers=LocalAddresses(),  # (this host only: sidecar/peers.py)
             ),
-            lambda: self._outbound_handler,
+            partial(getattr, self, "_outbound_handler"),  # (C calls: no interpreted frame)
         )
         self.inbound = HttpServer(
             ServerConfig(direction="inbound", path_normalization=options.path_normalization),
-            lambda: self._inbound_handler,
+            partial(getattr, self, "_inbound_handler"),
         )
         self.admin = AdminServer(self)
         self.addresses: SidecarAddresses | None = None

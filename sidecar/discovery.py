@@ -8,14 +8,13 @@ whenever any service's set changes, so balancers re-read it on their next pick.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 from sidecar.http import Endpoint
 
 __all__ = ["DynamicEndpoints", "EndpointSource", "LayeredEndpoints", "StaticEndpoints"]
 
 
-@runtime_checkable
 class EndpointSource(Protocol):
     """Endpoints per upstream service; `version` changes whenever any set changes."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -51,6 +52,12 @@ Body = bytes | BodyStream
 
 _heappush: Final = heapq.heappush
 _current_task: Final = asyncio.current_task
+# Before 3.12, asyncio.current_task is a Python function: the one interpreted frame left on
+# the compiled request path (the rest is C: mypyc, uvloop, httptools). Its table is _asyncio's
+# C dict of each loop's running task, read here directly; 3.12 has current_task in C.
+_TASK_OF_LOOP: Final[dict[object, asyncio.Task[object]] | None] = (
+    getattr(asyncio.tasks, "_current_tasks", None) if sys.version_info < (3, 12) else None
+)
 _get_ident: Final = threading.get_ident  # (pthread_self: no syscall)
 _heappop: Final = heapq.heappop
 _heapify: Final = heapq.heapify
@@ -190,7 +197,8 @@ class DeadlineQueue:
         another thread, the queue's loop may be mid-step there: asyncio's own answer."""
         loop = self._loop
         if loop is not None and _get_ident() == self._thread_id:
-            task = _current_task(loop)
+            tasks = _TASK_OF_LOOP
+            task = tasks.get(loop) if tasks is not None else _current_task(loop)
             if task is not None:
                 return task
         return _current_task()

@@ -6,10 +6,9 @@ from sidecar.http import Endpoint
 
 def test_static_endpoints_serve_the_configured_table() -> None:
     a = Endpoint("10.0.0.1", 80, service="reviews")
-    source = StaticEndpoints({"reviews": [a]})
+    source: EndpointSource = StaticEndpoints({"reviews": [a]})  # (mypy checks the fit)
 
-    assert isinstance(source, EndpointSource)
     assert source.endpoints("reviews") == (a,)
     assert source.endpoints("ratings") == ()
     assert source.version == 0
-    assert source.services() == ("reviews",)
+    assert isinstance(source, StaticEndpoints) and source.services() == ("reviews",)
