@@ -82,7 +82,11 @@ class CpResponse:
     body: bytes
 
     def json(self) -> Any:
-        return json.loads(self.body) if self.body else None
+        """The body as JSON (None if empty); ValueError when it is not JSON we can read."""
+        try:
+            return json.loads(self.body) if self.body else None
+        except RecursionError as exc:  # (nested past the interpreter's limit)
+            raise ValueError("JSON nested too deeply") from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,12 +255,14 @@ class ControlPlaneClient:
         response = await self.request(method, path, body, timeout_s=timeout_s)
         if response.status >= 400:
             reason, message = "http_error", response.body[:500].decode("utf-8", "replace")
-            with contextlib.suppress(ValueError, AttributeError):
+            with contextlib.suppress(ValueError):
                 doc = response.json()
-                reason = str(doc.get("error", reason))
-                message = str(doc.get("message", message))
-                if doc.get("problems"):
-                    message += ": " + "; ".join(map(str, doc["problems"]))
+                if isinstance(doc, dict):
+                    reason = str(doc.get("error", reason))
+                    message = str(doc.get("message", message))
+                    problems = doc.get("problems")
+                    if isinstance(problems, list) and problems:
+                        message += ": " + "; ".join(map(str, problems))
             raise ControlPlaneError(response.status, reason, message)
         return response
 
@@ -266,7 +272,15 @@ class ControlPlaneClient:
         response = await self.call(
             "POST", "/instances", registration.body(upstreams, running_version)
         )
-        return dict(response.json())
+        try:
+            view = response.json()
+        except ValueError as exc:
+            raise ControlPlaneUnavailable(f"malformed register answer: {exc}") from exc
+        if not isinstance(view, dict):
+            raise ControlPlaneUnavailable(
+                f"malformed register answer: a JSON {type(view).__name__}, not an object"
+            )
+        return view
 
     async def heartbeat(self, instance: str) -> bool:
         """False when the lease is gone (404: register again)."""
@@ -440,6 +454,10 @@ class ControlPlaneSync:
                     await self._register()
             except (ControlPlaneError, ControlPlaneUnavailable) as exc:
                 logger.warning("heartbeat failed", extra={"error": str(exc)})
+            except Exception:
+                # The lease depends on this loop: a bug here must not end it (it did, on an
+                # odd register answer, and the lease then lapsed over and over).
+                logger.exception("control-plane heartbeat loop error")
 
     async def _watch_loop(self) -> None:
         failures = 0

@@ -9,6 +9,7 @@ import pytest
 from sidecar.control import ApplyResult
 from sidecar.cpclient import (
     ControlPlaneClient,
+    ControlPlaneError,
     ControlPlaneSync,
     ControlPlaneUnavailable,
     Registration,
@@ -17,6 +18,7 @@ from sidecar.cpclient import (
 )
 from sidecar.http import Endpoint
 from sidecar.upstream import UpstreamPool
+from tests.cpstub import ScriptedControlPlane
 from tests.fakes import RecordingSleep, SequenceRandom
 
 HEARTBEAT_S = 1000.0  # recognisable among the recorded sleeps
@@ -162,3 +164,69 @@ def test_watch_endpoints_keep_their_identity_only_for_an_mtls_caller_and_mtls_pe
 
     assert [e.identity for e in with_mtls] == [spiffe, ""]
     assert [e.identity for e in without] == ["", ""]
+
+
+REGISTERED = (200, b'{"lease_ttl_s": 3000}')
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        (200, b"null"),  # register: not an object
+        (200, b"[1, 2]"),
+        (200, b"[" * 100_000 + b"]" * 100_000),  # nested past the recursion limit
+        (400, b'{"error": "bad", "problems": 5}'),  # problems not a list
+        (400, b"[" * 100_000 + b"]" * 100_000),
+    ],
+)
+async def test_odd_answers_never_end_the_heartbeat_or_watch_loops(
+    answer: tuple[int, bytes],
+) -> None:
+    """Heartbeat 404 (lease gone) -> register again -> an odd answer: the loops log it and go
+    on (the heartbeat loop ended for good, so the lease lapsed again and again)."""
+    cp = ScriptedControlPlane(
+        {
+            "/api/v1/controlplane/instances/web-1/heartbeat": [(404, b"{}"), (200, b"{}")],
+            "/api/v1/controlplane/instances": [REGISTERED, answer, REGISTERED],
+            "/api/v1/controlplane/watch": [(204, b"")],
+            "/api/v1/controlplane/ack": [(200, b"{}")],
+        }
+    )
+    url = await cp.start()
+    pool = UpstreamPool()
+    client = ControlPlaneClient(url, pool=pool, bootstrap_token="t" * 20)
+    sync = ControlPlaneSync(
+        client,
+        Registration("web", "web-1", "127.0.0.1"),
+        apply=lambda update, new: ApplyResult(True),
+        heartbeat_interval_s=0.01,
+        watch_timeout_s=0.05,
+        backoff_base_s=0.01,
+        backoff_max_s=0.02,
+    )
+    sync.start()
+    try:
+        for _ in range(500):  # (bounded: 5 s)
+            beats = [p for p in cp.paths if p.endswith("/heartbeat")]
+            if len(beats) >= 4 and all(not t.done() for t in sync._tasks):
+                break
+            await asyncio.sleep(0.01)
+        assert all(not task.done() for task in sync._tasks), [t for t in sync._tasks if t.done()]
+        assert len([p for p in cp.paths if p.endswith("/heartbeat")]) >= 4
+    finally:
+        await sync.stop(deregister=False)
+        await pool.close()
+        await cp.close()
+
+
+async def test_an_error_answer_with_odd_problems_is_a_control_plane_error() -> None:
+    cp = ScriptedControlPlane({"/": [(422, b'{"error": "invalid", "problems": 5}')]})
+    url = await cp.start()
+    pool = UpstreamPool()
+    client = ControlPlaneClient(url, pool=pool, bootstrap_token="t" * 20)
+    try:
+        with pytest.raises(ControlPlaneError, match="422 invalid"):
+            await client.call("GET", "/fleet")
+    finally:
+        await pool.close()
+        await cp.close()

@@ -29,6 +29,8 @@ from sidecar.identity import (
     spiffe_id,
 )
 from sidecar.tls import Credentials
+from sidecar.upstream import UpstreamPool
+from tests.cpstub import ScriptedControlPlane
 from tests.integration.pki import Pki
 
 ID = "spiffe://example.org/ns/default/sa/orders"
@@ -249,3 +251,18 @@ async def test_an_expired_certificate_is_renewed_with_the_bootstrap_token(tmp_pa
     assert sent == ["Bearer boot", "signed", "Bearer boot"]
     assert third.spiffe_id == ID and manager.rotations == 3
     assert signer_for(second, clock=lambda: second.not_after)("GET", "/x", b"") == ()
+
+
+@pytest.mark.parametrize(
+    "body", [b"[" * 100_000 + b"]" * 100_000, b"not json", b'{"certificate_pem": 5}']
+)
+async def test_a_malformed_certificate_answer_is_an_identity_error(body: bytes) -> None:
+    cp = ScriptedControlPlane({"/": [(201, body)]})
+    pool = UpstreamPool()
+    client = ControlPlaneClient(await cp.start(), pool=pool, bootstrap_token="t" * 20)
+    try:
+        with pytest.raises(IdentityError, match="malformed"):
+            await CpClientCertificates(client)(build_csr(generate_key(), ID))
+    finally:
+        await pool.close()
+        await cp.close()
