@@ -11,7 +11,6 @@ import asyncio
 import base64
 import datetime as dt
 import hashlib
-import json
 import logging
 import random as _random
 import time
@@ -19,12 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
-from urllib.parse import urlsplit
 
 from sidecar.cpclient import ControlPlaneClient, ControlPlaneError, ControlPlaneUnavailable, Signer
-from sidecar.errors import ProxyError
-from sidecar.http import BodyStream, Endpoint, Request, RequestContext
-from sidecar.stack import Handler, Sleep
+from sidecar.stack import Sleep
 from sidecar.tls import Credentials
 
 if TYPE_CHECKING:
@@ -35,7 +31,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CertificateRequester",
-    "ControlPlaneCertificates",
     "CpClientCertificates",
     "IdentityError",
     "IdentityManager",
@@ -51,7 +46,6 @@ logger = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 Random = Callable[[], float]
-CERTIFICATES_PATH = "/api/v1/controlplane/certificates"
 
 
 class IdentityError(Exception):
@@ -155,22 +149,6 @@ def load_credentials_files(cert: Path, key: Path, ca: Path) -> Credentials:
         raise IdentityError(str(exc)) from exc
 
 
-async def _read_body(body: bytes | BodyStream, limit: int) -> bytes:
-    if isinstance(body, bytes):
-        return body
-    chunks: list[bytes] = []
-    size = 0
-    for _ in range(100_000):  # bounded: a body is at most `limit` bytes in non-empty chunks
-        chunk = await body.read()
-        if not chunk:
-            return b"".join(chunks)
-        size += len(chunk)
-        if size > limit:
-            raise IdentityError(f"control plane response larger than {limit} bytes")
-        chunks.append(chunk)
-    raise IdentityError("control plane response did not end")
-
-
 class CpClientCertificates:
     """`POST /certificates` through the control-plane client (bootstrap token or signed)."""
 
@@ -233,58 +211,6 @@ def _issued(doc: object) -> Issued:
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise IdentityError(f"control plane sent a malformed certificate: {exc!r}") from exc
-
-
-class ControlPlaneCertificates:
-    """`POST /certificates` with the bootstrap token, through the sidecar's own upstream pool."""
-
-    def __init__(self, url: str, token: str, send: Handler, *, timeout_s: float = 10.0) -> None:
-        parts = urlsplit(url)
-        if parts.scheme != "http" or not parts.hostname:
-            raise ValueError(f"control plane URL must be http://host:port, got {url!r}")
-        if not token:
-            raise ValueError("a bootstrap token is required to request certificates")
-        self._endpoint = Endpoint(parts.hostname, parts.port or 80, service="controlplane")
-        self._authority = parts.netloc
-        self._path = parts.path.rstrip("/") + CERTIFICATES_PATH
-        self._token = token
-        self._send = send
-        self._timeout_s = timeout_s
-
-    async def __call__(self, csr_pem: str) -> Issued:
-        body = json.dumps({"csr": csr_pem}).encode()
-        context = RequestContext(endpoint=self._endpoint, connect_timeout_s=self._timeout_s)
-        request = Request(
-            "POST",
-            self._path,
-            headers=(
-                ("content-type", "application/json"),
-                ("authorization", f"Bearer {self._token}"),
-            ),
-            body=body,
-            authority=self._authority,
-            context=context,
-        )
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                response = await self._send(request)
-                data = await _read_body(response.body, 1 << 20)
-        except ProxyError as exc:
-            raise IdentityError(f"control plane unreachable: {exc.reason}: {exc}") from exc
-        except TimeoutError as exc:
-            raise IdentityError(
-                f"certificate request timed out after {self._timeout_s:g}s"
-            ) from exc
-        if response.status != 201:
-            raise IdentityError(
-                f"control plane refused the certificate request: {response.status} "
-                f"{data[:200].decode(errors='replace')}"
-            )
-        try:
-            doc = json.loads(data)
-        except ValueError as exc:
-            raise IdentityError(f"control plane sent a malformed certificate: {exc}") from exc
-        return _issued(doc)
 
 
 OnUpdate = Callable[[Credentials], None]
