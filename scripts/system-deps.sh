@@ -11,6 +11,8 @@ command -v gcc >/dev/null 2>&1 || need+=(gcc)
 py=${PYTHON:-python3}
 inc=$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["include"])' 2>/dev/null || true)
 [ -n "$inc" ] && [ -f "$inc/Python.h" ] || need+=(python3-dev)
+# curl as an unmodified client: through http_proxy (test_sidecar_proxy.py) and captured
+command -v curl >/dev/null 2>&1 || need+=(curl)
 # transparent capture test (tests/integration/test_sidecar_capture.py): netns, veth, nat rules
 command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || need+=(iptables)
 command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || need+=(iproute2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -73,6 +74,26 @@ async def test_requests_client_reaches_app_through_http_proxy_env(
         ("GET", "/b", 0),
     ]
     assert sidecar.upstream.reused >= 1  # the second request reused the pooled connection
+
+
+async def test_curl_reaches_app_through_http_proxy_env(
+    upstream: ScriptedUpstream, sidecars: Sidecars
+) -> None:
+    """curl as it is, its proxy from the environment: only the lower-case http_proxy (curl
+    ignores HTTP_PROXY, the httpoxy guard), so the compose file and the demo set both."""
+    sidecar = await sidecars("client", upstream.port)
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "http_proxy": url(_outbound(sidecar))}
+    target = f"http://127.0.0.1:{upstream.port}/curl?x=1"
+    proc = await asyncio.create_subprocess_exec(
+        "curl", "-sS", "-m", "10", "-H", "x-test: 1", target, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 0, err
+    data = json.loads(out)
+    assert data["path"] == "/curl?x=1"
+    assert data["headers"]["traceparent"].startswith("00-")  # it went through the sidecar
+    assert "proxy-connection" not in data["headers"]
 
 
 async def test_pipelined_requests_are_answered_in_order_on_one_connection(

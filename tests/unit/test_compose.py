@@ -37,7 +37,10 @@ def test_platform_services_are_all_there() -> None:
 def test_every_demo_instance_has_an_app_and_a_sidecar_in_its_network_namespace() -> None:
     for instance in INSTANCES:
         app, sidecar = SERVICES[instance], SERVICES[f"{instance}-sidecar"]
-        assert app["environment"]["HTTP_PROXY"] == "http://127.0.0.1:15001"
+        env = app["environment"]
+        # (curl and libcurl read only the lower-case names; most other clients either)
+        assert env["HTTP_PROXY"] == env["http_proxy"] == "http://127.0.0.1:15001"
+        assert env["NO_PROXY"] == env["no_proxy"] == "collector"
         assert sidecar["network_mode"] == f"service:{instance}"
         args = sidecar["command"]
         assert args[args.index("--service") + 1] == instance.rsplit("-", 1)[0]
