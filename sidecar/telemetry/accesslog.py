@@ -6,6 +6,7 @@ id, never query strings or bodies), so authorization and cookie values cannot le
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -89,19 +90,28 @@ class AccessLog:
             self._stream.write(json.dumps(entry, separators=(",", ":")) + "\n")
         except OSError:
             # A full disk must not fail the request being logged: count, log once per minute.
-            self.errors += 1
-            now = time.monotonic()
-            if now - self._last_error_log >= 60.0:
-                logger.exception("access log write failed", extra={"errors": self.errors})
-                self._last_error_log = now
+            self._failed("access log write failed")
 
     def flush(self) -> None:
-        self._stream.flush()
+        """Flush the buffered lines; a failure (full disk, a closed pipe) is counted, not
+        raised: the telemetry housekeeping that flushes every interval ended on it."""
+        try:
+            self._stream.flush()
+        except OSError:
+            self._failed("access log flush failed")
 
     def close(self) -> None:
-        self._stream.flush()
+        self.flush()
         if self._owned:
-            self._stream.close()
+            with contextlib.suppress(OSError):  # (what could not be flushed is counted)
+                self._stream.close()
+
+    def _failed(self, message: str) -> None:
+        self.errors += 1
+        now = time.monotonic()
+        if now - self._last_error_log >= 60.0:
+            logger.exception(message, extra={"errors": self.errors})
+            self._last_error_log = now
 
 
 def _iso(ns: int) -> str:

@@ -272,10 +272,13 @@ class Telemetry:
         interval = self.config.export_interval_s
         while True:
             await asyncio.sleep(interval)
-            if self._exporter is None:
-                self._discard_unexportable()
-            if self.recorder.access_log is not None:
-                self.recorder.access_log.flush()
+            try:
+                if self._exporter is None:
+                    self._discard_unexportable()
+                if self.recorder.access_log is not None:
+                    self.recorder.access_log.flush()
+            except Exception:  # (task boundary: the next interval must still come)
+                logger.exception("telemetry housekeeping failed")
 
     def _batch_ready(self) -> None:
         if self._exporter is not None:

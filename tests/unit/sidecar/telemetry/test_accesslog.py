@@ -42,3 +42,14 @@ def test_write_failure_is_counted_not_raised() -> None:
     log.write(_record())
     log.write(_record())
     assert log.errors == 2
+
+
+def test_a_full_disk_at_flush_is_counted_not_raised() -> None:
+    # /dev/full: writes into the 64 KiB buffer succeed, the flush gets ENOSPC (before, flush
+    # raised, and the telemetry housekeeping task that flushes every interval ended for good)
+    log = AccessLog.open("/dev/full")
+    log.write(_record())
+    log.flush()
+    log.write(_record())
+    log.close()
+    assert log.errors == 2
