@@ -52,9 +52,9 @@ Body = bytes | BodyStream
 
 _heappush: Final = heapq.heappush
 _current_task: Final = asyncio.current_task
-# Before 3.12, asyncio.current_task is a Python function: the one interpreted frame left on
-# the compiled request path (the rest is C: mypyc, uvloop, httptools). Its table is _asyncio's
-# C dict of each loop's running task, read here directly; 3.12 has current_task in C.
+# Before 3.12, asyncio.current_task is a Python function: an interpreted frame per request on
+# the otherwise compiled path (mypyc, uvloop, httptools). Its table is _asyncio's C dict of
+# each loop's running task, read here directly; 3.12 has current_task in C.
 _TASK_OF_LOOP: Final[dict[object, asyncio.Task[object]] | None] = (
     getattr(asyncio.tasks, "_current_tasks", None) if sys.version_info < (3, 12) else None
 )

@@ -41,8 +41,8 @@ def reaches_own_listener(host: str, listen_host: str) -> bool:
     """A connection to `host` (a --app-host) could reach a listener of this host bound on
     `listen_host` (--listen): `host` is localhost, the listen address, a loopback or unspecified
     address, or, with the listeners on every interface (0.0.0.0, as deployed), any address of
-    this host (the pod's own IP). Names other than localhost are not resolved (None: the app
-    is elsewhere, as in compose, where it is another container's name)."""
+    this host (the pod's own IP). Names other than localhost are not resolved: such an app is
+    taken to be elsewhere (in compose it is another container's name)."""
     if host in ("localhost", listen_host):
         return True
     address = _address(host, legacy=True)
