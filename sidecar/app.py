@@ -66,6 +66,21 @@ __all__ = ["Sidecar", "SidecarAddresses", "SidecarOptions"]
 logger = logging.getLogger(__name__)
 
 
+def _process_stats() -> dict[str, int | None]:
+    """Open descriptors and the soft limit on them (None where the platform does not say)."""
+    try:
+        open_fds: int | None = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        open_fds = None
+    try:
+        import resource
+
+        fd_limit: int | None = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except ImportError:
+        fd_limit = None
+    return {"open_fds": open_fds, "fd_limit": fd_limit}
+
+
 @dataclass(frozen=True, slots=True)
 class SidecarOptions:
     """Everything the `meshlens sidecar` command line decides."""
@@ -503,6 +518,7 @@ class Sidecar:
             "mtls": self._mtls_stats(),
             "authz": self.authz.stats(),
             "jwt": self.jwt.stats(),
+            "process": _process_stats(),
         }
 
     def _mtls_stats(self) -> dict[str, object]:

@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import re
+import resource
 import signal
 import sys
 from collections import deque
@@ -269,7 +270,8 @@ class SidecarProcess:
 async def sidecar_process(
     tmp_path: Path,
 ) -> AsyncIterator[Callable[..., Awaitable[SidecarProcess]]]:
-    """Factory: `await sidecar_process("svc", app_port, config={...}, extra=[...])`."""
+    """Factory: `await sidecar_process("svc", app_port, config={...}, extra=[...])`;
+    `nofile`: the child's RLIMIT_NOFILE (soft, hard)."""
     procs: list[SidecarProcess] = []
 
     async def start(
@@ -277,6 +279,7 @@ async def sidecar_process(
         app_port: int,
         config: dict[str, Any] | None = None,
         extra: list[str] | None = None,
+        nofile: tuple[int, int] | None = None,
     ) -> SidecarProcess:
         args = [
             sys.executable, "-m", "meshlens_cli", "--log-level", "WARNING", "sidecar",
@@ -289,8 +292,13 @@ async def sidecar_process(
             path.write_text(json.dumps(config))
             args += ["--config", str(path)]
         env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+        def limit() -> None:  # (in the child: its open-files limits, soft and hard)
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+
         proc = await asyncio.create_subprocess_exec(
-            *args, stdout=asyncio.subprocess.PIPE, cwd=str(REPO), env=env
+            *args, stdout=asyncio.subprocess.PIPE, cwd=str(REPO), env=env, preexec_fn=limit
         )
         assert proc.stdout is not None
         try:
