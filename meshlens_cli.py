@@ -7,7 +7,7 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "raise_fd_limit"]
 
 # Which module registers which subcommand. Each module has `register(subparsers)`, adding its
 # subcommands with `set_defaults(run=fn)` where fn(args) -> int is the exit code. Only the module
@@ -50,6 +50,34 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     return parser
 
 
+# The soft open-files limit raised to when the hard limit is unlimited
+# (Linux refuses more than fs.nr_open, 1,048,576 by default).
+FD_LIMIT_CAP = 1 << 20
+
+
+def raise_fd_limit() -> tuple[int, int] | None:
+    """Raise the soft open-files limit to the hard one, as Go's runtime does for every program
+    since 1.19; (soft, hard) after, None where there are no such limits.
+
+    The sidecar holds a descriptor per downstream and per pooled upstream connection, the
+    collector one per sidecar connection. With the usual soft limit of 1,024 (hard 524,288
+    under systemd, 1,048,576 in Docker) the sidecar's listeners reset every connection past it
+    and nothing was logged: libuv accepts and closes what it cannot keep. The sidecar's /stats
+    shows the limit and the descriptors open."""
+    try:
+        import resource
+    except ImportError:  # (not on every platform)
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = FD_LIMIT_CAP if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):  # (kept as it was: a container may forbid it)
+            pass
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(arguments)
@@ -61,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from collector.logs import configure_logging
 
     configure_logging(args.log_level)
+    raise_fd_limit()
     return run(args)
 
 

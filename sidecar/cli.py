@@ -212,7 +212,6 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"meshlens sidecar: {exc}", file=sys.stderr)
         return 2
-    raise_fd_limit()
     try:
         import uvloop
     except ImportError:  # not on every platform; asyncio's loop works, just slower
@@ -268,33 +267,6 @@ async def _serve(options: SidecarOptions) -> int:
     print(f"meshlens sidecar {options.service} ready: {addresses.describe()}", flush=True)
     await sidecar.wait_stopped()
     return 0
-
-
-# The soft open-files limit the sidecar raises itself to when the hard limit is unlimited
-# (Linux refuses more than fs.nr_open, 1,048,576 by default).
-FD_LIMIT_CAP = 1 << 20
-
-
-def raise_fd_limit() -> tuple[int, int] | None:
-    """Raise the soft open-files limit to the hard one, as Go's runtime does for every program
-    since 1.19; (soft, hard) after, None where there are no such limits.
-
-    A proxy holds a descriptor per downstream and per pooled upstream connection. With the
-    usual soft limit of 1,024 (hard 524,288 under systemd, 1,048,576 in Docker) the listener
-    reset every connection past the limit, and nothing was logged: libuv accepts and closes
-    what it cannot keep. /stats shows the limit and the descriptors open."""
-    try:
-        import resource
-    except ImportError:  # (not on every platform)
-        return None
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = FD_LIMIT_CAP if hard == resource.RLIM_INFINITY else hard
-    if soft != resource.RLIM_INFINITY and soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (ValueError, OSError):  # (kept as it was: a container may forbid it)
-            pass
-    return resource.getrlimit(resource.RLIMIT_NOFILE)
 
 
 def _tune_gc() -> None:
