@@ -55,9 +55,9 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
 FD_LIMIT_CAP = 1 << 20
 
 
-def raise_fd_limit() -> tuple[int, int] | None:
+def raise_fd_limit() -> None:
     """Raise the soft open-files limit to the hard one, as Go's runtime does for every program
-    since 1.19; (soft, hard) after, None where there are no such limits.
+    since 1.19 (where there are such limits).
 
     The sidecar holds a descriptor per downstream and per pooled upstream connection, the
     collector one per sidecar connection. With the usual soft limit of 1,024 (hard 524,288
@@ -67,7 +67,7 @@ def raise_fd_limit() -> tuple[int, int] | None:
     try:
         import resource
     except ImportError:  # (not on every platform)
-        return None
+        return
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = FD_LIMIT_CAP if hard == resource.RLIM_INFINITY else hard
     if soft != resource.RLIM_INFINITY and soft < target:
@@ -75,7 +75,6 @@ def raise_fd_limit() -> tuple[int, int] | None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         except (ValueError, OSError):  # (kept as it was: a container may forbid it)
             pass
-    return resource.getrlimit(resource.RLIMIT_NOFILE)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

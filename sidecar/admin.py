@@ -118,8 +118,8 @@ def admin_handler(source: AdminSource, local: LocalAddresses | None = None) -> H
 class AdminServer:
     """Runs the admin endpoints on host:port (0 picks a free port)."""
 
-    def __init__(self, source: AdminSource) -> None:
-        handler = admin_handler(source)
+    def __init__(self, source: AdminSource, local: LocalAddresses | None = None) -> None:
+        handler = admin_handler(source, local)
         self._server = HttpServer(
             ServerConfig(direction="inbound", forwarded_for=False, idle_timeout_s=30.0),
             lambda: handler,

@@ -242,13 +242,16 @@ class Sidecar:
         )
         self._outbound_handler: Handler = _not_ready
         self._inbound_handler: Handler = _not_ready
+        # this host's addresses (sidecar/peers.py): the outbound listener and the admin's
+        # state-changing endpoints serve only them; one cache for both
+        local = LocalAddresses()
         self.outbound = HttpServer(
             ServerConfig(
                 direction="outbound",
                 original_dst=options.capture,
                 path_normalization=options.path_normalization,
                 own_connections=self.outgoing,
-                local_peers=LocalAddresses(),  # (this host only: sidecar/peers.py)
+                local_peers=local,
             ),
             partial(getattr, self, "_outbound_handler"),  # (C calls: no interpreted frame)
         )
@@ -256,7 +259,7 @@ class Sidecar:
             ServerConfig(direction="inbound", path_normalization=options.path_normalization),
             partial(getattr, self, "_inbound_handler"),
         )
-        self.admin = AdminServer(self)
+        self.admin = AdminServer(self, local)
         self.addresses: SidecarAddresses | None = None
         self._ready = False
         self._stopped = asyncio.Event()
