@@ -214,7 +214,7 @@ async def test_transient_503s_get_a_retry_that_is_pushed_acked_and_verified(
     assert status == 200, verified
     (judged,) = verified["judged"]
     assert judged["state"] == "verified", judged["verification"]
-    assert judged["verification"]["outcome"] == "better"
+    assert judged["verification"]["outcome"] == "better", judged["verification"]
     status, audit = await lp.call(
         "GET", f"/api/v1/controlplane/audit?target=suggestion/{retry['id']}"
     )
