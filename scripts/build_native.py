@@ -2,11 +2,11 @@
 
     python scripts/build_native.py        # `make native`; make test/demo/bench depend on it
 
-The module list is sidecar/_native.py's MODULES. Output goes to build/native/ with a manifest of
-the source hashes; sidecar/_native.py serves the compiled modules only while they match, so a
-later edit falls back to pure Python until the next build. When compilation is not possible (no
-mypyc, no C compiler or Python headers, a mypyc error) this prints one line and exits 0: the
-sidecar then runs as pure Python, the same code, slower.
+The module list is sidecar/_native.py's MODULES, with its C_MODULES built alongside. Output goes
+to build/native/ with a manifest of the source hashes; sidecar/_native.py serves the compiled
+modules only while they match, so a later edit falls back to pure Python until the next build.
+When compilation is not possible (no mypyc, no C compiler or Python headers, a mypyc error) this
+prints one line and exits 0: the sidecar then runs as pure Python, the same code, slower.
 """
 
 from __future__ import annotations
@@ -51,9 +51,10 @@ def build(verbose: bool = False) -> str:
 def _build(verbose: bool) -> str:
     native: object = _load_native()
     modules: tuple[str, ...] = native.MODULES  # type: ignore[attr-defined]
+    c_modules: tuple[str, ...] = native.C_MODULES  # type: ignore[attr-defined]
     out: Path = native.BUILD_DIR  # type: ignore[attr-defined]
     manifest = out / "manifest.json"
-    hashes = native.source_hashes(modules)  # type: ignore[attr-defined]
+    hashes = native.source_hashes(modules + c_modules)  # type: ignore[attr-defined]
     tag = native.interpreter_tag()  # type: ignore[attr-defined]
     if manifest.is_file():
         with contextlib.suppress(OSError, ValueError):
@@ -64,7 +65,7 @@ def _build(verbose: bool) -> str:
                 return "up to date"
     try:
         from mypyc.build import mypycify
-        from setuptools import Distribution  # type: ignore[import-untyped]
+        from setuptools import Distribution, Extension  # type: ignore[import-untyped]
     except ImportError as exc:
         return f"not compiled ({exc.name} missing): pure Python"
     tmp = out.with_name("native.tmp")
@@ -80,6 +81,10 @@ def _build(verbose: bool) -> str:
                 multi_file=True,
                 target_dir=str(ROOT / "build" / "native-src"),
             )
+            extensions += [
+                Extension(native.module_name(path), [path], extra_compile_args=["-O2"])  # type: ignore[attr-defined]
+                for path in c_modules
+            ]
             dist = Distribution({"name": "meshlens-native", "ext_modules": extensions})
             cmd = dist.get_command_obj("build_ext")
             cmd.build_lib = str(tmp)
@@ -96,7 +101,7 @@ def _build(verbose: bool) -> str:
     )
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
-    return f"compiled {len(modules)} modules into {out.relative_to(ROOT)}"
+    return f"compiled {len(modules)} modules (and {len(c_modules)} C) into {out.relative_to(ROOT)}"
 
 
 def main() -> int:

@@ -22,7 +22,17 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["BUILD_DIR", "MODULES", "NativeFinder", "install", "mode", "mypyc_attr", "source_hashes"]
+__all__ = [
+    "BUILD_DIR",
+    "C_MODULES",
+    "MODULES",
+    "SOURCES",
+    "NativeFinder",
+    "install",
+    "mode",
+    "mypyc_attr",
+    "source_hashes",
+]
 
 if TYPE_CHECKING:
     from mypy_extensions import mypyc_attr  # class directives for mypyc, e.g. native_class
@@ -78,6 +88,10 @@ MODULES: tuple[str, ...] = (
     "sidecar/telemetry/spans.py",
     "sidecar/telemetry/transport.py",
 )
+# C modules built with them (sidecar/_h1fast.c: the common HTTP/1.1 heads in one call), served
+# the same way: only in compiled mode, and only while fresh. Both kinds together: SOURCES.
+C_MODULES: tuple[str, ...] = ("sidecar/_h1fast.c",)
+SOURCES: tuple[str, ...] = MODULES + C_MODULES
 
 _mode = "pure"
 
@@ -88,10 +102,10 @@ def mode() -> str:
 
 
 def module_name(path: str) -> str:
-    return path.removesuffix(".py").replace("/", ".")
+    return path.removesuffix(".py").removesuffix(".c").replace("/", ".")
 
 
-def source_hashes(paths: Sequence[str] = MODULES, root: Path = ROOT) -> dict[str, str]:
+def source_hashes(paths: Sequence[str] = SOURCES, root: Path = ROOT) -> dict[str, str]:
     """sha256 of each module's source, keyed by module name."""
     return {module_name(p): hashlib.sha256((root / p).read_bytes()).hexdigest() for p in paths}
 
@@ -129,10 +143,10 @@ def _check(build_dir: Path) -> tuple[dict[str, Path] | None, str]:
         return None, "pure (compiled for another Python)"
     modules: dict[str, str] = manifest.get("modules", {})
     try:
-        current = source_hashes([p for p in MODULES if module_name(p) in modules])
+        current = source_hashes([p for p in SOURCES if module_name(p) in modules])
     except OSError:
         return None, "pure (sources missing)"
-    if set(modules) != {module_name(p) for p in MODULES} or current != modules:
+    if set(modules) != {module_name(p) for p in SOURCES} or current != modules:
         return None, "pure (compiled modules are stale: make native)"
     suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
     files = {name: build_dir / (name.replace(".", "/") + suffix) for name in modules}

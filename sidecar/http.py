@@ -534,6 +534,27 @@ def header_name(raw: bytes) -> str:
     return name
 
 
+FastRequest = Callable[
+    [bytes, int, int], tuple[int, str, bytes, str, list[tuple[str, str]], bool] | None
+]
+FastResponse = Callable[[bytes, int], tuple[int, list[tuple[str, str]], bytes, bool] | None]
+
+
+def _fast_parsers() -> tuple[FastRequest | None, FastResponse | None]:
+    """sidecar/_h1fast.c's one-call parsers of the common heads, in compiled mode (served from
+    build/native with the compiled modules); None in pure-Python mode, where httptools parses
+    every head (the codec and the pool use them only ahead of it, falling back to it)."""
+    try:
+        from sidecar import _h1fast
+    except ImportError:
+        return None, None
+    return _h1fast.parse_request, _h1fast.parse_response
+
+
+FAST_REQUEST: Final = _fast_parsers()[0]
+FAST_RESPONSE: Final = _fast_parsers()[1]
+
+
 def parse_digits(text: str, max_digits: int = 15) -> int | None:
     """`text` as a number when it is 1 to `max_digits` ASCII digits, else None. (str.isdigit
     also takes '\u00b2' and other scripts' digits, which int() refuses, and int() of 4,300

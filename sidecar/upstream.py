@@ -33,6 +33,7 @@ from sidecar.errors import (
     UpstreamTimeout,
 )
 from sidecar.http import (
+    FAST_RESPONSE,
     Body,
     BodyStream,
     DeadlineTimer,
@@ -212,6 +213,13 @@ class _Connection(asyncio.Protocol):
         if parser is None or self.complete:
             self.abort()  # bytes nobody asked for: the connection is not reusable
             return
+        if not self.received_any and FAST_RESPONSE is not None and self._head_method != "HEAD":
+            # the whole response in its first read, its head a common one (sidecar/_h1fast.c):
+            # taken in one call as the callbacks below would take it; else httptools reads it
+            parsed = FAST_RESPONSE(data, self._head_limit)
+            if parsed is not None:
+                self._take_whole(parsed[0], parsed[1], parsed[2], parsed[3])
+                return
         self.received_any = True
         try:
             parser.feed_data(data)
@@ -236,6 +244,23 @@ class _Connection(asyncio.Protocol):
             self._wake()
         if self.complete and self.status != 101:
             self._finish()
+
+    def _take_whole(
+        self, status: int, headers: list[tuple[str, str]], body: bytes, keep_alive: bool
+    ) -> None:
+        """A whole response with a length, parsed in one call: the state on_headers_complete,
+        on_body and on_message_complete leave (its parser, never fed, stays at a message start)."""
+        self.received_any = True
+        self.headers = headers
+        self.status = status
+        self.headers_done = True
+        self._keep_alive = keep_alive
+        self._close_delimited = False
+        if body:
+            self._early.append(body)
+        self.complete = True
+        self._wake()
+        self._finish()
 
     async def drain(self) -> None:
         """Wait until the upstream takes more bytes (bounded by the write timeout)."""

@@ -37,6 +37,7 @@ def test_fresh_build_serves_every_listed_module_and_the_group_library(tmp_path: 
     assert spec is not None and isinstance(spec.loader, importlib.machinery.ExtensionFileLoader)
     assert spec.origin == str(tmp_path / "native" / f"sidecar/codec{SUFFIX}")
     assert finder.find_spec(f"{_native.GROUP}__mypyc", None) is not None
+    assert finder.find_spec("sidecar._h1fast", None) is not None  # the C module, built with them
     assert finder.find_spec("sidecar.config", None) is None  # not compiled: normal import
 
 
@@ -46,6 +47,13 @@ def test_an_edited_source_means_pure_python(tmp_path: Path) -> None:
     files, mode = _native._check(_build_dir(tmp_path, hashes))
     assert files is None
     assert mode == "pure (compiled modules are stale: make native)"
+
+
+def test_an_edited_c_module_means_pure_python_too(tmp_path: Path) -> None:
+    hashes = _native.source_hashes()
+    assert "sidecar._h1fast" in hashes  # (sidecar/_h1fast.c)
+    hashes["sidecar._h1fast"] = "0" * 64
+    assert _native._check(_build_dir(tmp_path, hashes))[0] is None
 
 
 def test_a_build_for_another_interpreter_or_module_list_is_not_used(tmp_path: Path) -> None:

@@ -1,0 +1,377 @@
+/* One-call parsing of the common HTTP/1.1 message heads, ahead of httptools (llhttp).
+ *
+ * httptools hands a head over in callbacks, one Python call per piece (message begin, url,
+ * each header, head complete, body, message complete): on the sidecar's request path they
+ * were the largest single block of work (callgrind, README). These functions parse the heads
+ * the sidecar sees on nearly every request in one call, and only those: a strict subset of
+ * what llhttp accepts, which both parse to the same message. Anything else (a partial head, a
+ * body to frame, an upgrade, an unusual byte anywhere) returns None and the caller feeds the
+ * same bytes to httptools as before, whose parser is then still at a message start. So every
+ * error, every lenient corner and every refusal stays llhttp's and the codec's; this file can
+ * only decline. tests/sidecar/test_h1fast.py checks each accepted input against httptools.
+ *
+ * parse_request(data, start, limit) -> (end, method, url, version, headers, keep_alive) | None
+ *   one request at data[start:]: origin-form target, HTTP/1.1 or 1.0, no Content-Length,
+ *   Transfer-Encoding or Upgrade header (so no body), Connection absent or one of close /
+ *   keep-alive; `end` is the offset after its head. `limit` bounds url + fields as the codec's
+ *   on_url/on_header do (over it: None, and httptools' path refuses it).
+ * parse_response(data, limit) -> (status, headers, body, keep_alive) | None
+ *   `data` is exactly one whole HTTP/1.1 response: status 200-599 but 204/304, one
+ *   Content-Length and that many body bytes, nothing after them.
+ * Header names come lower-cased (str, cached and interned), values as latin-1 str.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+static unsigned char TCHAR[256];  /* header name: RFC 9110 token */
+static unsigned char VCHAR[256];  /* header value inside: VCHAR, SP, HTAB (no obs-text) */
+static unsigned char UCHAR[256];  /* origin-form target: RFC 3986 pchar, '/', '?' */
+
+static void init_tables(void)
+{
+    const char *t = "!#$%&'*+-.^_`|~";
+    const char *u = "-._~!$&'()*+,;=:@/?%";
+    for (int c = 0; c < 256; c++) {
+        int alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+        TCHAR[c] = alnum || (c && strchr(t, c) != NULL);
+        UCHAR[c] = alnum || (c && strchr(u, c) != NULL);
+        VCHAR[c] = (c >= 0x20 && c <= 0x7e) || c == '\t';
+    }
+}
+
+/* -- header names: lower-cased once, then served from a small table ------------------------ */
+
+/* Direct-mapped: a name takes its hash's slot, replacing what was there. The names a service
+ * sends on every request stay in their slots; a flood of one-off names (the test corpus, or a
+ * client sending random ones) only costs misses, never memory beyond the table. */
+#define NAME_MAX_LEN 40
+#define NAME_SLOTS 512
+
+typedef struct {
+    Py_ssize_t len;  /* 0: empty slot */
+    char name[NAME_MAX_LEN];
+    PyObject *str;
+} NameSlot;
+
+static NameSlot names[NAME_SLOTS];
+
+/* A new reference to the lower-case str of raw[0:len] (all TCHAR), NULL on error. */
+static PyObject *header_name(const char *raw, Py_ssize_t len)
+{
+    char lower[NAME_MAX_LEN];
+    if (len >= NAME_MAX_LEN) {
+        PyObject *s = PyUnicode_New(len, 127);
+        if (s == NULL)
+            return NULL;
+        Py_UCS1 *out = PyUnicode_1BYTE_DATA(s);
+        for (Py_ssize_t i = 0; i < len; i++) {
+            unsigned char c = (unsigned char)raw[i];
+            out[i] = (c >= 'A' && c <= 'Z') ? c + 32 : c;
+        }
+        return s;
+    }
+    uint32_t h = 2166136261u;
+    for (Py_ssize_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)raw[i];
+        c = (c >= 'A' && c <= 'Z') ? c + 32 : c;
+        lower[i] = (char)c;
+        h = (h ^ c) * 16777619u;
+    }
+    NameSlot *slot = &names[h & (NAME_SLOTS - 1)];
+    if (slot->len == len && memcmp(slot->name, lower, len) == 0) {
+        Py_INCREF(slot->str);
+        return slot->str;
+    }
+    PyObject *s = PyUnicode_FromStringAndSize(lower, len);
+    if (s == NULL)
+        return NULL;
+    PyUnicode_InternInPlace(&s);
+    Py_XDECREF(slot->str);
+    Py_INCREF(s);  /* the table's reference */
+    slot->str = s;
+    slot->len = len;
+    memcpy(slot->name, lower, len);
+    return s;
+}
+
+static int lower_equals(const char *s, Py_ssize_t len, const char *lit)
+{
+    Py_ssize_t n = (Py_ssize_t)strlen(lit);
+    if (len != n)
+        return 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 'A' && c <= 'Z')
+            c += 32;
+        if (c != (unsigned char)lit[i])
+            return 0;
+    }
+    return 1;
+}
+
+/* -- header fields -------------------------------------------------------------------------- */
+
+enum { CONN_NONE = 0, CONN_CLOSE = 1, CONN_KEEP_ALIVE = 2 };
+
+typedef struct {
+    int connection;                  /* CONN_* */
+    int content_lengths;             /* how many Content-Length fields */
+    const char *content_length;      /* the last one's value */
+    Py_ssize_t content_length_len;
+    Py_ssize_t counted;              /* url + sum(name + value + 4), as the codec counts */
+} Fields;
+
+/* Parse fields from *pos to the blank line; append (name, value) tuples to `list`. Returns
+ * 1 (head complete, *pos after the blank line), 0 (decline), -1 (Python error). `request`:
+ * a request (Content-Length declines: no body on this path); else a response. */
+static int parse_fields(const char **pos, const char *end, PyObject *list, Fields *f,
+                        Py_ssize_t limit, int request)
+{
+    const char *p = *pos;
+    for (int count = 0;; count++) {
+        if (end - p < 2)
+            return 0;
+        if (p[0] == '\r') {
+            if (p[1] != '\n')
+                return 0;
+            *pos = p + 2;
+            return 1;
+        }
+        if (count >= 100)
+            return 0;
+        const char *name = p;
+        while (p < end && TCHAR[(unsigned char)*p])
+            p++;
+        Py_ssize_t name_len = p - name;
+        if (name_len == 0 || p >= end || *p != ':')
+            return 0;
+        p++;
+        while (p < end && (*p == ' ' || *p == '\t'))
+            p++;
+        const char *value = p;
+        while (p < end && VCHAR[(unsigned char)*p])
+            p++;
+        Py_ssize_t value_len = p - value;
+        if (end - p < 2 || p[0] != '\r' || p[1] != '\n')
+            return 0;
+        /* an empty value, or one ending in whitespace: llhttp's reading of those is its own */
+        if (value_len == 0 || value[value_len - 1] == ' ' || value[value_len - 1] == '\t')
+            return 0;
+        p += 2;
+        f->counted += name_len + value_len + 4;
+        if (f->counted > limit)
+            return 0;
+        if (lower_equals(name, name_len, "content-length")) {
+            if (request)
+                return 0;
+            f->content_lengths++;
+            f->content_length = value;
+            f->content_length_len = value_len;
+        }
+        else if (lower_equals(name, name_len, "transfer-encoding") ||
+                 lower_equals(name, name_len, "upgrade")) {
+            return 0;
+        }
+        else if (lower_equals(name, name_len, "connection")) {
+            if (f->connection != CONN_NONE)
+                return 0;
+            if (lower_equals(value, value_len, "close"))
+                f->connection = CONN_CLOSE;
+            else if (lower_equals(value, value_len, "keep-alive"))
+                f->connection = CONN_KEEP_ALIVE;
+            else
+                return 0;
+        }
+        PyObject *key = header_name(name, name_len);
+        if (key == NULL)
+            return -1;
+        PyObject *val = PyUnicode_DecodeLatin1(value, value_len, NULL);
+        if (val == NULL) {
+            Py_DECREF(key);
+            return -1;
+        }
+        PyObject *pair = PyTuple_New(2);
+        if (pair == NULL) {
+            Py_DECREF(key);
+            Py_DECREF(val);
+            return -1;
+        }
+        PyTuple_SET_ITEM(pair, 0, key);
+        PyTuple_SET_ITEM(pair, 1, val);
+        int failed = PyList_Append(list, pair);
+        Py_DECREF(pair);
+        if (failed)
+            return -1;
+    }
+}
+
+/* -- requests ------------------------------------------------------------------------------- */
+
+static const char *METHODS[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", NULL};
+static PyObject *method_str[8];
+static PyObject *version_11, *version_10;
+
+static PyObject *parse_request(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 3 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "parse_request(data: bytes, start: int, limit: int)");
+        return NULL;
+    }
+    Py_ssize_t start = PyLong_AsSsize_t(args[1]);
+    Py_ssize_t limit = PyLong_AsSsize_t(args[2]);
+    if ((start == -1 || limit == -1) && PyErr_Occurred())
+        return NULL;
+    const char *base = PyBytes_AS_STRING(args[0]);
+    Py_ssize_t size = PyBytes_GET_SIZE(args[0]);
+    if (start < 0 || start > size)
+        Py_RETURN_NONE;
+    const char *p = base + start, *end = base + size;
+
+    /* method SP */
+    const char *m = p;
+    while (p < end && *p >= 'A' && *p <= 'Z' && p - m < 8)
+        p++;
+    if (p >= end || *p != ' ')
+        Py_RETURN_NONE;
+    int method = -1;
+    for (int i = 0; METHODS[i] != NULL; i++) {
+        if ((Py_ssize_t)strlen(METHODS[i]) == p - m && memcmp(METHODS[i], m, p - m) == 0) {
+            method = i;
+            break;
+        }
+    }
+    if (method < 0)
+        Py_RETURN_NONE;
+    p++;
+    /* origin-form target SP */
+    const char *url = p;
+    if (p >= end || *p != '/')
+        Py_RETURN_NONE;
+    while (p < end && UCHAR[(unsigned char)*p])
+        p++;
+    Py_ssize_t url_len = p - url;
+    if (p >= end || *p != ' ')
+        Py_RETURN_NONE;
+    p++;
+    /* version CRLF */
+    if (end - p < 10 || memcmp(p, "HTTP/1.", 7) != 0 || (p[7] != '1' && p[7] != '0') ||
+        p[8] != '\r' || p[9] != '\n')
+        Py_RETURN_NONE;
+    int v11 = p[7] == '1';
+    p += 10;
+    Fields f = {CONN_NONE, 0, NULL, 0, url_len};
+    if (f.counted > limit)
+        Py_RETURN_NONE;
+    PyObject *headers = PyList_New(0);
+    if (headers == NULL)
+        return NULL;
+    int r = parse_fields(&p, end, headers, &f, limit, 1);
+    if (r <= 0) {
+        Py_DECREF(headers);
+        if (r < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    PyObject *url_bytes = PyBytes_FromStringAndSize(url, url_len);
+    if (url_bytes == NULL) {
+        Py_DECREF(headers);
+        return NULL;
+    }
+    int keep_alive = v11 ? f.connection != CONN_CLOSE : f.connection == CONN_KEEP_ALIVE;
+    PyObject *version = v11 ? version_11 : version_10;
+    return Py_BuildValue("(nONONO)", (Py_ssize_t)(p - base), method_str[method], url_bytes,
+                         version, headers, keep_alive ? Py_True : Py_False);
+}
+
+/* -- responses ------------------------------------------------------------------------------ */
+
+static PyObject *parse_response(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 2 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "parse_response(data: bytes, limit: int)");
+        return NULL;
+    }
+    Py_ssize_t limit = PyLong_AsSsize_t(args[1]);
+    if (limit == -1 && PyErr_Occurred())
+        return NULL;
+    const char *base = PyBytes_AS_STRING(args[0]);
+    const char *p = base, *end = base + PyBytes_GET_SIZE(args[0]);
+    /* "HTTP/1.1" SP 3DIGIT SP reason CRLF (a reason of at least one visible character) */
+    if (end - p < 15 || memcmp(p, "HTTP/1.1 ", 9) != 0)
+        Py_RETURN_NONE;
+    p += 9;
+    if (p[0] < '2' || p[0] > '5' || p[1] < '0' || p[1] > '9' || p[2] < '0' || p[2] > '9' ||
+        p[3] != ' ')
+        Py_RETURN_NONE;
+    int status = (p[0] - '0') * 100 + (p[1] - '0') * 10 + (p[2] - '0');
+    if (status == 204 || status == 304)
+        Py_RETURN_NONE;
+    p += 4;
+    const char *reason = p;
+    while (p < end && VCHAR[(unsigned char)*p])
+        p++;
+    if (p == reason || reason[0] == ' ' || reason[0] == '\t' || end - p < 2 || p[0] != '\r' ||
+        p[1] != '\n')
+        Py_RETURN_NONE;
+    p += 2;
+    Fields f = {CONN_NONE, 0, NULL, 0, 0};
+    PyObject *headers = PyList_New(0);
+    if (headers == NULL)
+        return NULL;
+    int r = parse_fields(&p, end, headers, &f, limit, 0);
+    if (r <= 0) {
+        Py_DECREF(headers);
+        if (r < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    /* one Content-Length of 1-15 digits, exactly that many bytes left */
+    Py_ssize_t length = 0;
+    int ok = f.content_lengths == 1 && f.content_length_len >= 1 && f.content_length_len <= 15;
+    for (Py_ssize_t i = 0; ok && i < f.content_length_len; i++) {
+        char c = f.content_length[i];
+        ok = c >= '0' && c <= '9';
+        length = length * 10 + (c - '0');
+    }
+    if (!ok || end - p != length) {
+        Py_DECREF(headers);
+        Py_RETURN_NONE;
+    }
+    PyObject *body = PyBytes_FromStringAndSize(p, length);
+    if (body == NULL) {
+        Py_DECREF(headers);
+        return NULL;
+    }
+    return Py_BuildValue("(iNNO)", status, headers, body,
+                         f.connection == CONN_CLOSE ? Py_False : Py_True);
+}
+
+static PyMethodDef methods[] = {
+    {"parse_request", (PyCFunction)(void (*)(void))parse_request, METH_FASTCALL,
+     "parse_request(data, start, limit): one common request head, or None (see the file)"},
+    {"parse_response", (PyCFunction)(void (*)(void))parse_response, METH_FASTCALL,
+     "parse_response(data, limit): one whole common response, or None (see the file)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "sidecar._h1fast", NULL, -1, methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__h1fast(void)
+{
+    init_tables();
+    for (int i = 0; METHODS[i] != NULL; i++) {
+        method_str[i] = PyUnicode_InternFromString(METHODS[i]);
+        if (method_str[i] == NULL)
+            return NULL;
+    }
+    version_11 = PyUnicode_InternFromString("1.1");
+    version_10 = PyUnicode_InternFromString("1.0");
+    if (version_11 == NULL || version_10 == NULL)
+        return NULL;
+    return PyModule_Create(&module);
+}
