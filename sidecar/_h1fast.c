@@ -19,6 +19,9 @@
  *   `data` is exactly one whole HTTP/1.1 response: status 200-599 but 204/304, one
  *   Content-Length and that many body bytes, nothing after them.
  * Header names come lower-cased (str, cached and interned), values as latin-1 str.
+ *
+ * head_bytes(first, headers, skip, tail) -> bytes
+ *   a head to send, in one allocation: sidecar/http.py's head_bytes (the same in Python).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -162,7 +165,11 @@ static int parse_fields(const char **pos, const char *end, PyObject *list, Field
         f->counted += name_len + value_len + 4;
         if (f->counted > limit)
             return 0;
-        if (lower_equals(name, name_len, "content-length")) {
+        if (name_len < 7 || name_len > 17) {
+            /* none of the names below: content-length (14), transfer-encoding (17),
+             * upgrade (7), connection (10) */
+        }
+        else if (lower_equals(name, name_len, "content-length")) {
             if (request)
                 return 0;
             f->content_lengths++;
@@ -349,7 +356,97 @@ static PyObject *parse_response(PyObject *self, PyObject *const *args, Py_ssize_
                          f.connection == CONN_CLOSE ? Py_False : Py_True);
 }
 
+/* -- serialising a head ---------------------------------------------------------------------- */
+
+/* Append the latin-1 bytes of str `s` at *out (chars above U+00FF as '?', as str.encode(
+ * "latin-1", "replace") does); with out NULL, only count them. */
+static Py_ssize_t put_latin1(PyObject *s, char **out)
+{
+    Py_ssize_t n = PyUnicode_GET_LENGTH(s);
+    if (*out == NULL)
+        return n;
+    int kind = PyUnicode_KIND(s);
+    if (kind == PyUnicode_1BYTE_KIND) {
+        memcpy(*out, PyUnicode_1BYTE_DATA(s), n);
+    }
+    else {
+        const void *data = PyUnicode_DATA(s);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            Py_UCS4 c = PyUnicode_READ(kind, data, i);
+            (*out)[i] = c <= 0xff ? (char)c : '?';
+        }
+    }
+    *out += n;
+    return n;
+}
+
+/* One pass of head_bytes: count (out NULL) or write. -1 on error (a TypeError set). */
+static Py_ssize_t put_head(PyObject *first, PyObject *fields, PyObject *skip, PyObject *tail,
+                           char *out)
+{
+    Py_ssize_t total = put_latin1(first, &out);
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fields);
+    PyObject **items = PySequence_Fast_ITEMS(fields);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *pair = items[i];
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 ||
+            !PyUnicode_Check(PyTuple_GET_ITEM(pair, 0)) ||
+            !PyUnicode_Check(PyTuple_GET_ITEM(pair, 1))) {
+            PyErr_SetString(PyExc_TypeError, "head_bytes: headers must be (str, str) pairs");
+            return -1;
+        }
+        PyObject *name = PyTuple_GET_ITEM(pair, 0);
+        int skipped = PySet_Contains(skip, name);
+        if (skipped < 0)
+            return -1;
+        if (skipped)
+            continue;
+        total += put_latin1(name, &out);
+        if (out != NULL) {
+            memcpy(out, ": ", 2);
+            out += 2;
+        }
+        total += 2 + put_latin1(PyTuple_GET_ITEM(pair, 1), &out);
+        if (out != NULL) {
+            memcpy(out, "\r\n", 2);
+            out += 2;
+        }
+        total += 2;
+    }
+    return total + put_latin1(tail, &out);
+}
+
+static PyObject *head_bytes(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 4 || !PyUnicode_Check(args[0]) || !PyAnySet_Check(args[2]) ||
+        !PyUnicode_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "head_bytes(first: str, headers, skip: frozenset, tail: str)");
+        return NULL;
+    }
+    PyObject *fields = PySequence_Fast(args[1], "head_bytes: headers must be a list or tuple");
+    if (fields == NULL)
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t size = put_head(args[0], fields, args[2], args[3], NULL);
+    if (size >= 0) {
+        result = PyBytes_FromStringAndSize(NULL, size);
+        if (result != NULL && put_head(args[0], fields, args[2], args[3],
+                                       PyBytes_AS_STRING(result)) != size) {
+            Py_CLEAR(result);
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_RuntimeError, "head_bytes: headers changed");
+        }
+    }
+    Py_DECREF(fields);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"head_bytes", (PyCFunction)(void (*)(void))head_bytes, METH_FASTCALL,
+     "head_bytes(first, headers, skip, tail): first + the (name, value) pairs whose name is not "
+     "in skip as 'name: value\\r\\n' lines + tail, encoded latin-1 ('?' for what is not)"},
     {"parse_request", (PyCFunction)(void (*)(void))parse_request, METH_FASTCALL,
      "parse_request(data, start, limit): one common request head, or None (see the file)"},
     {"parse_response", (PyCFunction)(void (*)(void))parse_response, METH_FASTCALL,

@@ -36,6 +36,7 @@ from sidecar.http import (
     Request,
     RequestContext,
     Response,
+    head_bytes,
     header_name,
     new_context,
     new_request,
@@ -72,6 +73,10 @@ HOP_BY_HOP: Final = frozenset(
 _FRAMING = frozenset({"content-length", "transfer-encoding"})
 _REFUSAL_LOG_S: Final = 30.0  # (HttpServer.count_refusal)
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
+# the response headers not copied downstream: hop-by-hop, and the length we set ourselves
+# (kept when the response stands for another's length: HEAD, 304)
+_SKIP: Final = HOP_BY_HOP | {"content-length"}
+_SKIP_KEEP_LENGTH: Final = HOP_BY_HOP
 
 
 class RequestTimeout(DownstreamError):
@@ -1134,36 +1139,29 @@ class _ServerProtocol(asyncio.Protocol):
         line = None if reason else _STATUS_LINES.get(status)
         if line is None:
             line = f"HTTP/1.1 {status} {reason or _PHRASE_STR.get(status, 'Unknown')}\r\n"
-        lines = [line]
-        for name, value in response.headers:
-            if name in HOP_BY_HOP or (name == "content-length" and not keep_length):
-                continue
-            # (pieces joined once: an f-string per line is a string built and freed each)
-            lines.append(name)
-            lines.append(": ")
-            lines.append(value)
-            lines.append("\r\n")
         body = response.body
         chunked = False
         if no_body:
             body = b""
+            tail = ""
         elif isinstance(body, bytes):
-            lines.append("content-length: ")
-            lines.append(str(len(body)))
-            lines.append("\r\n")
+            tail = f"content-length: {len(body)}\r\n"
         elif body.length is not None:
-            lines.append(f"content-length: {body.length}\r\n")
+            tail = f"content-length: {body.length}\r\n"
         elif p.version == "1.1":
-            lines.append("transfer-encoding: chunked\r\n")
+            tail = "transfer-encoding: chunked\r\n"
             chunked = True
         else:
+            tail = ""
             keep = False
         if not keep:
-            lines.append("connection: close\r\n")
+            tail += "connection: close\r\n\r\n"
         elif p.version == "1.0":
-            lines.append("connection: keep-alive\r\n")
-        lines.append("\r\n")
-        head = "".join(lines).encode("latin-1", "replace")
+            tail += "connection: keep-alive\r\n\r\n"
+        else:
+            tail += "\r\n"
+        skip = _SKIP_KEEP_LENGTH if keep_length else _SKIP
+        head = head_bytes(line, response.headers, skip, tail)
         transport.write(head + body if isinstance(body, bytes) else head)
         return keep, chunked
 

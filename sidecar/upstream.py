@@ -40,6 +40,7 @@ from sidecar.http import (
     Endpoint,
     Request,
     Response,
+    head_bytes,
     header_name,
     new_response,
 )
@@ -52,6 +53,8 @@ logger = logging.getLogger(__name__)
 
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
 _BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
+# request headers not copied upstream: hop-by-hop, and those _serialise_head writes itself
+_NOT_FORWARDED: Final = HOP_BY_HOP | {"host", "content-length"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -796,34 +799,26 @@ def _check_identity(conn: _Dialed, endpoint: Endpoint) -> None:
 def _serialise_head(request: Request, endpoint: Endpoint) -> tuple[bytes, bool, bool]:
     """The request head bytes, whether it asks for an upgrade, and whether it is chunked."""
     host = request.authority or endpoint.address
-    # pieces appended and joined once: an f-string per line is a string built (and freed) each
-    lines = [request.method, " ", request.target, " HTTP/1.1\r\nhost: ", host, "\r\n"]
+    first = f"{request.method} {request.target} HTTP/1.1\r\nhost: {host}\r\n"
     upgrade = ""
     for name, value in request.headers:
-        if name in HOP_BY_HOP or name == "host" or name == "content-length":
-            if name == "upgrade":
-                upgrade = value
-            continue
-        lines.append(name)
-        lines.append(": ")
-        lines.append(value)
-        lines.append("\r\n")
+        if name == "upgrade":
+            upgrade = value
     body = request.body
     chunked = False
     if upgrade:
-        lines.append(f"connection: upgrade\r\nupgrade: {upgrade}\r\n")
+        tail = f"connection: upgrade\r\nupgrade: {upgrade}\r\n\r\n"
     elif isinstance(body, bytes):
         if body or request.method in _BODY_METHODS:
-            lines.append("content-length: ")
-            lines.append(str(len(body)))
-            lines.append("\r\n")
+            tail = f"content-length: {len(body)}\r\n\r\n"
+        else:
+            tail = "\r\n"
     elif body.length is not None:
-        lines.append(f"content-length: {body.length}\r\n")
+        tail = f"content-length: {body.length}\r\n\r\n"
     else:
-        lines.append("transfer-encoding: chunked\r\n")
+        tail = "transfer-encoding: chunked\r\n\r\n"
         chunked = True
-    lines.append("\r\n")
-    return "".join(lines).encode("latin-1", "replace"), bool(upgrade), chunked
+    return head_bytes(first, request.headers, _NOT_FORWARDED, tail), bool(upgrade), chunked
 
 
 def _response_headers(conn: _Connection) -> tuple[tuple[str, str], ...]:

@@ -1,10 +1,11 @@
-"""sidecar/_h1fast.c: whatever head it accepts, httptools (llhttp) parses to the same message.
+"""sidecar/_h1fast.c: whatever head it takes, httptools (llhttp) parses to the same message.
 
 The C parsers only ever decline (None) what they do not read exactly as llhttp does; the
 codec and the pool then hand the bytes to httptools. These tests hold every accepted input of a
 seeded corpus (common heads, and thousands of mutations of them: stray CR/LF, NUL, obs-fold,
 spaces before colons, both Content-Length and Transfer-Encoding, ...) against httptools' reading,
-and check that the inputs a proxy must refuse or frame carefully are declined.
+and check that the inputs a proxy must refuse or frame carefully are declined. Its head_bytes
+must write what sidecar/http.py's Python version writes, byte for byte.
 
 The module is loaded from build/native by path, so this runs in pure-Python mode too (where the
 sidecar does not use it); it needs `make native` (CI builds it, required).
@@ -23,6 +24,7 @@ import httptools
 import pytest
 
 from sidecar import _native
+from sidecar.http import _head_bytes
 
 SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
 LIMIT = 8192
@@ -292,3 +294,34 @@ def test_bad_arguments_raise_type_errors() -> None:
         fast.parse_request("GET / HTTP/1.1\r\n\r\n", 0, LIMIT)
     with pytest.raises(TypeError):
         fast.parse_response(b"", LIMIT, 1)
+
+
+def test_head_bytes_writes_what_the_python_version_writes() -> None:
+    rng = random.Random(5)
+    alphabet = "aZ09-: \t\r\né\u00ff\u0100€😀"  # (the last three are not latin-1: '?')
+    names = ["host", "connection", "content-length", "x-a", "upgrade", "Set-Cookie", "é"]
+    for _ in range(2000):
+        headers = [
+            (rng.choice(names), "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12))))
+            for _ in range(rng.randint(0, 8))
+        ]
+        skip = frozenset(rng.sample(names, rng.randint(0, 3)))
+        first = rng.choice(["GET / HTTP/1.1\r\n", "HTTP/1.1 200 OK\r\n", "GET /€ HTTP/1.1\r\n"])
+        tail = rng.choice(["\r\n", "content-length: 5\r\n\r\n", "x: ✓\r\n\r\n"])
+        expected = _head_bytes(first, headers, skip, tail)
+        assert fast.head_bytes(first, headers, skip, tail) == expected
+        assert fast.head_bytes(first, tuple(headers), skip, tail) == expected
+        assert fast.head_bytes(first, iter(headers), set(skip), tail) == expected
+
+
+def test_head_bytes_refuses_what_is_not_a_head() -> None:
+    with pytest.raises(TypeError):
+        fast.head_bytes("GET / HTTP/1.1\r\n", [("a", 1)], frozenset(), "\r\n")
+    with pytest.raises(TypeError):
+        fast.head_bytes("GET / HTTP/1.1\r\n", [("a", "b", "c")], frozenset(), "\r\n")
+    with pytest.raises(TypeError):
+        fast.head_bytes("GET / HTTP/1.1\r\n", [("a", "b")], ["a"], "\r\n")
+    with pytest.raises(TypeError):
+        fast.head_bytes(b"GET", [], frozenset(), "\r\n")
+    with pytest.raises(TypeError):
+        fast.head_bytes("GET / HTTP/1.1\r\n", 5, frozenset(), "\r\n")
