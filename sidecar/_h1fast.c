@@ -98,6 +98,35 @@ static PyObject *header_name(const char *raw, Py_ssize_t len)
     return s;
 }
 
+/* A new str of s[0:len], every byte ASCII (checked by the caller's tables). */
+static PyObject *ascii_str(const char *s, Py_ssize_t len)
+{
+    PyObject *out = PyUnicode_New(len, 127);
+    if (out != NULL)
+        memcpy(PyUnicode_1BYTE_DATA(out), s, len);
+    return out;
+}
+
+/* A tuple of n new references (stolen, also on failure: NULL among them fails), NULL on error. */
+static PyObject *tuple_of(int n, PyObject **items)
+{
+    PyObject *t = NULL;
+    for (int i = 0; i < n; i++) {
+        if (items[i] == NULL)
+            goto fail;
+    }
+    t = PyTuple_New(n);
+    if (t == NULL)
+        goto fail;
+    for (int i = 0; i < n; i++)
+        PyTuple_SET_ITEM(t, i, items[i]);
+    return t;
+fail:
+    for (int i = 0; i < n; i++)
+        Py_XDECREF(items[i]);
+    return NULL;
+}
+
 static int lower_equals(const char *s, Py_ssize_t len, const char *lit)
 {
     Py_ssize_t n = (Py_ssize_t)strlen(lit);
@@ -190,22 +219,10 @@ static int parse_fields(const char **pos, const char *end, PyObject *list, Field
             else
                 return 0;
         }
-        PyObject *key = header_name(name, name_len);
-        if (key == NULL)
+        PyObject *items[2] = {header_name(name, name_len), ascii_str(value, value_len)};
+        PyObject *pair = tuple_of(2, items);
+        if (pair == NULL)
             return -1;
-        PyObject *val = PyUnicode_DecodeLatin1(value, value_len, NULL);
-        if (val == NULL) {
-            Py_DECREF(key);
-            return -1;
-        }
-        PyObject *pair = PyTuple_New(2);
-        if (pair == NULL) {
-            Py_DECREF(key);
-            Py_DECREF(val);
-            return -1;
-        }
-        PyTuple_SET_ITEM(pair, 0, key);
-        PyTuple_SET_ITEM(pair, 1, val);
         int failed = PyList_Append(list, pair);
         Py_DECREF(pair);
         if (failed)
@@ -281,15 +298,17 @@ static PyObject *parse_request(PyObject *self, PyObject *const *args, Py_ssize_t
             return NULL;
         Py_RETURN_NONE;
     }
-    PyObject *url_bytes = PyBytes_FromStringAndSize(url, url_len);
-    if (url_bytes == NULL) {
-        Py_DECREF(headers);
-        return NULL;
-    }
     int keep_alive = v11 ? f.connection != CONN_CLOSE : f.connection == CONN_KEEP_ALIVE;
     PyObject *version = v11 ? version_11 : version_10;
-    return Py_BuildValue("(nONONO)", (Py_ssize_t)(p - base), method_str[method], url_bytes,
-                         version, headers, keep_alive ? Py_True : Py_False);
+    PyObject *flag = keep_alive ? Py_True : Py_False;
+    Py_INCREF(method_str[method]);
+    Py_INCREF(version);
+    Py_INCREF(flag);
+    PyObject *items[6] = {
+        PyLong_FromSsize_t(p - base), method_str[method], PyBytes_FromStringAndSize(url, url_len),
+        version, headers, flag,
+    };
+    return tuple_of(6, items);
 }
 
 /* -- responses ------------------------------------------------------------------------------ */
@@ -347,13 +366,11 @@ static PyObject *parse_response(PyObject *self, PyObject *const *args, Py_ssize_
         Py_DECREF(headers);
         Py_RETURN_NONE;
     }
-    PyObject *body = PyBytes_FromStringAndSize(p, length);
-    if (body == NULL) {
-        Py_DECREF(headers);
-        return NULL;
-    }
-    return Py_BuildValue("(iNNO)", status, headers, body,
-                         f.connection == CONN_CLOSE ? Py_False : Py_True);
+    PyObject *flag = f.connection == CONN_CLOSE ? Py_False : Py_True;
+    Py_INCREF(flag);
+    PyObject *items[4] = {PyLong_FromLong(status), headers, PyBytes_FromStringAndSize(p, length),
+                          flag};
+    return tuple_of(4, items);
 }
 
 /* -- serialising a head ---------------------------------------------------------------------- */
@@ -380,28 +397,31 @@ static Py_ssize_t put_latin1(PyObject *s, char **out)
     return n;
 }
 
-/* One pass of head_bytes: count (out NULL) or write. -1 on error (a TypeError set). */
+/* One pass of head_bytes: count (out NULL; `keep[i]` set for the pairs written) or write the
+ * pairs kept. -1 on error (a TypeError set). */
 static Py_ssize_t put_head(PyObject *first, PyObject *fields, PyObject *skip, PyObject *tail,
-                           char *out)
+                           char *out, unsigned char *keep)
 {
     Py_ssize_t total = put_latin1(first, &out);
     Py_ssize_t n = PySequence_Fast_GET_SIZE(fields);
     PyObject **items = PySequence_Fast_ITEMS(fields);
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *pair = items[i];
-        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 ||
-            !PyUnicode_Check(PyTuple_GET_ITEM(pair, 0)) ||
-            !PyUnicode_Check(PyTuple_GET_ITEM(pair, 1))) {
-            PyErr_SetString(PyExc_TypeError, "head_bytes: headers must be (str, str) pairs");
-            return -1;
+        if (out == NULL) {
+            if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 ||
+                !PyUnicode_Check(PyTuple_GET_ITEM(pair, 0)) ||
+                !PyUnicode_Check(PyTuple_GET_ITEM(pair, 1))) {
+                PyErr_SetString(PyExc_TypeError, "head_bytes: headers must be (str, str) pairs");
+                return -1;
+            }
+            int skipped = PySet_Contains(skip, PyTuple_GET_ITEM(pair, 0));
+            if (skipped < 0)
+                return -1;
+            keep[i] = !skipped;
         }
-        PyObject *name = PyTuple_GET_ITEM(pair, 0);
-        int skipped = PySet_Contains(skip, name);
-        if (skipped < 0)
-            return -1;
-        if (skipped)
+        if (!keep[i])
             continue;
-        total += put_latin1(name, &out);
+        total += put_latin1(PyTuple_GET_ITEM(pair, 0), &out);
         if (out != NULL) {
             memcpy(out, ": ", 2);
             out += 2;
@@ -425,19 +445,27 @@ static PyObject *head_bytes(PyObject *self, PyObject *const *args, Py_ssize_t na
                         "head_bytes(first: str, headers, skip: frozenset, tail: str)");
         return NULL;
     }
-    PyObject *fields = PySequence_Fast(args[1], "head_bytes: headers must be a list or tuple");
+    /* a tuple as it is, anything else copied into one: nothing can change it between the
+     * passes (a str subclass's __hash__ runs Python code in the first) */
+    PyObject *fields = PySequence_Tuple(args[1]);
     if (fields == NULL)
         return NULL;
+    unsigned char small[64];
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fields);
+    unsigned char *keep = n <= 64 ? small : PyMem_Malloc(n);
     PyObject *result = NULL;
-    Py_ssize_t size = put_head(args[0], fields, args[2], args[3], NULL);
-    if (size >= 0) {
-        result = PyBytes_FromStringAndSize(NULL, size);
-        if (result != NULL && put_head(args[0], fields, args[2], args[3],
-                                       PyBytes_AS_STRING(result)) != size) {
-            Py_CLEAR(result);
-            if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_RuntimeError, "head_bytes: headers changed");
+    if (keep == NULL) {
+        PyErr_NoMemory();
+    }
+    else {
+        Py_ssize_t size = put_head(args[0], fields, args[2], args[3], NULL, keep);
+        if (size >= 0) {
+            result = PyBytes_FromStringAndSize(NULL, size);
+            if (result != NULL)
+                put_head(args[0], fields, args[2], args[3], PyBytes_AS_STRING(result), keep);
         }
+        if (keep != small)
+            PyMem_Free(keep);
     }
     Py_DECREF(fields);
     return result;
