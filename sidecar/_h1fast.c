@@ -414,6 +414,9 @@ static Py_ssize_t put_head(PyObject *first, PyObject *fields, PyObject *skip, Py
                 PyErr_SetString(PyExc_TypeError, "head_bytes: headers must be (str, str) pairs");
                 return -1;
             }
+            if (PyUnicode_READY(PyTuple_GET_ITEM(pair, 0)) < 0 ||
+                PyUnicode_READY(PyTuple_GET_ITEM(pair, 1)) < 0)
+                return -1;
             int skipped = PySet_Contains(skip, PyTuple_GET_ITEM(pair, 0));
             if (skipped < 0)
                 return -1;
@@ -445,6 +448,8 @@ static PyObject *head_bytes(PyObject *self, PyObject *const *args, Py_ssize_t na
                         "head_bytes(first: str, headers, skip: frozenset, tail: str)");
         return NULL;
     }
+    if (PyUnicode_READY(args[0]) < 0 || PyUnicode_READY(args[3]) < 0)
+        return NULL;
     /* a tuple as it is, anything else copied into one: nothing can change it between the
      * passes (a str subclass's __hash__ runs Python code in the first) */
     PyObject *fields = PySequence_Tuple(args[1]);
