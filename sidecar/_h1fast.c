@@ -16,8 +16,9 @@
  *   keep-alive; `end` is the offset after its head. `limit` bounds url + fields as the codec's
  *   on_url/on_header do (over it: None, and httptools' path refuses it).
  * parse_response(data, limit) -> (status, headers, body, keep_alive) | None
- *   `data` is exactly one whole HTTP/1.1 response: status 200-599 but 204/304, one
- *   Content-Length and that many body bytes, nothing after them.
+ *   `data` is exactly one whole HTTP/1.1 response: status 200-599 but 204/304, and either one
+ *   Content-Length and that many body bytes or Transfer-Encoding: chunked and a chunked body
+ *   without extensions or trailers (decoded), nothing after either.
  * Header names come lower-cased (str, cached and interned), values as latin-1 str.
  *
  * head_bytes(first, headers, skip, tail) -> bytes
@@ -149,6 +150,7 @@ enum { CONN_NONE = 0, CONN_CLOSE = 1, CONN_KEEP_ALIVE = 2 };
 typedef struct {
     int connection;                  /* CONN_* */
     int content_lengths;             /* how many Content-Length fields */
+    int chunked;                     /* one Transfer-Encoding field, of exactly "chunked" */
     const char *content_length;      /* the last one's value */
     Py_ssize_t content_length_len;
     Py_ssize_t counted;              /* url + sum(name + value + 4), as the codec counts */
@@ -205,8 +207,13 @@ static int parse_fields(const char **pos, const char *end, PyObject *list, Field
             f->content_length = value;
             f->content_length_len = value_len;
         }
-        else if (lower_equals(name, name_len, "transfer-encoding") ||
-                 lower_equals(name, name_len, "upgrade")) {
+        else if (lower_equals(name, name_len, "transfer-encoding")) {
+            /* a response's one chunked coding only (none in a request on this path) */
+            if (request || f->chunked || !lower_equals(value, value_len, "chunked"))
+                return 0;
+            f->chunked = 1;
+        }
+        else if (lower_equals(name, name_len, "upgrade")) {
             return 0;
         }
         else if (lower_equals(name, name_len, "connection")) {
@@ -285,7 +292,7 @@ static PyObject *parse_request(PyObject *self, PyObject *const *args, Py_ssize_t
         Py_RETURN_NONE;
     int v11 = p[7] == '1';
     p += 10;
-    Fields f = {CONN_NONE, 0, NULL, 0, url_len};
+    Fields f = {CONN_NONE, 0, 0, NULL, 0, url_len};
     if (f.counted > limit)
         Py_RETURN_NONE;
     PyObject *headers = PyList_New(0);
@@ -312,6 +319,50 @@ static PyObject *parse_request(PyObject *self, PyObject *const *args, Py_ssize_t
 }
 
 /* -- responses ------------------------------------------------------------------------------ */
+
+/* One pass over a chunked body from p to end (each chunk: 1-8 hex digits, CRLF, its bytes,
+ * CRLF; no extensions; the last chunk "0" CRLF, no trailers, CRLF, and then nothing): with out
+ * NULL the decoded size or -1 when the body is not exactly that, else its bytes copied. */
+static Py_ssize_t chunks(const char *p, const char *end, char *out)
+{
+    Py_ssize_t total = 0;
+    for (;;) {
+        Py_ssize_t size = 0;
+        int digits = 0;
+        for (; p < end && digits <= 8; p++, digits++) {
+            char c = *p;
+            int v = (c >= '0' && c <= '9') ? c - '0'
+                    : (c >= 'a' && c <= 'f') ? c - 'a' + 10
+                    : (c >= 'A' && c <= 'F') ? c - 'A' + 10 : -1;
+            if (v < 0)
+                break;
+            size = size * 16 + v;
+        }
+        if (digits == 0 || digits > 8 || end - p < 2 || p[0] != '\r' || p[1] != '\n')
+            return -1;
+        p += 2;
+        if (size == 0)
+            return (end - p == 2 && p[0] == '\r' && p[1] == '\n') ? total : -1;
+        if (end - p < size + 2 || p[size] != '\r' || p[size + 1] != '\n')
+            return -1;
+        if (out != NULL)
+            memcpy(out + total, p, size);
+        total += size;
+        p += size + 2;
+    }
+}
+
+/* The decoded body (a new bytes), or NULL: declined (no error set) or a Python error. */
+static PyObject *chunked_body(const char *p, const char *end)
+{
+    Py_ssize_t size = chunks(p, end, NULL);
+    if (size < 0)
+        return NULL;
+    PyObject *body = PyBytes_FromStringAndSize(NULL, size);
+    if (body != NULL)
+        chunks(p, end, PyBytes_AS_STRING(body));
+    return body;
+}
 
 static PyObject *parse_response(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -343,7 +394,7 @@ static PyObject *parse_response(PyObject *self, PyObject *const *args, Py_ssize_
         p[1] != '\n')
         Py_RETURN_NONE;
     p += 2;
-    Fields f = {CONN_NONE, 0, NULL, 0, 0};
+    Fields f = {CONN_NONE, 0, 0, NULL, 0, 0};
     PyObject *headers = PyList_New(0);
     if (headers == NULL)
         return NULL;
@@ -353,6 +404,19 @@ static PyObject *parse_response(PyObject *self, PyObject *const *args, Py_ssize_
         if (r < 0)
             return NULL;
         Py_RETURN_NONE;
+    }
+    if (f.chunked) {
+        PyObject *body = f.content_lengths ? NULL : chunked_body(p, end);
+        if (body == NULL) {
+            Py_DECREF(headers);
+            if (PyErr_Occurred())
+                return NULL;
+            Py_RETURN_NONE;
+        }
+        PyObject *flag = f.connection == CONN_CLOSE ? Py_False : Py_True;
+        Py_INCREF(flag);
+        PyObject *items[4] = {PyLong_FromLong(status), headers, body, flag};
+        return tuple_of(4, items);
     }
     /* one Content-Length of 1-15 digits, exactly that many bytes left */
     Py_ssize_t length = 0;
