@@ -10,11 +10,12 @@
  * error, every lenient corner and every refusal stays llhttp's and the codec's; this file can
  * only decline. tests/sidecar/test_h1fast.py checks each accepted input against httptools.
  *
- * parse_request(data, start, limit) -> (end, method, url, version, headers, keep_alive) | None
- *   one request at data[start:]: origin-form target, HTTP/1.1 or 1.0, no Content-Length,
- *   Transfer-Encoding or Upgrade header (so no body), Connection absent or one of close /
- *   keep-alive; `end` is the offset after its head. `limit` bounds url + fields as the codec's
- *   on_url/on_header do (over it: None, and httptools' path refuses it).
+ * parse_request(data, start, limit) -> (end, method, url, version, headers, keep_alive, body)
+ *   | None: one whole request at data[start:]: origin-form target, HTTP/1.1 or 1.0, no
+ *   Transfer-Encoding or Upgrade header, at most one Content-Length (its body, whole, in data),
+ *   Connection absent or one of close / keep-alive; `end` is the offset after it. `limit`
+ *   bounds url + fields as the codec's on_url/on_header do (over it: None, and httptools'
+ *   path refuses it).
  * parse_response(data, limit) -> (status, headers, body, keep_alive) | None
  *   `data` is exactly one whole HTTP/1.1 response: status 200-599 but 204/304, and either one
  *   Content-Length and that many body bytes or Transfer-Encoding: chunked and a chunked body
@@ -158,7 +159,7 @@ typedef struct {
 
 /* Parse fields from *pos to the blank line; append (name, value) tuples to `list`. Returns
  * 1 (head complete, *pos after the blank line), 0 (decline), -1 (Python error). `request`:
- * a request (Content-Length declines: no body on this path); else a response. */
+ * a request (any Transfer-Encoding declines: no chunked body on this path); else a response. */
 static int parse_fields(const char **pos, const char *end, PyObject *list, Fields *f,
                         Py_ssize_t limit, int request)
 {
@@ -201,8 +202,6 @@ static int parse_fields(const char **pos, const char *end, PyObject *list, Field
              * upgrade (7), connection (10) */
         }
         else if (lower_equals(name, name_len, "content-length")) {
-            if (request)
-                return 0;
             f->content_lengths++;
             f->content_length = value;
             f->content_length_len = value_len;
@@ -238,6 +237,24 @@ static int parse_fields(const char **pos, const char *end, PyObject *list, Field
 }
 
 /* -- requests ------------------------------------------------------------------------------- */
+
+/* The message's length by its Content-Length: 0 without one, -1 to decline (more than one,
+ * or not 1-15 digits). */
+static Py_ssize_t content_length(const Fields *f)
+{
+    if (f->content_lengths == 0)
+        return 0;
+    if (f->content_lengths != 1 || f->content_length_len < 1 || f->content_length_len > 15)
+        return -1;
+    Py_ssize_t length = 0;
+    for (Py_ssize_t i = 0; i < f->content_length_len; i++) {
+        char c = f->content_length[i];
+        if (c < '0' || c > '9')
+            return -1;
+        length = length * 10 + (c - '0');
+    }
+    return length;
+}
 
 static const char *METHODS[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", NULL};
 static PyObject *method_str[8];
@@ -305,17 +322,25 @@ static PyObject *parse_request(PyObject *self, PyObject *const *args, Py_ssize_t
             return NULL;
         Py_RETURN_NONE;
     }
+    /* a body: one Content-Length, the whole of it in `data` */
+    Py_ssize_t length = content_length(&f);
+    if (length < 0 || end - p < length) {
+        Py_DECREF(headers);
+        Py_RETURN_NONE;
+    }
+    const char *body = p;
+    p += length;
     int keep_alive = v11 ? f.connection != CONN_CLOSE : f.connection == CONN_KEEP_ALIVE;
     PyObject *version = v11 ? version_11 : version_10;
     PyObject *flag = keep_alive ? Py_True : Py_False;
     Py_INCREF(method_str[method]);
     Py_INCREF(version);
     Py_INCREF(flag);
-    PyObject *items[6] = {
+    PyObject *items[7] = {
         PyLong_FromSsize_t(p - base), method_str[method], PyBytes_FromStringAndSize(url, url_len),
-        version, headers, flag,
+        version, headers, flag, PyBytes_FromStringAndSize(body, length),
     };
-    return tuple_of(6, items);
+    return tuple_of(7, items);
 }
 
 /* -- responses ------------------------------------------------------------------------------ */
@@ -419,14 +444,8 @@ static PyObject *parse_response(PyObject *self, PyObject *const *args, Py_ssize_
         return tuple_of(4, items);
     }
     /* one Content-Length of 1-15 digits, exactly that many bytes left */
-    Py_ssize_t length = 0;
-    int ok = f.content_lengths == 1 && f.content_length_len >= 1 && f.content_length_len <= 15;
-    for (Py_ssize_t i = 0; ok && i < f.content_length_len; i++) {
-        char c = f.content_length[i];
-        ok = c >= '0' && c <= '9';
-        length = length * 10 + (c - '0');
-    }
-    if (!ok || end - p != length) {
+    Py_ssize_t length = f.content_lengths == 1 ? content_length(&f) : -1;
+    if (length < 0 || end - p != length) {
         Py_DECREF(headers);
         Py_RETURN_NONE;
     }

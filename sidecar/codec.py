@@ -594,10 +594,11 @@ class _ServerProtocol(asyncio.Protocol):
         self._reject(error)
 
     def _fast_requests(self, data: bytes) -> bytes:
-        """Take the requests at the start of `data` whose heads sidecar/_h1fast.c reads in one
-        call (bodiless, nothing unusual), as httptools' callbacks would take them: the same
-        state, _finish_head and queueing. Returns the bytes from the first one it declines,
-        for httptools, whose parser is at a message start (b"" when none are left)."""
+        """Take the requests at the start of `data` that sidecar/_h1fast.c reads whole in one
+        call (a common head; no body or a Content-Length one all in `data`), as httptools'
+        callbacks would take them: the same state, _finish_head, queueing, body and end.
+        Returns the bytes from the first one it declines, for httptools, whose parser is at a
+        message start (b"" when none are left)."""
         parse = FAST_REQUEST
         if parse is None:
             return data
@@ -608,7 +609,7 @@ class _ServerProtocol(asyncio.Protocol):
             parsed = parse(data, at, limit)
             if parsed is None:
                 return data[at:] if at else data
-            end, method, url, version, headers, keep_alive = parsed
+            end, method, url, version, headers, keep_alive, body = parsed
             self.on_message_begin()
             p = self._current
             assert p is not None
@@ -625,6 +626,8 @@ class _ServerProtocol(asyncio.Protocol):
                 self._reject(exc)
                 return b""
             self._head_taken(p)
+            if body:
+                self.on_body(body)
             self.on_message_complete()
             at = end
         return b""

@@ -535,7 +535,7 @@ def header_name(raw: bytes) -> str:
 
 
 FastRequest = Callable[
-    [bytes, int, int], tuple[int, str, bytes, str, list[tuple[str, str]], bool] | None
+    [bytes, int, int], tuple[int, str, bytes, str, list[tuple[str, str]], bool, bytes] | None
 ]
 FastResponse = Callable[[bytes, int], tuple[int, list[tuple[str, str]], bytes, bool] | None]
 
