@@ -1,14 +1,14 @@
-/* One-call parsing of the common HTTP/1.1 message heads, ahead of httptools (llhttp).
+/* One-call parsing of the common HTTP/1.1 messages, ahead of httptools (llhttp).
  *
- * httptools hands a head over in callbacks, one Python call per piece (message begin, url,
+ * httptools hands a message over in callbacks, one Python call per piece (message begin, url,
  * each header, head complete, body, message complete): on the sidecar's request path they
- * were the largest single block of work (callgrind, README). These functions parse the heads
- * the sidecar sees on nearly every request in one call, and only those: a strict subset of
- * what llhttp accepts, which both parse to the same message. Anything else (a partial head, a
- * body to frame, an upgrade, an unusual byte anywhere) returns None and the caller feeds the
- * same bytes to httptools as before, whose parser is then still at a message start. So every
+ * were the largest single block of work (callgrind, README). These functions parse the whole
+ * messages the sidecar sees on nearly every request in one call, and only those: a strict
+ * subset of what llhttp accepts, which both parse to the same message. Anything else (a partial
+ * message, an upgrade, an unusual byte anywhere) returns None and the caller feeds the same
+ * bytes to httptools as before, whose parser is then still at a message start. So every
  * error, every lenient corner and every refusal stays llhttp's and the codec's; this file can
- * only decline. tests/sidecar/test_h1fast.py checks each accepted input against httptools.
+ * only decline. tests/unit/sidecar/test_h1fast.py checks each accepted input against httptools.
  *
  * parse_request(data, start, limit) -> (end, method, url, version, headers, keep_alive, body)
  *   | None: one whole request at data[start:]: origin-form target, HTTP/1.1 or 1.0, no
@@ -236,6 +236,20 @@ static int parse_fields(const char **pos, const char *end, PyObject *list, Field
     }
 }
 
+/* The fields from *pos as a new list in *headers: 1 (taken), 0 (declined) or -1 (a Python
+ * error), *headers NULL unless taken (parse_fields' result, the list owned by the caller). */
+static int fields_list(const char **pos, const char *end, Fields *f, Py_ssize_t limit,
+                       int request, PyObject **headers)
+{
+    *headers = PyList_New(0);
+    if (*headers == NULL)
+        return -1;
+    int r = parse_fields(pos, end, *headers, f, limit, request);
+    if (r <= 0)
+        Py_CLEAR(*headers);
+    return r;
+}
+
 /* -- requests ------------------------------------------------------------------------------- */
 
 /* The message's length by its Content-Length: 0 without one, -1 to decline (more than one,
@@ -312,12 +326,9 @@ static PyObject *parse_request(PyObject *self, PyObject *const *args, Py_ssize_t
     Fields f = {CONN_NONE, 0, 0, NULL, 0, url_len};
     if (f.counted > limit)
         Py_RETURN_NONE;
-    PyObject *headers = PyList_New(0);
-    if (headers == NULL)
-        return NULL;
-    int r = parse_fields(&p, end, headers, &f, limit, 1);
+    PyObject *headers;
+    int r = fields_list(&p, end, &f, limit, 1, &headers);
     if (r <= 0) {
-        Py_DECREF(headers);
         if (r < 0)
             return NULL;
         Py_RETURN_NONE;
@@ -420,39 +431,34 @@ static PyObject *parse_response(PyObject *self, PyObject *const *args, Py_ssize_
         Py_RETURN_NONE;
     p += 2;
     Fields f = {CONN_NONE, 0, 0, NULL, 0, 0};
-    PyObject *headers = PyList_New(0);
-    if (headers == NULL)
-        return NULL;
-    int r = parse_fields(&p, end, headers, &f, limit, 0);
+    PyObject *headers;
+    int r = fields_list(&p, end, &f, limit, 0, &headers);
     if (r <= 0) {
-        Py_DECREF(headers);
         if (r < 0)
             return NULL;
         Py_RETURN_NONE;
     }
+    /* chunked (and no Content-Length beside it), or one Content-Length of 1-15 digits and
+     * exactly that many bytes left */
+    PyObject *body = NULL;
     if (f.chunked) {
-        PyObject *body = f.content_lengths ? NULL : chunked_body(p, end);
-        if (body == NULL) {
-            Py_DECREF(headers);
-            if (PyErr_Occurred())
-                return NULL;
-            Py_RETURN_NONE;
-        }
-        PyObject *flag = f.connection == CONN_CLOSE ? Py_False : Py_True;
-        Py_INCREF(flag);
-        PyObject *items[4] = {PyLong_FromLong(status), headers, body, flag};
-        return tuple_of(4, items);
+        if (f.content_lengths == 0)
+            body = chunked_body(p, end);
     }
-    /* one Content-Length of 1-15 digits, exactly that many bytes left */
-    Py_ssize_t length = f.content_lengths == 1 ? content_length(&f) : -1;
-    if (length < 0 || end - p != length) {
+    else {
+        Py_ssize_t length = f.content_lengths == 1 ? content_length(&f) : -1;
+        if (length >= 0 && end - p == length)
+            body = PyBytes_FromStringAndSize(p, length);
+    }
+    if (body == NULL) {
         Py_DECREF(headers);
+        if (PyErr_Occurred())
+            return NULL;
         Py_RETURN_NONE;
     }
     PyObject *flag = f.connection == CONN_CLOSE ? Py_False : Py_True;
     Py_INCREF(flag);
-    PyObject *items[4] = {PyLong_FromLong(status), headers, PyBytes_FromStringAndSize(p, length),
-                          flag};
+    PyObject *items[4] = {PyLong_FromLong(status), headers, body, flag};
     return tuple_of(4, items);
 }
 

@@ -88,7 +88,7 @@ MODULES: tuple[str, ...] = (
     "sidecar/telemetry/spans.py",
     "sidecar/telemetry/transport.py",
 )
-# C modules built with them (sidecar/_h1fast.c: the common HTTP/1.1 heads in one call), served
+# C modules built with them (sidecar/_h1fast.c: common HTTP/1.1 messages in one call), served
 # the same way: only in compiled mode, and only while fresh. Both kinds together: SOURCES.
 C_MODULES: tuple[str, ...] = ("sidecar/_h1fast.c",)
 SOURCES: tuple[str, ...] = MODULES + C_MODULES

@@ -540,7 +540,7 @@ FastRequest = Callable[
 FastResponse = Callable[[bytes, int], tuple[int, list[tuple[str, str]], bytes, bool] | None]
 
 
-HeadBytes = Callable[[str, "Iterable[tuple[str, str]]", frozenset[str], str], bytes]
+HeadBytes = Callable[[str, Iterable[tuple[str, str]], frozenset[str], str], bytes]
 
 
 def _head_bytes(
@@ -562,10 +562,10 @@ def _head_bytes(
 
 
 def _fast_parsers() -> tuple[FastRequest | None, FastResponse | None, HeadBytes]:
-    """sidecar/_h1fast.c's one-call parsers of the common heads, in compiled mode (served from
-    build/native with the compiled modules); None in pure-Python mode, where httptools parses
-    every head (the codec and the pool use them only ahead of it, falling back to it). And the
-    head serialiser: C, or the same in Python."""
+    """sidecar/_h1fast.c's one-call parsers of the common messages, in compiled mode (served
+    from build/native with the compiled modules); None in pure-Python mode, where httptools
+    parses every message (the codec and the pool use them only ahead of it, falling back to
+    it). And the head serialiser: C, or the same in Python."""
     try:
         from sidecar import _h1fast
     except ImportError:

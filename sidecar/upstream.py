@@ -251,8 +251,9 @@ class _Connection(asyncio.Protocol):
     def _take_whole(
         self, status: int, headers: list[tuple[str, str]], body: bytes, keep_alive: bool
     ) -> None:
-        """A whole response with a length, parsed in one call: the state on_headers_complete,
-        on_body and on_message_complete leave (its parser, never fed, stays at a message start)."""
+        """A whole response (a Content-Length or a chunked body), parsed in one call: the state
+        on_headers_complete, on_body and on_message_complete leave (its parser, never fed,
+        stays at a message start)."""
         self.received_any = True
         self.headers = headers
         self.status = status
