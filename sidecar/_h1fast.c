@@ -24,6 +24,9 @@
  *
  * head_bytes(first, headers, skip, tail) -> bytes
  *   a head to send, in one allocation: sidecar/http.py's head_bytes (the same in Python).
+ * traceparent(trace_id, span_id, flags) -> str, uuid4_text(raw) -> str
+ *   ids as the text sent on every request: sidecar/telemetry/context.py's and
+ *   sidecar/codec.py's (the same in Python).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -157,14 +160,24 @@ typedef struct {
     Py_ssize_t counted;              /* url + sum(name + value + 4), as the codec counts */
 } Fields;
 
-/* Parse fields from *pos to the blank line; append (name, value) tuples to `list`. Returns
- * 1 (head complete, *pos after the blank line), 0 (decline), -1 (Python error). `request`:
- * a request (any Transfer-Encoding declines: no chunked body on this path); else a response. */
-static int parse_fields(const char **pos, const char *end, PyObject *list, Fields *f,
-                        Py_ssize_t limit, int request)
+#define MAX_FIELDS 100
+
+/* The pairs parsed so far, released on a decline or an error. */
+static void release_pairs(PyObject **pairs, int n)
+{
+    for (int i = 0; i < n; i++)
+        Py_DECREF(pairs[i]);
+}
+
+/* Parse fields from *pos to the blank line into pairs[] (new (name, value) tuples, *count of
+ * them). Returns 1 (head complete, *pos after the blank line), 0 (decline) or -1 (a Python
+ * error); on 0 and -1 the caller releases the *count pairs made. `request`: a request (any
+ * Transfer-Encoding declines: no chunked body on this path); else a response. */
+static int parse_fields(const char **pos, const char *end, PyObject **pairs, int *count,
+                        Fields *f, Py_ssize_t limit, int request)
 {
     const char *p = *pos;
-    for (int count = 0;; count++) {
+    for (;;) {
         if (end - p < 2)
             return 0;
         if (p[0] == '\r') {
@@ -173,7 +186,7 @@ static int parse_fields(const char **pos, const char *end, PyObject *list, Field
             *pos = p + 2;
             return 1;
         }
-        if (count >= 100)
+        if (*count >= MAX_FIELDS)
             return 0;
         const char *name = p;
         while (p < end && TCHAR[(unsigned char)*p])
@@ -225,28 +238,43 @@ static int parse_fields(const char **pos, const char *end, PyObject *list, Field
             else
                 return 0;
         }
-        PyObject *items[2] = {header_name(name, name_len), ascii_str(value, value_len)};
-        PyObject *pair = tuple_of(2, items);
+        PyObject *pair = PyTuple_New(2);
         if (pair == NULL)
             return -1;
-        int failed = PyList_Append(list, pair);
-        Py_DECREF(pair);
-        if (failed)
+        pairs[(*count)++] = pair;  /* (released with the others if what follows fails) */
+        PyObject *key = header_name(name, name_len);
+        if (key == NULL)
             return -1;
+        PyTuple_SET_ITEM(pair, 0, key);
+        PyObject *text = ascii_str(value, value_len);
+        if (text == NULL)
+            return -1;
+        PyTuple_SET_ITEM(pair, 1, text);
     }
 }
 
 /* The fields from *pos as a new list in *headers: 1 (taken), 0 (declined) or -1 (a Python
- * error), *headers NULL unless taken (parse_fields' result, the list owned by the caller). */
+ * error), *headers NULL unless taken (parse_fields' result, the list owned by the caller).
+ * The pairs wait on the stack and go into a list of their exact size at the end. */
 static int fields_list(const char **pos, const char *end, Fields *f, Py_ssize_t limit,
                        int request, PyObject **headers)
 {
-    *headers = PyList_New(0);
-    if (*headers == NULL)
-        return -1;
-    int r = parse_fields(pos, end, *headers, f, limit, request);
-    if (r <= 0)
-        Py_CLEAR(*headers);
+    PyObject *pairs[MAX_FIELDS];
+    int count = 0;
+    *headers = NULL;
+    int r = parse_fields(pos, end, pairs, &count, f, limit, request);
+    if (r > 0) {
+        *headers = PyList_New(count);
+        if (*headers == NULL) {
+            r = -1;
+        }
+        else {
+            for (int i = 0; i < count; i++)
+                PyList_SET_ITEM(*headers, i, pairs[i]);
+            return 1;
+        }
+    }
+    release_pairs(pairs, count);
     return r;
 }
 
@@ -565,6 +593,86 @@ static PyObject *head_bytes(PyObject *self, PyObject *const *args, Py_ssize_t na
     return result;
 }
 
+/* -- ids as text ------------------------------------------------------------------------------ */
+
+static const char HEX[] = "0123456789abcdef";
+
+static char *put_hex(char *out, const unsigned char *raw, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        *out++ = HEX[raw[i] >> 4];
+        *out++ = HEX[raw[i] & 15];
+    }
+    return out;
+}
+
+/* traceparent(trace_id, span_id, flags) -> "00-<trace_id hex>-<span_id hex>-<flags, 2 hex>":
+ * sidecar/telemetry/context.py's _format_traceparent (the same in Python), flags 0-255. */
+static PyObject *traceparent(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 3 || !PyBytes_Check(args[0]) || !PyBytes_Check(args[1]) ||
+        !PyLong_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "traceparent(trace_id: bytes, span_id: bytes, flags: int)");
+        return NULL;
+    }
+    long flags = PyLong_AsLong(args[2]);
+    if (flags == -1 && PyErr_Occurred())
+        return NULL;
+    if (flags < 0 || flags > 255) {
+        PyErr_SetString(PyExc_ValueError, "traceparent: flags must be 0-255");
+        return NULL;
+    }
+    Py_ssize_t trace_len = PyBytes_GET_SIZE(args[0]), span_len = PyBytes_GET_SIZE(args[1]);
+    PyObject *text = PyUnicode_New(2 * trace_len + 2 * span_len + 7, 127);
+    if (text == NULL)
+        return NULL;
+    char *out = (char *)PyUnicode_1BYTE_DATA(text);
+    memcpy(out, "00-", 3);
+    out = put_hex(out + 3, (const unsigned char *)PyBytes_AS_STRING(args[0]), trace_len);
+    *out++ = '-';
+    out = put_hex(out, (const unsigned char *)PyBytes_AS_STRING(args[1]), span_len);
+    *out++ = '-';
+    *out++ = HEX[flags >> 4];
+    *out = HEX[flags & 15];
+    return text;
+}
+
+/* uuid4_text(raw) -> str: one version-4 UUID string (36 characters) per 16 bytes of `raw`,
+ * concatenated: the hex digits in order, the 13th digit replaced by the version (4) and the
+ * 17th by the variant, "89ab"[digit & 3]. sidecar/codec.py's _uuid_text (the same in Python). */
+static PyObject *uuid4_text(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 1 || !PyBytes_Check(args[0]) || PyBytes_GET_SIZE(args[0]) % 16 != 0) {
+        PyErr_SetString(PyExc_TypeError, "uuid4_text(raw: bytes of a multiple of 16)");
+        return NULL;
+    }
+    Py_ssize_t count = PyBytes_GET_SIZE(args[0]) / 16;
+    const unsigned char *raw = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    PyObject *text = PyUnicode_New(36 * count, 127);
+    if (text == NULL)
+        return NULL;
+    char *out = (char *)PyUnicode_1BYTE_DATA(text);
+    for (Py_ssize_t k = 0; k < count; k++, raw += 16) {
+        char digits[32];
+        put_hex(digits, raw, 16);
+        digits[12] = '4';
+        digits[16] = "89ab"[(raw[8] >> 4) & 3];
+        memcpy(out, digits, 8);
+        out[8] = '-';
+        memcpy(out + 9, digits + 8, 4);
+        out[13] = '-';
+        memcpy(out + 14, digits + 12, 4);
+        out[18] = '-';
+        memcpy(out + 19, digits + 16, 4);
+        out[23] = '-';
+        memcpy(out + 24, digits + 20, 12);
+        out += 36;
+    }
+    return text;
+}
+
 static PyMethodDef methods[] = {
     {"head_bytes", (PyCFunction)(void (*)(void))head_bytes, METH_FASTCALL,
      "head_bytes(first, headers, skip, tail): first + the (name, value) pairs whose name is not "
@@ -573,6 +681,10 @@ static PyMethodDef methods[] = {
      "parse_request(data, start, limit): one common request head, or None (see the file)"},
     {"parse_response", (PyCFunction)(void (*)(void))parse_response, METH_FASTCALL,
      "parse_response(data, limit): one whole common response, or None (see the file)"},
+    {"traceparent", (PyCFunction)(void (*)(void))traceparent, METH_FASTCALL,
+     "traceparent(trace_id, span_id, flags): a version-00 traceparent (flags 0-255)"},
+    {"uuid4_text", (PyCFunction)(void (*)(void))uuid4_text, METH_FASTCALL,
+     "uuid4_text(raw): one version-4 UUID string per 16 bytes of raw, concatenated"},
     {NULL, NULL, 0, NULL},
 };
 

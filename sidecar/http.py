@@ -541,6 +541,8 @@ FastResponse = Callable[[bytes, int], tuple[int, list[tuple[str, str]], bytes, b
 
 
 HeadBytes = Callable[[str, Iterable[tuple[str, str]], frozenset[str], str], bytes]
+Traceparent = Callable[[bytes, bytes, int], str]
+Uuid4Text = Callable[[bytes], str]
 
 
 def _head_bytes(
@@ -573,10 +575,24 @@ def _fast_parsers() -> tuple[FastRequest | None, FastResponse | None, HeadBytes]
     return _h1fast.parse_request, _h1fast.parse_response, _h1fast.head_bytes
 
 
+def _fast_ids() -> tuple[Traceparent | None, Uuid4Text | None]:
+    """sidecar/_h1fast.c's formatting of the ids every request carries (its traceparent, its
+    x-request-id) in compiled mode, None in pure-Python mode: sidecar/telemetry/context.py and
+    sidecar/codec.py have the same in Python (tests/unit/sidecar/test_h1fast.py compares)."""
+    try:
+        from sidecar import _h1fast
+    except ImportError:
+        return None, None
+    return _h1fast.traceparent, _h1fast.uuid4_text
+
+
 _FAST: Final = _fast_parsers()
 FAST_REQUEST: Final = _FAST[0]
 FAST_RESPONSE: Final = _FAST[1]
 head_bytes: Final = _FAST[2]
+_IDS: Final = _fast_ids()
+FAST_TRACEPARENT: Final = _IDS[0]
+FAST_UUID4_TEXT: Final = _IDS[1]
 
 
 def parse_digits(text: str, max_digits: int = 15) -> int | None:

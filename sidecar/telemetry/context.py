@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-from sidecar.http import Headers
+from sidecar.http import FAST_TRACEPARENT, Headers
 
 __all__ = [
     "B3_HEADERS",
@@ -87,9 +87,19 @@ _FLAGS_HEX: Final[tuple[str, ...]] = tuple(f"{flags:02x}" for flags in range(256
 
 def format_traceparent(trace_id: bytes, span_id: bytes, flags: int) -> str:
     """Render a version-00 `traceparent`."""
-    # Runs once per request and attempt: a table for the flags, one string built.
+    # Runs once per request and attempt: in C when compiled (one string written), else the
+    # same in Python; flags beyond a byte (only a caller's bug) are formatted in Python too.
+    if _FAST_TRACEPARENT is not None and 0 <= flags < 256:
+        return _FAST_TRACEPARENT(trace_id, span_id, flags)
+    return _format_traceparent(trace_id, span_id, flags)
+
+
+def _format_traceparent(trace_id: bytes, span_id: bytes, flags: int) -> str:
     text = _FLAGS_HEX[flags] if 0 <= flags < 256 else f"{flags:02x}"
     return f"00-{_hex(trace_id)}-{_hex(span_id)}-{text}"
+
+
+_FAST_TRACEPARENT: Final = FAST_TRACEPARENT  # (a C static when compiled)
 
 
 _hex: Final = bytes.hex  # (called, not looked up as a method per id)

@@ -5,7 +5,8 @@ codec and the pool then hand the bytes to httptools. These tests hold every acce
 seeded corpus (common heads, and thousands of mutations of them: stray CR/LF, NUL, obs-fold,
 spaces before colons, both Content-Length and Transfer-Encoding, ...) against httptools' reading,
 and check that the inputs a proxy must refuse or frame carefully are declined. Its head_bytes
-must write what sidecar/http.py's Python version writes, byte for byte.
+must write what sidecar/http.py's Python version writes, byte for byte, and its id formatters
+(traceparent, request ids) what their Python versions write.
 
 The module is loaded from build/native by path, so this runs in pure-Python mode too (where the
 sidecar does not use it); it needs `make native` (CI builds it, required).
@@ -24,7 +25,9 @@ import httptools
 import pytest
 
 from sidecar import _native
+from sidecar.codec import _uuid_text
 from sidecar.http import _head_bytes
+from sidecar.telemetry.context import _format_traceparent
 
 SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
 LIMIT = 8192
@@ -345,3 +348,52 @@ def test_head_bytes_refuses_what_is_not_a_head() -> None:
         fast.head_bytes(b"GET", [], frozenset(), "\r\n")
     with pytest.raises(TypeError):
         fast.head_bytes("GET / HTTP/1.1\r\n", 5, frozenset(), "\r\n")
+
+
+def test_fields_up_to_the_cap_are_taken_and_one_more_is_declined() -> None:
+    def request(fields: int) -> bytes:
+        lines = "".join(f"X-F{i}: v{i}\r\n" for i in range(fields))
+        return f"GET / HTTP/1.1\r\n{lines}\r\n".encode()
+
+    taken = fast.parse_request(request(100), 0, LIMIT)
+    assert taken is not None
+    assert taken[4] == [(f"x-f{i}", f"v{i}") for i in range(100)]
+    assert fast.parse_request(request(101), 0, LIMIT) is None  # (httptools reads it then)
+    response = b"HTTP/1.1 200 OK\r\n" + b"X-A: b\r\n" * 101 + b"Content-Length: 0\r\n\r\n"
+    assert fast.parse_response(response, LIMIT) is None
+
+
+def test_traceparent_writes_what_the_python_version_writes() -> None:
+    rng = random.Random(7)
+    for _ in range(2000):
+        trace_id = rng.randbytes(rng.choice([16, 16, 16, 0, 1, 8, 33]))
+        span_id = rng.randbytes(rng.choice([8, 8, 8, 0, 3, 16]))
+        flags = rng.randrange(256)
+        expected = _format_traceparent(trace_id, span_id, flags)
+        assert fast.traceparent(trace_id, span_id, flags) == expected
+    assert fast.traceparent(b"\xff" * 16, b"\x00" * 8, 255) == f"00-{'f' * 32}-{'0' * 16}-ff"
+
+
+def test_traceparent_refuses_what_is_not_one() -> None:
+    for flags in (-1, 256):
+        with pytest.raises(ValueError):
+            fast.traceparent(bytes(16), bytes(8), flags)
+    with pytest.raises(TypeError):
+        fast.traceparent("00" * 16, bytes(8), 1)
+    with pytest.raises(TypeError):
+        fast.traceparent(bytes(16), bytes(8), 1.0)
+    with pytest.raises(TypeError):
+        fast.traceparent(bytes(16), bytes(8))
+
+
+def test_uuid4_text_writes_what_the_python_version_writes() -> None:
+    rng = random.Random(11)
+    for count in (0, 1, 2, 3, 17, 256):
+        raw = rng.randbytes(16 * count)
+        assert fast.uuid4_text(raw) == _uuid_text(raw)
+    every_byte = bytes(range(256))  # each value at each of the 16 positions
+    assert fast.uuid4_text(every_byte) == _uuid_text(every_byte)
+    with pytest.raises(TypeError):
+        fast.uuid4_text(bytes(15))
+    with pytest.raises(TypeError):
+        fast.uuid4_text(bytearray(16))
