@@ -1140,15 +1140,23 @@ class _ServerProtocol(asyncio.Protocol):
         # (RFC 9110 8.6: a server MUST NOT send one; an upstream's went on as it was)
         keep_length = no_body and status != 204 and status >= 200
         reason = response.reason
-        line = None if reason else _STATUS_LINES.get(status)
-        if line is None:
-            line = f"HTTP/1.1 {status} {reason or _PHRASE_STR.get(status, 'Unknown')}\r\n"
+        line = _STATUS_LINES.get(status)  # (an upstream's usual reason phrase: the same line)
+        if reason and (line is None or reason != _PHRASE_STR[status]):
+            line = f"HTTP/1.1 {status} {reason}\r\n"
+        elif line is None:
+            line = f"HTTP/1.1 {status} Unknown\r\n"
+        skip = _SKIP_KEEP_LENGTH if keep_length else _SKIP
         body = response.body
         chunked = False
         if no_body:
             body = b""
             tail = ""
         elif isinstance(body, bytes):
+            if keep and p.version == "1.1":  # the usual answer: its head's end, cached
+                transport.write(
+                    head_bytes(line, response.headers, skip, _length_end(len(body))) + body
+                )
+                return keep, False
             tail = f"content-length: {len(body)}\r\n"
         elif body.length is not None:
             tail = f"content-length: {body.length}\r\n"
@@ -1164,7 +1172,6 @@ class _ServerProtocol(asyncio.Protocol):
             tail += "connection: keep-alive\r\n\r\n"
         else:
             tail += "\r\n"
-        skip = _SKIP_KEEP_LENGTH if keep_length else _SKIP
         head = head_bytes(line, response.headers, skip, tail)
         transport.write(head + body if isinstance(body, bytes) else head)
         return keep, chunked
@@ -1232,6 +1239,22 @@ _PHRASE_STR: Final = {int(s): s.phrase for s in HTTPStatus}
 _STATUS_LINES: Final = {
     code: f"HTTP/1.1 {code} {phrase}\r\n" for code, phrase in _PHRASE_STR.items()
 }
+
+
+def _length_end(length: int) -> str:
+    """The end of a keep-alive HTTP/1.1 head with a Content-Length, cached by length (a
+    service's answers come in few lengths; a flood of others only costs a cleared table)."""
+    end = _LENGTH_ENDS.get(length)
+    if end is None:
+        end = f"content-length: {length}\r\n\r\n"
+        if len(_LENGTH_ENDS) >= _LENGTH_ENDS_MAX:
+            _LENGTH_ENDS.clear()
+        _LENGTH_ENDS[length] = end
+    return end
+
+
+_LENGTH_ENDS: Final[dict[int, str]] = {}
+_LENGTH_ENDS_MAX: Final = 1024
 
 
 def _request_uuid() -> str:

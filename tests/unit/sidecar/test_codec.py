@@ -13,6 +13,7 @@ from sidecar.codec import (
     HttpServer,
     RequestTimeout,
     ServerConfig,
+    _length_end,
     _request_uuid,
     _ServerProtocol,
 )
@@ -142,6 +143,48 @@ async def test_pipelined_requests_are_answered_in_request_order() -> None:
     assert out.index(b"/slow") < out.index(b"/fast")
     assert [r.target for r in handler.requests] == ["/slow", "/fast"]
     assert not transport.closed
+
+
+@pytest.mark.parametrize(
+    ("status", "reason", "line"),
+    [
+        (200, "", b"HTTP/1.1 200 OK\r\n"),
+        (200, "OK", b"HTTP/1.1 200 OK\r\n"),
+        (200, "Fine", b"HTTP/1.1 200 Fine\r\n"),  # an upstream's own phrase is kept
+        (404, "", b"HTTP/1.1 404 Not Found\r\n"),
+        (599, "", b"HTTP/1.1 599 Unknown\r\n"),
+        (599, "Odd", b"HTTP/1.1 599 Odd\r\n"),
+    ],
+)
+@pytest.mark.parametrize(
+    ("version", "ending"),
+    [
+        (b"1.1", b"content-length: 5\r\n\r\n"),
+        (b"1.0", b"content-length: 5\r\nconnection: keep-alive\r\n\r\n"),
+    ],
+)
+async def test_status_line_and_head_end_of_a_buffered_answer(
+    status: int, reason: str, line: bytes, version: bytes, ending: bytes
+) -> None:
+    async def respond(request: Request) -> Response:
+        return Response(status, (("x-a", "1"),), b"hello", reason)
+
+    keep = b"Connection: keep-alive\r\n" if version == b"1.0" else b""
+    _, transport = await served(
+        b"GET / HTTP/" + version + b"\r\nHost: a\r\n" + keep + b"\r\n", Recorder(respond)
+    )
+    assert bytes(transport.out) == line + b"x-a: 1\r\n" + ending + b"hello"
+    assert not transport.closed
+
+
+def test_head_ends_are_cached_by_length_and_the_cache_stays_bounded() -> None:
+    assert _length_end(12) == "content-length: 12\r\n\r\n"
+    assert _length_end(12) is _length_end(12)
+    for length in range(5000):
+        assert _length_end(length) == f"content-length: {length}\r\n\r\n"
+    from sidecar import codec
+
+    assert len(codec._LENGTH_ENDS) <= codec._LENGTH_ENDS_MAX
 
 
 async def test_hop_by_hop_headers_are_stripped_and_forwarding_headers_added() -> None:
