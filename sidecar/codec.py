@@ -469,6 +469,11 @@ class _ServerProtocol(asyncio.Protocol):
         self._fresh = False
         self.busy = False
         self.last_active = self._loop.time()
+        # the request whose final response may be written the moment it arrives (_handle,
+        # _write_final), and how that went: -1 not written, else keep-alive (1) or not (0)
+        self._through: RequestContext | None = None
+        self._through_keep = -1
+        self._write_final_cb = self._write_final  # (bound once, set on such contexts)
 
     # -- transport callbacks -------------------------------------------------------------
 
@@ -1097,6 +1102,10 @@ class _ServerProtocol(asyncio.Protocol):
         context = new_context(
             self._config.direction, p.request_id, self._peer, self.peer_identity, self._original_dst
         )
+        if p.complete and isinstance(body, bytes) and p.method != "HEAD" and not p.upgrade:
+            # the whole request is in: its final response may go out as it arrives
+            context.write_final = self._write_final_cb
+            self._through = context
         request = new_request(
             p.method, p.target, tuple(p.headers), body, p.authority, "http", p.version, context
         )
@@ -1108,10 +1117,30 @@ class _ServerProtocol(asyncio.Protocol):
             # Connection task boundary: one failing handler must not kill the listener.
             logger.exception("handler raised", extra={"target": p.target[:200]})
             response = error_response(ProxyError("internal proxy error"))
+        finally:
+            self._through = None
+        keep = self._through_keep
+        if keep >= 0:  # written as it arrived: what the layers returned since is that one
+            self._through_keep = -1
+            return keep == 1
         if isinstance(response.body, bytes) and response.status != 101:
             written = self._write_head(p, response, p.error is not None)  # no await: fast path
             return written is not None and written[0]
         return await self._write_response(p, response, force_close=p.error is not None)
+
+    def _write_final(self, context: RequestContext, response: Response) -> None:
+        """Write the final whole `response` of the request now being handled as it arrives
+        (RequestContext.write_final): the layers' work on it runs after, in that request's
+        task, and what they return is not written again (_handle). Any other context: nothing
+        (a request of this connection that is over, or never one to answer so)."""
+        if context is not self._through or not isinstance(response.body, bytes):
+            return
+        self._through = None
+        p = self._queue[0] if self._queue else None
+        if p is None:
+            return
+        written = self._write_head(p, response, p.error is not None)
+        self._through_keep = 1 if written is not None and written[0] else 0
 
     async def _write_response(self, p: _Pending, response: Response, *, force_close: bool) -> bool:
         """Write `response`; True if the connection stays open for the next request."""

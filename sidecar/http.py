@@ -269,6 +269,17 @@ class RequestContext:
     trace_flags: int = 1
     tracestate: str = ""
     attributes: dict[str, AttrValue] = field(default_factory=dict)
+    # A final whole response can go downstream the moment it arrives, before the layers' own
+    # work on it (sidecar/upstream.py): `write_final` is set by the HTTP/1.1 codec for a request
+    # it can answer so, `final` by a fused route around its first attempt (True: no layer will
+    # replace that response). Neither is set otherwise, nor taken by the constructor (a copy
+    # made by dataclasses.replace has neither).
+    write_final: Callable[[RequestContext, Response], None] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+    final: Callable[[Response], bool] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def __init__(
         self,
@@ -323,6 +334,8 @@ class RequestContext:
         self.trace_flags = trace_flags
         self.tracestate = tracestate
         self.attributes = {} if attributes is None else attributes
+        self.write_final = None
+        self.final = None
 
 
 @dataclass(frozen=True, slots=True, init=False)

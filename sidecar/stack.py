@@ -62,12 +62,18 @@ class AttemptStage:
     Called as a Layer it is that layer (the full chain). `bypass(request)` True means the
     request needs the layer's full form (e.g. gRPC): the fused route then takes its full chain.
     `passive`: begin/end/fail do nothing (only `bypass` matters); `may_bypass`: `bypass` may
-    return True (else it is never asked).
+    return True (else it is never asked); `keeps_whole`: `end` returns a response whose body is
+    bytes unchanged.
     """
 
-    def __init__(self, *, passive: bool = False, may_bypass: bool = False) -> None:
+    def __init__(
+        self, *, passive: bool = False, may_bypass: bool = False, keeps_whole: bool = False
+    ) -> None:
         self.passive = passive
         self.may_bypass = may_bypass
+        # `end` returns a response with a whole (bytes) body as it is: such a response can go
+        # downstream before `end` runs (RequestContext.final)
+        self.keeps_whole = keeps_whole
 
     def __call__(self, inner: Handler) -> Handler:
         raise NotImplementedError

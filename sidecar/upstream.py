@@ -39,6 +39,7 @@ from sidecar.http import (
     DeadlineTimer,
     Endpoint,
     Request,
+    RequestContext,
     Response,
     head_bytes,
     header_name,
@@ -150,6 +151,10 @@ class _Connection(asyncio.Protocol):
         self._reusable = False
         self._keep_alive = False
         self._close_delimited = False
+        # the exchange's request context, and its response when that went downstream as it
+        # arrived (_write_through)
+        self.context: RequestContext | None = None
+        self.response: Response | None = None
 
     # -- transport ------------------------------------------------------------------------
 
@@ -243,6 +248,11 @@ class _Connection(asyncio.Protocol):
             if self._head_bytes > self._head_limit:
                 self._protocol_error(self._bad_head(self._too_long()))
                 return
+        if self.complete and not self.taken and self.status >= 200:  # (not a 101's tunnel)
+            context = self.context
+            if context is not None and context.write_final is not None:
+                if context.final is not None:
+                    self._write_through(context, b"".join(self._early))
         if self.headers_done:
             self._wake()
         if self.complete and self.status != 101:
@@ -263,8 +273,27 @@ class _Connection(asyncio.Protocol):
         if body:
             self._early.append(body)
         self.complete = True
+        context = self.context
+        if context is not None and context.write_final is not None:
+            if context.final is not None:
+                self._write_through(context, body)
         self._wake()
         self._finish()
+
+    def _write_through(self, context: RequestContext, body: bytes) -> None:
+        """The whole response just taken goes downstream now if it is final for the request
+        (RequestContext.final): the exchange's task, woken after, returns this same response
+        to the layers, whose work on it then runs after it was written."""
+        write, final = context.write_final, context.final
+        assert write is not None and final is not None
+        try:
+            response = new_response(self.status, _response_headers(self), body)
+            if final(response):
+                self.response = response
+                write(context, response)
+        except Exception:  # (the exchange goes on as if not written: the codec writes it then)
+            self.response = None
+            logger.exception("writing a response as it arrived failed")
 
     async def drain(self) -> None:
         """Wait until the upstream takes more bytes (bounded by the write timeout)."""
@@ -282,7 +311,9 @@ class _Connection(asyncio.Protocol):
 
     # -- exchange -------------------------------------------------------------------------
 
-    def begin(self, method: str) -> None:
+    def begin(self, method: str, context: RequestContext | None = None) -> None:
+        self.context = context
+        self.response = None
         parser = self._spare
         if parser is None:
             parser = httptools.HttpResponseParser(self)
@@ -380,6 +411,7 @@ class _Connection(asyncio.Protocol):
     def take_body(self, idle_timeout_s: float | None) -> Body:
         """The response body: bytes when already complete, else a stream owning this conn."""
         self.taken = True
+        self.context = None
         if self.complete or self.status in _NO_BODY_STATUSES or self._head_method == "HEAD":
             data = b"".join(self._early)
             if not self.complete:
@@ -617,7 +649,7 @@ class UpstreamPool:
 
     async def _exchange(self, conn: _Connection, request: Request, endpoint: Endpoint) -> Response:
         reused = conn.uses > 0
-        conn.begin(request.method)
+        conn.begin(request.method, request.context)
         body = request.body
         head, upgrade, chunked = _serialise_head(request, endpoint)
         try:
@@ -643,6 +675,11 @@ class UpstreamPool:
             if conn.pump is not None:
                 conn.pump.cancel()
             raise
+        written = conn.response
+        if written is not None:  # (went downstream as it arrived: the same one, for the layers)
+            conn.response = None
+            conn.take_body(request.context.idle_timeout_s)  # (the connection goes back)
+            return written
         headers = _response_headers(conn)
         if conn.status == 101:
             if upgrade and isinstance(body, BodyStream):

@@ -11,12 +11,17 @@ draws). What the fused frame does not do itself, it hands to the layered chain:
   run through the layered per-attempt chain (attempt span, balance, breaker, outlier).
 Routes the fused form does not cover (fallback, per-try timeout, observe-only timeout, attempt
 stages it cannot run) keep the layered chain: sidecar/build.py decides (`_Policies.fused`).
+
+The first attempt's response, when final (no retry for it), may already be downstream when
+this frame resumes (RequestContext.final, set around that attempt): the HTTP/1.1 pool writes a
+whole final response as it arrives, and the work after it here (outlier, balancer, the attempt
+span) runs right after that write and reads its clock then.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from sidecar.errors import NoRoute, ProxyError, UpstreamTimeout
 from sidecar.http import DeadlineQueue, Request, Response
@@ -50,6 +55,11 @@ class UpstreamUnit:
         self.balancer = balancer
         self.breaker = breaker
         self.detector = detector
+
+
+def _always_final(response: Response) -> bool:
+    """A route without retries: its first response is its last."""
+    return True
 
 
 def fusible_stages(stages: Sequence[object]) -> bool:
@@ -90,6 +100,14 @@ def fused_route(
     assert retry is None or retry.config.per_try_s is None, "a per-try timeout is not fused"
     budget = retry.budget if retry is not None else None
     queue = DeadlineQueue()  # the deadline timers of this route's requests
+    # The first attempt's response is final (RequestContext.final: it may go downstream as it
+    # arrives, before this frame's work on it) when nothing here would replace it: the attempt
+    # stage returns a whole response as it is and the retry policy would not retry it. (The
+    # layers outside a route return a whole response as they get it; a fallback route, which
+    # replaces responses, is never fused.)
+    final: Callable[[Response], bool] | None = None
+    if stage is None or stage.keeps_whole:
+        final = retry.final if retry is not None else _always_final
 
     async def run(request: Request) -> Response:
         try:
@@ -159,6 +177,7 @@ def fused_route(
                                 host = None
                                 if detector is not None and endpoint is not None:
                                     host = detector.begin(endpoint)
+                                context.final = final
                                 if detector is None or host is None:
                                     response = await terminal(forwarded)
                                 else:
@@ -171,6 +190,7 @@ def fused_route(
                                     timed = True
                                     detector.record(host, forwarded, response.status, ended - began)
                             finally:
+                                context.final = None  # (retries, if any, are layered)
                                 if breaker is not None:
                                     breaker.release()
                             status = response.status

@@ -175,6 +175,7 @@ def grpc_layer(*, clock: Clock = monotonic) -> Layer:
 
         async def grpc(request: Request) -> Response:
             context = request.context
+            context.write_final = None  # (its answer is made here: none goes out as it comes)
             _describe(request)
             value = header_value(request.headers, "grpc-timeout")
             timeout_s = parse_timeout(value) if value is not None else None

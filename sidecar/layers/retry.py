@@ -260,6 +260,11 @@ class Retry:
         """Why this response is worth another attempt (None: it is not)."""
         return _status_reason(self.config, response.status) or _grpc_reason(self.config, response)
 
+    def final(self, response: Response) -> bool:
+        """True when this response is not worth another attempt (`reason` is None): a fused
+        route's first attempt may then send it downstream as it arrives."""
+        return self.reason(response) is None
+
     def error_reason(self, exc: ProxyError) -> str | None:
         """Why this failure is worth another attempt (None: it is not)."""
         return _error_reason(self.config, exc)

@@ -119,7 +119,7 @@ class AttemptLayer(AttemptStage):
     A Layer, and an AttemptStage a fused route runs without a coroutine of its own."""
 
     def __init__(self, rec: Recorder) -> None:
-        super().__init__()
+        super().__init__(keeps_whole=True)  # (a whole response: recorded, returned as it is)
         self.rec = rec
 
     def begin(self, request: Request) -> tuple[Request, object]:

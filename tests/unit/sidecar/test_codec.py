@@ -760,3 +760,83 @@ async def test_a_listener_for_this_host_refuses_a_peer_of_another(
     assert len(logged) == 2  # (one per server: the first request's, and the five here)
     handler, transport = await served(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", local_peers=local)
     assert handler.requests == [] and transport.aborted
+
+
+# -- a final response written as it arrives (RequestContext.write_final) ------------------------
+
+
+async def test_a_final_response_written_as_it_arrives_is_the_one_the_client_gets_once() -> None:
+    seen: list[bytes] = []
+    transports: list[FakeTransport] = []
+
+    async def respond(request: Request) -> Response:
+        context = request.context
+        write = context.write_final
+        assert write is not None
+        write(context, Response(200, (("x-first", "1"),), b"first"))
+        seen.append(bytes(transports[0].out))  # (already downstream: the layers' work follows)
+        write(context, Response(200, (), b"again"))  # (once only)
+        return Response(504, (), b"a timeout that came too late")  # (not written again)
+
+    _, protocol, transport = connect(Recorder(respond))
+    transports.append(transport)
+    protocol.data_received(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\n\r\n")
+    await settle()
+    one = b"HTTP/1.1 200 OK\r\nx-first: 1\r\ncontent-length: 5\r\n\r\nfirst"
+    assert seen == [one, one + one]  # each request answered once, in order, as it arrived
+    assert bytes(transport.out) == one + one and not transport.closed
+
+
+async def test_a_final_response_written_as_it_arrives_keeps_the_connection_rules() -> None:
+    async def respond(request: Request) -> Response:
+        context = request.context
+        assert context.write_final is not None
+        context.write_final(context, Response(200, (), b"done"))
+        return Response(200, (), b"done")
+
+    _, transport = await served(b"GET / HTTP/1.0\r\nHost: a\r\n\r\n", Recorder(respond))
+    assert bytes(transport.out) == (
+        b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\ndone"
+    )
+    assert transport.closed  # (HTTP/1.0 without keep-alive: closed after, as before)
+
+
+async def test_only_the_request_being_handled_is_written_as_it_arrives() -> None:
+    contexts: list[Any] = []
+
+    async def respond(request: Request) -> Response:
+        contexts.append(request.context)
+        if len(contexts) == 2:  # the first request's context, after its exchange ended
+            first = contexts[0]
+            first.write_final(first, Response(200, (), b"stale"))
+        return Response(200, (), request.target.encode())
+
+    _, transport = await served(
+        b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n", Recorder(respond)
+    )
+    assert b"stale" not in bytes(transport.out)
+    assert [part.rsplit(b"\r\n", 1)[-1] for part in responses(bytes(transport.out))] == [
+        b"/1",
+        b"/2",
+    ]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n",  # (its answer's length is not its body's)
+        # a body still streaming in when the handler starts (over the buffered size)
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    ],
+)
+async def test_requests_not_answered_as_their_response_arrives(raw: bytes) -> None:
+    offered: list[object] = []
+
+    async def handler(request: Request) -> Response:
+        offered.append(request.context.write_final)
+        return Response(200, (), b"")
+
+    _, protocol, _transport = connect(handler)
+    protocol.data_received(raw)
+    await settle()
+    assert offered == [None]

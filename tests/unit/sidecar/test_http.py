@@ -139,7 +139,7 @@ def test_new_response_validates_like_the_constructor() -> None:
 def test_request_context_init_takes_the_fields_in_order_with_their_defaults() -> None:
     # RequestContext's __init__ is written out (native when compiled): it must stay the
     # dataclass's (a field added, reordered or given another default without it fails here)
-    fields = dataclasses.fields(RequestContext)
+    fields = [spec for spec in dataclasses.fields(RequestContext) if spec.init]
     endpoint = Endpoint("10.0.0.1", 80)
     values: tuple[Any, ...] = (
         "inbound", "id", "1.2.3.4:5", "spiffe://p", "sub", {"c": 1}, "5.6.7.8:9", "cap",
@@ -161,6 +161,15 @@ def test_request_context_init_takes_the_fields_in_order_with_their_defaults() ->
     assert plain.claims is not other.claims and plain.attributes is not other.attributes
     assert plain.previous_endpoints is not other.previous_endpoints
     assert dataclasses.replace(positional, route="r2").route == "r2"
+    # set by the codec and a fused route only (a response written as it arrives), never copied
+    assert [spec.name for spec in dataclasses.fields(RequestContext) if not spec.init] == [
+        "write_final",
+        "final",
+    ]
+    positional.write_final, positional.final = print, bool
+    copy = dataclasses.replace(positional)
+    assert plain.write_final is None and plain.final is None
+    assert copy.write_final is None and copy.final is None and copy == positional
 
 
 def test_new_context_is_the_constructors_context_with_fresh_containers() -> None:

@@ -176,3 +176,22 @@ async def test_inbound_route_becomes_the_method_but_a_configured_route_stays() -
     odd = _request(path="/not a method")
     await compose([grpc_layer()], upstream)(odd)
     assert odd.context.route == "" and "rpc.method" not in odd.context.attributes
+
+
+async def test_a_grpc_answer_made_here_never_goes_out_as_the_upstream_sends_it() -> None:
+    # (RequestContext.write_final: this layer replaces responses, so a gRPC request's upstream
+    # response is never written downstream before it has seen it)
+    offered: list[object] = []
+
+    async def upstream(request: Request) -> Response:
+        offered.append(request.context.write_final)
+        return Response(503, (), b"")
+
+    request = _request()
+    request.context.write_final = lambda context, response: None
+    await compose([grpc_layer()], upstream)(request)
+    assert offered == [None]
+    plain = Request("GET", "/", (), b"", "svc")
+    mark = plain.context.write_final = lambda context, response: None
+    await compose([grpc_layer()], upstream)(plain)
+    assert offered[-1] is mark  # (not gRPC: left as it is)
