@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import binascii
 import logging
-import random
+import os
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -413,7 +413,6 @@ class ByteStream:
         return b"".join(parts)
 
 
-_random_bits: Final = random.Random().getrandbits  # seeded from os.urandom once per process
 # a request body abandoned after its response: drained to keep the connection when at most this
 # much is still due, else the connection closes, lingering this long for the client to stop
 _DISCARD_BYTES: Final = 1 << 20
@@ -1294,11 +1293,10 @@ def _request_uuid() -> str:
 class _UuidSource:
     """Random version-4 UUID strings, formatted a batch at a time.
 
-    One PRNG draw of 256 x 128 bits is laid out as 256 UUID strings (sidecar/_h1fast.c when
-    compiled, else strided byte copies: the work per id is one slice); every id still takes
-    128 fresh bits of the process's PRNG (seeded from os.urandom), as one draw per id did, of
-    which the version nibble becomes 4 and the variant nibble keeps its two low bits under the
-    0b10 variant (122 random bits, as UUID4).
+    One os.urandom read of 256 x 16 bytes is laid out as 256 UUID strings (sidecar/_h1fast.c
+    when compiled, else strided byte copies: the work per id is one slice); every id takes 128
+    fresh random bits, as uuid.uuid4() does, of which the version nibble becomes 4 and the
+    variant nibble keeps its two low bits under the 0b10 variant (122 random bits, as UUID4).
     """
 
     __slots__ = ("_pos", "_text")
@@ -1318,7 +1316,7 @@ class _UuidSource:
 
 def _uuid_batch(count: int) -> str:
     """`count` random version-4 UUID strings, concatenated (36 characters each)."""
-    raw = _random_bits(128 * count).to_bytes(16 * count, "big")
+    raw = os.urandom(16 * count)
     if _FAST_UUID4_TEXT is not None:  # (compiled: the same text, written in C)
         return _FAST_UUID4_TEXT(raw)
     return _uuid_text(raw)

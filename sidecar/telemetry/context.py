@@ -6,8 +6,10 @@ flags are carried unchanged (only bit 0x01, sampled, is interpreted).
 
 from __future__ import annotations
 
+import os
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -203,16 +205,19 @@ def format_b3_headers(trace_id: bytes, span_id: bytes, flags: int) -> Headers:
 
 
 class IdSource:
-    """Random trace and span ids from a fast PRNG (ids need uniqueness, not secrecy).
+    """Random trace and span ids (W3C: random; they need uniqueness, not secrecy).
 
-    The ids are cut from a buffer refilled by one draw of 4096 bits (one PRNG call and one
-    conversion per 32 trace ids or 64 span ids instead of one each); all-zero ids are skipped.
+    The ids are cut from a buffer of 512 random bytes refilled at once (one os.urandom call per
+    32 trace ids or 64 span ids instead of one each; a PRNG seeded with `seed` instead, for
+    tests); all-zero ids are skipped.
     """
 
-    __slots__ = ("_bits", "_buf", "_pos")
+    __slots__ = ("_buf", "_fill", "_pos")
 
     def __init__(self, seed: int | None = None) -> None:
-        self._bits = random.Random(seed).getrandbits
+        self._fill: Callable[[int], bytes] = (
+            os.urandom if seed is None else random.Random(seed).randbytes
+        )
         self._buf = b""
         self._pos = 0
 
@@ -220,7 +225,7 @@ class IdSource:
         pos = self._pos
         buf = self._buf
         if pos + size > len(buf):
-            buf = self._buf = self._bits(_ID_BUFFER * 8).to_bytes(_ID_BUFFER, "big")
+            buf = self._buf = self._fill(_ID_BUFFER)
             pos = 0
         self._pos = pos + size
         return buf[pos : pos + size]

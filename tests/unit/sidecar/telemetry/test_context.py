@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from sidecar.telemetry.context import (
@@ -155,16 +157,23 @@ def test_id_source_skips_all_zero_ids_across_buffer_refills() -> None:
     ids = IdSource(seed=3)
     draws: list[int] = []
 
-    def bits(count: int) -> int:
+    def fill(count: int) -> bytes:
         # each 512-byte buffer: a zero span id, a span id of ones, a zero trace id, then 0x02s
         draws.append(count)
-        return int.from_bytes(bytes(8) + b"\x01" * 8 + bytes(16) + b"\x02" * 480, "big")
+        return bytes(8) + b"\x01" * 8 + bytes(16) + b"\x02" * 480
 
-    ids._bits = bits
+    ids._fill = fill
     assert ids.span_id() == b"\x01" * 8  # the zero id before it is skipped
     assert ids.trace_id() == b"\x02" * 16  # likewise
-    assert draws == [4096]
+    assert draws == [512]
     for _ in range(29):  # the rest of the buffer: 29 more trace ids of 0x02
         assert ids.trace_id() == b"\x02" * 16
     assert ids.span_id() == b"\x01" * 8  # a refill: zero skipped again
-    assert draws == [4096, 4096]
+    assert draws == [512, 512]
+
+
+def test_id_source_without_a_seed_reads_the_os_random_source() -> None:
+    ids = IdSource()
+    assert ids._fill is os.urandom
+    traces = {ids.trace_id() for _ in range(100)}
+    assert len(traces) == 100 and all(len(t) == 16 and any(t) for t in traces)
