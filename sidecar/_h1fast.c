@@ -35,6 +35,7 @@
 static unsigned char TCHAR[256];  /* header name: RFC 9110 token */
 static unsigned char VCHAR[256];  /* header value inside: VCHAR, SP, HTAB (no obs-text) */
 static unsigned char UCHAR[256];  /* origin-form target: RFC 3986 pchar, '/', '?' */
+static unsigned char LOWER[256];  /* ASCII lower case */
 
 static void init_tables(void)
 {
@@ -45,6 +46,7 @@ static void init_tables(void)
         TCHAR[c] = alnum || (c && strchr(t, c) != NULL);
         UCHAR[c] = alnum || (c && strchr(u, c) != NULL);
         VCHAR[c] = (c >= 0x20 && c <= 0x7e) || c == '\t';
+        LOWER[c] = (c >= 'A' && c <= 'Z') ? c + 32 : c;
     }
 }
 
@@ -64,27 +66,22 @@ typedef struct {
 
 static NameSlot names[NAME_SLOTS];
 
-/* A new reference to the lower-case str of raw[0:len] (all TCHAR), NULL on error. */
-static PyObject *header_name(const char *raw, Py_ssize_t len)
+#define FNV_OFFSET 2166136261u
+#define FNV_PRIME 16777619u
+
+/* A new reference to the lower-case str of a header name: `lower[0:len]` (lower-cased, all
+ * TCHAR, `h` its FNV-1a hash) when len < NAME_MAX_LEN, else raw[0:len] lower-cased here; NULL
+ * on error. */
+static PyObject *header_name(const char *raw, const char *lower, Py_ssize_t len, uint32_t h)
 {
-    char lower[NAME_MAX_LEN];
     if (len >= NAME_MAX_LEN) {
         PyObject *s = PyUnicode_New(len, 127);
         if (s == NULL)
             return NULL;
         Py_UCS1 *out = PyUnicode_1BYTE_DATA(s);
-        for (Py_ssize_t i = 0; i < len; i++) {
-            unsigned char c = (unsigned char)raw[i];
-            out[i] = (c >= 'A' && c <= 'Z') ? c + 32 : c;
-        }
+        for (Py_ssize_t i = 0; i < len; i++)
+            out[i] = LOWER[(unsigned char)raw[i]];
         return s;
-    }
-    uint32_t h = 2166136261u;
-    for (Py_ssize_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)raw[i];
-        c = (c >= 'A' && c <= 'Z') ? c + 32 : c;
-        lower[i] = (char)c;
-        h = (h ^ c) * 16777619u;
     }
     NameSlot *slot = &names[h & (NAME_SLOTS - 1)];
     if (slot->len == len && memcmp(slot->name, lower, len) == 0) {
@@ -101,6 +98,25 @@ static PyObject *header_name(const char *raw, Py_ssize_t len)
     slot->len = len;
     memcpy(slot->name, lower, len);
     return s;
+}
+
+/* Which of the names parse_fields looks at a lower-cased name is (NAME_OTHER: none). */
+enum { NAME_OTHER, NAME_CONTENT_LENGTH, NAME_TRANSFER_ENCODING, NAME_UPGRADE, NAME_CONNECTION };
+
+static int name_kind(const char *lower, Py_ssize_t len)
+{
+    switch (len) {
+    case 7:
+        return memcmp(lower, "upgrade", 7) == 0 ? NAME_UPGRADE : NAME_OTHER;
+    case 10:
+        return memcmp(lower, "connection", 10) == 0 ? NAME_CONNECTION : NAME_OTHER;
+    case 14:
+        return memcmp(lower, "content-length", 14) == 0 ? NAME_CONTENT_LENGTH : NAME_OTHER;
+    case 17:
+        return memcmp(lower, "transfer-encoding", 17) == 0 ? NAME_TRANSFER_ENCODING : NAME_OTHER;
+    default:
+        return NAME_OTHER;
+    }
 }
 
 /* A new str of s[0:len], every byte ASCII (checked by the caller's tables). */
@@ -188,9 +204,19 @@ static int parse_fields(const char **pos, const char *end, PyObject **pairs, int
         }
         if (*count >= MAX_FIELDS)
             return 0;
+        /* the name: checked, lower-cased and hashed in one pass (a long one is only checked
+         * here; its few special names are all short) */
         const char *name = p;
-        while (p < end && TCHAR[(unsigned char)*p])
+        char lower[NAME_MAX_LEN];
+        uint32_t h = FNV_OFFSET;
+        while (p < end && TCHAR[(unsigned char)*p]) {
+            unsigned char c = LOWER[(unsigned char)*p];
+            Py_ssize_t i = p - name;
+            if (i < NAME_MAX_LEN)
+                lower[i] = (char)c;
+            h = (h ^ c) * FNV_PRIME;
             p++;
+        }
         Py_ssize_t name_len = p - name;
         if (name_len == 0 || p >= end || *p != ':')
             return 0;
@@ -210,25 +236,21 @@ static int parse_fields(const char **pos, const char *end, PyObject **pairs, int
         f->counted += name_len + value_len + 4;
         if (f->counted > limit)
             return 0;
-        if (name_len < 7 || name_len > 17) {
-            /* none of the names below: content-length (14), transfer-encoding (17),
-             * upgrade (7), connection (10) */
-        }
-        else if (lower_equals(name, name_len, "content-length")) {
+        switch (name_len < NAME_MAX_LEN ? name_kind(lower, name_len) : NAME_OTHER) {
+        case NAME_CONTENT_LENGTH:
             f->content_lengths++;
             f->content_length = value;
             f->content_length_len = value_len;
-        }
-        else if (lower_equals(name, name_len, "transfer-encoding")) {
+            break;
+        case NAME_TRANSFER_ENCODING:
             /* a response's one chunked coding only (none in a request on this path) */
             if (request || f->chunked || !lower_equals(value, value_len, "chunked"))
                 return 0;
             f->chunked = 1;
-        }
-        else if (lower_equals(name, name_len, "upgrade")) {
+            break;
+        case NAME_UPGRADE:
             return 0;
-        }
-        else if (lower_equals(name, name_len, "connection")) {
+        case NAME_CONNECTION:
             if (f->connection != CONN_NONE)
                 return 0;
             if (lower_equals(value, value_len, "close"))
@@ -237,12 +259,15 @@ static int parse_fields(const char **pos, const char *end, PyObject **pairs, int
                 f->connection = CONN_KEEP_ALIVE;
             else
                 return 0;
+            break;
+        default:
+            break;
         }
         PyObject *pair = PyTuple_New(2);
         if (pair == NULL)
             return -1;
         pairs[(*count)++] = pair;  /* (released with the others if what follows fails) */
-        PyObject *key = header_name(name, name_len);
+        PyObject *key = header_name(name, lower, name_len, h);
         if (key == NULL)
             return -1;
         PyTuple_SET_ITEM(pair, 0, key);

@@ -245,6 +245,8 @@ def test_pipelined_requests_are_taken_one_at_a_time_from_an_offset() -> None:
         b"GET http://app/x HTTP/1.1\r\nHost: app\r\n\r\n",  # absolute-form: httptools
         b"CONNECT app:443 HTTP/1.1\r\nHost: app\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\n\r\n",  # (an Upgrade field at all)
+        b"GET / HTTP/1.1\r\nHost: a\r\nUPGRADE: h2c\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close, x-hop\r\n\r\n",
         b"GET / HTTP/1.1\r\nConnection: close\r\nConnection: keep-alive\r\n\r\n",
         b"GET / HTTP/2.0\r\nHost: a\r\n\r\n",

@@ -278,3 +278,21 @@ async def test_a_truncated_streamed_body_is_a_bad_request() -> None:
     with pytest.raises(BadRequest, match="longer"):
         await handler(make_request("PUT", body=MemoryStream([b"abcdef"], length=5)))
     assert upstream.calls == 0
+
+
+@pytest.mark.parametrize("status", [200, 404, 429, 500, 502, 503, 504])
+@pytest.mark.parametrize("grpc", [None, "14", "0"])
+def test_final_is_reason_none_and_the_reason_asked_next_is_the_same(
+    status: int, grpc: str | None
+) -> None:
+    from sidecar.layers.retry import Retry
+
+    clock = ManualClock()
+    config = RetryConfig(statuses=frozenset({429}))
+    retry = Retry(config, clock, RecordingSleep(clock), lambda: 0.5, clock, None)
+    headers = () if grpc is None else (("grpc-status", grpc),)
+    response = Response(status, headers, b"")
+    fresh = retry.reason(response)
+    assert retry.final(response) is (fresh is None)
+    assert retry.reason(response) == fresh  # (answered from `final` once, then computed)
+    assert retry.reason(response) == fresh
