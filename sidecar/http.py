@@ -271,9 +271,9 @@ class RequestContext:
     attributes: dict[str, AttrValue] = field(default_factory=dict)
     # A final whole response can go downstream the moment it arrives, before the layers' own
     # work on it (sidecar/upstream.py): `write_final` is set by the HTTP/1.1 codec for a request
-    # it can answer so, `final` by a fused route around its first attempt (True: no layer will
-    # replace that response). Neither is set otherwise, nor taken by the constructor (a copy
-    # made by dataclasses.replace has neither).
+    # it can answer so (and cleared once used), `final` by a fused route around its first
+    # attempt (True: no layer will replace that response). Neither is set otherwise, nor taken
+    # by the constructor (a copy made by dataclasses.replace has neither).
     write_final: Callable[[RequestContext, Response], None] | None = field(
         default=None, init=False, repr=False, compare=False
     )

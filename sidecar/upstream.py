@@ -290,6 +290,7 @@ class _Connection(asyncio.Protocol):
             response = new_response(self.status, _response_headers(self), body)
             if final(response):
                 self.response = response
+                context.write_final = None  # (done: the route knows its response was final)
                 write(context, response)
         except Exception:  # (the exchange goes on as if not written: the codec writes it then)
             self.response = None

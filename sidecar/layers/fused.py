@@ -143,6 +143,7 @@ def fused_route(
                 response: Response | None = None
                 error: ProxyError | None = None
                 reason: str | None = None
+                offered = False  # (the first attempt's response could go out as it arrived)
                 try:
                     # -- the attempt stage (layers/telemetry.py: the attempt span) --
                     forwarded = request
@@ -178,6 +179,7 @@ def fused_route(
                                 if detector is not None and endpoint is not None:
                                     host = detector.begin(endpoint)
                                 context.final = final
+                                offered = final is not None and context.write_final is not None
                                 if detector is None or host is None:
                                     response = await terminal(forwarded)
                                 else:
@@ -204,7 +206,9 @@ def fused_route(
                     if stage is not None:
                         response = stage.end(request, token, response)
                     if retry is not None:
-                        reason = retry.reason(response)
+                        # (a response written as it arrived was found final: no reason)
+                        if not offered or context.write_final is not None:
+                            reason = retry.reason(response)
                 except ProxyError as exc:
                     if retry is None:
                         raise

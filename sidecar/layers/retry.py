@@ -223,8 +223,6 @@ class Retry:
         self.random = random
         self.wall_clock = wall_clock
         self.budget = budget
-        # the response `final` last found final, for the `reason` its route asks next (once)
-        self._final: Response | None = None
 
     async def _try(self, inner: Handler, request: Request) -> Response:
         per_try_s = self.config.per_try_s
@@ -260,18 +258,12 @@ class Retry:
 
     def reason(self, response: Response) -> str | None:
         """Why this response is worth another attempt (None: it is not)."""
-        if response is self._final:  # (`final` just said None for it)
-            self._final = None
-            return None
         return _status_reason(self.config, response.status) or _grpc_reason(self.config, response)
 
     def final(self, response: Response) -> bool:
         """True when this response is not worth another attempt (`reason` is None): a fused
         route's first attempt may then send it downstream as it arrives."""
-        if self.reason(response) is not None:
-            return False
-        self._final = response  # (its route asks `reason` for it next: answered from here)
-        return True
+        return self.reason(response) is None
 
     def error_reason(self, exc: ProxyError) -> str | None:
         """Why this failure is worth another attempt (None: it is not)."""

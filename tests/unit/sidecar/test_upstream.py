@@ -638,6 +638,7 @@ async def test_a_final_whole_response_goes_downstream_as_it_arrives(
     assert len(downstream.written) == 1
     context, written, after = downstream.written[0]
     assert context is req.context and written is response and not after
+    assert req.context.write_final is None  # (used: the route knows it went out)
     assert response.body == b"ok" and response.status in (200, 201)
     assert all(name not in ("connection", "transfer-encoding") for name, _ in response.headers)
     await pool(request())  # the connection went back to the pool as before
@@ -652,6 +653,7 @@ async def test_a_response_that_is_not_final_waits_for_the_layers(
     req, downstream = through(lambda response: statuses.append(response.status) or False)
     response = await pool(req)
     assert response.status == 503 and statuses == [503] and downstream.written == []
+    assert req.context.write_final is downstream  # (still the codec's to use)
 
 
 @pytest.mark.parametrize(
