@@ -27,6 +27,9 @@
  * traceparent(trace_id, span_id, flags) -> str, uuid4_text(raw) -> str
  *   ids as the text sent on every request: sidecar/telemetry/context.py's and
  *   sidecar/codec.py's (the same in Python).
+ * encode_spans(resource, scope, spans) -> bytes | None
+ *   a batch of spans as OTLP: sidecar/telemetry/otlp.py's TraceEncoder.encode, byte for byte
+ *   (None for a span only that one writes).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -698,6 +701,276 @@ static PyObject *uuid4_text(PyObject *self, PyObject *const *args, Py_ssize_t na
     return text;
 }
 
+/* -- OTLP spans ----------------------------------------------------------------------------- */
+
+/* A writer that counts (out NULL) or writes: the same calls in both passes. */
+typedef struct {
+    char *out;
+    Py_ssize_t n;
+} Pb;
+
+static void pb_bytes(Pb *w, const void *data, Py_ssize_t len)
+{
+    if (w->out != NULL)
+        memcpy(w->out + w->n, data, len);
+    w->n += len;
+}
+
+static void pb_byte(Pb *w, unsigned char c)
+{
+    if (w->out != NULL)
+        w->out[w->n] = (char)c;
+    w->n += 1;
+}
+
+static Py_ssize_t varint_len(unsigned long long v)
+{
+    Py_ssize_t n = 1;
+    while (v > 0x7f) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+static void pb_varint(Pb *w, unsigned long long v)
+{
+    while (v > 0x7f) {
+        pb_byte(w, (unsigned char)((v & 0x7f) | 0x80));
+        v >>= 7;
+    }
+    pb_byte(w, (unsigned char)v);
+}
+
+static void pb_fixed64(Pb *w, unsigned long long v)
+{
+    for (int i = 0; i < 8; i++)
+        pb_byte(w, (unsigned char)(v >> (8 * i)));
+}
+
+/* A length-delimited field: tag, length, payload. */
+static void pb_field(Pb *w, unsigned char tag, const char *data, Py_ssize_t len)
+{
+    pb_byte(w, tag);
+    pb_varint(w, (unsigned long long)len);
+    pb_bytes(w, data, len);
+}
+
+/* The UTF-8 of a str (exact str only; NULL with no error set: decline, e.g. a lone surrogate,
+ * which the Python encoder writes as '?'). */
+static const char *utf8_of(PyObject *s, Py_ssize_t *len)
+{
+    if (!PyUnicode_CheckExact(s))
+        return NULL;
+    const char *data = PyUnicode_AsUTF8AndSize(s, len);
+    if (data == NULL)
+        PyErr_Clear();
+    return data;
+}
+
+/* One attribute as KeyValue in a repeated field 9 (otlp.py's _field(b"\x4a", _key_value(..)));
+ * 0 to decline (an unusual value type, an int beyond 64 bits, a str that is not UTF-8). */
+static int pb_attribute(Pb *w, PyObject *key, PyObject *value)
+{
+    Py_ssize_t key_len;
+    const char *key_data = utf8_of(key, &key_len);
+    if (key_data == NULL)
+        return 0;
+    unsigned char any[10 + 1];  /* a varint or fixed64 AnyValue (not str) */
+    Py_ssize_t any_len;
+    const char *str_data = NULL;
+    Py_ssize_t str_len = 0;
+    if (PyBool_Check(value)) {
+        any[0] = 0x10;
+        any[1] = value == Py_True;
+        any_len = 2;
+    }
+    else if (PyLong_CheckExact(value)) {
+        int overflow;
+        long long v = PyLong_AsLongLongAndOverflow(value, &overflow);
+        if (overflow != 0 || (v == -1 && PyErr_Occurred())) {
+            PyErr_Clear();
+            return 0;
+        }
+        Pb tmp = {(char *)any + 1, 0};
+        pb_varint(&tmp, (unsigned long long)v);  /* (negative: its two's complement, 10 bytes) */
+        any[0] = 0x18;
+        any_len = 1 + tmp.n;
+    }
+    else if (PyFloat_CheckExact(value)) {
+        double d = PyFloat_AS_DOUBLE(value);
+        unsigned long long bits;
+        memcpy(&bits, &d, 8);
+        any[0] = 0x21;
+        Pb tmp = {(char *)any + 1, 0};
+        pb_fixed64(&tmp, bits);
+        any_len = 9;
+    }
+    else if (PyUnicode_CheckExact(value)) {
+        str_data = utf8_of(value, &str_len);
+        if (str_data == NULL)
+            return 0;
+        any_len = 1 + varint_len((unsigned long long)str_len) + str_len;
+    }
+    else {
+        return 0;
+    }
+    Py_ssize_t kv_len = 1 + varint_len((unsigned long long)key_len) + key_len + 1 +
+                        varint_len((unsigned long long)any_len) + any_len;
+    pb_byte(w, 0x4a);
+    pb_varint(w, (unsigned long long)kv_len);
+    pb_field(w, 0x0a, key_data, key_len);
+    pb_byte(w, 0x12);
+    pb_varint(w, (unsigned long long)any_len);
+    if (str_data != NULL)
+        pb_field(w, 0x0a, str_data, str_len);
+    else
+        pb_bytes(w, any, any_len);
+    return 1;
+}
+
+/* One Span (otlp.py's TraceEncoder._span, field by field); 0 to decline. */
+static int pb_span(Pb *w, PyObject *span)
+{
+    if (!PyTuple_Check(span) || PyTuple_GET_SIZE(span) < 12)
+        return 0;
+    PyObject *trace_id = PyTuple_GET_ITEM(span, 0), *span_id = PyTuple_GET_ITEM(span, 1);
+    PyObject *parent = PyTuple_GET_ITEM(span, 2), *name = PyTuple_GET_ITEM(span, 3);
+    PyObject *attributes = PyTuple_GET_ITEM(span, 9), *tracestate = PyTuple_GET_ITEM(span, 10);
+    PyObject *message = PyTuple_GET_ITEM(span, 11);
+    if (!PyBytes_CheckExact(trace_id) || PyBytes_GET_SIZE(trace_id) != 16 ||
+        !PyBytes_CheckExact(span_id) || PyBytes_GET_SIZE(span_id) != 8 ||
+        !PyBytes_CheckExact(parent) ||
+        (PyBytes_GET_SIZE(parent) != 0 && PyBytes_GET_SIZE(parent) != 8) ||
+        !PyDict_CheckExact(attributes))
+        return 0;
+    long long numbers[5];  /* kind, start_ns, end_ns, flags, status */
+    const int at[5] = {4, 5, 6, 7, 8};
+    for (int i = 0; i < 5; i++) {
+        PyObject *item = PyTuple_GET_ITEM(span, at[i]);
+        if (!PyLong_CheckExact(item))
+            return 0;
+        int overflow;
+        numbers[i] = PyLong_AsLongLongAndOverflow(item, &overflow);
+        if (overflow != 0 || numbers[i] < 0 || (numbers[i] == -1 && PyErr_Occurred())) {
+            PyErr_Clear();
+            return 0;
+        }
+    }
+    long long kind = numbers[0], status = numbers[4];
+    if (kind > 127 || status > 127)
+        return 0;
+    Py_ssize_t name_len, state_len, message_len;
+    const char *name_data = utf8_of(name, &name_len);
+    const char *state_data = utf8_of(tracestate, &state_len);
+    const char *message_data = utf8_of(message, &message_len);
+    if (name_data == NULL || state_data == NULL || message_data == NULL)
+        return 0;
+    pb_byte(w, 0x0a);
+    pb_byte(w, 0x10);
+    pb_bytes(w, PyBytes_AS_STRING(trace_id), 16);
+    pb_byte(w, 0x12);
+    pb_byte(w, 0x08);
+    pb_bytes(w, PyBytes_AS_STRING(span_id), 8);
+    if (state_len)
+        pb_field(w, 0x1a, state_data, state_len);
+    unsigned long long flags = (unsigned long long)numbers[3] & 0xff;
+    if (PyBytes_GET_SIZE(parent)) {
+        pb_byte(w, 0x22);
+        pb_byte(w, 0x08);
+        pb_bytes(w, PyBytes_AS_STRING(parent), 8);
+        flags |= 0x100 | 0x200;  /* has is_remote, parent is remote (in the app) */
+    }
+    pb_field(w, 0x2a, name_data, name_len);
+    pb_byte(w, 0x30);
+    pb_varint(w, (unsigned long long)kind);
+    pb_byte(w, 0x39);
+    pb_fixed64(w, (unsigned long long)numbers[1]);
+    pb_byte(w, 0x41);
+    pb_fixed64(w, (unsigned long long)numbers[2]);
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(attributes, &pos, &key, &value)) {
+        if (!pb_attribute(w, key, value))
+            return 0;
+    }
+    if (status || message_len) {
+        Py_ssize_t inner = 2 + (message_len
+                                    ? 1 + varint_len((unsigned long long)message_len) + message_len
+                                    : 0);
+        pb_byte(w, 0x7a);
+        pb_varint(w, (unsigned long long)inner);
+        if (message_len)
+            pb_field(w, 0x12, message_data, message_len);
+        pb_byte(w, 0x18);
+        pb_byte(w, (unsigned char)status);
+    }
+    pb_byte(w, 0x85);
+    pb_byte(w, 0x01);
+    for (int i = 0; i < 4; i++)
+        pb_byte(w, (unsigned char)(flags >> (8 * i)));
+    return 1;
+}
+
+/* encode_spans(resource, scope, spans) -> bytes | None: otlp.py's TraceEncoder.encode of
+ * `spans` (SpanRecords), `resource` and `scope` its encoded fields; None to decline (a span
+ * with what only the Python encoder writes, e.g. a lone surrogate or a list value). */
+static PyObject *encode_spans(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 3 || !PyBytes_Check(args[0]) || !PyBytes_Check(args[1]) ||
+        !PyList_CheckExact(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "encode_spans(resource: bytes, scope: bytes, spans: list)");
+        return NULL;
+    }
+    PyObject *spans = args[2];
+    Py_ssize_t count = PyList_GET_SIZE(spans);
+    Py_ssize_t small[64];
+    Py_ssize_t *sizes = count <= 64 ? small : PyMem_Malloc(count * sizeof(Py_ssize_t));
+    if (sizes == NULL)
+        return PyErr_NoMemory();
+    /* pass 1: each span's size, and ScopeSpans' */
+    Py_ssize_t scope_spans = PyBytes_GET_SIZE(args[1]);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Pb m = {NULL, 0};
+        if (!pb_span(&m, PyList_GET_ITEM(spans, i))) {
+            if (sizes != small)
+                PyMem_Free(sizes);
+            if (PyErr_Occurred())
+                return NULL;
+            Py_RETURN_NONE;
+        }
+        sizes[i] = m.n;
+        scope_spans += 1 + varint_len((unsigned long long)m.n) + m.n;
+    }
+    /* ResourceSpans{resource=1, scope_spans=2} inside ExportTraceServiceRequest{1} */
+    Py_ssize_t resource_spans = PyBytes_GET_SIZE(args[0]) + 1 +
+                                varint_len((unsigned long long)scope_spans) + scope_spans;
+    Py_ssize_t total = 1 + varint_len((unsigned long long)resource_spans) + resource_spans;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, total);
+    if (out != NULL) {
+        Pb w = {PyBytes_AS_STRING(out), 0};
+        pb_byte(&w, 0x0a);
+        pb_varint(&w, (unsigned long long)resource_spans);
+        pb_bytes(&w, PyBytes_AS_STRING(args[0]), PyBytes_GET_SIZE(args[0]));
+        pb_byte(&w, 0x12);
+        pb_varint(&w, (unsigned long long)scope_spans);
+        pb_bytes(&w, PyBytes_AS_STRING(args[1]), PyBytes_GET_SIZE(args[1]));
+        for (Py_ssize_t i = 0; i < count; i++) {
+            pb_byte(&w, 0x12);
+            pb_varint(&w, (unsigned long long)sizes[i]);
+            pb_span(&w, PyList_GET_ITEM(spans, i));
+        }
+        if (w.n != total) {  /* (a span changed between the passes: none can, but never a torn body) */
+            Py_CLEAR(out);
+            PyErr_SetString(PyExc_RuntimeError, "encode_spans: a span changed while encoded");
+        }
+    }
+    if (sizes != small)
+        PyMem_Free(sizes);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"head_bytes", (PyCFunction)(void (*)(void))head_bytes, METH_FASTCALL,
      "head_bytes(first, headers, skip, tail): first + the (name, value) pairs whose name is not "
@@ -708,6 +981,8 @@ static PyMethodDef methods[] = {
      "parse_response(data, limit): one whole common response, or None (see the file)"},
     {"traceparent", (PyCFunction)(void (*)(void))traceparent, METH_FASTCALL,
      "traceparent(trace_id, span_id, flags): a version-00 traceparent (flags 0-255)"},
+    {"encode_spans", (PyCFunction)(void (*)(void))encode_spans, METH_FASTCALL,
+     "encode_spans(resource, scope, spans): an OTLP ExportTraceServiceRequest, or None"},
     {"uuid4_text", (PyCFunction)(void (*)(void))uuid4_text, METH_FASTCALL,
      "uuid4_text(raw): one version-4 UUID string per 16 bytes of raw, concatenated"},
     {NULL, NULL, 0, NULL},

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import FunctionType
-from typing import Final
+from typing import Any, Final
 
 from sidecar.errors import BodyTooLarge
 from sidecar.streams import BodyStream
@@ -606,6 +606,20 @@ head_bytes: Final = _FAST[2]
 _IDS: Final = _fast_ids()
 FAST_TRACEPARENT: Final = _IDS[0]
 FAST_UUID4_TEXT: Final = _IDS[1]
+
+
+def _fast_spans() -> Callable[[bytes, bytes, list[Any]], bytes | None] | None:
+    """sidecar/_h1fast.c's OTLP encoding of a span batch in compiled mode (None: pure-Python
+    mode); sidecar/telemetry/otlp.py's TraceEncoder writes the same bytes, and any batch the C
+    one declines (tests/unit/sidecar/test_h1fast.py compares)."""
+    try:
+        from sidecar import _h1fast
+    except ImportError:
+        return None
+    return _h1fast.encode_spans
+
+
+FAST_ENCODE_SPANS: Final = _fast_spans()
 
 
 def parse_digits(text: str, max_digits: int = 15) -> int | None:

@@ -3,6 +3,8 @@
 The generated opentelemetry-proto classes cost more per span (bench/sidecar_telemetry.py
 measures both); the wire format here is checked by decoding it with those classes in the tests.
 Attribute encodings repeat across spans (method, upstream, route, status), so they are cached.
+Compiled (`make native`), a batch given as a list is written by sidecar/_h1fast.c's
+encode_spans, the same bytes in one pass (tests/unit/sidecar/test_h1fast.py compares them).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import struct
 from collections.abc import Iterable, Sequence
 from typing import Final
 
-from sidecar.http import AttrValue
+from sidecar.http import FAST_ENCODE_SPANS, AttrValue
 from sidecar.telemetry.spans import AttrTemplate, SpanRecord
 
 __all__ = ["TraceEncoder", "encode_key_values", "field", "rejected_spans"]
@@ -31,6 +33,9 @@ _SET_SKIP: Final = 4096
 # Span.flags bits 8 and 9: "has is_remote" and "parent is remote" (the parent lives in the app).
 _FLAG_HAS_REMOTE: Final = 0x100
 _FLAG_REMOTE: Final = 0x200
+# sidecar/_h1fast.c's encode_spans (compiled mode): the same bytes as encode below, or None for
+# a batch with what only this one writes (a lone surrogate as '?', a list value, a huge int)
+_FAST_ENCODE_SPANS: Final = FAST_ENCODE_SPANS
 
 
 def _varint(value: int) -> bytes:
@@ -135,6 +140,10 @@ class TraceEncoder:
 
     def encode(self, spans: Iterable[SpanRecord]) -> bytes:
         """One ExportTraceServiceRequest with one ResourceSpans and one ScopeSpans."""
+        if _FAST_ENCODE_SPANS is not None and type(spans) is list:  # (compiled: in C)
+            body = _FAST_ENCODE_SPANS(self._resource, self._scope, spans)
+            if body is not None:
+                return body
         # The same bytes as nesting _field() calls, but the batch is copied once (one join of
         # all the pieces) instead of once per level of nesting.
         parts = [b"", self._scope]  # [0]: the outer headers, known once the size is

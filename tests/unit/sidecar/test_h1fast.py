@@ -399,3 +399,80 @@ def test_uuid4_text_writes_what_the_python_version_writes() -> None:
         fast.uuid4_text(bytes(15))
     with pytest.raises(TypeError):
         fast.uuid4_text(bytearray(16))
+
+
+# -- OTLP span batches: encode_spans against TraceEncoder's Python encoding ---------------------
+
+
+def _random_span(rng: random.Random, template_cache: dict[str, Any]) -> Any:
+    from sidecar.telemetry.spans import AttrTemplate, SpanRecord
+
+    texts = ["GET", "reviews", "/api/x", "é", "日本", "", "a" * 300, "x-😀"]
+    values: list[Any] = [
+        *texts, 0, 1, 200, -1, -(2**63), 2**63 - 1, 127, 128, 16384, True, False, 0.5, -1e300,
+    ]  # fmt: skip
+    keys = [f"k{i}" for i in range(rng.randint(0, 12))]
+    attributes = {key: rng.choice(values) for key in keys}
+    template = None
+    if keys and rng.random() < 0.3:  # (a template: its fixed values are the span's)
+        varying = set(rng.sample(keys, rng.randint(0, len(keys))))
+        items = tuple((k, None if k in varying else v) for k, v in attributes.items())
+        # (one per shape, its value types too: True == 1 must not share one)
+        shape = repr(tuple((k, type(v).__name__, v) for k, v in items))
+        template = template_cache.setdefault(shape, AttrTemplate(items))
+    return SpanRecord(
+        trace_id=rng.randbytes(16),
+        span_id=rng.randbytes(8),
+        parent_span_id=rng.choice([b"", rng.randbytes(8)]),
+        name=rng.choice(texts[:5]),
+        kind=rng.randint(0, 5),
+        start_ns=rng.randrange(2**63),
+        end_ns=rng.randrange(2**63),
+        flags=rng.randrange(256),
+        status=rng.randint(0, 2),
+        attributes=attributes,
+        tracestate=rng.choice(["", "rojo=00f067aa0ba902b7", "é=1"]),
+        status_message=rng.choice(["", "", "boom", "ü"]),
+        template=template,
+    )
+
+
+def test_encode_spans_writes_what_the_python_encoder_writes() -> None:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    from sidecar.telemetry.otlp import TraceEncoder
+
+    rng = random.Random(13)
+    templates: dict[str, Any] = {}
+    encoder = TraceEncoder([("service.name", "web"), ("n", 3)], scope_version="1.0")
+    for size in [0, 1, 2, 3, 5, 8, 13, 40, 200]:
+        for _ in range(20):
+            spans = [_random_span(rng, templates) for _ in range(size)]
+            python = encoder.encode(iter(spans))  # (not a list: the Python encoding)
+            assert fast.encode_spans(encoder._resource, encoder._scope, spans) == python
+    parsed = ExportTraceServiceRequest.FromString(python)
+    assert len(parsed.resource_spans[0].scope_spans[0].spans) == 200
+
+
+def test_encode_spans_declines_what_only_the_python_encoder_writes() -> None:
+    from sidecar.telemetry.otlp import TraceEncoder
+
+    rng = random.Random(17)
+    encoder = TraceEncoder([("service.name", "web")])
+    for odd in ["\ud800", "a\udcffb", 2**64, 2**63]:
+        span = _random_span(rng, {})._replace(attributes={"k": "v", "odd": odd}, template=None)
+        assert fast.encode_spans(encoder._resource, encoder._scope, [span]) is None
+        assert encoder.encode([span]) == encoder.encode(iter([span]))  # (encoded in Python)
+    for change in [
+        {"name": "\udcff"},
+        {"tracestate": "\ud800"},
+        {"parent_span_id": b"\x01" * 7},
+        {"flags": -1},
+        {"status": 200},
+    ]:
+        span = _random_span(rng, {})._replace(**change)
+        assert fast.encode_spans(encoder._resource, encoder._scope, [span]) is None
+    with pytest.raises(TypeError):
+        fast.encode_spans(encoder._resource, encoder._scope, ())
