@@ -703,24 +703,27 @@ static PyObject *uuid4_text(PyObject *self, PyObject *const *args, Py_ssize_t na
 
 /* -- OTLP spans ----------------------------------------------------------------------------- */
 
-/* A writer that counts (out NULL) or writes: the same calls in both passes. */
+/* A growable buffer (PyMem); every write reserves its room first. */
 typedef struct {
-    char *out;
-    Py_ssize_t n;
-} Pb;
+    char *data;
+    Py_ssize_t len, cap;
+} Buf;
 
-static void pb_bytes(Pb *w, const void *data, Py_ssize_t len)
+static int buf_reserve(Buf *b, Py_ssize_t more)
 {
-    if (w->out != NULL)
-        memcpy(w->out + w->n, data, len);
-    w->n += len;
-}
-
-static void pb_byte(Pb *w, unsigned char c)
-{
-    if (w->out != NULL)
-        w->out[w->n] = (char)c;
-    w->n += 1;
+    if (b->len + more <= b->cap)
+        return 0;
+    Py_ssize_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->len + more)
+        cap *= 2;
+    char *data = PyMem_Realloc(b->data, cap);
+    if (data == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->data = data;
+    b->cap = cap;
+    return 0;
 }
 
 static Py_ssize_t varint_len(unsigned long long v)
@@ -733,27 +736,30 @@ static Py_ssize_t varint_len(unsigned long long v)
     return n;
 }
 
-static void pb_varint(Pb *w, unsigned long long v)
+static inline char *put_varint(char *p, unsigned long long v)
 {
     while (v > 0x7f) {
-        pb_byte(w, (unsigned char)((v & 0x7f) | 0x80));
+        *p++ = (char)((v & 0x7f) | 0x80);
         v >>= 7;
     }
-    pb_byte(w, (unsigned char)v);
+    *p++ = (char)v;
+    return p;
 }
 
-static void pb_fixed64(Pb *w, unsigned long long v)
+static inline char *put_fixed64(char *p, unsigned long long v)
 {
     for (int i = 0; i < 8; i++)
-        pb_byte(w, (unsigned char)(v >> (8 * i)));
+        p[i] = (char)(v >> (8 * i));
+    return p + 8;
 }
 
-/* A length-delimited field: tag, length, payload. */
-static void pb_field(Pb *w, unsigned char tag, const char *data, Py_ssize_t len)
+/* tag, length, payload; the caller reserved len + 11 bytes */
+static inline char *put_field(char *p, unsigned char tag, const char *data, Py_ssize_t len)
 {
-    pb_byte(w, tag);
-    pb_varint(w, (unsigned long long)len);
-    pb_bytes(w, data, len);
+    *p++ = (char)tag;
+    p = put_varint(p, (unsigned long long)len);
+    memcpy(p, data, len);
+    return p + len;
 }
 
 /* The UTF-8 of a str (exact str only; NULL with no error set: decline, e.g. a lone surrogate,
@@ -768,15 +774,16 @@ static const char *utf8_of(PyObject *s, Py_ssize_t *len)
     return data;
 }
 
-/* One attribute as KeyValue in a repeated field 9 (otlp.py's _field(b"\x4a", _key_value(..)));
- * 0 to decline (an unusual value type, an int beyond 64 bits, a str that is not UTF-8). */
-static int pb_attribute(Pb *w, PyObject *key, PyObject *value)
+/* One attribute as KeyValue in a repeated field 9 (otlp.py's _field(b"\x4a", _key_value(..))):
+ * 1, 0 to decline (an unusual value type, an int beyond 64 bits, a str that is not UTF-8), -1
+ * on a Python error. */
+static int put_attribute(Buf *b, PyObject *key, PyObject *value)
 {
     Py_ssize_t key_len;
     const char *key_data = utf8_of(key, &key_len);
     if (key_data == NULL)
         return 0;
-    unsigned char any[10 + 1];  /* a varint or fixed64 AnyValue (not str) */
+    char any[16];  /* a varint or fixed64 AnyValue (not a str) */
     Py_ssize_t any_len;
     const char *str_data = NULL;
     Py_ssize_t str_len = 0;
@@ -792,18 +799,15 @@ static int pb_attribute(Pb *w, PyObject *key, PyObject *value)
             PyErr_Clear();
             return 0;
         }
-        Pb tmp = {(char *)any + 1, 0};
-        pb_varint(&tmp, (unsigned long long)v);  /* (negative: its two's complement, 10 bytes) */
-        any[0] = 0x18;
-        any_len = 1 + tmp.n;
+        any[0] = 0x18;  /* (negative: its 64-bit two's complement, 10 bytes) */
+        any_len = put_varint(any + 1, (unsigned long long)v) - any;
     }
     else if (PyFloat_CheckExact(value)) {
         double d = PyFloat_AS_DOUBLE(value);
         unsigned long long bits;
         memcpy(&bits, &d, 8);
         any[0] = 0x21;
-        Pb tmp = {(char *)any + 1, 0};
-        pb_fixed64(&tmp, bits);
+        put_fixed64(any + 1, bits);
         any_len = 9;
     }
     else if (PyUnicode_CheckExact(value)) {
@@ -817,20 +821,28 @@ static int pb_attribute(Pb *w, PyObject *key, PyObject *value)
     }
     Py_ssize_t kv_len = 1 + varint_len((unsigned long long)key_len) + key_len + 1 +
                         varint_len((unsigned long long)any_len) + any_len;
-    pb_byte(w, 0x4a);
-    pb_varint(w, (unsigned long long)kv_len);
-    pb_field(w, 0x0a, key_data, key_len);
-    pb_byte(w, 0x12);
-    pb_varint(w, (unsigned long long)any_len);
-    if (str_data != NULL)
-        pb_field(w, 0x0a, str_data, str_len);
-    else
-        pb_bytes(w, any, any_len);
+    if (buf_reserve(b, kv_len + 11) < 0)
+        return -1;
+    char *p = b->data + b->len;
+    *p++ = 0x4a;
+    p = put_varint(p, (unsigned long long)kv_len);
+    p = put_field(p, 0x0a, key_data, key_len);
+    *p++ = 0x12;
+    p = put_varint(p, (unsigned long long)any_len);
+    if (str_data != NULL) {
+        p = put_field(p, 0x0a, str_data, str_len);
+    }
+    else {
+        memcpy(p, any, any_len);
+        p += any_len;
+    }
+    b->len = p - b->data;
     return 1;
 }
 
-/* One Span (otlp.py's TraceEncoder._span, field by field); 0 to decline. */
-static int pb_span(Pb *w, PyObject *span)
+/* One Span (otlp.py's TraceEncoder._span, field by field) at the end of `b`: 1, 0 to decline,
+ * -1 on a Python error. */
+static int put_span(Buf *b, PyObject *span)
 {
     if (!PyTuple_Check(span) || PyTuple_GET_SIZE(span) < 12)
         return 0;
@@ -866,55 +878,68 @@ static int pb_span(Pb *w, PyObject *span)
     const char *message_data = utf8_of(message, &message_len);
     if (name_data == NULL || state_data == NULL || message_data == NULL)
         return 0;
-    pb_byte(w, 0x0a);
-    pb_byte(w, 0x10);
-    pb_bytes(w, PyBytes_AS_STRING(trace_id), 16);
-    pb_byte(w, 0x12);
-    pb_byte(w, 0x08);
-    pb_bytes(w, PyBytes_AS_STRING(span_id), 8);
+    if (buf_reserve(b, 64 + state_len + name_len) < 0)
+        return -1;
+    char *p = b->data + b->len;
+    *p++ = 0x0a;
+    *p++ = 0x10;
+    memcpy(p, PyBytes_AS_STRING(trace_id), 16);
+    p += 16;
+    *p++ = 0x12;
+    *p++ = 0x08;
+    memcpy(p, PyBytes_AS_STRING(span_id), 8);
+    p += 8;
     if (state_len)
-        pb_field(w, 0x1a, state_data, state_len);
+        p = put_field(p, 0x1a, state_data, state_len);
     unsigned long long flags = (unsigned long long)numbers[3] & 0xff;
     if (PyBytes_GET_SIZE(parent)) {
-        pb_byte(w, 0x22);
-        pb_byte(w, 0x08);
-        pb_bytes(w, PyBytes_AS_STRING(parent), 8);
+        *p++ = 0x22;
+        *p++ = 0x08;
+        memcpy(p, PyBytes_AS_STRING(parent), 8);
+        p += 8;
         flags |= 0x100 | 0x200;  /* has is_remote, parent is remote (in the app) */
     }
-    pb_field(w, 0x2a, name_data, name_len);
-    pb_byte(w, 0x30);
-    pb_varint(w, (unsigned long long)kind);
-    pb_byte(w, 0x39);
-    pb_fixed64(w, (unsigned long long)numbers[1]);
-    pb_byte(w, 0x41);
-    pb_fixed64(w, (unsigned long long)numbers[2]);
+    p = put_field(p, 0x2a, name_data, name_len);
+    *p++ = 0x30;
+    *p++ = (char)kind;
+    *p++ = 0x39;
+    p = put_fixed64(p, (unsigned long long)numbers[1]);
+    *p++ = 0x41;
+    p = put_fixed64(p, (unsigned long long)numbers[2]);
+    b->len = p - b->data;
     Py_ssize_t pos = 0;
     PyObject *key, *value;
     while (PyDict_Next(attributes, &pos, &key, &value)) {
-        if (!pb_attribute(w, key, value))
-            return 0;
+        int r = put_attribute(b, key, value);
+        if (r <= 0)
+            return r;
     }
+    if (buf_reserve(b, 32 + message_len) < 0)
+        return -1;
+    p = b->data + b->len;
     if (status || message_len) {
         Py_ssize_t inner = 2 + (message_len
                                     ? 1 + varint_len((unsigned long long)message_len) + message_len
                                     : 0);
-        pb_byte(w, 0x7a);
-        pb_varint(w, (unsigned long long)inner);
+        *p++ = 0x7a;
+        p = put_varint(p, (unsigned long long)inner);
         if (message_len)
-            pb_field(w, 0x12, message_data, message_len);
-        pb_byte(w, 0x18);
-        pb_byte(w, (unsigned char)status);
+            p = put_field(p, 0x12, message_data, message_len);
+        *p++ = 0x18;
+        *p++ = (char)status;
     }
-    pb_byte(w, 0x85);
-    pb_byte(w, 0x01);
+    *p++ = (char)0x85;
+    *p++ = 0x01;
     for (int i = 0; i < 4; i++)
-        pb_byte(w, (unsigned char)(flags >> (8 * i)));
+        *p++ = (char)(flags >> (8 * i));
+    b->len = p - b->data;
     return 1;
 }
 
 /* encode_spans(resource, scope, spans) -> bytes | None: otlp.py's TraceEncoder.encode of
  * `spans` (SpanRecords), `resource` and `scope` its encoded fields; None to decline (a span
- * with what only the Python encoder writes, e.g. a lone surrogate or a list value). */
+ * with what only the Python encoder writes, e.g. a lone surrogate). Each span is written to a
+ * scratch buffer, then appended after its length; the request's headers go on at the end. */
 static PyObject *encode_spans(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
@@ -923,51 +948,48 @@ static PyObject *encode_spans(PyObject *self, PyObject *const *args, Py_ssize_t 
         PyErr_SetString(PyExc_TypeError, "encode_spans(resource: bytes, scope: bytes, spans: list)");
         return NULL;
     }
-    PyObject *spans = args[2];
-    Py_ssize_t count = PyList_GET_SIZE(spans);
-    Py_ssize_t small[64];
-    Py_ssize_t *sizes = count <= 64 ? small : PyMem_Malloc(count * sizeof(Py_ssize_t));
-    if (sizes == NULL)
-        return PyErr_NoMemory();
-    /* pass 1: each span's size, and ScopeSpans' */
-    Py_ssize_t scope_spans = PyBytes_GET_SIZE(args[1]);
-    for (Py_ssize_t i = 0; i < count; i++) {
-        Pb m = {NULL, 0};
-        if (!pb_span(&m, PyList_GET_ITEM(spans, i))) {
-            if (sizes != small)
-                PyMem_Free(sizes);
-            if (PyErr_Occurred())
-                return NULL;
-            Py_RETURN_NONE;
-        }
-        sizes[i] = m.n;
-        scope_spans += 1 + varint_len((unsigned long long)m.n) + m.n;
-    }
-    /* ResourceSpans{resource=1, scope_spans=2} inside ExportTraceServiceRequest{1} */
-    Py_ssize_t resource_spans = PyBytes_GET_SIZE(args[0]) + 1 +
-                                varint_len((unsigned long long)scope_spans) + scope_spans;
-    Py_ssize_t total = 1 + varint_len((unsigned long long)resource_spans) + resource_spans;
-    PyObject *out = PyBytes_FromStringAndSize(NULL, total);
-    if (out != NULL) {
-        Pb w = {PyBytes_AS_STRING(out), 0};
-        pb_byte(&w, 0x0a);
-        pb_varint(&w, (unsigned long long)resource_spans);
-        pb_bytes(&w, PyBytes_AS_STRING(args[0]), PyBytes_GET_SIZE(args[0]));
-        pb_byte(&w, 0x12);
-        pb_varint(&w, (unsigned long long)scope_spans);
-        pb_bytes(&w, PyBytes_AS_STRING(args[1]), PyBytes_GET_SIZE(args[1]));
-        for (Py_ssize_t i = 0; i < count; i++) {
-            pb_byte(&w, 0x12);
-            pb_varint(&w, (unsigned long long)sizes[i]);
-            pb_span(&w, PyList_GET_ITEM(spans, i));
-        }
-        if (w.n != total) {  /* (a span changed between the passes: none can, but never a torn body) */
-            Py_CLEAR(out);
-            PyErr_SetString(PyExc_RuntimeError, "encode_spans: a span changed while encoded");
+    PyObject *spans = args[2], *out = NULL;
+    Buf body = {NULL, 0, 0}, one = {NULL, 0, 0};
+    int r = 1;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(spans) && r > 0; i++) {
+        one.len = 0;
+        r = put_span(&one, PyList_GET_ITEM(spans, i));
+        if (r > 0 && buf_reserve(&body, one.len + 11) < 0)
+            r = -1;
+        if (r > 0) {
+            char *p = body.data + body.len;
+            *p++ = 0x12;
+            p = put_varint(p, (unsigned long long)one.len);
+            memcpy(p, one.data, one.len);
+            body.len = p + one.len - body.data;
         }
     }
-    if (sizes != small)
-        PyMem_Free(sizes);
+    if (r > 0) {
+        /* ResourceSpans{resource=1, scope_spans=2} inside ExportTraceServiceRequest{1} */
+        Py_ssize_t resource = PyBytes_GET_SIZE(args[0]), scope = PyBytes_GET_SIZE(args[1]);
+        Py_ssize_t scope_spans = scope + body.len;
+        Py_ssize_t resource_spans = resource + 1 + varint_len(scope_spans) + scope_spans;
+        out = PyBytes_FromStringAndSize(
+            NULL, 1 + varint_len((unsigned long long)resource_spans) + resource_spans);
+        if (out != NULL) {
+            char *p = PyBytes_AS_STRING(out);
+            *p++ = 0x0a;
+            p = put_varint(p, (unsigned long long)resource_spans);
+            memcpy(p, PyBytes_AS_STRING(args[0]), resource);
+            p += resource;
+            *p++ = 0x12;
+            p = put_varint(p, (unsigned long long)scope_spans);
+            memcpy(p, PyBytes_AS_STRING(args[1]), scope);
+            p += scope;
+            if (body.len)
+                memcpy(p, body.data, body.len);
+        }
+    }
+    PyMem_Free(body.data);
+    PyMem_Free(one.data);
+    if (r == 0) {
+        Py_RETURN_NONE;
+    }
     return out;
 }
 
