@@ -1101,6 +1101,7 @@ class _ServerProtocol(asyncio.Protocol):
         context = new_context(
             self._config.direction, p.request_id, self._peer, self.peer_identity, self._original_dst
         )
+        self._through_keep = -1  # (nothing written yet for this one, whatever ended the last)
         if p.complete and isinstance(body, bytes) and p.method != "HEAD" and not p.upgrade:
             # the whole request is in: its final response may go out as it arrives
             context.write_final = self._write_final_cb
