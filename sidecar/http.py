@@ -556,6 +556,7 @@ FastResponse = Callable[[bytes, int], tuple[int, list[tuple[str, str]], bytes, b
 HeadBytes = Callable[[str, Iterable[tuple[str, str]], frozenset[str], str], bytes]
 Traceparent = Callable[[bytes, bytes, int], str]
 Uuid4Text = Callable[[bytes], str]
+EncodeSpans = Callable[[bytes, bytes, list[Any]], bytes | None]
 
 
 def _head_bytes(
@@ -576,50 +577,42 @@ def _head_bytes(
     return "".join(lines).encode("latin-1", "replace")
 
 
-def _fast_parsers() -> tuple[FastRequest | None, FastResponse | None, HeadBytes]:
-    """sidecar/_h1fast.c's one-call parsers of the common messages, in compiled mode (served
-    from build/native with the compiled modules); None in pure-Python mode, where httptools
-    parses every message (the codec and the pool use them only ahead of it, falling back to
-    it). And the head serialiser: C, or the same in Python."""
+def _native() -> tuple[
+    FastRequest | None,
+    FastResponse | None,
+    HeadBytes,
+    Traceparent | None,
+    Uuid4Text | None,
+    EncodeSpans | None,
+]:
+    """sidecar/_h1fast.c's functions in compiled mode (served from build/native with the
+    compiled modules): the one-call parsers of the common messages, which the codec and the
+    pool use ahead of httptools, falling back to it; the head serialiser; the text of the ids
+    every request carries (its traceparent, its x-request-id); the OTLP encoding of a span
+    batch. In pure-Python mode httptools parses every message and the rest is the same in
+    Python: here (_head_bytes), in sidecar/telemetry/context.py, sidecar/codec.py and
+    sidecar/telemetry/otlp.py (tests/unit/sidecar/test_h1fast.py compares each pair)."""
     try:
         from sidecar import _h1fast
     except ImportError:
-        return None, None, _head_bytes
-    return _h1fast.parse_request, _h1fast.parse_response, _h1fast.head_bytes
+        return None, None, _head_bytes, None, None, None
+    return (
+        _h1fast.parse_request,
+        _h1fast.parse_response,
+        _h1fast.head_bytes,
+        _h1fast.traceparent,
+        _h1fast.uuid4_text,
+        _h1fast.encode_spans,
+    )
 
 
-def _fast_ids() -> tuple[Traceparent | None, Uuid4Text | None]:
-    """sidecar/_h1fast.c's formatting of the ids every request carries (its traceparent, its
-    x-request-id) in compiled mode, None in pure-Python mode: sidecar/telemetry/context.py and
-    sidecar/codec.py have the same in Python (tests/unit/sidecar/test_h1fast.py compares)."""
-    try:
-        from sidecar import _h1fast
-    except ImportError:
-        return None, None
-    return _h1fast.traceparent, _h1fast.uuid4_text
-
-
-_FAST: Final = _fast_parsers()
-FAST_REQUEST: Final = _FAST[0]
-FAST_RESPONSE: Final = _FAST[1]
-head_bytes: Final = _FAST[2]
-_IDS: Final = _fast_ids()
-FAST_TRACEPARENT: Final = _IDS[0]
-FAST_UUID4_TEXT: Final = _IDS[1]
-
-
-def _fast_spans() -> Callable[[bytes, bytes, list[Any]], bytes | None] | None:
-    """sidecar/_h1fast.c's OTLP encoding of a span batch in compiled mode (None: pure-Python
-    mode); sidecar/telemetry/otlp.py's TraceEncoder writes the same bytes, and any batch the C
-    one declines (tests/unit/sidecar/test_h1fast.py compares)."""
-    try:
-        from sidecar import _h1fast
-    except ImportError:
-        return None
-    return _h1fast.encode_spans
-
-
-FAST_ENCODE_SPANS: Final = _fast_spans()
+_C: Final = _native()
+FAST_REQUEST: Final = _C[0]
+FAST_RESPONSE: Final = _C[1]
+head_bytes: Final = _C[2]
+FAST_TRACEPARENT: Final = _C[3]
+FAST_UUID4_TEXT: Final = _C[4]
+FAST_ENCODE_SPANS: Final = _C[5]
 
 
 def parse_digits(text: str, max_digits: int = 15) -> int | None:

@@ -249,10 +249,7 @@ class _Connection(asyncio.Protocol):
                 self._protocol_error(self._bad_head(self._too_long()))
                 return
         if self.complete and not self.taken and self.status >= 200:  # (not a 101's tunnel)
-            context = self.context
-            if context is not None and context.write_final is not None:
-                if context.final is not None:
-                    self._write_through(context, b"".join(self._early))
+            self._write_through()
         if self.headers_done:
             self._wake()
         if self.complete and self.status != 101:
@@ -273,21 +270,24 @@ class _Connection(asyncio.Protocol):
         if body:
             self._early.append(body)
         self.complete = True
-        context = self.context
-        if context is not None and context.write_final is not None:
-            if context.final is not None:
-                self._write_through(context, body)
+        self._write_through()
         self._wake()
         self._finish()
 
-    def _write_through(self, context: RequestContext, body: bytes) -> None:
-        """The whole response just taken goes downstream now if it is final for the request
-        (RequestContext.final): the exchange's task, woken after, returns this same response
-        to the layers, whose work on it then runs after it was written."""
+    def _write_through(self) -> None:
+        """The whole response just taken goes downstream now, when the request's context
+        offers that (RequestContext.write_final) and says it is final (`final`): the
+        exchange's task, woken after, returns this same response to the layers, whose work on
+        it then runs after it was written."""
+        context = self.context
+        if context is None:
+            return
         write, final = context.write_final, context.final
-        assert write is not None and final is not None
+        if write is None or final is None:
+            return
         try:
-            response = new_response(self.status, _response_headers(self), body)
+            # (the body's bytes as take_body joins them: one piece, or none, from _take_whole)
+            response = new_response(self.status, _response_headers(self), b"".join(self._early))
             if final(response):
                 self.response = response
                 context.write_final = None  # (done: the route knows its response was final)
